@@ -1,0 +1,121 @@
+"""Server settings: one dataclass, filled from defaults, DECLAWD_* env vars and CLI flags.
+
+Every path the platform writes is derived here, so tests can point a whole instance at a
+temporary state directory while sharing the (expensive) template layers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+_ENV_PREFIX = "DECLAWD_"
+
+
+@dataclass
+class Settings:
+    state_dir: Path = Path("/var/lib/declawd")
+    templates_dir: Path | None = None
+    instance: str = "declawd"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    runtime: str = "runc"
+    default_timeout: int = 300
+    max_timeout: int = 86400
+    pool: str = "10.77.0.0/16"
+    lab: bool = False
+    lab_config: Path | None = None
+    upstream_dns: str = ""
+    exempt_ranges: list[str] = field(default_factory=list)
+    default_memory_mb: int = 1024
+    default_cpu_count: int = 2
+    default_pids: int = 1024
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = os.environ.get(_ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.name, str(f.type), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        s = cls(**values)  # type: ignore[arg-type]
+        s.state_dir = Path(s.state_dir)
+        if s.templates_dir is not None:
+            s.templates_dir = Path(s.templates_dir)
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        if self.runtime not in ("runc", "runsc"):
+            raise ValueError(f"runtime: must be runc or runsc, not {self.runtime!r}")
+        if not self.instance.isidentifier() or len(self.instance) > 12:
+            raise ValueError("instance: must be an identifier of at most 12 characters")
+        net = ipaddress.ip_network(self.pool)
+        if net.version != 4 or net.prefixlen > 24:
+            raise ValueError("pool: must be an IPv4 network of /24 or larger")
+        if not 0 < self.default_timeout <= self.max_timeout:
+            raise ValueError("default_timeout: must be positive and at most max_timeout")
+
+    # Derived paths -----------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "declawd.db"
+
+    @property
+    def templates_path(self) -> Path:
+        return self.templates_dir or self.state_dir / "templates"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.state_dir / "sandboxes"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def gateway_dir(self) -> Path:
+        return self.state_dir / "gateway"
+
+    @property
+    def lab_dir(self) -> Path:
+        return self.state_dir / "lab"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    @property
+    def envd_path(self) -> Path:
+        return self.state_dir / "bin" / "envd"
+
+    @property
+    def gateway_netns(self) -> str:
+        return f"{self.instance}-gw"
+
+    @property
+    def lab_netns(self) -> str:
+        return f"{self.instance}-lab"
+
+    def sandbox_netns(self, sandbox_id: str) -> str:
+        return f"{self.instance}-{sandbox_id}"
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        return self.sandboxes_dir / sandbox_id
+
+
+def _coerce(name: str, type_name: str, raw: str) -> object:
+    if "bool" in type_name:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if "int" in type_name and "list" not in type_name:
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ValueError(f"{_ENV_PREFIX}{name.upper()}: not an integer: {raw!r}") from exc
+    if "list" in type_name:
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    return raw
