@@ -1,0 +1,129 @@
+"""The HTTP API: app factory, authentication, error shape and start-up.
+
+Every route but /health needs an API key (`X-API-Key` or `Authorization: Bearer`); a key
+belongs to one team and every lookup is scoped to that team, so another team's sandbox is a
+plain 404. Every error leaves as `{"message": ..., "code"?: ...}` with the status of
+declaw-api.md §11.2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from declawd.config import Settings
+from declawd.errors import ApiError
+from declawd.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Team:
+    team_id: str
+    key_id: str
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    node: Any  # declawd.node.Node
+    templates: Any  # declawd.templates.TemplateService
+    started_at: float
+    dev_key_path: str | None = None
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+async def current_team(request: Request) -> Team:
+    key = request.headers.get("x-api-key", "")
+    if not key:
+        auth = request.headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            key = auth[7:].strip()
+    if not key:
+        raise Unauthorized("missing API key: send X-API-Key or Authorization: Bearer")
+    svc = services(request)
+    found = await asyncio.to_thread(svc.store.authenticate, key)
+    if not found:
+        raise Unauthorized("invalid or revoked API key")
+    return Team(found["team_id"], found["key_id"])
+
+
+def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from declawd.node.node import Node
+        from declawd.templates import TemplateService
+
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.db_path)
+        node = Node(settings, store)
+        templates = TemplateService(settings, store, runtime_name=settings.runtime)
+        svc = Services(settings, store, node, templates, time.time())
+        app.state.services = svc
+        if start_node:
+            team_id, key, created = await asyncio.to_thread(
+                store.ensure_dev_key, settings.keys_dir / "dev-api-key"
+            )
+            svc.dev_key_path = str(settings.keys_dir / "dev-api-key")
+            if created:
+                log.warning("created a dev API key for team 'default'; it is in %s", svc.dev_key_path)
+            await templates.ensure_builtin(["base", "python"])
+            await node.start()
+        try:
+            yield
+        finally:
+            if start_node:
+                await node.close()
+
+    app = FastAPI(title="declawd", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"route not found: {request.method} {request.url.path}"
+        if exc.status_code == 405:
+            message = f"method not allowed: {request.method} {request.url.path}"
+        return JSONResponse({"message": message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"message": "; ".join(parts) or "invalid request"}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"message": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    from declawd.api import commands, files, misc, network, sandboxes, templates
+
+    for module in (sandboxes, commands, files, network, templates, misc):
+        app.include_router(module.router)
+    return app

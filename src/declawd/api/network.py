@@ -1,0 +1,104 @@
+"""Egress policy and audit routes (declaw-api.md §11.4): replace/read policy, query/stream audit.
+
+A policy replacement is validated completely before anything changes, then applied as one
+atomic datapath transaction; connections to destinations no longer allowed are cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from declawd.api.access import sse
+from declawd.api.app import Team, current_team, services
+from declawd.api.body import int_query, json_body
+from declawd.api.sandboxes import policy_from
+from declawd.errors import BadRequest, NotFound
+from declawd.node.node import LIVE
+
+router = APIRouter()
+
+
+async def _sandbox(request: Request, team: Team, sandbox_id: str, *, live: bool) -> dict[str, Any]:
+    rec = await asyncio.to_thread(services(request).store.get_sandbox, sandbox_id, team.team_id)
+    if rec is None or rec["state"] == "failed" or (live and rec["state"] != "running"):
+        raise NotFound(f"sandbox '{sandbox_id}' not found")
+    return rec
+
+
+@router.get("/sandboxes/{sandbox_id}/network")
+async def get_policy(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+    rec = await _sandbox(request, team, sandbox_id, live=True)
+    return rec.get("network") or {"allow_out": [], "deny_out": []}
+
+
+@router.put("/sandboxes/{sandbox_id}/network")
+async def put_policy(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+    svc = services(request)
+    rec = await _sandbox(request, team, sandbox_id, live=True)
+    body = await json_body(request)
+    policy = policy_from(body, prefix="")
+    await svc.node.update_policy(rec, policy)
+    return policy.to_wire()
+
+
+def _time(value: str | None, label: str) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError as exc:
+        raise BadRequest(f"{label}: must be an ISO-8601 time or a unix timestamp") from exc
+
+
+@router.get("/sandboxes/{sandbox_id}/audit")
+async def audit(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+    svc = services(request)
+    await _sandbox(request, team, sandbox_id, live=False)
+    q = request.query_params
+    verdict, kind = q.get("verdict") or None, q.get("kind") or None
+    if verdict not in (None, "allow", "deny"):
+        raise BadRequest("verdict: must be 'allow' or 'deny'")
+    if kind not in (None, "dns", "connection"):
+        raise BadRequest("kind: must be 'dns' or 'connection'")
+    events, token = await asyncio.to_thread(
+        svc.store.query_audit, sandbox_id,
+        since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
+        verdict=verdict, kind=kind,
+        limit=int_query(q.get("limit"), "limit", minimum=1, maximum=1000) or 100,
+        next_token=q.get("next_token") or None,
+    )
+    return {"events": events, "next_token": token}
+
+
+@router.get("/sandboxes/{sandbox_id}/audit/stream")
+async def audit_stream(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+    svc = services(request)
+    await _sandbox(request, team, sandbox_id, live=False)
+    from_start = request.query_params.get("from_start", "").lower() in ("1", "true")
+
+    async def events() -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
+        last = 0
+        if not from_start:
+            rows = await asyncio.to_thread(svc.store.audit_after, sandbox_id, 0, 1_000_000)
+            last = rows[-1][0] if rows else 0
+        while True:
+            rows = await asyncio.to_thread(svc.store.audit_after, sandbox_id, last, 500)
+            for row_id, event in rows:
+                last = row_id
+                yield ("audit", event)
+            if not rows:
+                rec = await asyncio.to_thread(svc.store.get_sandbox, sandbox_id)
+                if rec is None or rec["state"] not in LIVE:
+                    return
+                await asyncio.sleep(0.25)
+
+    return sse(events())

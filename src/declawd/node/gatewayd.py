@@ -1,0 +1,229 @@
+"""The node's handle on the gateway daemon (resolver + L7 proxy) that runs in the gateway netns.
+
+The node owns the daemon's input, `gateway/state.json`, and its lifecycle: it starts the
+daemon detached (so it outlives server restarts), restarts it when it dies, and only lets a
+sandbox start after the daemon has acknowledged a reload that includes that sandbox.
+Invariant: state.json on disk always holds every live sandbox's policy, written atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from declawd.config import Settings
+
+log = logging.getLogger(__name__)
+
+LAB_DNS = "198.51.100.53"
+
+
+class GatewayDaemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.gateway_dir
+        self.state_path = self.dir / "state.json"
+        self.control_path = self.dir / "control.sock"
+        self.pid_path = self.dir / "gateway.pid"
+        self.log_path = self.dir / "gateway.log"
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._lock = asyncio.Lock()
+        self._supervisor: asyncio.Task[None] | None = None
+        self.restarts = 0
+
+    # state.json -------------------------------------------------------------------
+    def load(self) -> None:
+        try:
+            data = json.loads(self.state_path.read_text())
+            self._entries = dict(data.get("sandboxes", {}))
+        except (FileNotFoundError, ValueError):
+            self._entries = {}
+
+    def _write(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"sandboxes": self._entries}, sort_keys=True))
+        os.replace(tmp, self.state_path)
+
+    async def upsert(self, sandbox_id: str, slot: int, address: str, policy: dict[str, Any]) -> None:
+        async with self._lock:
+            self._entries[sandbox_id] = {"slot": slot, "address": address, "policy": policy}
+            self._write()
+            await self._reload()
+
+    async def remove(self, sandbox_id: str) -> None:
+        async with self._lock:
+            if self._entries.pop(sandbox_id, None) is None:
+                return
+            self._write()
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                await self._reload()
+
+    async def retain(self, keep: set[str]) -> None:
+        async with self._lock:
+            for sid in [s for s in self._entries if s not in keep]:
+                del self._entries[sid]
+            self._write()
+
+    # control socket ---------------------------------------------------------------
+    async def _command(self, line: str, timeout: float = 5.0) -> str:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(str(self.control_path)), timeout
+        )
+        try:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readline(), timeout)
+            return answer.decode().strip()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _reload(self) -> None:
+        """Make the daemon re-read state.json; start it if it is not running."""
+        for attempt in range(3):
+            try:
+                if await self._command("reload") == "ok":
+                    return
+            except (OSError, asyncio.TimeoutError):
+                pass
+            if not self.alive():
+                await self.start()
+            elif attempt:
+                await asyncio.sleep(0.2)
+        raise RuntimeError("gateway daemon did not acknowledge the reload")
+
+    async def ping(self) -> bool:
+        try:
+            return await self._command("ping", timeout=2.0) == "ok"
+        except (OSError, asyncio.TimeoutError):
+            return False
+
+    # process ----------------------------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"gateway" in cmdline and b"serve" in cmdline else None
+
+    def alive(self) -> bool:
+        return self.pid() is not None
+
+    def _command_line(self) -> list[str]:
+        exe = shutil.which("declawd", path=str(Path(sys.executable).parent)) or ""
+        base = [exe] if exe else [sys.executable, "-m", "declawd.cli"]
+        upstream = self.settings.upstream_dns or (LAB_DNS if self.settings.lab else _host_dns())
+        netns = f"/var/run/netns/{self.settings.gateway_netns}"
+        return [
+            "nsenter",
+            f"--net={netns}",
+            *base,
+            "gateway",
+            "serve",
+            "--state-dir",
+            str(self.settings.state_dir),
+            "--instance",
+            self.settings.instance,
+            "--upstream-dns",
+            upstream,
+        ]
+
+    async def start(self) -> None:
+        if self.alive():
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.control_path.unlink()
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._command_line(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                start_new_session=True,
+            )
+        finally:
+            logf.close()
+        self.pid_path.write_text(str(proc.pid))
+        # The child is detached in its own session; reap it in the background if it
+        # exits while we live, so it never lingers as a zombie.
+        asyncio.get_running_loop().create_task(proc.wait())
+        for _ in range(100):
+            if await self.ping():
+                return
+            if proc.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"gateway daemon failed to start; see {self.log_path}")
+
+    async def stop(self) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not self.alive():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+
+    def supervise(self) -> None:
+        if self._supervisor is None:
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if self.alive() and await self.ping():
+                continue
+            if self.alive():
+                # Running but not answering: give it a moment (it may be starting).
+                await asyncio.sleep(1.0)
+                if await self.ping():
+                    continue
+                await self.stop()
+            log.warning("gateway daemon is down; restarting it")
+            self.restarts += 1
+            try:
+                async with self._lock:
+                    await self.start()
+            except Exception:
+                log.exception("restarting the gateway daemon")
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+
+
+def _host_dns() -> str:
+    try:
+        for line in Path("/etc/resolv.conf").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver" and not parts[1].startswith("127."):
+                return parts[1]
+    except OSError:
+        pass
+    raise RuntimeError("no upstream DNS server: set DECLAWD_UPSTREAM_DNS (or use --lab)")

@@ -1,0 +1,422 @@
+"""The node: sandbox lifecycle on one machine (create, kill, timeouts, policy, reconcile).
+
+Create runs a fixed sequence of steps (record → slot → network → gateway → rootfs →
+container → envd → start command); every step that succeeded is undone when a later one
+fails, so a failed create leaves no netns, veth, nft chain, mount, cgroup or process, and
+the store says `failed`. The store is the source of truth across restarts: `start()`
+reconciles it with what the runtime, the mounts and the network really hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from declawd.config import Settings
+from declawd.egress.network import Gateway, SandboxNetwork
+from declawd.egress.network import sweep as sweep_networks
+from declawd.egress.policy import EgressPolicy
+from declawd.errors import ApiError, NotFound, Unavailable
+from declawd.node.envd_client import EnvdClient
+from declawd.node.gatewayd import GatewayDaemon
+from declawd.node.sandbox import (
+    ENVD_BIN_IN_SANDBOX,
+    ENVD_MOUNT_DIR,
+    ENVD_SOCKET_NAME,
+    SandboxResources,
+)
+from declawd.runtime import Limits, Mount, OciRuntime, build_spec
+from declawd.runtime import cgroups as cg
+from declawd.runtime import dir_size
+from declawd.runtime import overlay as ovl
+from declawd.store import Store
+
+log = logging.getLogger(__name__)
+
+LIVE = ("creating", "running")
+LAB_CA_IN_SANDBOX = "/etc/declawd/ca-bundle.pem"
+ENVD_READY_TIMEOUT = 15.0
+
+
+class CreateFailed(ApiError):
+    status = 500
+
+
+@dataclass
+class CreateRequest:
+    team_id: str
+    template: Any  # declawd.templates.Template (resolved, ready)
+    timeout: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    envs: dict[str, str] = field(default_factory=dict)
+    policy: EgressPolicy | None = None
+    security: dict[str, Any] | None = None
+    runtime: str | None = None
+
+
+def new_sandbox_id() -> str:
+    return "sbx-" + secrets.token_hex(6)
+
+
+class Node:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.runtimes = {
+            name: OciRuntime(name, settings.run_dir / name)  # type: ignore[arg-type]
+            for name in ("runc", "runsc")
+        }
+        self.gateway = Gateway(settings)
+        self.daemon = GatewayDaemon(settings)
+        self._clients: dict[str, EnvdClient] = {}
+        self._kill_locks: dict[str, asyncio.Lock] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.envd_binary: Path | None = None
+
+    # start / stop -----------------------------------------------------------------
+    async def start(self) -> None:
+        from declawd.envd import ensure_envd
+
+        for d in (self.settings.sandboxes_dir, self.settings.run_dir, self.settings.gateway_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.envd_binary = await asyncio.to_thread(ensure_envd, self.settings.envd_path)
+        if self.settings.lab:
+            from declawd.lab.ca import ensure_ca
+
+            await asyncio.to_thread(ensure_ca, self.settings)
+        await self.gateway.ensure(self.settings)
+        self.daemon.load()
+        await self.reconcile()
+        await self.daemon.start()
+        self.daemon.supervise()
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+
+    async def close(self) -> None:
+        """Stop background work; sandboxes and the gateway daemon keep running."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self.daemon.close()
+        for t in list(self._background):
+            t.cancel()
+        for c in list(self._clients.values()):
+            with contextlib.suppress(Exception):
+                await c.aclose()
+        self._clients.clear()
+
+    # helpers ----------------------------------------------------------------------
+    def _runtime(self, name: str) -> OciRuntime:
+        return self.runtimes[name]
+
+    def client(self, sandbox_id: str) -> EnvdClient:
+        c = self._clients.get(sandbox_id)
+        if c is None:
+            sock = SandboxResources(self.settings, sandbox_id).envd_socket
+            c = self._clients[sandbox_id] = EnvdClient(str(sock))
+        return c
+
+    async def _drop_client(self, sandbox_id: str) -> None:
+        c = self._clients.pop(sandbox_id, None)
+        if c is not None:
+            with contextlib.suppress(Exception):
+                await c.aclose()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def sandbox_envs(self, rec: dict[str, Any]) -> dict[str, str]:
+        """Environment every process in the sandbox gets (template + sandbox + platform)."""
+        envs: dict[str, str] = {}
+        envs.update(rec.get("template_envs") or {})
+        envs.update(rec.get("envs") or {})
+        if rec.get("lab"):
+            for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
+                envs.setdefault(var, LAB_CA_IN_SANDBOX)
+        return envs
+
+    # create -----------------------------------------------------------------------
+    async def create(self, req: CreateRequest) -> dict[str, Any]:
+        tpl = req.template
+        runtime_name = req.runtime or tpl.runtime or self.settings.runtime
+        sandbox_id = new_sandbox_id()
+        now = time.time()
+        policy = req.policy or EgressPolicy.parse([], [])
+        rec: dict[str, Any] = {
+            "sandbox_id": sandbox_id,
+            "team_id": req.team_id,
+            "template_id": tpl.template_id,
+            "template_alias": tpl.alias or tpl.template_id,
+            "state": "creating",
+            "runtime": runtime_name,
+            "metadata": req.metadata,
+            "envs": {**(tpl.envs or {}), **req.envs},
+            "network": policy.to_wire(),
+            "security": req.security,
+            "created_at": now,
+            "end_at": now + req.timeout,
+            "cpu_count": tpl.cpu_count or self.settings.default_cpu_count,
+            "memory_mb": tpl.memory_mb or self.settings.default_memory_mb,
+            "lab": bool(self.settings.lab),
+        }
+        await asyncio.to_thread(self.store.insert_sandbox, rec)
+        res = SandboxResources(self.settings, sandbox_id)
+        runtime = self._runtime(runtime_name)
+        net: SandboxNetwork | None = None
+        started = time.monotonic()
+        try:
+            slot = await asyncio.to_thread(self.store.allocate_slot, sandbox_id)
+            net = await SandboxNetwork.create(self.settings, sandbox_id, slot, policy)
+            await asyncio.to_thread(
+                self.store.update_sandbox, sandbox_id, slot=slot, address=net.address
+            )
+            await self.daemon.upsert(sandbox_id, slot, net.address, policy.to_wire())
+            res.prepare_dirs()
+            res.write_network_files(sandbox_id, net.address, net.gateway_address)
+            await asyncio.to_thread(res.mount, list(tpl.layer_paths))
+            spec = self._spec(rec, tpl, res, net.netns_path, runtime_name)
+            (res.dir / "config.json").write_text(_json(spec))
+            await runtime.run_detached(res.dir, sandbox_id, net.netns_path, log_path=res.log_path)
+            client = self.client(sandbox_id)
+            await self._wait_envd(client, res)
+            if tpl.start_cmd:
+                await self._start_command(sandbox_id, rec, tpl)
+        except BaseException as exc:
+            await self._undo_create(sandbox_id, res, runtime, net)
+            await asyncio.to_thread(
+                self.store.update_sandbox, sandbox_id, state="failed", error=str(exc)[:2000]
+            )
+            if isinstance(exc, ApiError):
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.exception("create %s failed", sandbox_id)
+            raise CreateFailed(f"sandbox create failed: {exc}") from exc
+        now = time.time()
+        await asyncio.to_thread(
+            self.store.update_sandbox,
+            sandbox_id,
+            state="running",
+            started_at=now,
+        )
+        log.info("created %s in %.0f ms", sandbox_id, (time.monotonic() - started) * 1000)
+        out = await asyncio.to_thread(self.store.get_sandbox, sandbox_id)
+        assert out is not None
+        return out
+
+    def _spec(
+        self, rec: dict[str, Any], tpl: Any, res: SandboxResources, netns: str, runtime: str
+    ) -> dict[str, Any]:
+        assert self.envd_binary is not None
+        mounts = [
+            Mount(ENVD_BIN_IN_SANDBOX, str(self.envd_binary), "bind", ["bind", "ro", "nosuid", "nodev"]),
+            Mount(ENVD_MOUNT_DIR, str(res.envd_dir), "bind", ["bind", "rw", "nosuid", "nodev", "noexec"]),
+        ]
+        if rec.get("lab"):
+            from declawd.lab.ca import ca_bundle_path
+
+            bundle = str(ca_bundle_path(self.settings))
+            opts = ["bind", "ro", "nosuid", "nodev", "noexec"]
+            mounts.append(Mount(LAB_CA_IN_SANDBOX, bundle, "bind", opts))
+            mounts.append(Mount("/etc/ssl/certs/ca-certificates.crt", bundle, "bind", opts))
+        limits = Limits(
+            memory_mb=int(rec["memory_mb"]),
+            cpu_count=float(rec["cpu_count"]),
+            pids=self.settings.default_pids,
+        )
+        return build_spec(
+            sandbox_id=rec["sandbox_id"],
+            rootfs=res.rootfs,
+            hostname=rec["sandbox_id"],
+            args=[ENVD_BIN_IN_SANDBOX, "--socket", f"{ENVD_MOUNT_DIR}/{ENVD_SOCKET_NAME}"],
+            env=["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            netns_path=netns,
+            limits=limits,
+            mounts=mounts,
+            cgroups_path=f"/{self.settings.instance}/{rec['sandbox_id']}",
+            runtime=runtime,
+        )
+
+    async def _wait_envd(self, client: EnvdClient, res: SandboxResources) -> None:
+        deadline = time.monotonic() + ENVD_READY_TIMEOUT
+        delay = 0.002
+        while time.monotonic() < deadline:
+            if res.envd_socket.exists():
+                with contextlib.suppress(Exception):
+                    if await client.health():
+                        return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = res.log_path.read_text(errors="replace")[-500:]
+        raise RuntimeError(f"envd did not come up within {ENVD_READY_TIMEOUT:.0f}s: {tail}")
+
+    async def _start_command(self, sandbox_id: str, rec: dict[str, Any], tpl: Any) -> None:
+        client = self.client(sandbox_id)
+        envs = self.sandbox_envs({**rec, "template_envs": tpl.envs})
+        await client.start(
+            tpl.start_cmd, user=tpl.user or "user", envs=envs, cwd=tpl.workdir, tag="start_cmd"
+        )
+        if not tpl.ready_cmd:
+            return
+        timeout = float(tpl.ready_timeout or 60)
+        deadline = time.monotonic() + timeout
+        while True:
+            result = await client.run(
+                tpl.ready_cmd, timeout=max(1.0, deadline - time.monotonic()),
+                user=tpl.user or "user", envs=envs, cwd=tpl.workdir,
+            )
+            if result.exit_code == 0:
+                return
+            if time.monotonic() >= deadline:
+                raise ApiError(
+                    f"template start command not ready: ready_cmd {tpl.ready_cmd!r} still failing "
+                    f"after {timeout:.0f}s (exit {result.exit_code})",
+                    status=500,
+                )
+            await asyncio.sleep(0.2)
+
+    async def _undo_create(
+        self,
+        sandbox_id: str,
+        res: SandboxResources,
+        runtime: OciRuntime,
+        net: SandboxNetwork | None,
+    ) -> None:
+        await self._drop_client(sandbox_id)
+        with contextlib.suppress(Exception):
+            await res.teardown(runtime)
+        with contextlib.suppress(Exception):
+            await self.daemon.remove(sandbox_id)
+        if net is not None:
+            with contextlib.suppress(Exception):
+                await net.destroy()
+
+    # kill -------------------------------------------------------------------------
+    async def kill(self, sandbox_id: str) -> bool:
+        lock = self._kill_locks.setdefault(sandbox_id, asyncio.Lock())
+        async with lock:
+            rec = await asyncio.to_thread(self.store.get_sandbox, sandbox_id)
+            if rec is None or rec["state"] not in LIVE:
+                return False
+            await self._teardown(rec)
+            await asyncio.to_thread(
+                self.store.update_sandbox, sandbox_id, state="killed", killed_at=time.time()
+            )
+        self._kill_locks.pop(sandbox_id, None)
+        return True
+
+    async def _teardown(self, rec: dict[str, Any]) -> None:
+        sandbox_id = rec["sandbox_id"]
+        await self._drop_client(sandbox_id)
+        res = SandboxResources(self.settings, sandbox_id)
+        await res.teardown(self._runtime(rec.get("runtime") or "runc"))
+        await self.daemon.remove(sandbox_id)
+        if rec.get("slot"):
+            net = SandboxNetwork.attach(self.settings, sandbox_id, int(rec["slot"]))
+            await net.destroy()
+
+    # policy -----------------------------------------------------------------------
+    async def update_policy(self, rec: dict[str, Any], policy: EgressPolicy) -> None:
+        net = SandboxNetwork.attach(self.settings, rec["sandbox_id"], int(rec["slot"]))
+        await asyncio.to_thread(
+            self.store.update_sandbox, rec["sandbox_id"], network=policy.to_wire()
+        )
+        await net.update_policy(policy)
+        await self.daemon.upsert(rec["sandbox_id"], int(rec["slot"]), rec["address"], policy.to_wire())
+
+    # metrics ----------------------------------------------------------------------
+    def metrics(self, rec: dict[str, Any]) -> dict[str, float]:
+        sandbox_id = rec["sandbox_id"]
+        stats = cg.read_stats(f"/{self.settings.instance}/{sandbox_id}")
+        disk = dir_size(SandboxResources(self.settings, sandbox_id).upper)
+        cpu_count = float(rec.get("cpu_count") or 1)
+        prev = getattr(self, "_cpu_prev", {}).get(sandbox_id)
+        now = time.monotonic()
+        pct = 0.0
+        if prev is not None and now > prev[0]:
+            pct = (stats.cpu_usage_ns - prev[1]) / ((now - prev[0]) * 1e9) * 100 / cpu_count
+        self.__dict__.setdefault("_cpu_prev", {})[sandbox_id] = (now, stats.cpu_usage_ns)
+        return {
+            "cpu_usage_percent": round(max(0.0, pct), 2),
+            "memory_usage_mb": round(stats.memory_bytes / 2**20, 2),
+            "disk_usage_mb": round(disk / 2**20, 2),
+        }
+
+    # timeouts ---------------------------------------------------------------------
+    async def _reap_loop(self) -> None:
+        while True:
+            try:
+                await self.reap_expired()
+            except Exception:
+                log.exception("reaper")
+            await asyncio.sleep(1.0)
+
+    async def reap_expired(self) -> None:
+        now = time.time()
+        for rec in await asyncio.to_thread(self.store.list_live_sandboxes):
+            if rec["state"] == "running" and rec.get("end_at") and rec["end_at"] <= now:
+                log.info("sandbox %s reached its timeout", rec["sandbox_id"])
+                self.spawn(self.kill(rec["sandbox_id"]))
+
+    # reconcile --------------------------------------------------------------------
+    async def reconcile(self) -> None:
+        """Make the store, the runtimes, the mounts and the network agree after a restart."""
+        live = await asyncio.to_thread(self.store.list_live_sandboxes)
+        keep: set[str] = set()
+        for rec in live:
+            sid = rec["sandbox_id"]
+            runtime = self._runtime(rec.get("runtime") or "runc")
+            state = await runtime.state(sid) if rec["state"] == "running" else None
+            res = SandboxResources(self.settings, sid)
+            if state == "running" and ovl.is_mounted(res.rootfs) and res.envd_socket.exists():
+                keep.add(sid)
+                continue
+            log.warning("reconcile: %s is %s in the store but %s in the runtime; cleaning up",
+                        sid, rec["state"], state)
+            with contextlib.suppress(Exception):
+                await self._teardown(rec)
+            await asyncio.to_thread(
+                self.store.update_sandbox, sid, state="failed" if rec["state"] == "creating" else "killed",
+                killed_at=time.time(), error="lost during a server restart",
+            )
+        for runtime in self.runtimes.values():
+            with contextlib.suppress(Exception):
+                for cid in await runtime.list():
+                    if cid not in keep:
+                        log.warning("reconcile: removing stray container %s", cid)
+                        await runtime.kill(cid)
+        if self.settings.sandboxes_dir.exists():
+            for d in self.settings.sandboxes_dir.iterdir():
+                if d.name not in keep:
+                    with contextlib.suppress(Exception):
+                        await SandboxResources(self.settings, d.name).teardown(None)
+        swept = sweep_networks(self.settings, keep)
+        if asyncio.iscoroutine(swept):
+            await swept
+        await self.daemon.retain(keep)
+
+    def get_live(self, team_id: str, sandbox_id: str) -> dict[str, Any]:
+        rec = self.store.get_sandbox(sandbox_id, team_id)
+        if rec is None or rec["state"] not in LIVE:
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
+        if rec["state"] == "creating":
+            raise Unavailable(f"sandbox '{sandbox_id}' is still being created")
+        return rec
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=1)
