@@ -1,0 +1,72 @@
+# declawd — two commands:  make demo   |   make test
+# Both do every set-up step they need on a fresh Debian 12 machine (run as root).
+
+SHELL      := /bin/bash
+VENV       := .venv
+PY         := $(VENV)/bin/python
+DECLAWD    := $(VENV)/bin/declawd
+GUARD      := $(abspath ../shared/tools/egress-guard)
+STATE_DIR  ?= /var/lib/declawd
+APT_PKGS   := nftables runc runsc mmdebstrap debootstrap iproute2 golang-go conntrack \
+              uidmap ca-certificates util-linux
+PYTEST     := $(VENV)/bin/pytest
+export DECLAWD_STATE_DIR := $(STATE_DIR)
+
+.PHONY: all setup system venv envd guard templates catalog demo test test-full lint unit \
+        integration e2e bench clean-state
+
+all: setup
+
+## --- set-up -------------------------------------------------------------------------
+setup: system venv envd
+
+system:
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "==> apt-get install $$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: pyproject.toml
+	@echo "==> Python venv in $(VENV)"
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+envd: venv
+	@$(PY) -c "from declawd.envd import ensure_envd; from declawd.config import Settings; \
+	  print('==> envd', ensure_envd(Settings.from_env().envd_path))"
+
+guard:
+	@$(GUARD)
+
+templates: setup
+	$(DECLAWD) template ensure-builtin base python
+
+catalog: setup
+	$(DECLAWD) template ensure-builtin base python node code-interpreter
+
+## --- the two commands ---------------------------------------------------------------
+demo: setup guard templates
+	@scripts/demo.sh
+
+test: setup guard templates lint
+	$(PYTEST) -q -p no:cacheprovider tests/unit tests/integration tests/e2e
+
+test-full: setup guard catalog lint
+	DECLAWD_TEST_FULL=1 $(PYTEST) -q -p no:cacheprovider tests
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PYTEST) -q tests/unit
+
+bench: setup guard templates
+	@scripts/bench.sh

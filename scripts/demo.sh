@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# make demo: start the lab and the server (embedded defaults, lab as the only upstream),
+# run the seed scenario against it with the official SDK, print its verdict, stop both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+STATE_DIR=${DECLAWD_STATE_DIR:-/var/lib/declawd}
+PORT=${DECLAWD_PORT:-8080}
+LOGS=$STATE_DIR/logs
+mkdir -p "$LOGS"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # Sandboxes and the gateway outlive the server by design; the demo leaves nothing behind.
+  $BIN/declawd gateway teardown --state-dir "$STATE_DIR" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT INT TERM
+
+echo "==> lab (simulated internet): log in $LOGS/lab.log"
+$BIN/declawd lab serve --state-dir "$STATE_DIR" >"$LOGS/lab.log" 2>&1 &
+pids+=($!)
+echo "==> server on localhost:$PORT (lab mode): log in $LOGS/server.log"
+$BIN/declawd server --lab --port "$PORT" --state-dir "$STATE_DIR" >"$LOGS/server.log" 2>&1 &
+pids=($! "${pids[@]}")
+for _ in $(seq 1 300); do
+  curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
+  kill -0 "${pids[0]}" 2>/dev/null || { echo "server exited; last log lines:"; tail -30 "$LOGS/server.log"; exit 1; }
+  sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null || { echo "server did not become healthy"; tail -30 "$LOGS/server.log"; exit 1; }
+export DECLAW_DOMAIN=localhost:$PORT
+DECLAW_API_KEY=$(cat "$STATE_DIR/keys/dev-api-key")
+export DECLAW_API_KEY
+echo "==> seed scenario: examples/network-l4-enforcement"
+echo
+$BIN/python examples/network-l4-enforcement/main.py
