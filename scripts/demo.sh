@@ -13,7 +13,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   # Sandboxes and the gateway outlive the server by design; the demo leaves nothing behind.
-  $BIN/declawd gateway teardown --state-dir "$STATE_DIR" >/dev/null 2>&1 || true
+  $BIN/declawd down --state-dir "$STATE_DIR" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT INT TERM
 

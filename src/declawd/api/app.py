@@ -86,6 +86,7 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
             svc.dev_key_path = str(settings.keys_dir / "dev-api-key")
             if created:
                 log.warning("created a dev API key for team 'default'; it is in %s", svc.dev_key_path)
+            await asyncio.to_thread(store.idempotency_abandon_in_progress)
             await templates.ensure_builtin(["base", "python"])
             await node.start()
         try:

@@ -38,3 +38,23 @@ def register(app: typer.Typer) -> None:
             log_level=log_level.lower(), access_log=log_level.lower() == "debug",
             timeout_graceful_shutdown=5,
         )
+
+    @app.command()
+    def down(
+        state_dir: Path = typer.Option(None, help="state directory (default /var/lib/declawd)"),
+        instance: str = typer.Option(None, help="name prefix for namespaces and cgroups"),
+    ) -> None:
+        """Kill every sandbox of this instance and remove its gateway (the server must be stopped)."""
+        import asyncio
+
+        from declawd.config import Settings
+        from declawd.node.node import Node
+        from declawd.store import Store
+
+        settings = Settings.from_env(state_dir=state_dir, instance=instance)
+
+        async def run() -> int:
+            node = Node(settings, Store(settings.db_path))
+            return await node.destroy_all()
+
+        typer.echo(f"killed {asyncio.run(run())} sandboxes; gateway removed")

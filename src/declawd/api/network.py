@@ -88,8 +88,7 @@ async def audit_stream(sandbox_id: str, request: Request, team: Team = Depends(c
     async def events() -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
         last = 0
         if not from_start:
-            rows = await asyncio.to_thread(svc.store.audit_after, sandbox_id, 0, 1_000_000)
-            last = rows[-1][0] if rows else 0
+            last = await asyncio.to_thread(svc.store.last_audit_id, sandbox_id)
         while True:
             rows = await asyncio.to_thread(svc.store.audit_after, sandbox_id, last, 500)
             for row_id, event in rows:

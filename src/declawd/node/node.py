@@ -407,6 +407,22 @@ class Node:
             await swept
         await self.daemon.retain(keep)
 
+    async def destroy_all(self) -> int:
+        """Kill every sandbox and remove the gateway: `declawd down`, and test teardown."""
+        count = 0
+        for rec in await asyncio.to_thread(self.store.list_live_sandboxes):
+            with contextlib.suppress(Exception):
+                await self._teardown(rec)
+            await asyncio.to_thread(
+                self.store.update_sandbox, rec["sandbox_id"], state="killed", killed_at=time.time()
+            )
+            count += 1
+        self.daemon.load()
+        await self.reconcile()
+        await self.daemon.stop()
+        await self.gateway.teardown()
+        return count
+
     def get_live(self, team_id: str, sandbox_id: str) -> dict[str, Any]:
         rec = self.store.get_sandbox(sandbox_id, team_id)
         if rec is None or rec["state"] not in LIVE:

@@ -1,0 +1,168 @@
+"""Network audit events: batched, durable writes into `audit_events` of the server's SQLite db.
+
+The resolver and the nflog reader `emit()` events without blocking; a single writer task
+flushes them in batches from a thread (WAL + busy_timeout, so the API server can read while we
+write). The queue is bounded: under a flood the oldest *excess* events are counted and reported
+as one summary row per sandbox instead of exhausting memory. Network audit has no off switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    sandbox_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT,
+    name TEXT,
+    address TEXT,
+    port INTEGER,
+    protocol TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_events_sandbox ON audit_events (sandbox_id, id);
+"""
+
+_INSERT = (
+    "INSERT INTO audit_events (time, sandbox_id, kind, verdict, reason, name, address, port,"
+    " protocol) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    sandbox_id: str
+    kind: str  # "dns" | "connection"
+    verdict: str  # "allow" | "deny"
+    reason: str
+    name: str | None = None
+    address: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+    time: float = 0.0
+
+    def row(self) -> tuple[object, ...]:
+        return (
+            self.time or time.time(),
+            self.sandbox_id,
+            self.kind,
+            self.verdict,
+            self.reason,
+            self.name,
+            self.address,
+            self.port,
+            self.protocol,
+        )
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    """Open (and if needed create) the audit table; the caller closes the connection."""
+    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(SCHEMA)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class AuditWriter:
+    """Bounded in-memory queue + one flushing task. `emit` never blocks or raises."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.2,
+        max_pending: int = 50_000,
+    ) -> None:
+        self.db_path = db_path
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.max_pending = max_pending
+        self._pending: list[AuditEvent] = []
+        self._dropped: Counter[str] = Counter()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: sqlite3.Connection | None = None
+        self.written = 0
+
+    async def start(self) -> None:
+        self._conn = await asyncio.to_thread(open_db, self.db_path)
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def stop(self) -> None:
+        """Flush what is pending, then close. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._conn is not None:
+            await self._flush_all()
+            conn, self._conn = self._conn, None
+            conn.close()
+
+    def emit(self, event: AuditEvent) -> None:
+        if event.time == 0.0:
+            event = AuditEvent(**{**event.__dict__, "time": time.time()})
+        if len(self._pending) >= self.max_pending:
+            self._dropped[event.sandbox_id] += 1
+            return
+        self._pending.append(event)
+        if len(self._pending) >= self.batch_size:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Write everything queued so far (tests and shutdown)."""
+        await self._flush_all()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            self._wake.clear()
+            try:
+                await self._flush_all()
+            except sqlite3.Error as exc:
+                # Keep the events and retry: a locked or briefly unavailable db is not fatal.
+                log.warning("audit flush failed, will retry: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _flush_all(self) -> None:
+        while self._pending or self._dropped:
+            batch = self._pending[: self.batch_size]
+            summaries = [
+                AuditEvent(sbx, "dns", "deny", f"audit_overflow:{n}", time=time.time())
+                for sbx, n in self._dropped.items()
+            ]
+            rows = [e.row() for e in batch + summaries]
+            await asyncio.to_thread(self._write, rows)
+            del self._pending[: len(batch)]
+            for e in summaries:
+                self._dropped.pop(e.sandbox_id, None)
+            self.written += len(rows)
+
+    def _write(self, rows: list[tuple[object, ...]]) -> None:
+        conn = self._conn
+        if conn is None:
+            raise sqlite3.ProgrammingError("audit db closed")
+        with conn:
+            conn.execute("BEGIN")
+            conn.executemany(_INSERT, rows)

@@ -1,0 +1,59 @@
+"""`declawd gateway`: run the gateway daemon (resolver + proxy + audit) in the current netns.
+
+The node launches `declawd gateway serve` inside the gateway netns via nsenter, detached,
+and restarts it if it dies; this module only parses flags and runs the daemon's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+@app.command()
+def serve(
+    state_dir: Path | None = typer.Option(None, "--state-dir", help="the server's state dir"),
+    instance: str = typer.Option("declawd", "--instance", help="instance name (for logs)"),
+    upstream_dns: str = typer.Option("", "--upstream-dns", help="ADDR or ADDR:PORT"),
+    peek_timeout: float | None = typer.Option(None, "--peek-timeout", help="proxy peek, s"),
+    pool: str = typer.Option("10.77.0.0/16", "--pool", help="sandbox address pool"),
+    exempt: list[str] = typer.Option([], "--exempt", help="operator floor exemption (CIDR)"),
+    dns_port: int = typer.Option(5353, "--dns-port"),
+    proxy_port: int = typer.Option(15001, "--proxy-port"),
+    db_path: Path | None = typer.Option(None, "--db", help="audit db (default STATE/declawd.db)"),
+    no_nflog: bool = typer.Option(False, "--no-nflog", help="do not read NFLOG group 7"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve DNS on :5353 (UDP+TCP), the proxy on :15001, audit, and the control socket."""
+    from declawd.egress.gateway import GatewayConfig, GatewayDaemon, parse_upstream
+
+    # Checked here rather than by `...` defaults: this typer/click pairing skips that check.
+    if state_dir is None or not upstream_dns:
+        raise typer.BadParameter("--state-dir and --upstream-dns are required")
+    try:
+        upstream = parse_upstream(upstream_dns)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--upstream-dns: {exc}") from exc
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=f"%(asctime)s {instance}-gw %(name)s %(levelname)s %(message)s",
+    )
+    config = GatewayConfig(
+        state_dir=state_dir,
+        instance=instance,
+        upstream_dns=upstream,
+        dns_port=dns_port,
+        proxy_port=proxy_port,
+        peek_timeout=peek_timeout,
+        pool=pool,
+        exempt=exempt,
+        nflog=not no_nflog,
+        db_path=db_path,
+    )
+    asyncio.run(GatewayDaemon(config).run())

@@ -1,0 +1,385 @@
+"""The gateway daemon: resolver + L7 proxy + nflog audit reader + control socket, one asyncio loop.
+
+Runs inside the gateway netns (`declawd gateway serve`, launched and supervised by the node).
+Its view of the sandboxes is `gateway/state.json`, re-read on `reload` over the control
+socket; the node starts a sandbox only after `ok`. Invariant: fail closed by construction —
+the datapath redirects DNS and name-only TCP to our ports, so without this process those
+connections find no listener, and a state file we cannot read leaves the previous state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from declawd.egress.audit import AuditEvent, AuditWriter
+from declawd.egress.nflog import NflogReader, NflogRecord, parse_packet, parse_prefix
+from declawd.egress.nftsets import NftSets
+from declawd.egress.policy import EgressPolicy, IPNetwork, PolicyError, is_non_public
+from declawd.egress.resolved import ResolvedNames
+from declawd.egress.resolver import Resolver, SandboxEntry
+
+log = logging.getLogger(__name__)
+
+GATEWAY_LINK = ipaddress.IPv4Network("100.96.0.0/30")
+DENY_ALL = EgressPolicy.parse([], ["0.0.0.0/0"])
+
+
+def load_state(path: Path) -> dict[str, SandboxEntry]:
+    """Parse state.json. A sandbox whose policy does not parse gets deny-all (fail closed)."""
+    raw = json.loads(path.read_text())
+    sandboxes = raw.get("sandboxes", {}) if isinstance(raw, dict) else {}
+    out: dict[str, SandboxEntry] = {}
+    for sandbox_id, item in sandboxes.items():
+        try:
+            slot = int(item["slot"])
+            address = str(ipaddress.IPv4Address(item["address"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("state.json: sandbox %s skipped: %s", sandbox_id, exc)
+            continue
+        try:
+            policy = EgressPolicy.from_wire(item.get("policy"))
+        except (PolicyError, AttributeError, TypeError) as exc:
+            log.error(
+                "state.json: sandbox %s has an invalid policy (%s): deny-all", sandbox_id, exc
+            )
+            policy = DENY_ALL
+        out[str(sandbox_id)] = SandboxEntry(str(sandbox_id), slot, address, policy)
+    return out
+
+
+@dataclass
+class GatewayConfig:
+    state_dir: Path
+    instance: str = "declawd"
+    upstream_dns: tuple[str, int] = ("198.51.100.53", 53)
+    listen_host: str = "0.0.0.0"
+    dns_port: int = 5353
+    proxy_port: int = 15001
+    peek_timeout: float | None = None
+    pool: str = "10.77.0.0/16"
+    exempt: Sequence[str] = ()
+    nflog: bool = True
+    db_path: Path | None = None
+    extra_ranges: list[IPNetwork] = field(default_factory=list)
+
+    @property
+    def gateway_dir(self) -> Path:
+        return self.state_dir / "gateway"
+
+    @property
+    def state_path(self) -> Path:
+        return self.gateway_dir / "state.json"
+
+    @property
+    def control_path(self) -> Path:
+        return self.gateway_dir / "control.sock"
+
+    @property
+    def audit_db(self) -> Path:
+        return self.db_path or self.state_dir / "declawd.db"
+
+
+class GatewayDaemon:
+    def __init__(self, config: GatewayConfig, *, nft: NftSets | None = None) -> None:
+        self.config = config
+        self.extra_ranges: list[IPNetwork] = [
+            ipaddress.ip_network(config.pool),
+            GATEWAY_LINK,
+            *config.extra_ranges,
+        ]
+        self.exempt: list[IPNetwork] = [ipaddress.ip_network(e) for e in config.exempt]
+        self.nft = nft
+        self.sandboxes: dict[str, SandboxEntry] = {}
+        self._by_address: dict[str, SandboxEntry] = {}
+        self._by_slot: dict[int, SandboxEntry] = {}
+        self.resolved = ResolvedNames()
+        self.audit = AuditWriter(config.audit_db)
+        self.resolver: Resolver | None = None
+        self.proxy: Any = None
+        self.nflog: NflogReader | None = None
+        self._control: asyncio.Server | None = None
+        self._reload_lock = asyncio.Lock()
+        self._pruner: asyncio.Task[None] | None = None
+
+    # Views -----------------------------------------------------------------------------
+    def lookup(self, address: str) -> SandboxEntry | None:
+        return self._by_address.get(address)
+
+    def emit(self, event: AuditEvent) -> None:
+        self.audit.emit(event)
+
+    async def admit(self, slot: int, timeouts: dict[str, float]) -> None:
+        nft = self.nft
+        if nft is None:
+            raise RuntimeError("nftables unavailable")
+        await asyncio.to_thread(nft.admit, slot, timeouts)
+
+    # Lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.gateway_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self.audit.start()
+            if self.nft is None:
+                self.nft = NftSets()
+            self._apply(self._read_state() or {})
+            self.resolver = Resolver(
+                lookup=self.lookup,
+                upstream=cfg.upstream_dns,
+                admit=self.admit,
+                resolved=self.resolved,
+                emit=self.emit,
+                extra_ranges=self.extra_ranges,
+                exempt=self.exempt,
+            )
+            await self.resolver.start(cfg.listen_host, cfg.dns_port)
+            await self._start_proxy()
+            if cfg.nflog:
+                self.nflog = NflogReader(self._on_nflog)
+                try:
+                    self.nflog.start()
+                except OSError as exc:
+                    log.error("nflog group unavailable, datapath events not audited: %s", exc)
+                    self.nflog = None
+            self._pruner = asyncio.create_task(self._prune_loop(), name="resolved-pruner")
+            await self._start_control()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "gateway up: dns %s:%d, proxy %s, %d sandboxes",
+            cfg.listen_host,
+            cfg.dns_port,
+            "on" if self.proxy else "off",
+            len(self.sandboxes),
+        )
+
+    async def _start_proxy(self) -> None:
+        try:
+            from declawd.egress.proxy import SandboxView, SniProxy
+        except ImportError as exc:
+            log.error("proxy unavailable (%s): name-only TCP will find no listener", exc)
+            return
+
+        def view(address: str) -> Any:
+            entry = self.lookup(address)
+            return None if entry is None else SandboxView(entry.sandbox_id, entry.policy)
+
+        kwargs: dict[str, Any] = {
+            "lookup": view,
+            "resolved": self.resolved,
+            "audit": self._on_proxy_audit,
+            "extra_non_public": self.extra_ranges,
+        }
+        if self.config.peek_timeout is not None:
+            kwargs["peek_timeout"] = self.config.peek_timeout
+        self.proxy = SniProxy(**kwargs)
+        await self.proxy.start(self.config.listen_host, self.config.proxy_port)
+
+    async def _start_control(self) -> None:
+        path = self.config.control_path
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # stale socket of a previous (crashed) instance
+        self._control = await asyncio.start_unix_server(self._serve_control, str(path))
+        os.chmod(path, 0o600)
+
+    async def stop(self) -> None:
+        """Stop every component (reverse order of start). Idempotent."""
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.config.control_path.unlink()
+        pruner, self._pruner = self._pruner, None
+        if pruner is not None:
+            pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruner
+        if self.nflog is not None:
+            self.nflog.stop()
+            self.nflog = None
+        if self.proxy is not None:
+            proxy, self.proxy = self.proxy, None
+            await proxy.stop()
+        if self.resolver is not None:
+            resolver, self.resolver = self.resolver, None
+            await resolver.stop()
+        await self.audit.stop()
+        if self.nft is not None:
+            self.nft.close()
+            self.nft = None
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, stop."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            log.info("gateway stopping")
+            await self.stop()
+
+    # State -----------------------------------------------------------------------------
+    def _read_state(self) -> dict[str, SandboxEntry] | None:
+        try:
+            return load_state(self.config.state_path)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("cannot read %s: %s", self.config.state_path, exc)
+            return None
+
+    def _apply(self, new: dict[str, SandboxEntry]) -> list[SandboxEntry]:
+        """Install a new sandbox table; returns the entries whose policy changed."""
+        old = self.sandboxes
+        changed: list[SandboxEntry] = []
+        for sid, entry in old.items():
+            fresh = new.get(sid)
+            if fresh is None or fresh.slot != entry.slot or fresh.address != entry.address:
+                self.resolved.forget(sid)
+                if self.resolver is not None:
+                    self.resolver.forget(sid)
+                if self.proxy is not None:
+                    self.proxy.cut(sid, lambda *_: False)
+            elif fresh.policy.to_wire() != entry.policy.to_wire():
+                changed.append(fresh)
+        self.sandboxes = new
+        self._by_address = {e.address: e for e in new.values()}
+        self._by_slot = {e.slot: e for e in new.values()}
+        return changed
+
+    async def reload(self) -> None:
+        async with self._reload_lock:
+            new = self._read_state()
+            if new is None:
+                raise ValueError("state.json unreadable; previous state kept")
+            for entry in self._apply(new):
+                await self._policy_changed(entry)
+
+    async def _policy_changed(self, entry: SandboxEntry) -> None:
+        sid, policy = entry.sandbox_id, entry.policy
+        self.resolved.retain(sid, policy.name_allowed)
+        if policy.domains_enforced and policy.allow_domains and self.nft is not None:
+            # r4 must hold exactly the addresses of names still allowed.
+            now_left = {a: max(1.0, t) for a, t in self.resolved.remaining(sid).items()}
+            try:
+                await asyncio.to_thread(self.nft.replace, entry.slot, now_left)
+            except Exception as exc:
+                log.error("re-seeding r4_%d for %s failed: %s", entry.slot, sid, exc)
+        if self.proxy is not None:
+            self.proxy.cut(sid, self._still_allowed(entry))
+
+    def _still_allowed(self, entry: SandboxEntry) -> Callable[[str | None, str, int], bool]:
+        policy, sid = entry.policy, entry.sandbox_id
+
+        def check(name: str | None, address: str, _port: int) -> bool:
+            if is_non_public(address, self.extra_ranges, exempt=self.exempt):
+                return False
+            l4 = policy.allows_address(address)
+            if l4 is not None:
+                return l4
+            if name is None:
+                return (
+                    self.resolved.any_allowed_name_for(sid, address, policy.name_allowed)
+                    is not None
+                )
+            return policy.name_allowed(name) and self.resolved.resolved_for(sid, name, address)
+
+        return check
+
+    # Control socket --------------------------------------------------------------------
+    async def _serve_control(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(60):
+                        line = await reader.readline()
+                except TimeoutError:
+                    break
+                if not line:
+                    break
+                command = line.decode(errors="replace").strip()
+                if command == "ping":
+                    answer = "ok"
+                elif command == "reload":
+                    try:
+                        await self.reload()
+                        answer = "ok"
+                    except Exception as exc:
+                        log.exception("reload failed")
+                        answer = f"error {exc}".replace("\n", " ")
+                else:
+                    answer = f"error unknown command {command[:40]!r}"
+                writer.write(answer.encode() + b"\n")
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    # Audit sources ---------------------------------------------------------------------
+    def _on_proxy_audit(self, event: dict[str, Any]) -> None:
+        port = event.get("port")
+        self.emit(
+            AuditEvent(
+                sandbox_id=str(event["sandbox_id"]),
+                kind=str(event.get("kind") or "connection"),
+                verdict=str(event.get("verdict") or "deny"),
+                reason=str(event.get("reason") or ""),
+                name=event.get("name"),
+                address=event.get("address"),
+                port=int(port) if port is not None else None,
+                protocol=event.get("protocol"),
+            )
+        )
+
+    def _on_nflog(self, record: NflogRecord) -> None:
+        prefix = parse_prefix(record.prefix)
+        if prefix is None:
+            return
+        entry = self._by_slot.get(prefix.slot)
+        if entry is None:
+            log.debug("nflog event for unknown slot %d", prefix.slot)
+            return
+        packet = parse_packet(record.payload)
+        self.emit(
+            AuditEvent(
+                sandbox_id=entry.sandbox_id,
+                kind="connection",
+                verdict=prefix.verdict,
+                reason=prefix.reason,
+                address=packet.dst if packet else None,
+                port=packet.dport if packet else None,
+                protocol=packet.protocol if packet else None,
+            )
+        )
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            self.resolved.prune()
+
+
+def parse_upstream(value: str) -> tuple[str, int]:
+    """`198.51.100.53` or `198.51.100.53:5300` → (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if sep and host and "]" not in port and host.count(":") == 0:
+        return str(ipaddress.ip_address(host)), int(port)
+    return str(ipaddress.ip_address(value.strip("[]"))), 53

@@ -1,0 +1,244 @@
+"""Policy → nftables compiler (pure): the text of every transaction the datapath runs.
+
+One `inet declawd` table in the gateway netns; base chains dispatch through verdict maps
+keyed by `iifname` to per-sandbox chains, so per-packet cost does not grow with the number
+of sandboxes. Invariants: each script is applied as ONE `nft -f` transaction (all or
+nothing); every refusal is logged (rate-limited) to nflog group 7 before it happens; the
+base script never touches per-sandbox objects, so re-running it keeps sandboxes' rules.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from declawd.egress.policy import FLOOR_V4, EgressPolicy
+
+TABLE = "inet declawd"
+RESOLVER_PORT = 5353
+PROXY_PORT = 15001
+NFLOG_GROUP = 7
+# Per rule, so one flooding sandbox exhausts only its own rules' log budget.
+LOG_LIMIT = "limit rate 20/second burst 40 packets"
+MAPS = ("pre_by_if", "nat_by_if", "fwd_by_if", "in_by_if")
+LAB_LINK = ipaddress.IPv4Network("100.96.0.0/30")
+HOST_LINK = ipaddress.IPv4Network("100.96.0.4/30")
+
+
+def ifname(slot: int) -> str:
+    return f"s{slot}"
+
+
+def chain_names(slot: int) -> tuple[str, str, str, str]:
+    return (f"pre_{slot}", f"nat_{slot}", f"fwd_{slot}", f"in_{slot}")
+
+
+def set_names(slot: int) -> tuple[str, str, str]:
+    return (f"r4_{slot}", f"a4_{slot}", f"d4_{slot}")
+
+
+def floor_networks(
+    extra: Iterable[ipaddress.IPv4Network] = (),
+    exempt: Iterable[ipaddress.IPv4Network] = (),
+) -> list[ipaddress.IPv4Network]:
+    """The floor set's content: FLOOR_V4 minus operator exemptions, plus node ranges.
+
+    Node ranges (pool, links) are added after the subtraction: an exemption never opens
+    the gateway or other sandboxes.
+    """
+    floor: list[ipaddress.IPv4Network] = list(FLOOR_V4)
+    for ex in exempt:
+        nxt: list[ipaddress.IPv4Network] = []
+        for net in floor:
+            if not net.overlaps(ex):
+                nxt.append(net)
+            elif not ex.supernet_of(net):
+                nxt.extend(net.address_exclude(ex))
+        floor = nxt
+    return list(ipaddress.collapse_addresses([*floor, *extra, LAB_LINK, HOST_LINK]))
+
+
+def _elements(nets: Iterable[ipaddress.IPv4Network]) -> str:
+    return ", ".join(str(n) for n in ipaddress.collapse_addresses(nets))
+
+
+@dataclass(frozen=True)
+class BaseLayout:
+    upstream_if: str
+    floor: Sequence[ipaddress.IPv4Network]
+
+
+def base_script(layout: BaseLayout) -> str:
+    """Create or refresh the base table. Keeps maps, their elements and sandbox objects."""
+    t = TABLE
+    lines = [
+        f"add table {t}",
+        f"add set {t} floor4 {{ type ipv4_addr; flags interval; }}",
+        f"flush set {t} floor4",
+        f"add element {t} floor4 {{ {_elements(layout.floor)} }}",
+    ]
+    lines += [f"add map {t} {m} {{ type ifname : verdict; }}" for m in MAPS]
+    chains = {
+        # raw priority: runs before conntrack, so spoofed packets never create state.
+        "prerouting_raw": "type filter hook prerouting priority raw; policy accept;",
+        "prerouting_nat": "type nat hook prerouting priority dstnat; policy accept;",
+        "forward": "type filter hook forward priority filter; policy drop;",
+        "input": "type filter hook input priority filter; policy drop;",
+        "postrouting_nat": "type nat hook postrouting priority srcnat; policy accept;",
+    }
+    for name, spec in chains.items():
+        lines += [f"add chain {t} {name} {{ {spec} }}", f"flush chain {t} {name}"]
+    up = layout.upstream_if
+    lines += [
+        f"add rule {t} prerouting_raw iifname vmap @pre_by_if",
+        # An s* interface without its map element (mid-create or stale) sends nothing.
+        f'add rule {t} prerouting_raw iifname "s*" drop',
+        f"add rule {t} prerouting_nat iifname vmap @nat_by_if",
+        f"add rule {t} forward ct state established,related accept",
+        f"add rule {t} forward ct state invalid drop",
+        f"add rule {t} forward iifname vmap @fwd_by_if",
+        f"add rule {t} input ct state established,related accept",
+        f"add rule {t} input ct state invalid drop",
+        f'add rule {t} input iif "lo" accept',
+        f"add rule {t} input iifname vmap @in_by_if",
+        f'add rule {t} postrouting_nat oifname "{up}" masquerade',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _log(slot: int, verdict: str, reason: str, match: str = "") -> str:
+    m = f"{match} " if match else ""
+    return f'{m}{LOG_LIMIT} log prefix "{verdict}:{slot}:{reason}" group {NFLOG_GROUP}'
+
+
+def _refuse(slot: int, reason: str, match: str = "") -> list[str]:
+    """Log, then refuse so the client sees it at once: TCP RST, else ICMP admin-prohibited."""
+    m = f"{match} " if match else ""
+    return [
+        _log(slot, "deny", reason, match),
+        f"{m}meta l4proto tcp reject with tcp reset",
+        f"{m}reject with icmpx admin-prohibited",
+    ]
+
+
+def _accept(slot: int, reason: str, match: str = "") -> list[str]:
+    m = f"{match} " if match else ""
+    return [_log(slot, "allow", reason, match), f"{m}accept"]
+
+
+def sandbox_rules(slot: int, address: str, policy: EgressPolicy) -> dict[str, list[str]]:
+    """Rule bodies of the four per-sandbox chains, in evaluation order."""
+    r4, a4, d4 = set_names(slot)
+    pre = [
+        _log(slot, "deny", "ipv6", "meta nfproto ipv6"),
+        "meta nfproto ipv6 drop",
+        _log(slot, "deny", "spoof", f"ip saddr != {address}"),
+        f"ip saddr != {address} drop",
+    ]
+    nat = [f"meta l4proto {{ tcp, udp }} th dport 53 redirect to :{RESOLVER_PORT}"]
+    fwd = _refuse(slot, "floor", "ip daddr @floor4")
+    if policy.allow_cidrs_v4:
+        fwd += _accept(slot, "cidr", f"ip daddr @{a4}")
+    if policy.domains_enforced and policy.allow_domains:
+        # Floor and CIDR-allowed destinations never reach the proxy (L4 path).
+        nat.append("ip daddr @floor4 return")
+        if policy.allow_cidrs_v4:
+            nat.append(f"ip daddr @{a4} return")
+        nat.append(f"ip daddr @{r4} meta l4proto tcp redirect to :{PROXY_PORT}")
+        # UDP (QUIC) to name-only destinations is refused so clients fall back to TCP.
+        fwd += _refuse(slot, "udp_dns_only", f"ip daddr @{r4}")
+    if policy.deny_cidrs_v4:
+        fwd += _refuse(slot, "deny_cidr", f"ip daddr @{d4}")
+    fwd += _accept(slot, "open") if policy.default_allows else _refuse(slot, "default")
+    inp = [
+        f"ct status dnat meta l4proto {{ tcp, udp }} th dport {RESOLVER_PORT} accept",
+        f"ct status dnat tcp dport {PROXY_PORT} accept",
+        *_refuse(slot, "gateway"),
+    ]
+    pre_c, nat_c, fwd_c, in_c = chain_names(slot)
+    return {pre_c: pre, nat_c: nat, fwd_c: fwd, in_c: inp}
+
+
+def _set_content(slot: int, policy: EgressPolicy) -> list[str]:
+    _, a4, d4 = set_names(slot)
+    out = []
+    if policy.allow_cidrs_v4:
+        out.append(f"add element {TABLE} {a4} {{ {_elements(policy.allow_cidrs_v4)} }}")
+    if policy.deny_cidrs_v4:
+        out.append(f"add element {TABLE} {d4} {{ {_elements(policy.deny_cidrs_v4)} }}")
+    return out
+
+
+def _declare(slot: int) -> list[str]:
+    """Idempotent declarations of the sandbox's sets and chains (no-ops if present)."""
+    r4, a4, d4 = set_names(slot)
+    t = TABLE
+    lines = [
+        f"add set {t} {r4} {{ type ipv4_addr; flags timeout; }}",
+        f"add set {t} {a4} {{ type ipv4_addr; flags interval; }}",
+        f"add set {t} {d4} {{ type ipv4_addr; flags interval; }}",
+    ]
+    lines += [f"add chain {t} {c}" for c in chain_names(slot)]
+    return lines
+
+
+def _map_elements(slot: int) -> list[tuple[str, str]]:
+    return list(zip(MAPS, chain_names(slot), strict=True))
+
+
+def sandbox_add_script(slot: int, address: str, policy: EgressPolicy) -> str:
+    """Install one sandbox (replacing any stale leftovers of the same slot)."""
+    t = TABLE
+    r4, a4, d4 = set_names(slot)
+    lines = _declare(slot)
+    lines += [f"flush chain {t} {c}" for c in chain_names(slot)]
+    lines += [f"flush set {t} {s}" for s in (r4, a4, d4)]
+    lines += _set_content(slot, policy)
+    for chain, rules in sandbox_rules(slot, address, policy).items():
+        lines += [f"add rule {t} {chain} {r}" for r in rules]
+    # Map elements last: the interface is dispatched only to complete chains.
+    lines += [
+        f'add element {t} {m} {{ "{ifname(slot)}" : goto {c} }}' for m, c in _map_elements(slot)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sandbox_update_script(slot: int, address: str, policy: EgressPolicy) -> str:
+    """Replace a sandbox's rules and CIDR sets atomically; resolved addresses survive
+    unless names no longer matter under the new policy."""
+    t = TABLE
+    r4, a4, d4 = set_names(slot)
+    lines = _declare(slot)
+    lines += [f"flush chain {t} {c}" for c in chain_names(slot)]
+    lines += [f"flush set {t} {a4}", f"flush set {t} {d4}"]
+    if not (policy.domains_enforced and policy.allow_domains):
+        lines.append(f"flush set {t} {r4}")
+    lines += _set_content(slot, policy)
+    for chain, rules in sandbox_rules(slot, address, policy).items():
+        lines += [f"add rule {t} {chain} {r}" for r in rules]
+    return "\n".join(lines) + "\n"
+
+
+def sandbox_remove_script(slot: int) -> str:
+    """Remove everything of one slot; valid whether or not any of it exists.
+
+    nft 1.0.6 has no `destroy`, so objects are first declared (no-op when present)
+    and then deleted, in the same transaction.
+    """
+    t = TABLE
+    lines = _declare(slot)
+    lines += [
+        f'add element {t} {m} {{ "{ifname(slot)}" : goto {c} }}' for m, c in _map_elements(slot)
+    ]
+    lines += [f'delete element {t} {m} {{ "{ifname(slot)}" }}' for m in MAPS]
+    lines += [f"flush chain {t} {c}" for c in chain_names(slot)]
+    lines += [f"delete chain {t} {c}" for c in chain_names(slot)]
+    lines += [f"delete set {t} {s}" for s in set_names(slot)]
+    return "\n".join(lines) + "\n"
+
+
+def add_resolved_script(slot: int, addresses: Iterable[str], timeout_s: int) -> str:
+    """What the gateway daemon runs (documented here for tests and the bench)."""
+    elems = ", ".join(f"{a} timeout {int(timeout_s)}s" for a in addresses)
+    return f"add element {TABLE} {set_names(slot)[0]} {{ {elems} }}\n"

@@ -1,0 +1,3 @@
+module declawd/envd
+
+go 1.19

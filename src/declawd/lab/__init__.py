@@ -1,0 +1,40 @@
+"""The lab: a simulated internet (named hosts with HTTP/HTTPS from a lab CA, authoritative
+DNS with a query log) in its own netns, for tests, benchmarks and the demo.
+
+Invariant: everything the lab creates lives in `<instance>-lab` and `<state_dir>/lab`; the
+lab never routes anywhere but back to the gateway, so nothing it does reaches a real network.
+"""
+
+from declawd.lab.ca import LabCA, ca_bundle_path, ca_cert_path, ensure_ca
+from declawd.lab.config import (
+    LAB_DNS_ADDRESS,
+    LAB_LINK_ADDRESS,
+    LAB_LINK_GATEWAY,
+    LabConfig,
+    LabConfigError,
+    LabHost,
+    load_config,
+    parse_config,
+)
+from declawd.lab.process import LabError, LabProcess, lab_down
+from declawd.lab.topology import ensure_lab_netns, remove_lab_netns
+
+__all__ = [
+    "LAB_DNS_ADDRESS",
+    "LAB_LINK_ADDRESS",
+    "LAB_LINK_GATEWAY",
+    "LabCA",
+    "LabConfig",
+    "LabConfigError",
+    "LabError",
+    "LabHost",
+    "LabProcess",
+    "ca_bundle_path",
+    "ca_cert_path",
+    "ensure_ca",
+    "ensure_lab_netns",
+    "lab_down",
+    "load_config",
+    "parse_config",
+    "remove_lab_netns",
+]

@@ -1,0 +1,74 @@
+"""`declawd lab`: run the simulated internet (`serve`), tear it down (`down`), show the CA.
+
+Thin typer commands over `declawd.lab.process`; settings come from the same DECLAWD_* env
+vars as the server, with `--instance` and `--state-dir` overrides.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from declawd.config import Settings
+
+app = typer.Typer(no_args_is_help=True, help="The lab: a simulated internet for tests and demos.")
+
+_INSTANCE = typer.Option(None, "--instance", help="instance name (netns prefix)")
+_STATE_DIR = typer.Option(None, "--state-dir", help="state directory")
+
+
+def _settings(instance: str | None, state_dir: Path | None) -> Settings:
+    try:
+        return Settings.from_env(instance=instance, state_dir=state_dir)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def serve(
+    config: Path | None = typer.Option(None, "--config", help="lab config JSON"),
+    instance: str | None = _INSTANCE,
+    state_dir: Path | None = _STATE_DIR,
+    keep: bool = typer.Option(False, "--keep", help="keep the lab netns on exit"),
+) -> None:
+    """Run the lab in the foreground (in netns <instance>-lab) until SIGTERM/SIGINT."""
+    from declawd.lab.config import LabConfigError, load_config
+    from declawd.lab.process import LabError
+    from declawd.lab.process import serve as run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = _settings(instance, state_dir)
+    try:
+        lab_config = load_config(config if config is not None else settings.lab_config)
+    except LabConfigError as exc:
+        typer.echo(f"lab config error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        run(settings, lab_config, keep=keep)
+    except LabError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def down(instance: str | None = _INSTANCE, state_dir: Path | None = _STATE_DIR) -> None:
+    """Stop this instance's running lab, if any, and delete the lab netns."""
+    from declawd.lab.process import lab_down
+
+    lab_down(_settings(instance, state_dir))
+
+
+@app.command("ca-path")
+def ca_path(
+    instance: str | None = _INSTANCE,
+    state_dir: Path | None = _STATE_DIR,
+    bundle: bool = typer.Option(False, "--bundle", help="print the system+lab bundle path"),
+) -> None:
+    """Create the lab CA if needed and print its PEM path."""
+    from declawd.lab.ca import ca_bundle_path, ca_cert_path, ensure_ca
+
+    settings = _settings(instance, state_dir)
+    ensure_ca(settings)
+    typer.echo(str(ca_bundle_path(settings) if bundle else ca_cert_path(settings)))

@@ -1,0 +1,1 @@
+"""The node: everything declawd does on one machine (sandboxes, networks, envd)."""

@@ -1,0 +1,130 @@
+"""Reading and sweeping the cgroups the OCI runtime creates for sandboxes.
+
+The runtime (runc's cgroupfs driver) creates `/<instance>/<sandbox_id>` in every hierarchy;
+here we only read usage from it and remove leftovers after a crash. Invariant:
+`remove_cgroup` is idempotent and never touches a cgroup outside the given path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class Stats:
+    cpu_usage_ns: int
+    memory_bytes: int
+    pids: int
+
+
+def _hierarchies() -> dict[str, Path]:
+    """Mount point per v1 controller (and "" for the v2 hierarchy) from mountinfo."""
+    found: dict[str, Path] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype, _source, superopts = right.split()[:3]
+            mount_point = Path(left.split()[4])
+            if fstype == "cgroup2":
+                found.setdefault("", mount_point)
+            elif fstype == "cgroup":
+                for opt in superopts.split(","):
+                    if opt in ("rw", "ro") or opt.startswith(("release_agent=", "clone_children")):
+                        continue
+                    found.setdefault(opt, mount_point)
+    return found
+
+
+def _unified() -> bool:
+    return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def _rel(cgroups_path: str) -> str:
+    rel = cgroups_path.strip("/")
+    if not rel or ".." in rel.split("/"):
+        raise ValueError(f"cgroups_path: {cgroups_path!r} is not a cgroup below the root")
+    return rel
+
+
+def _read_int(path: Path) -> int:
+    return int(path.read_text().split()[0])
+
+
+def read_stats(cgroups_path: str) -> Stats:
+    """Current CPU time, memory use and task count; FileNotFoundError if there is no such cgroup."""
+    rel = _rel(cgroups_path)
+    if _unified():
+        base = CGROUP_ROOT / rel
+        cpu_usec = 0
+        for line in (base / "cpu.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                cpu_usec = int(value)
+        return Stats(
+            cpu_usage_ns=cpu_usec * 1000,
+            memory_bytes=_read_int(base / "memory.current"),
+            pids=_read_int(base / "pids.current"),
+        )
+    h = _hierarchies()
+    return Stats(
+        cpu_usage_ns=_read_int(h["cpuacct"] / rel / "cpuacct.usage"),
+        memory_bytes=_read_int(h["memory"] / rel / "memory.usage_in_bytes"),
+        pids=_read_int(h["pids"] / rel / "pids.current"),
+    )
+
+
+def cgroup_dirs(cgroups_path: str) -> list[Path]:
+    """The directories of this cgroup that exist, one per hierarchy."""
+    rel = _rel(cgroups_path)
+    mounts = {p for p in _hierarchies().values()}
+    return sorted(m / rel for m in mounts if (m / rel).is_dir())
+
+
+def _kill_tasks(directory: Path) -> bool:
+    """SIGKILL every task left in a cgroup tree; True when there were some."""
+    killed = False
+    for procs in directory.rglob("cgroup.procs"):
+        try:
+            pids = [int(p) for p in procs.read_text().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def _rmdir_tree(directory: Path) -> None:
+    # cgroup dirs cannot be removed recursively; remove the deepest children first.
+    children = sorted(
+        (p for p in directory.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+    )
+    for child in [*children, directory]:
+        with contextlib.suppress(FileNotFoundError):
+            child.rmdir()
+
+
+def remove_cgroup(cgroups_path: str) -> None:
+    """Remove the cgroup (and its children) from every hierarchy; kills leftover tasks."""
+    for directory in cgroup_dirs(cgroups_path):
+        for _attempt in range(50):
+            try:
+                _rmdir_tree(directory)
+                break
+            except OSError:
+                if not _kill_tasks(directory):
+                    time.sleep(0.02)
+                else:
+                    time.sleep(0.01)
+        else:
+            _rmdir_tree(directory)

@@ -1,0 +1,135 @@
+"""Host-side mounts for a sandbox: the overlay root filesystem and the envd socket tmpfs.
+
+Invariant: template layers are only ever lower (read-only) layers; the sandbox writes to
+its own upper dir. Every mount made here is undone by `unmount`, which is idempotent and
+falls back to a lazy detach so a busy mount never blocks a teardown.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MNT_DETACH = 0x2
+
+# mount(2) copies its data argument into one page; stay clearly below it.
+_MOUNT_DATA_LIMIT = 3800
+_SHORT_LINK_PARENT = Path("/run/declawd-ovl")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+class MountError(OSError):
+    """A mount or unmount failed; carries the target path."""
+
+
+def _mount(source: str, target: Path, fstype: str, flags: int, data: str) -> None:
+    rc = _libc.mount(source.encode(), str(target).encode(), fstype.encode(), flags, data.encode())
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise MountError(err, f"mount {fstype} on {target}: {os.strerror(err)}", str(target))
+
+
+def _overlay_data(lowers: list[str], upper: Path, work: Path) -> str:
+    # overlayfs wants the topmost lower layer first; ours come lowest first.
+    return f"lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work}"
+
+
+def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
+    """Mount overlayfs(lowers, upper) on target; `lowers` are ordered lowest first."""
+    if not lowers:
+        raise ValueError("lowers: an overlay needs at least one lower layer")
+    for p in lowers:
+        if ":" in str(p) or "," in str(p):
+            raise ValueError(f"lowers: {p} contains a character overlayfs cannot parse")
+    data = _overlay_data([str(p) for p in lowers], upper, work)
+    if len(data) < _MOUNT_DATA_LIMIT:
+        _mount("overlay", target, "overlay", 0, data)
+        return
+    # Too long for one page: point at the layers through short symlinks. The kernel
+    # resolves them at mount time and keeps the layer dentries, so the links can go.
+    _SHORT_LINK_PARENT.mkdir(mode=0o700, parents=True, exist_ok=True)
+    linkdir = Path(tempfile.mkdtemp(prefix="", dir=_SHORT_LINK_PARENT))
+    try:
+        short = []
+        for i, layer in enumerate(lowers):
+            link = linkdir / format(i, "x")
+            link.symlink_to(layer.resolve())
+            short.append(str(link))
+        data = _overlay_data(short, upper, work)
+        if len(data) >= _MOUNT_DATA_LIMIT:
+            raise ValueError(f"lowers: {len(lowers)} layers are too many for one overlay mount")
+        _mount("overlay", target, "overlay", 0, data)
+    finally:
+        shutil.rmtree(linkdir, ignore_errors=True)
+
+
+def mount_tmpfs(target: Path, size_bytes: int, mode: int = 0o700) -> None:
+    """Mount a size-limited tmpfs on target (a no-op when one is already mounted there)."""
+    if is_mounted(target):
+        return
+    _mount(
+        "tmpfs",
+        target,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        f"size={size_bytes},mode={mode:o}",
+    )
+
+
+def unmount(target: Path) -> None:
+    """Unmount target; idempotent (not mounted / missing is fine), lazy when busy."""
+    path = str(target).encode()
+    while is_mounted(target):
+        if _libc.umount2(path, 0) == 0:
+            continue  # stacked mounts: loop until none is left
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOENT):
+            return
+        if err == errno.EBUSY and _libc.umount2(path, MNT_DETACH) == 0:
+            continue
+        err = ctypes.get_errno()
+        raise MountError(err, f"umount {target}: {os.strerror(err)}", str(target))
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and len(field) >= i + 4:
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_points() -> set[str]:
+    """Every mount point in this process's mount namespace."""
+    with open("/proc/self/mountinfo") as f:
+        return {_unescape(line.split(" ", 5)[4]) for line in f}
+
+
+def is_mounted(target: Path) -> bool:
+    try:
+        resolved = os.path.realpath(target)
+    except OSError:
+        return False
+    return resolved in mount_points()

@@ -1,0 +1,278 @@
+"""SQLite connection handling and schema migrations for `declawd.db`.
+
+One connection per thread (the server calls the store from anyio worker threads and
+from the event loop; several processes share the file). Invariant: every write runs in
+`BEGIN IMMEDIATE`, so a writer takes the lock up front and waits (busy_timeout) instead
+of failing with "database is locked" when it would upgrade a stale read snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from declawd.store.errors import Duplicate, SchemaTooNew
+
+BUSY_TIMEOUT_MS = 5000
+
+# The gateway daemon (another process, declawd.egress.audit.SCHEMA) creates this table
+# itself with `CREATE TABLE IF NOT EXISTS` of exactly this text: whichever process runs
+# first defines it, so both texts must stay identical (a unit test compares them).
+AUDIT_EVENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    sandbox_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT,
+    name TEXT,
+    address TEXT,
+    port INTEGER,
+    protocol TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_events_sandbox ON audit_events (sandbox_id, id);
+"""
+
+_V1 = (
+    """
+CREATE TABLE teams (
+    team_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
+CREATE TABLE api_keys (
+    key_id TEXT PRIMARY KEY,
+    team_id TEXT NOT NULL REFERENCES teams (team_id),
+    name TEXT NOT NULL DEFAULT '',
+    key_hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE INDEX api_keys_team ON api_keys (team_id);
+CREATE INDEX api_keys_prefix ON api_keys (prefix);
+CREATE TABLE sandboxes (
+    sandbox_id TEXT PRIMARY KEY,
+    team_id TEXT NOT NULL,
+    template_id TEXT,
+    template_alias TEXT,
+    state TEXT NOT NULL,
+    runtime TEXT,
+    slot INTEGER,
+    address TEXT,
+    metadata TEXT,
+    envs TEXT,
+    network TEXT,
+    security TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    end_at REAL,
+    killed_at REAL,
+    error TEXT,
+    cpu_count REAL,
+    memory_mb INTEGER,
+    lab INTEGER
+);
+CREATE UNIQUE INDEX sandboxes_live_slot ON sandboxes (slot)
+    WHERE state IN ('creating', 'running');
+CREATE INDEX sandboxes_team_order ON sandboxes (team_id, created_at, sandbox_id);
+CREATE INDEX sandboxes_state ON sandboxes (state);
+CREATE TABLE idempotency (
+    team_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    sandbox_id TEXT,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (team_id, key)
+);
+CREATE INDEX idempotency_created ON idempotency (created_at);
+CREATE TABLE templates (
+    template_id TEXT PRIMARY KEY,
+    team_id TEXT NOT NULL DEFAULT '',
+    alias TEXT,
+    state TEXT NOT NULL,
+    spec TEXT,
+    layers TEXT,
+    user TEXT,
+    workdir TEXT,
+    envs TEXT,
+    start_cmd TEXT,
+    ready_cmd TEXT,
+    ready_timeout REAL,
+    cpu_count REAL,
+    memory_mb INTEGER,
+    runtime TEXT,
+    size_bytes INTEGER,
+    build_seconds REAL,
+    created_at REAL NOT NULL,
+    error TEXT
+);
+CREATE INDEX templates_team ON templates (team_id, created_at);
+CREATE TABLE template_aliases (
+    team_id TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    template_id TEXT NOT NULL,
+    PRIMARY KEY (team_id, alias)
+);
+CREATE INDEX template_aliases_template ON template_aliases (template_id);
+CREATE TABLE builds (
+    build_id TEXT PRIMARY KEY,
+    template_id TEXT,
+    team_id TEXT,
+    status TEXT NOT NULL,
+    logs TEXT,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+"""
+    + AUDIT_EVENTS_SCHEMA
+)
+
+# Applied in order; migration i (0-based) brings the schema to user_version i + 1.
+# Append only: never edit a script that has shipped.
+MIGRATIONS: list[str] = [_V1]
+
+
+def _rollback(c: sqlite3.Connection) -> None:
+    # SQLite may already have rolled back on its own (e.g. SQLITE_FULL, interrupted).
+    if c.in_transaction:
+        c.execute("ROLLBACK")
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a SQL script into complete statements (no triggers with inner `;` here)."""
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        raise ValueError(f"incomplete SQL statement: {buf.strip()[:80]!r}")
+    return out
+
+
+class Database:
+    """Per-thread connections to one SQLite file, plus transaction helpers."""
+
+    def __init__(self, path: Path | str, migrations: Sequence[str] = MIGRATIONS) -> None:
+        self.path = Path(path)
+        self._migrations = list(migrations)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # (owning thread, connection): lets close() reach every thread's connection and
+        # lets us close connections whose thread has died.
+        self._conns: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # The file holds key hashes and audit trails: not world-readable. SQLite gives
+            # the -wal/-shm files the same mode.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        try:
+            self.migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    # Connections ----------------------------------------------------------------------
+    def conn(self) -> sqlite3.Connection:
+        c: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if c is not None:
+            return c
+        if self._closed:
+            raise RuntimeError("store is closed")
+        # isolation_level=None: no implicit transactions; we issue BEGIN ourselves.
+        c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        c.row_factory = sqlite3.Row
+        c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        c.execute("PRAGMA journal_mode = WAL")
+        c.execute("PRAGMA synchronous = NORMAL")
+        c.execute("PRAGMA foreign_keys = ON")
+        self._local.conn = c
+        with self._lock:
+            self._reap_dead_locked()
+            self._conns.append((weakref.ref(threading.current_thread()), c))
+        return c
+
+    def _reap_dead_locked(self) -> None:
+        alive = []
+        for ref, c in self._conns:
+            t = ref()
+            if t is None or not t.is_alive():
+                c.close()
+            else:
+                alive.append((ref, c))
+        self._conns = alive
+
+    def close(self) -> None:
+        """Close every thread's connection. Idempotent; callers must be done using it."""
+        with self._lock:
+            self._closed = True
+            for _, c in self._conns:
+                c.close()
+            self._conns = []
+        self._local = threading.local()
+
+    # Statements -----------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self.conn().execute(sql, params).fetchall()
+
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn().execute(sql, params).fetchone()
+        return row
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken with BEGIN IMMEDIATE; unique violations → Duplicate."""
+        c = self.conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except sqlite3.IntegrityError as exc:
+            _rollback(c)
+            if "UNIQUE" in str(exc):
+                raise Duplicate(str(exc)) from exc
+            raise
+        except BaseException:
+            _rollback(c)
+            raise
+        else:
+            c.execute("COMMIT")
+
+    # Migrations -----------------------------------------------------------------------
+    def user_version(self) -> int:
+        row = self.query_one("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+    def migrate(self) -> int:
+        """Bring the schema up to date, one transaction per migration; returns the version.
+
+        The version is re-read inside each transaction, so two processes opening a fresh
+        file at once apply each migration exactly once.
+        """
+        target = len(self._migrations)
+        while True:
+            with self.write() as c:
+                current = int(c.execute("PRAGMA user_version").fetchone()[0])
+                if current > target:
+                    raise SchemaTooNew(
+                        f"{self.path}: schema version {current} is newer than this "
+                        f"declawd understands ({target})"
+                    )
+                if current == target:
+                    return current
+                for stmt in split_statements(self._migrations[current]):
+                    c.execute(stmt)
+                c.execute(f"PRAGMA user_version = {current + 1}")

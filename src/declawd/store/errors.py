@@ -1,0 +1,28 @@
+"""Errors raised by the store.
+
+These are internal: the API layer decides which become client-facing `ApiError`s
+(e.g. `Duplicate` on a template alias → 409). Lookups of a missing record return None
+instead of raising; only mutations of a missing record raise `RecordNotFound`.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the store raises on purpose."""
+
+
+class Duplicate(StoreError):
+    """A unique constraint was violated (team name, sandbox id, live slot, ...)."""
+
+
+class RecordNotFound(StoreError, LookupError):
+    """An update or allocation named a record that does not exist."""
+
+
+class AmbiguousKey(StoreError):
+    """A key prefix given to `revoke_api_key` matches more than one key."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer declawd than this one."""

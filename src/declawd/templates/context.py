@@ -1,0 +1,103 @@
+"""Build contexts: tar.gz uploads that `copies` / COPY read from, stored content-addressed.
+
+`contexts/<context_id>/files` holds the extracted tree; `context_id` is `ctx-` + the
+sha256 of the upload, so equal uploads share one dir and layer cache keys stay stable.
+Invariant: nothing is extracted unless every member is a plain file, dir or link whose
+path and target stay inside the context, and the sizes are under the caps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import posixpath
+import secrets
+import shutil
+import tarfile
+from pathlib import Path
+
+from declawd.errors import BadRequest, PayloadTooLarge
+
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+MAX_EXTRACTED_BYTES = 1024 * 1024 * 1024
+MAX_MEMBERS = 20000
+
+
+def _clean_name(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return posixpath.normpath(name) if name else "."
+
+
+def validate_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Check every member (pure over the archive's index); BadRequest names the first bad one."""
+    members = tar.getmembers()
+    if len(members) > MAX_MEMBERS:
+        raise PayloadTooLarge(f"context: more than {MAX_MEMBERS} entries")
+    total = 0
+    names: set[str] = set()
+    for m in members:
+        raw = m.name
+        if raw.startswith("/") or "\x00" in raw:
+            raise BadRequest(f"context: absolute path {raw!r}")
+        name = _clean_name(raw)
+        if name == ".." or name.startswith("../") or "/../" in f"/{raw}/":
+            raise BadRequest(f"context: path {raw!r} leaves the context")
+        if m.issym():
+            target = m.linkname
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+            if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                raise BadRequest(f"context: symlink {raw!r} -> {target!r} leaves the context")
+        elif m.islnk():
+            if _clean_name(m.linkname) not in names:
+                raise BadRequest(
+                    f"context: hard link {raw!r} -> {m.linkname!r} is not to an earlier file"
+                )
+        elif not (m.isfile() or m.isdir()):
+            raise BadRequest(f"context: {raw!r} is not a regular file, directory or link")
+        total += m.size
+        if total > MAX_EXTRACTED_BYTES:
+            raise PayloadTooLarge(
+                f"context: more than {MAX_EXTRACTED_BYTES // 2**20} MiB extracted"
+            )
+        names.add(name)
+    return members
+
+
+def store_context(contexts_dir: Path, body: bytes) -> str:
+    """Validate and extract an uploaded tar.gz; returns its context id (idempotent)."""
+    if len(body) > MAX_UPLOAD_BYTES:
+        raise PayloadTooLarge(f"context: larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+    if not body:
+        raise BadRequest("context: empty body (expected a tar.gz archive)")
+    context_id = "ctx-" + hashlib.sha256(body).hexdigest()
+    final = contexts_dir / context_id
+    if (final / "files").is_dir():
+        return context_id
+    contexts_dir.mkdir(parents=True, exist_ok=True)
+    tmp = contexts_dir / f".tmp-{secrets.token_hex(6)}"
+    try:
+        with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as tar:
+            members = validate_members(tar)
+            (tmp / "files").mkdir(parents=True)
+            # the data filter re-checks what we checked and strips setuid bits and owners
+            tar.extractall(tmp / "files", members=members, filter="data")
+        os.chmod(tmp / "files", 0o755)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not (final / "files").is_dir():
+                raise
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise BadRequest(f"context: not a valid tar.gz archive ({exc})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return context_id
+
+
+def context_has(contexts_dir: Path, context_id: str, src: str) -> bool:
+    """Whether `src` (already checked to be relative without `..`) exists in the context."""
+    root = (contexts_dir / context_id / "files").resolve()
+    path = (root / src).resolve()
+    return (path == root or root in path.parents) and (path.exists() or path.is_symlink())

@@ -1,0 +1,406 @@
+"""TemplateService: what the API routes call for templates, builds and build contexts.
+
+Builds run as background asyncio tasks; the service answers at once. Invariants: a template
+is immutable once ready; an alias moves to a new template only when that build completes
+(sandboxes keep the template they started from); a failed build leaves its template in
+state "failed" with the error, and no layer debris (see builder.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import hashlib
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from declawd.config import Settings
+from declawd.errors import BadRequest, Conflict, NotFound
+from declawd.templates.builder import Builder, StepFailed
+from declawd.templates.buildlog import BuildLog
+from declawd.templates.catalog import catalog_names, catalog_plan, catalog_spec
+from declawd.templates.context import context_has, store_context
+from declawd.templates.model import Template, template_from_record
+from declawd.templates.plan import BuildPlan, plan_spec
+from declawd.templates.spec import BuildRequest, parse_build_body, parse_spec
+
+_LOG_FLUSH_S = 1.0
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+def _iso(ts: Any) -> str | None:
+    if not isinstance(ts, int | float):
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+class TemplateService:
+    def __init__(self, settings: Settings, store: Any, runtime_name: str = "runc") -> None:
+        self.settings = settings
+        self.store = store
+        self.contexts_dir = settings.templates_path / "contexts"
+        self.builder = Builder(
+            settings.templates_path,
+            settings.run_dir,
+            runtime_name=runtime_name,
+            instance=settings.instance,
+            contexts_dir=self.contexts_dir,
+        )
+        self._logs: dict[str, BuildLog] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._active_keys: dict[str, list[str]] = {}
+
+    # --- lookups ------------------------------------------------------------------
+    def _record(self, team_id: str, id_or_alias: str) -> dict[str, Any]:
+        rec: dict[str, Any] | None
+        if id_or_alias.startswith("tpl-"):
+            rec = self.store.get_template(id_or_alias)
+            if rec is not None and rec["team_id"] not in (team_id, ""):
+                rec = None
+        else:
+            rec = self.store.get_template_by_alias(team_id, id_or_alias)
+        if rec is None:
+            raise NotFound(f"template '{id_or_alias}' not found")
+        return rec
+
+    def resolve(self, team_id: str, id_or_alias: str) -> Template:
+        """The ready template a sandbox should start from; NotFound / Conflict otherwise."""
+        rec = self._record(team_id, id_or_alias)
+        if rec["state"] != "ready":
+            raise Conflict(
+                f"template '{id_or_alias}' is {rec['state']}, not ready", code="template_not_ready"
+            )
+        tpl = template_from_record(rec, self.builder.cache.fs)
+        missing = [p for p in tpl.layer_paths if not p.is_dir()]
+        if missing:
+            raise Conflict(
+                f"template '{id_or_alias}' has missing layers ({missing[0].parent.name[:12]}...); rebuild it",
+                code="template_not_ready",
+            )
+        return tpl
+
+    def _public(self, rec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "template_id": rec["template_id"],
+            "alias": rec.get("alias"),
+            "builtin": rec["team_id"] == "",
+            "state": rec["state"],
+            "size_bytes": rec.get("size_bytes") or 0,
+            "build_seconds": rec.get("build_seconds"),
+            "created_at": _iso(rec.get("created_at")),
+            "user": rec.get("user"),
+            "workdir": rec.get("workdir"),
+            "start_cmd": rec.get("start_cmd"),
+            "ready_cmd": rec.get("ready_cmd"),
+            "ready_timeout": rec.get("ready_timeout"),
+            "cpu_count": rec.get("cpu_count"),
+            "memory_mb": rec.get("memory_mb"),
+            "runtime": rec.get("runtime"),
+            "error": rec.get("error"),
+        }
+
+    def list(self, team_id: str) -> builtins.list[dict[str, Any]]:
+        return [self._public(r) for r in self.store.list_templates(team_id)]
+
+    def get(self, team_id: str, id_or_alias: str) -> dict[str, Any]:
+        rec = self._record(team_id, id_or_alias)
+        out = self._public(rec)
+        out["envs"] = rec.get("envs") or {}
+        out["layers"] = len(rec.get("layers") or [])
+        return out
+
+    # --- builds -------------------------------------------------------------------
+    def _check_context(self, req: BuildRequest) -> None:
+        spec = req.spec
+        if spec.context_id is None:
+            return
+        if not (self.contexts_dir / spec.context_id / "files").is_dir():
+            raise BadRequest(f"template.context_id: unknown build context {spec.context_id}")
+        for i, op in enumerate(spec.copies):
+            if not context_has(self.contexts_dir, spec.context_id, op.src):
+                raise BadRequest(
+                    f"template.copies[{i}].src: {op.src!r} is not in the build context"
+                )
+
+    async def build(self, team_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        req = parse_build_body(body)
+        plan = plan_spec(req.spec)
+        self._check_context(req)
+        existing = None
+        if req.alias is not None:
+            existing = self.store.get_template_by_alias(team_id, req.alias)
+            if existing is not None and existing["state"] != "ready":
+                raise Conflict(
+                    f"alias '{req.alias}' names template {existing['template_id']}, which is "
+                    f"{existing['state']}"
+                    + ("; rebuild or delete it" if existing["state"] == "failed" else "")
+                )
+        spec = req.spec
+        template_id = _new_id("tpl")
+        self.store.insert_template(
+            {
+                "template_id": template_id,
+                "team_id": team_id,
+                "alias": req.alias,
+                "state": "building",
+                "spec": {
+                    "template": req.raw_spec,
+                    "cpu_count": req.cpu_count,
+                    "memory_mb": req.memory_mb,
+                    "disk_mb": req.disk_mb,
+                },
+                "layers": [],
+                "user": spec.user,
+                "workdir": spec.workdir,
+                "envs": spec.envs,
+                "start_cmd": spec.start_cmd,
+                "ready_cmd": spec.ready_cmd,
+                "ready_timeout": spec.ready_timeout,
+                "cpu_count": req.cpu_count,
+                "memory_mb": req.memory_mb,
+                "runtime": spec.runtime,
+                "size_bytes": 0,
+            }
+        )
+        if req.alias is not None and existing is None:
+            # a brand-new alias is taken at once, so a second build under it gets a 409
+            self.store.set_alias(team_id, req.alias, template_id)
+        return self._start(team_id, template_id, req.alias, plan)
+
+    async def rebuild(self, team_id: str, id_or_alias: str) -> dict[str, Any]:
+        rec = self._record(team_id, id_or_alias)
+        if rec["state"] != "failed" or rec["team_id"] != team_id:
+            raise Conflict(
+                f"template {rec['template_id']} is {rec['state']}; only failed templates can be rebuilt"
+            )
+        req = parse_build_body({"template": (rec.get("spec") or {}).get("template"), "alias": None})
+        plan = plan_spec(req.spec)
+        self._check_context(req)
+        self.store.update_template(rec["template_id"], state="building", error=None)
+        return self._start(team_id, rec["template_id"], rec.get("alias"), plan)
+
+    def _start(
+        self, team_id: str, template_id: str, alias: str | None, plan: BuildPlan
+    ) -> dict[str, Any]:
+        build_id = _new_id("bld")
+        self.store.insert_build(
+            {
+                "build_id": build_id,
+                "template_id": template_id,
+                "team_id": team_id,
+                "status": "building",
+                "logs": [],
+            }
+        )
+        log = BuildLog()
+        self._logs[build_id] = log
+        self._active_keys[build_id] = plan.keys
+        task = asyncio.create_task(self._run(build_id, team_id, template_id, alias, plan, log))
+        self._tasks[build_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(build_id, None))
+        return {"build_id": build_id, "status": "building", "template_id": template_id, "logs": []}
+
+    async def _run(
+        self,
+        build_id: str,
+        team_id: str,
+        template_id: str,
+        alias: str | None,
+        plan: BuildPlan,
+        log: BuildLog,
+    ) -> None:
+        last_flush = [time.monotonic()]
+
+        def on_line(line: str) -> None:
+            log.append(line)
+            now = time.monotonic()
+            if now - last_flush[0] >= _LOG_FLUSH_S:
+                last_flush[0] = now
+                with contextlib.suppress(Exception):  # the live log is in memory anyway
+                    self.store.update_build(build_id, logs=log.lines())
+
+        status, fields = "failed", {}
+        try:
+            result = await self.builder.build(plan, on_line)
+            fields = {
+                "state": "ready",
+                "layers": result.keys,
+                "size_bytes": result.size_bytes,
+                "build_seconds": result.seconds,
+                "error": None,
+            }
+            self.store.update_template(template_id, **fields)
+            if alias is not None:
+                self._take_alias(team_id, alias, template_id)
+            on_line(
+                f"template {template_id} ready: {len(result.keys)} layers "
+                f"({result.cached_steps} cached), {result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f}s"
+            )
+            status = "completed"
+        except StepFailed as exc:
+            on_line(f"error: {exc}")
+            self.store.update_template(template_id, state="failed", error=str(exc))
+        except asyncio.CancelledError:
+            on_line("error: build interrupted (server shutting down)")
+            self.store.update_template(template_id, state="failed", error="build interrupted")
+            raise
+        except Exception as exc:
+            on_line(f"error: build failed: {type(exc).__name__}: {exc}")
+            self.store.update_template(
+                template_id, state="failed", error=f"{type(exc).__name__}: {exc}"
+            )
+        finally:
+            self.store.update_build(
+                build_id, status=status, logs=log.lines(), finished_at=time.time()
+            )
+            self._logs.pop(build_id, None)
+            self._active_keys.pop(build_id, None)
+
+    def _take_alias(self, team_id: str, alias: str, template_id: str) -> None:
+        """Point alias at the just-built template unless a newer template already holds it."""
+        current = self.store.get_template_by_alias(team_id, alias)
+        mine = self.store.get_template(template_id)
+        if (
+            current is None
+            or current["team_id"] != team_id
+            or current["template_id"] == template_id
+            or (
+                mine is not None
+                and (current.get("created_at") or 0) <= (mine.get("created_at") or 0)
+            )
+        ):
+            self.store.set_alias(team_id, alias, template_id)
+
+    def build_status(self, team_id: str, build_id: str) -> dict[str, Any]:
+        rec = self.store.get_build(build_id)
+        if rec is None or rec["team_id"] != team_id:
+            raise NotFound(f"build '{build_id}' not found")
+        live = self._logs.get(build_id)
+        return {
+            "build_id": build_id,
+            "status": rec["status"],
+            "template_id": rec["template_id"],
+            "logs": live.lines() if live is not None else list(rec.get("logs") or []),
+        }
+
+    async def wait(self, build_id: str) -> None:
+        """Wait for a build started by this service (tests, CLI-in-process)."""
+        task = self._tasks.get(build_id)
+        if task is not None:
+            await asyncio.wait([task])
+
+    async def close(self) -> None:
+        """Cancel running builds (their templates become failed, their temp dirs go)."""
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- deletion, contexts, built-ins, gc ---------------------------------------------
+    def delete(self, team_id: str, id_or_alias: str) -> None:
+        rec = self._record(team_id, id_or_alias)
+        tid = rec["template_id"]
+        if rec["team_id"] != team_id:
+            raise Conflict(f"template {tid} is a built-in and cannot be deleted")
+        if rec["state"] == "building":
+            raise Conflict(f"template {tid} is still building")
+        n = self.store.count_sandboxes_using(tid)
+        if n > 0:
+            raise Conflict(f"template {tid} is used by {n} sandbox(es)")
+        self.store.delete_template(tid)
+
+    def upload_context(self, team_id: str, body: bytes) -> dict[str, str]:
+        return {"context_id": store_context(self.contexts_dir, body)}
+
+    async def ensure_builtin(
+        self, names: builtins.list[str], progress: Callable[[str], None] | None = None
+    ) -> builtins.list[Template]:
+        """Build (or find cached) and register the named built-ins as team '' templates."""
+        log = progress or (lambda _line: None)
+        out = []
+        for name in names:
+            plan = catalog_plan(name)
+            keys = plan.keys
+            cache = self.builder.cache
+            if not all(cache.exists(k) for k in keys):
+                log(f"== template {name}")
+                await self.builder.build(plan, log)
+            infos = [cache.info(k) for k in keys]
+            template_id = (
+                "tpl-" + hashlib.sha256(f"builtin:{name}:{keys[-1]}".encode()).hexdigest()[:12]
+            )
+            if self.store.get_template(template_id) is None:
+                spec = parse_spec(catalog_spec(name), where=f"catalog {name}: ")
+                self.store.insert_template(
+                    {
+                        "template_id": template_id,
+                        "team_id": "",
+                        "alias": name,
+                        "state": "ready",
+                        "spec": {"template": catalog_spec(name)},
+                        "layers": keys,
+                        "user": spec.user,
+                        "workdir": spec.workdir,
+                        "envs": spec.envs,
+                        "start_cmd": spec.start_cmd,
+                        "ready_cmd": spec.ready_cmd,
+                        "ready_timeout": spec.ready_timeout,
+                        "runtime": spec.runtime,
+                        "size_bytes": sum(i.size_bytes for i in infos if i),
+                        "build_seconds": round(sum(i.build_seconds for i in infos if i), 3),
+                    }
+                )
+            current = self.store.get_template_by_alias("", name)
+            if current is None or current["template_id"] != template_id:
+                self.store.set_alias("", name, template_id)
+            out.append(self.resolve("", template_id))
+        return out
+
+    def _referenced_keys(self) -> set[str]:
+        teams = [""] + [t["team_id"] for t in self.store.list_teams()]
+        keep: set[str] = set()
+        for team in teams:
+            for rec in self.store.list_templates(team):
+                keep.update(rec.get("layers") or [])
+        for keys in self._active_keys.values():
+            keep.update(keys)
+        for name in catalog_names():  # built-ins are expensive: keep them even unregistered
+            with contextlib.suppress(Exception):
+                keep.update(catalog_plan(name).keys)
+        return keep
+
+    def gc(self) -> dict[str, Any]:
+        """Remove layers that no template, running build or catalog entry references."""
+        keep = self._referenced_keys()
+        cache = self.builder.cache
+        removed, freed = [], 0
+        for key in cache.layer_keys():
+            if key in keep:
+                continue
+            info = cache.info(key)
+            cache.remove(key)
+            removed.append(key)
+            freed += info.size_bytes if info else 0
+        cache.sweep_stale()
+        return {"removed_layers": len(removed), "freed_bytes": freed}
+
+    def disk_usage(self) -> dict[str, Any]:
+        out = self.builder.cache.usage()
+        path = self.settings.templates_path
+        total, used, free = shutil.disk_usage(path if path.exists() else Path("/"))
+        ctx = self.contexts_dir
+        out["contexts"] = (
+            len([p for p in ctx.iterdir() if p.name.startswith("ctx-")]) if ctx.is_dir() else 0
+        )
+        out["filesystem"] = {"total_bytes": total, "used_bytes": used, "free_bytes": free}
+        return out

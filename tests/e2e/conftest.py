@@ -1,0 +1,113 @@
+"""End-to-end harness: a real lab, a real server (lab mode) and the official Declaw SDK.
+
+One lab and one server per test session, on their own instance name, port and state
+directory, sharing the template layers that `make templates` built. Teardown stops both and
+runs `declawd down`, so no namespace, nft table, mount, cgroup or process is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+INSTANCE = "dcwtest"
+PORT = int(os.environ.get("DECLAWD_TEST_PORT", "18080"))
+STATE_DIR = Path(os.environ.get("DECLAWD_TEST_STATE_DIR", "/var/lib/declawd-test"))
+TEMPLATES_DIR = Path(os.environ.get("DECLAWD_STATE_DIR", "/var/lib/declawd")) / "templates"
+RUNTIMES = ["runc", "runsc"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DECLAWD_INSTANCE=INSTANCE,
+        DECLAWD_STATE_DIR=str(STATE_DIR),
+        DECLAWD_TEMPLATES_DIR=str(TEMPLATES_DIR),
+        DECLAWD_POOL="10.78.0.0/16",
+    )
+    return env
+
+
+def _down() -> None:
+    subprocess.run([str(BIN / "declawd"), "down"], env=_env(), capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Path]:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    log = open(STATE_DIR / "lab.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(BIN / "declawd"), "lab", "serve"], env=_env(), stdout=log, stderr=log,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: (STATE_DIR / "lab" / "ready").exists() or proc.poll() is not None, 60)
+        if proc.poll() is not None:
+            pytest.fail(f"lab exited: {(STATE_DIR / 'lab.log').read_text()[-2000:]}")
+        yield STATE_DIR
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def server(lab: Path) -> Iterator[dict[str, str]]:
+    _down()
+    shutil.rmtree(STATE_DIR / "sandboxes", ignore_errors=True)
+    log = open(STATE_DIR / "server.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(BIN / "declawd"), "server", "--lab", "--port", str(PORT)],
+        env=_env(), stdout=log, stderr=log, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{PORT}"
+    try:
+        _wait_for(lambda: _healthy(url) or proc.poll() is not None, 180)
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {(STATE_DIR / 'server.log').read_text()[-3000:]}")
+        key = (STATE_DIR / "keys" / "dev-api-key").read_text().strip()
+        os.environ["DECLAW_DOMAIN"] = f"localhost:{PORT}"
+        os.environ["DECLAW_API_KEY"] = key
+        yield {"url": url, "key": key, "domain": f"localhost:{PORT}"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        _down()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait_for(cond, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

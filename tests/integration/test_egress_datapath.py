@@ -1,0 +1,381 @@
+"""Egress datapath against real namespaces: gateway + a fake lab + sandbox netns.
+
+Needs root. Uses instance `dcwtdp` and pool 10.199.0.0/16 so it never collides with a
+running server. The lab here is a minimal stand-in (two /32s on lo, TCP echo on 8080,
+UDP echo on 9999); listeners in the gateway netns stand in for the resolver and proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from declawd.config import Settings
+from declawd.egress import nft as nftc
+from declawd.egress.netns import NftError, netns_exists, netns_path, nft_sync
+from declawd.egress.network import Gateway, SandboxNetwork, count_resources, sweep
+from declawd.egress.policy import EgressPolicy
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+]
+
+EVIL = "203.0.113.66"
+GOOD = "203.0.113.10"
+
+LAB_SERVER = r"""
+import socket, sys, threading
+log = open(sys.argv[1], "a", buffering=1)
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 8080)); s.listen(64)
+    while True:
+        c, _ = s.accept()
+        def serve(c=c):
+            try:
+                c.sendall(b"lab:" + c.getsockname()[0].encode() + b"\n")
+                while (d := c.recv(4096)):
+                    c.sendall(b"echo:" + d)
+            except OSError:
+                pass
+            c.close()
+        threading.Thread(target=serve, daemon=True).start()
+def udp(addr):
+    # Bound per address: a 0.0.0.0 socket would answer from up0's address, not the host's.
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((addr, 9999))
+    while True:
+        d, a = u.recvfrom(4096)
+        log.write(f"{a[0]} {d.decode(errors='replace')}\n")
+        u.sendto(b"udp:" + d, a)
+for a in sys.argv[2:]:
+    threading.Thread(target=udp, args=(a,), daemon=True).start()
+print("ready", flush=True)
+tcp()
+"""
+
+GW_SERVER = r"""
+import socket, struct, threading
+def proxy():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 15001)); s.listen(64)
+    while True:
+        c, _ = s.accept()
+        raw = c.getsockopt(socket.SOL_IP, 80, 16)
+        port = struct.unpack("!H", raw[2:4])[0]; ip = socket.inet_ntoa(raw[4:8])
+        c.sendall(f"proxy:{ip}:{port}\n".encode()); c.close()
+def dns_udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 5353))
+    while True:
+        d, a = u.recvfrom(4096); u.sendto(b"dns:" + d, a)
+def dns_tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 5353)); s.listen(16)
+    while True:
+        c, _ = s.accept(); c.sendall(b"dns-tcp\n"); c.close()
+for f in (dns_udp, dns_tcp):
+    threading.Thread(target=f, daemon=True).start()
+print("ready", flush=True)
+proxy()
+"""
+
+PROBE = r"""
+import errno, json, socket, sys
+def tcp(ip, port):
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect((ip, port)); return "ok:" + s.recv(100).decode().strip()
+    except ConnectionRefusedError: return "refused"
+    except ConnectionResetError: return "reset"
+    except socket.timeout: return "timeout"
+    except OSError as e: return "oserror:" + errno.errorcode.get(e.errno, str(e.errno))
+    finally: s.close()
+def udp(ip, port, payload="hi"):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+    try:
+        s.connect((ip, port)); s.send(payload.encode()); return "ok:" + s.recv(100).decode()
+    except socket.timeout: return "timeout"
+    except OSError as e: return "oserror:" + errno.errorcode.get(e.errno, str(e.errno))
+    finally: s.close()
+def spoof(src, dst, port, payload):
+    import struct
+    data = payload.encode()
+    udph = struct.pack("!HHHH", 40000, port, 8 + len(data), 0) + data
+    iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udph), 1, 0, 64, 17, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    r.sendto(iph + udph, (dst, 0)); return "sent"
+calls = json.loads(sys.argv[1])
+print(json.dumps([globals()[c[0]](*c[1:]) for c in calls]))
+"""
+
+HOLD = r"""
+import json, socket, sys
+conns = {}
+for ip in sys.argv[1:]:
+    s = socket.create_connection((ip, 8080), timeout=10); s.recv(100); conns[ip] = s
+print("ready", flush=True)
+sys.stdin.readline()
+out = {}
+for ip, s in conns.items():
+    try:
+        s.sendall(b"ping"); d = s.recv(100)
+        out[ip] = "ok:" + d.decode() if d else "eof"
+    except ConnectionResetError: out[ip] = "reset"
+    except socket.timeout: out[ip] = "timeout"
+    except OSError as e: out[ip] = "oserror:" + str(e.errno)
+print(json.dumps(out), flush=True)
+"""
+
+
+def nsenter(netns: str, *argv: str) -> list[str]:
+    return ["nsenter", f"--net={netns_path(netns)}", *argv]
+
+
+def probe(sbx: SandboxNetwork, *calls: list[object]) -> list[str]:
+    out = subprocess.run(
+        nsenter(sbx.netns, sys.executable, "-c", PROBE, json.dumps(calls)),
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    result: list[str] = json.loads(out.stdout)
+    return result
+
+
+def start(netns: str, code: str, *args: str) -> subprocess.Popen[str]:
+    p = subprocess.Popen(
+        nsenter(netns, sys.executable, "-c", code, *args),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+def stop(p: subprocess.Popen[str]) -> None:
+    p.kill()
+    p.wait()
+
+
+class Env:
+    def __init__(self, settings: Settings, udp_log: Path) -> None:
+        self.settings = settings
+        self.udp_log = udp_log
+        self.gw = settings.gateway_netns
+
+    def sandbox(self, sid: str, slot: int, policy: EgressPolicy) -> SandboxNetwork:
+        return asyncio.run(SandboxNetwork.create(self.settings, sid, slot, policy))
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    subprocess.run(["/work/shared/tools/egress-guard"], check=False, capture_output=True)
+    tmp = Path(tempfile.mkdtemp(prefix="dcwtdp-"))
+    settings = Settings(state_dir=tmp, instance="dcwtdp", pool="10.199.0.0/16", lab=True)
+    gateway = Gateway(settings)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        asyncio.run(gateway.ensure())
+        lab = settings.lab_netns
+        for addr in (GOOD, EVIL):
+            subprocess.run(nsenter(lab, "ip", "addr", "replace", f"{addr}/32", "dev", "lo"),
+                           check=True)  # fmt: skip
+        udp_log = tmp / "udp.log"
+        procs.append(start(lab, LAB_SERVER, str(udp_log), GOOD, EVIL))
+        procs.append(start(settings.gateway_netns, GW_SERVER))
+        yield Env(settings, udp_log)
+    finally:
+        for p in procs:
+            stop(p)
+        asyncio.run(sweep(settings, keep=set()))
+        asyncio.run(gateway.teardown())
+        subprocess.run(["ip", "netns", "delete", settings.lab_netns], check=False)
+        assert not netns_exists(settings.gateway_netns)
+
+
+@pytest.fixture
+def sandboxes(env: Env) -> Iterator[list[SandboxNetwork]]:
+    made: list[SandboxNetwork] = []
+    try:
+        yield made
+    finally:
+        for s in made:
+            asyncio.run(s.destroy())
+
+
+def test_allow_cidr_with_deny_all(env: Env, sandboxes: list[SandboxNetwork]) -> None:
+    pol = EgressPolicy.parse([f"{GOOD}/32"], ["0.0.0.0/0"])
+    sandboxes.append(sbx := env.sandbox("sbx-000000000001", 1, pol))
+    good, evil, cf = probe(sbx, ["tcp", GOOD, 8080], ["tcp", EVIL, 8080], ["tcp", "1.1.1.1", 443])
+    assert good == f"ok:lab:{GOOD}"
+    assert evil == "refused"
+    assert cf == "refused"
+
+
+def test_floor_refused_under_open_policy(env: Env, sandboxes: list[SandboxNetwork]) -> None:
+    sandboxes.append(sbx := env.sandbox("sbx-000000000002", 2, EgressPolicy.open()))
+    sandboxes.append(other := env.sandbox("sbx-000000000003", 3, EgressPolicy.open()))
+    res = probe(
+        sbx,
+        ["tcp", GOOD, 8080],  # positive control: open policy reaches the lab
+        ["tcp", "169.254.169.254", 80],
+        ["tcp", "10.1.2.3", 80],
+        ["tcp", other.address, 8080],
+        ["tcp", sbx.gateway_address, 22],
+        ["tcp", "198.18.0.1", 443],
+    )
+    assert res[0] == f"ok:lab:{GOOD}"
+    assert res[1:] == ["refused"] * 5
+
+
+def test_deny_cidr_under_open_policy(env: Env, sandboxes: list[SandboxNetwork]) -> None:
+    pol = EgressPolicy.parse([], [f"{EVIL}/32"])
+    sandboxes.append(sbx := env.sandbox("sbx-000000000004", 4, pol))
+    tcp_ok, tcp_no, udp_ok, udp_no = probe(
+        sbx,
+        ["tcp", GOOD, 8080],
+        ["tcp", EVIL, 8080],
+        ["udp", GOOD, 9999, "open-udp"],
+        ["udp", EVIL, 9999, "denied-udp"],
+    )
+    assert tcp_ok == f"ok:lab:{GOOD}"
+    assert tcp_no == "refused"
+    assert udp_ok == "ok:udp:open-udp"
+    assert udp_no == "oserror:EHOSTUNREACH"  # ICMP admin-prohibited, not a timeout
+    assert "denied-udp" not in env.udp_log.read_text()
+
+
+def test_forged_source_dropped(env: Env, sandboxes: list[SandboxNetwork]) -> None:
+    sandboxes.append(sbx := env.sandbox("sbx-000000000005", 5, EgressPolicy.open()))
+    forged = "10.199.0.10"  # another slot's address
+    # Forged first, then the same datagram from the real address as the positive control:
+    # once the control arrived, the forged one (same path, sent earlier) would have too.
+    res = probe(sbx, ["spoof", forged, GOOD, 9999, "forged-pkt"], ["udp", GOOD, 9999, "real-pkt"])
+    assert res == ["sent", "ok:udp:real-pkt"]
+    log = env.udp_log.read_text()
+    assert "real-pkt" in log
+    assert "forged-pkt" not in log
+
+
+def test_resolved_set_redirects_tcp_to_proxy(env: Env, sandboxes: list[SandboxNetwork]) -> None:
+    pol = EgressPolicy.parse(["lab.example.com"], ["0.0.0.0/0"])
+    sandboxes.append(sbx := env.sandbox("sbx-000000000006", 6, pol))
+    before = probe(sbx, ["tcp", EVIL, 8080])
+    nft_sync(env.gw, nftc.add_resolved_script(6, [EVIL], 300))
+    tcp, udp, unresolved = probe(
+        sbx, ["tcp", EVIL, 8080], ["udp", EVIL, 9999, "quic"], ["tcp", GOOD, 8080]
+    )
+    assert before == ["refused"]
+    assert tcp == f"ok:proxy:{EVIL}:8080"
+    assert udp == "oserror:EHOSTUNREACH"
+    assert unresolved == "refused"
+
+
+def test_dns_to_any_address_lands_on_resolver(env: Env, sandboxes: list[SandboxNetwork]) -> None:
+    pol = EgressPolicy.parse(["lab.example.com"], ["0.0.0.0/0"])
+    sandboxes.append(sbx := env.sandbox("sbx-000000000007", 7, pol))
+    res = probe(sbx, ["udp", "1.1.1.1", 53, "q1"], ["udp", EVIL, 53, "q2"], ["tcp", "8.8.8.8", 53])
+    assert res == ["ok:dns:q1", "ok:dns:q2", "ok:dns-tcp"]
+    # The resolver port itself is reachable only through the redirect.
+    assert probe(sbx, ["tcp", sbx.gateway_address, 15001]) == ["refused"]
+
+
+def _chain_rules(gw: str) -> dict[str, int]:
+    data = json.loads(nft_sync(gw, f"list table {nftc.TABLE}", json_out=True))["nftables"]
+    counts: dict[str, int] = {}
+    for item in data:
+        if "rule" in item:
+            counts[item["rule"]["chain"]] = counts.get(item["rule"]["chain"], 0) + 1
+    return counts
+
+
+def test_per_packet_rules_independent_of_sandbox_count(
+    env: Env, sandboxes: list[SandboxNetwork]
+) -> None:
+    pol = EgressPolicy.parse([f"{GOOD}/32"], ["0.0.0.0/0"])
+    sandboxes.append(env.sandbox("sbx-000000000008", 8, pol))
+    one = _chain_rules(env.gw)
+    for slot in (9, 10, 11):
+        sandboxes.append(env.sandbox(f"sbx-0000000000{slot:02d}", slot, pol))
+    many = _chain_rules(env.gw)
+    base = ("prerouting_raw", "prerouting_nat", "forward", "input", "postrouting_nat")
+    assert {c: one[c] for c in base} == {c: many[c] for c in base}
+    # A packet traverses its base chains plus only its own sandbox's chains.
+    assert many["fwd_8"] == one["fwd_8"] == many["fwd_11"]
+    res = asyncio.run(count_resources(env.settings))
+    assert res["map_elements"] == 4 * len(sandboxes)
+
+
+def test_update_policy_cuts_no_longer_allowed(env: Env, sandboxes: list[SandboxNetwork]) -> None:
+    both = EgressPolicy.parse([f"{GOOD}/32", f"{EVIL}/32"], ["0.0.0.0/0"])
+    sandboxes.append(sbx := env.sandbox("sbx-000000000012", 12, both))
+    holder = start(sbx.netns, HOLD, GOOD, EVIL)
+    try:
+        asyncio.run(sbx.update_policy(EgressPolicy.parse([f"{GOOD}/32"], ["0.0.0.0/0"])))
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        out = json.loads(holder.stdout.readline())
+    finally:
+        stop(holder)
+    assert out[GOOD] == "ok:echo:ping"
+    assert out[EVIL] == "reset"
+    assert probe(sbx, ["tcp", EVIL, 8080], ["tcp", GOOD, 8080]) == ["refused", f"ok:lab:{GOOD}"]
+
+
+def test_rules_survive_gateway_ensure(env: Env, sandboxes: list[SandboxNetwork]) -> None:
+    pol = EgressPolicy.parse([f"{GOOD}/32"], ["0.0.0.0/0"])
+    sandboxes.append(sbx := env.sandbox("sbx-000000000013", 13, pol))
+    before = _chain_rules(env.gw)
+    asyncio.run(Gateway(env.settings).ensure())  # what a server restart does
+    assert _chain_rules(env.gw) == before
+    assert probe(sbx, ["tcp", GOOD, 8080], ["tcp", EVIL, 8080]) == [f"ok:lab:{GOOD}", "refused"]
+
+
+def test_destroy_leaves_nothing(env: Env) -> None:
+    before = asyncio.run(count_resources(env.settings))
+    sbx = env.sandbox("sbx-000000000014", 14, EgressPolicy.parse([], [f"{EVIL}/32"]))
+    during = asyncio.run(count_resources(env.settings))
+    asyncio.run(sbx.destroy())
+    asyncio.run(sbx.destroy())  # idempotent
+    after = asyncio.run(count_resources(env.settings))
+    assert during["chains"] == before["chains"] + 4
+    assert during["sandbox_netns"] == before["sandbox_netns"] + 1
+    assert after == before
+    # A fresh handle (another process after a crash) on a half-created sandbox.
+    half = SandboxNetwork.attach(env.settings, "sbx-000000000015", 15)
+    subprocess.run(["ip", "netns", "add", half.netns], check=True)
+    asyncio.run(half.destroy())
+    assert asyncio.run(count_resources(env.settings)) == before
+
+
+def test_failed_create_rolls_back(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = asyncio.run(count_resources(env.settings))
+    with pytest.raises(ValueError):
+        asyncio.run(SandboxNetwork.create(env.settings, "sbx-000000000016", 0, EgressPolicy()))
+    # nft fails after the netns and the veth exist: both must be rolled back.
+    monkeypatch.setattr(nftc, "sandbox_add_script", lambda *a: "add rule inet declawd nope x\n")
+    with pytest.raises(NftError):
+        asyncio.run(SandboxNetwork.create(env.settings, "sbx-000000000016", 16, EgressPolicy()))
+    assert asyncio.run(count_resources(env.settings)) == before
+    assert not netns_exists(env.settings.sandbox_netns("sbx-000000000016"))
+
+
+def test_sweep_removes_unknown_sandboxes(env: Env) -> None:
+    before = asyncio.run(count_resources(env.settings))
+    a = env.sandbox("sbx-000000000017", 17, EgressPolicy())
+    b = env.sandbox("sbx-000000000018", 18, EgressPolicy())
+    try:
+        removed = asyncio.run(sweep(env.settings, keep={a.sandbox_id}))
+        assert "slot:18" in removed and b.netns in removed
+        assert netns_exists(a.netns) and not netns_exists(b.netns)
+    finally:
+        asyncio.run(a.destroy())
+        asyncio.run(b.destroy())
+    assert asyncio.run(count_resources(env.settings)) == before
