@@ -5,7 +5,20 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from dnslib import AAAA, CNAME, EDNS0, QTYPE, RCODE, RR, TXT, A, DNSHeader, DNSRecord
+from dnslib import (
+    AAAA,
+    CNAME,
+    EDNS0,
+    QTYPE,
+    RCODE,
+    RR,
+    TXT,
+    A,
+    DNSHeader,
+    DNSLabel,
+    DNSQuestion,
+    DNSRecord,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +32,7 @@ from declawd.egress.dnsfilter import (
     parse_upstream,
     upstream_query,
 )
-from declawd.egress.policy import EgressPolicy
+from declawd.egress.policy import EgressPolicy, is_non_public
 from declawd.egress.resolved import ResolvedNames, admitted_lifetime
 
 ENFORCED = EgressPolicy.parse(["api.openai.com", "*.example.org", "cname.example"], ["0.0.0.0/0"])
@@ -134,8 +147,6 @@ def test_label_over_63_is_formerr() -> None:
 def test_label_with_dot_byte_is_refused_not_matched() -> None:
     # One label "api.openai" + "com": textually api.openai.com, on the wire a different name.
     q = DNSRecord(DNSHeader(id=7, rd=1))
-    from dnslib import DNSLabel, DNSQuestion
-
     q.add_question(DNSQuestion(DNSLabel([b"api.openai", b"com"]), QTYPE.A))
     d = decide_query(q.pack(), ENFORCED)
     assert d.action is Action.ANSWER and d.response is not None
@@ -358,8 +369,6 @@ def test_fuzz_denied_names_never_get_real_addresses(
         if d.action is Action.FORWARD:
             rrs = [RR(name, QTYPE.A, ttl=ttl, rdata=A(ip)) for ip in upstream_ips]
             f = filter_answer(d, reply_for(d, rrs, 1), extra_ranges=POOL)
-            from declawd.egress.policy import is_non_public
-
             for ip in addresses(f.response):
                 assert not is_non_public(ip, POOL)
             assert all(rr.ttl <= 3600 for rr in f.response.rr)
@@ -398,8 +407,6 @@ def test_fuzz_wellformed_upstream_replies_only_public_a_records(rrs: list[RR], r
     f = filter_answer(d, reply_for(d, rrs, 9, rcode), extra_ranges=POOL)
     out = DNSRecord.parse(encode(f.response, None))
     assert {rr.rtype for rr in out.rr} <= {QTYPE.A, QTYPE.CNAME}
-    from declawd.egress.policy import is_non_public
-
     for ip in addresses(out):
         assert not is_non_public(ip, POOL) and ip in f.admit
     assert out.auth == [] and all(rr.rtype == QTYPE.OPT for rr in out.ar)

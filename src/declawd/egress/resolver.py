@@ -216,11 +216,12 @@ class Resolver:
             if current is None or current.sandbox_id != sid:
                 self._audit(entry, AuditNote("deny", "sandbox_gone", decision.name), protocol)
                 return servfail(decision)
-            again = decide_query(data, current.policy)
-            if again.action is not Action.FORWARD:
-                self._audit(current, again.audit, protocol)
-                assert again.response is not None
-                return again.response
+            if current.policy is not entry.policy:
+                again = decide_query(data, current.policy)
+                if again.action is not Action.FORWARD:
+                    self._audit(current, again.audit, protocol)
+                    assert again.response is not None
+                    return again.response
             filtered = filter_answer(
                 decision, reply, extra_ranges=self.extra_ranges, exempt=self.exempt
             )

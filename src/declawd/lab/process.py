@@ -56,6 +56,11 @@ def log_path(settings: Settings) -> Path:
     return settings.lab_dir / "lab.log"
 
 
+def ready_path(settings: Settings) -> Path:
+    """Exists (holding the pid) while every listener is up; scripts may wait for it."""
+    return settings.lab_dir / "ready"
+
+
 class _Stop(BaseException):
     """Raised by the early signal handler so `finally` blocks still tear down."""
 
@@ -87,6 +92,7 @@ def serve(settings: Settings, config: LabConfig, *, keep: bool = False) -> None:
                     f"{settings.state_dir} (lock {lock})"
                 ) from None
         pid_path(settings).write_text(f"{os.getpid()}\n")
+        ready_path(settings).unlink(missing_ok=True)  # stale from a killed run
         try:
             ensure_lab_netns(settings, config)
             _link_to_gateway(settings, config)
@@ -99,8 +105,8 @@ def serve(settings: Settings, config: LabConfig, *, keep: bool = False) -> None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             if not keep:
                 remove_lab_netns(settings)
-            with contextlib.suppress(FileNotFoundError):
-                pid_path(settings).unlink()
+            ready_path(settings).unlink(missing_ok=True)
+            pid_path(settings).unlink(missing_ok=True)
     finally:
         for fd in fds:
             os.close(fd)
@@ -138,6 +144,7 @@ async def _run(settings: Settings, config: LabConfig) -> None:
     try:
         await server.start()
         watcher = asyncio.create_task(_watch_uplink(settings))
+        ready_path(settings).write_text(f"{os.getpid()}\n")
         print(f"lab ready: netns {settings.lab_netns}, dns {LAB_DNS_ADDRESS}", flush=True)
         await stop.wait()
         watcher.cancel()

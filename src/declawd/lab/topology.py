@@ -51,7 +51,11 @@ def ensure_lab_netns(settings: Settings, config: LabConfig) -> None:
     stale ones removed, and a default route via the gateway once `up0` is usable."""
     name = settings.lab_netns
     if not netns_exists(name):
-        _ip("netns", "add", name)
+        try:
+            _ip("netns", "add", name)
+        except TopologyError:
+            if not netns_exists(name):  # else the gateway's ensure_lab_link won the race
+                raise
     _ip("link", "set", "lo", "up", netns=name)
     wanted = {ipaddress.ip_address(LAB_DNS_ADDRESS), *config.bound_addresses()}
     present = set(_lo_addresses(name))

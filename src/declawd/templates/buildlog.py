@@ -17,13 +17,13 @@ class BuildLog:
     def __init__(self, max_lines: int = MAX_LINES, lines: list[str] | None = None) -> None:
         if max_lines < 2:
             raise ValueError("max_lines: must be at least 2")
-        # one slot is kept for the truncation marker
-        self._lines: deque[str] = deque(maxlen=max_lines - 1)
+        self._lines: deque[str] = deque(maxlen=max_lines)
         self.truncated = False
         self.version = 0  # bumped on every append, so writers can tell when to persist
         for line in lines or []:
             if line == TRUNCATED_LINE and not self._lines:
                 self.truncated = True
+                self._lines.append(line)  # holds the marker's slot, hidden by lines()
             else:
                 self.append(line)
 
@@ -44,7 +44,8 @@ class BuildLog:
 
     def lines(self) -> list[str]:
         out = list(self._lines)
-        return [TRUNCATED_LINE, *out] if self.truncated else out
+        # once trimmed, the marker takes the oldest kept line's slot: never more than max
+        return [TRUNCATED_LINE, *out[1:]] if self.truncated else out
 
     def tail(self, n: int) -> list[str]:
         return list(self._lines)[-n:]
