@@ -13,11 +13,12 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _topology_module():  # type: ignore[no-untyped-def]
+def _topology_module() -> Any:
     path = REPO / "tests" / "integration" / "test_egress_gateway.py"
     spec = importlib.util.spec_from_file_location("egress_gateway_topology", path)
     assert spec is not None and spec.loader is not None

@@ -118,6 +118,12 @@ CLIENT = textwrap.dedent(
                 port=cmd.get("port", 53))
         print(json.dumps({"rcode": r.header.rcode, "tc": r.header.tc,
             "answers": [[QTYPE[x.rtype], str(x.rdata)] for x in r.rr]}))
+    elif cmd["op"] == "query_error":
+        try:
+            ask(cmd["name"], "A", cmd["server"], tcp=True); got = "answered"
+        except OSError as e:
+            got = type(e).__name__
+        print(json.dumps({"got": got}))
     elif cmd["op"] == "query_connect":
         r = ask(cmd["name"], "A", cmd["server"])
         addr = [str(x.rdata) for x in r.rr if x.rtype == QTYPE.A][0]
@@ -412,7 +418,12 @@ def test_unknown_source_refused(topo: Topology) -> None:
 def test_zz_audit_rows_after_clean_stop(topo: Topology) -> None:
     assert topo.stop_daemon() == 0
     rows = topo.audit_rows()
-    topo.start_daemon()  # later tests (if any) keep a daemon
+    # Fail closed: with the daemon gone the redirect target has no listener.
+    out = topo.client(op="query_error", name="api.openai.com", server=LAB_DNS)
+    assert out == {"got": "ConnectionRefusedError"}
+    topo.start_daemon()
+    out = topo.client(op="query", name="api.openai.com", qtype="A", server=LAB_DNS, tcp=True)
+    assert out["answers"] == [["A", "203.0.113.10"]]  # and it comes back after a restart
     dns = [(r["verdict"], r["reason"], r["name"]) for r in rows if r["kind"] == "dns"]
     assert ("allow", "allowed", "api.openai.com") in dns
     assert ("deny", "not_allowed", "evil.com") in dns

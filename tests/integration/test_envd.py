@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import tempfile
 import time
@@ -39,6 +38,9 @@ pytestmark = [
 
 ENVD_BIN = Path("/tmp/declawd-test-envd/envd")
 NOBODY = 65534
+# Commands run as nobody: no home dir, so a login shell reads only /etc/profile and
+# the tests do not depend on the host root's dotfiles.
+RUNNER = "nobody"
 
 
 @pytest.fixture(scope="session")
@@ -133,23 +135,23 @@ async def test_health(client: EnvdClient) -> None:
 
 
 async def test_run_returns_exact_bytes_and_exit_code(client: EnvdClient) -> None:
-    r = await client.run(r"printf 'a\0b\377\n'; printf err >&2; exit 7", user="root")
+    r = await client.run(r"printf 'a\0b\377\n'; printf err >&2; exit 7", user=RUNNER)
     assert (r.stdout, r.stderr, r.exit_code) == (b"a\0b\xff\n", b"err", 7)
 
 
 async def test_ten_megabytes_of_output_arrive_intact(client: EnvdClient) -> None:
-    r = await client.run("yes abcdefghi | head -c 10000000", user="root")
+    r = await client.run("yes abcdefghi | head -c 10000000", user=RUNNER)
     assert r.exit_code == 0
     assert r.stdout == b"abcdefghi\n" * 1_000_000
 
 
 async def test_stdin_is_written_then_closed(client: EnvdClient) -> None:
-    r = await client.run("cat; echo end", user="root", stdin=b"hello\0world")
+    r = await client.run("cat; echo end", user=RUNNER, stdin=b"hello\0world")
     assert r.stdout == b"hello\0worldend\n"
 
 
 async def test_kept_stdin_takes_later_writes(client: EnvdClient) -> None:
-    pid = await client.start("cat", user="root", stdin=b"one ", keep_stdin=True)
+    pid = await client.start("cat", user=RUNNER, stdin=b"one ", keep_stdin=True)
     await client.send_stdin(pid, b"two ")
     await client.send_stdin(pid, b"three")
     await client.close_stdin(pid)
@@ -158,7 +160,7 @@ async def test_kept_stdin_takes_later_writes(client: EnvdClient) -> None:
 
 async def test_background_process_is_listed_then_waited(client: EnvdClient) -> None:
     pid = await client.start(
-        "read x; echo got $x", user="root", keep_stdin=True, tag="bg", envs={"A": "1"}
+        "read x; echo got $x", user=RUNNER, keep_stdin=True, tag="bg", envs={"A": "1"}
     )
     info = {p.pid: p for p in await client.list()}[pid]
     assert (info.running, info.tag, info.envs, info.cmd) == (True, "bg", {"A": "1"}, info.cmd)
@@ -170,7 +172,7 @@ async def test_background_process_is_listed_then_waited(client: EnvdClient) -> N
 
 
 async def test_events_are_numbered_and_replayable(client: EnvdClient) -> None:
-    pid = await client.start("echo a; echo b >&2; echo c", user="root")
+    pid = await client.start("echo a; echo b >&2; echo c", user=RUNNER)
     events = await collect(client, pid)
     assert events[-1].type == "exit" and events[-1].exit_code == 0
     output = events[:-1]
@@ -182,8 +184,9 @@ async def test_events_are_numbered_and_replayable(client: EnvdClient) -> None:
 
 
 async def test_dropping_an_event_stream_leaves_the_process_running(client: EnvdClient) -> None:
-    pid = await client.start("for i in $(seq 200); do echo line$i; done; read x", user="root",
-                             keep_stdin=True)
+    pid = await client.start(
+        "for i in $(seq 200); do echo line$i; done; read x", user=RUNNER, keep_stdin=True
+    )
     async for e in client.events(pid):
         assert e.data.startswith(b"line1")
         break  # drops the connection mid-stream
@@ -194,9 +197,7 @@ async def test_dropping_an_event_stream_leaves_the_process_running(client: EnvdC
 
 
 async def test_signal_kills_the_whole_process_group(client: EnvdClient) -> None:
-    pid = await client.start(
-        "sleep 1000 & echo $!; sleep 1000 & echo $!; wait", user="root"
-    )
+    pid = await client.start("sleep 1000 & echo $!; sleep 1000 & echo $!; wait", user=RUNNER)
     out = b""
     async for e in client.events(pid):
         out += e.data
@@ -217,21 +218,21 @@ async def test_signal_kills_the_whole_process_group(client: EnvdClient) -> None:
 
 async def test_run_timeout_kills_and_reports_partial_output(client: EnvdClient) -> None:
     with pytest.raises(CommandTimeout) as exc:
-        await client.run("echo started; exec sleep 1000", user="root", timeout=0.5)
+        await client.run("echo started; exec sleep 1000", user=RUNNER, timeout=0.5)
     assert exc.value.stdout == b"started\n"
     info = {p.pid: p for p in await client.list()}[exc.value.pid]
     assert (info.running, info.exit_code) == (False, 137)
 
 
 async def test_pty_is_the_controlling_terminal(client: EnvdClient) -> None:
-    pid = await client.start("tty; echo $TERM", user="root", pty=(80, 24))
+    pid = await client.start("tty; echo $TERM", user=RUNNER, pty=(80, 24))
     r = await client.wait(pid)
     assert re.fullmatch(rb"/dev/pts/\d+\r\nxterm-256color\r\n", r.stdout), r.stdout
-    assert [p for p in await client.list() if p.pid == pid][0].is_pty
+    assert (await client.info(pid)).is_pty
 
 
 async def test_pty_echoes_interactive_input_and_resizes(client: EnvdClient) -> None:
-    pid = await client.start("stty size; cat", user="root", pty=(80, 24))
+    pid = await client.start("stty size; cat", user=RUNNER, pty=(80, 24))
     events = client.events(pid)
     assert b"24 80" in await read_until(events, b"24 80\r\n")
     await client.send_stdin(pid, b"hello\n")
@@ -240,14 +241,14 @@ async def test_pty_echoes_interactive_input_and_resizes(client: EnvdClient) -> N
     await client.resize(pid, 100, 40)
     await client.signal(pid, signal.SIGKILL)
     await events.aclose()
-    pid2 = await client.start("read x; stty size", user="root", pty=(80, 24))
+    pid2 = await client.start("read x; stty size", user=RUNNER, pty=(80, 24))
     await client.resize(pid2, 120, 50)
     await client.send_stdin(pid2, b"\n")
     assert b"50 120" in (await client.wait(pid2)).stdout
 
 
 async def test_pty_attach_with_since_minus_one_skips_history(client: EnvdClient) -> None:
-    pid = await client.start("echo old; read x; echo new", user="root", pty=(80, 24))
+    pid = await client.start("echo old; read x; echo new", user=RUNNER, pty=(80, 24))
     events = client.events(pid)
     await read_until(events, b"old\r\n")
     await events.aclose()
@@ -260,10 +261,14 @@ async def test_pty_attach_with_since_minus_one_skips_history(client: EnvdClient)
 
 
 async def test_commands_run_as_the_user_with_login_env(client: EnvdClient) -> None:
-    r = await client.run('id -u; id -g; echo "$HOME:$USER:$LOGNAME:$FOO"; pwd', user="nobody",
-                         envs={"FOO": "bar"})
+    r = await client.run(
+        'id -u; id -g; echo "$HOME:$USER:$LOGNAME:$FOO"; pwd', user="nobody", envs={"FOO": "bar"}
+    )
     assert r.stdout.decode().splitlines() == [
-        str(NOBODY), str(NOBODY), "/nonexistent:nobody:nobody:bar", "/"
+        str(NOBODY),
+        str(NOBODY),
+        "/nonexistent:nobody:nobody:bar",
+        "/",
     ]
 
 
@@ -271,7 +276,7 @@ async def test_unknown_user_missing_cwd_and_pid_are_errors(client: EnvdClient) -
     with pytest.raises(EnvdInvalid, match="nosuchuser"):
         await client.start("true", user="nosuchuser")
     with pytest.raises(EnvdInvalid, match="/no/such/dir"):
-        await client.start("true", user="root", cwd="/no/such/dir")
+        await client.start("true", user=RUNNER, cwd="/no/such/dir")
     with pytest.raises(EnvdNotFound):
         await client.wait(999_999_999)
 
@@ -282,7 +287,7 @@ async def test_cwd_is_honoured(client: EnvdClient, tmp_path: Path) -> None:
 
 
 async def test_orphans_are_reaped(client: EnvdClient, envd: EnvdProcess) -> None:
-    r = await client.run("sleep 0.2 & echo $!", user="root")
+    r = await client.run("sleep 0.2 & echo $!", user=RUNNER)
     orphan = int(r.stdout)
     for _ in range(500):
         if gone(orphan) and not os.path.exists(f"/proc/{orphan}"):
@@ -293,20 +298,18 @@ async def test_orphans_are_reaped(client: EnvdClient, envd: EnvdProcess) -> None
 
 async def test_concurrent_runs_do_not_mix_output(client: EnvdClient) -> None:
     results = await asyncio.gather(
-        *(client.run(f"echo {i}; exit {i % 7}", user="root") for i in range(40))
+        *(client.run(f"echo {i}; exit {i % 7}", user=RUNNER) for i in range(40))
     )
     assert [(r.stdout, r.exit_code) for r in results] == [
         (f"{i}\n".encode(), i % 7) for i in range(40)
     ]
 
 
-async def test_sigterm_stops_children_and_envd(
-    envd_binary: Path, tmp_path: Path
-) -> None:
+async def test_sigterm_stops_children_and_envd(envd_binary: Path, tmp_path: Path) -> None:
     p = EnvdProcess(envd_binary, tmp_path)
     try:
         async with EnvdClient(str(p.socket)) as c:
-            pid = await c.start("exec sleep 1000", user="root")
+            pid = await c.start("exec sleep 1000", user=RUNNER)
             p.proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(p.proc.wait, 30) == 0
             assert gone(pid)
@@ -320,12 +323,14 @@ async def test_true_round_trip_latency(client: EnvdClient) -> None:
     samples = []
     for _ in range(200):
         t0 = time.perf_counter()
-        r = await client.run("true", user="root")
+        r = await client.run("true", user=RUNNER)
         samples.append(time.perf_counter() - t0)
         assert r.exit_code == 0
     samples.sort()
-    print(f"\nenvd start+wait of `true`: p50 {samples[100] * 1000:.2f} ms, "
-          f"p90 {samples[180] * 1000:.2f} ms")
+    print(
+        f"\nenvd start+wait of `true`: p50 {samples[100] * 1000:.2f} ms, "
+        f"p90 {samples[180] * 1000:.2f} ms"
+    )
 
 
 # -- files -----------------------------------------------------------------------
@@ -415,9 +420,7 @@ async def test_list_stat_and_depth(client: EnvdClient, tmp_path: Path) -> None:
     assert (f.path, f.size, f.mode) == (str(tmp_path / "f"), 3, 0o640)
     assert f.mtime == pytest.approx((tmp_path / "f").stat().st_mtime, abs=1e-3)
     three = await client.list_dir(str(tmp_path), "root", depth=3)
-    assert {e.path for e in three} == {
-        str(tmp_path / p) for p in ("d", "d/e", "d/e/deep", "f")
-    }
+    assert {e.path for e in three} == {str(tmp_path / p) for p in ("d", "d/e", "d/e/deep", "f")}
     with pytest.raises(EnvdInvalid) as exc:
         await client.list_dir(str(tmp_path / "f"), "root")
     assert exc.value.code == "not_directory"

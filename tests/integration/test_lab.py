@@ -340,3 +340,42 @@ def test_bad_config_fails_fast_with_the_field(tmp_path: Path) -> None:
     with pytest.raises(LabError, match=r"hosts\[0\]\.addresses\[0\]"):
         LabProcess(settings, bad).start()
     assert not netns_exists("dcwtlab3-lab")
+
+
+def test_lab_links_itself_to_an_existing_gateway_netns(tmp_path: Path) -> None:
+    network = pytest.importorskip("declawd.egress.network")
+    if not hasattr(network, "ensure_lab_link"):
+        pytest.skip("declawd.egress.network.ensure_lab_link not available")
+    settings = Settings(instance="dcwtlab4", state_dir=tmp_path)
+    _ip("netns", "add", settings.gateway_netns)
+    try:
+        with LabProcess(settings):
+            route = subprocess.run(
+                ["ip", "-n", settings.lab_netns, "route", "show", "default"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            assert "via 100.96.0.1 dev up0" in route
+            # the gateway's own default route is Gateway.ensure's job; add it as it would
+            _ip("-n", settings.gateway_netns, "route", "replace", "default", "via", "100.96.0.2")
+            fetch = "import urllib.request as u; print(u.urlopen('http://203.0.113.10/').read().decode())"
+            got = subprocess.run(
+                ["nsenter", f"--net=/var/run/netns/{settings.gateway_netns}", sys.executable, "-c", fetch],
+                capture_output=True, text=True, check=True, timeout=30,
+            ).stdout  # fmt: skip
+            assert json.loads(got)["client"] == "100.96.0.1"
+            gw_links = subprocess.run(
+                ["ip", "-n", settings.gateway_netns, "-o", "link"], capture_output=True, text=True
+            ).stdout
+            assert "lab0" in gw_links
+        # the lab's netns (and with it the veth pair) is gone; the gateway netns is untouched
+        assert not netns_exists(settings.lab_netns)
+        assert netns_exists(settings.gateway_netns)
+        gw_links = subprocess.run(
+            ["ip", "-n", settings.gateway_netns, "-o", "link"], capture_output=True, text=True
+        ).stdout
+        assert "lab0" not in gw_links
+    finally:
+        subprocess.run(["ip", "netns", "delete", settings.gateway_netns], check=False)
+        subprocess.run(
+            ["ip", "netns", "delete", settings.lab_netns], check=False, capture_output=True
+        )

@@ -79,18 +79,10 @@ def serve(settings: Settings, config: LabConfig, *, keep: bool = False) -> None:
         settings.lab_dir / "lab.lock",
         INSTANCE_LOCK_DIR / f"declawd-{settings.lab_netns}.lock",
     ]
-    fds: list[int] = []
+    held: list[tuple[Path, int]] = []
     try:
         for lock in locks:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            fds.append(os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            try:
-                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LabError(
-                    f"a lab is already running for instance {settings.instance} or state dir "
-                    f"{settings.state_dir} (lock {lock})"
-                ) from None
+            held.append((lock, _lock(lock, settings)))
         pid_path(settings).write_text(f"{os.getpid()}\n")
         ready_path(settings).unlink(missing_ok=True)  # stale from a killed run
         try:
@@ -108,8 +100,31 @@ def serve(settings: Settings, config: LabConfig, *, keep: bool = False) -> None:
             ready_path(settings).unlink(missing_ok=True)
             pid_path(settings).unlink(missing_ok=True)
     finally:
-        for fd in fds:
+        for lock, fd in reversed(held):
+            lock.unlink(missing_ok=True)  # while still held: see _lock
             os.close(fd)
+
+
+def _lock(path: Path, settings: Settings) -> int:
+    """Exclusive non-blocking flock on `path`; the file is unlinked by its holder on exit,
+    so the lock only counts if `path` still names the inode we locked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LabError(
+                f"a lab is already running for instance {settings.instance} or state dir "
+                f"{settings.state_dir} (lock {path})"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the previous holder unlinked it between our open and flock: retry
 
 
 def _link_to_gateway(settings: Settings, config: LabConfig) -> None:

@@ -140,6 +140,9 @@ class GatewayDaemon:
             self.settings.instance,
             "--upstream-dns",
             upstream,
+            "--pool",
+            self.settings.pool,
+            *[arg for r in self.settings.exempt_ranges for arg in ("--exempt", r)],
         ]
 
     async def start(self) -> None:
