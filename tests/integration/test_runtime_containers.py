@@ -37,7 +37,9 @@ from declawd.runtime.cgroups import cgroup_dirs
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-    pytest.mark.skipif(not Path("/srv/dev/rootfs/usr/bin/python3").exists(), reason="no dev rootfs"),
+    pytest.mark.skipif(
+        not Path("/srv/dev/rootfs/usr/bin/python3").exists(), reason="no dev rootfs"
+    ),
 ]
 
 ROOTFS = Path("/srv/dev/rootfs")
@@ -183,7 +185,9 @@ async def _assert_nothing_left(rt: OciRuntime, bundle: Bundle) -> None:
     unmount(bundle.share)
     unmount(bundle.rootfs)
     assert not is_mounted(bundle.rootfs)
-    assert not any(str(bundle.dir) in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    assert not any(
+        str(bundle.dir) in line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
 
 
 async def test_container_runs_as_root_with_the_container_capability_set(
@@ -191,7 +195,9 @@ async def test_container_runs_as_root_with_the_container_capability_set(
 ) -> None:
     init = "cat /proc/self/status > /share/status.tmp; id > /share/id; mv /share/status.tmp /share/status; sleep 1000"
     bundle.write_spec(runtime.name, ["/bin/sh", "-c", init])
-    await runtime.run_detached(bundle.dir, bundle.sandbox_id, bundle.netns_path, log_path=bundle.dir / "log")
+    await runtime.run_detached(
+        bundle.dir, bundle.sandbox_id, bundle.netns_path, log_path=bundle.dir / "log"
+    )
     try:
         status = _status_fields(await _wait_for(bundle.share / "status"))
         assert (bundle.share / "id").read_text().startswith("uid=0(root) gid=0(root)")
@@ -222,8 +228,12 @@ async def test_container_runs_as_root_with_the_container_capability_set(
 async def test_runc_enforces_pids_limit_and_seccomp(tmp_path: Path, bundle: Bundle) -> None:
     rt = OciRuntime("runc", tmp_path / "run-runc")
     (bundle.share / "probe.py").write_text(PROBE)
-    bundle.write_spec("runc", ["/bin/sh", "-c", f"python3 /share/probe.py {PIDS_LIMIT + 20}; sleep 1000"])
-    await rt.run_detached(bundle.dir, bundle.sandbox_id, bundle.netns_path, log_path=bundle.dir / "log")
+    bundle.write_spec(
+        "runc", ["/bin/sh", "-c", f"python3 /share/probe.py {PIDS_LIMIT + 20}; sleep 1000"]
+    )
+    await rt.run_detached(
+        bundle.dir, bundle.sandbox_id, bundle.netns_path, log_path=bundle.dir / "log"
+    )
     try:
         result = json.loads(await _wait_for(bundle.share / "probe.json"))
     finally:
@@ -245,7 +255,10 @@ async def test_failed_start_raises_and_leaves_nothing(runtime: OciRuntime, bundl
             bundle.dir, bundle.sandbox_id, bundle.netns_path, log_path=bundle.dir / "log"
         )
     assert info.value.stderr_tail.strip()
-    assert "/no/such/binary" in info.value.stderr_tail or "no such file" in info.value.stderr_tail.lower()
+    assert (
+        "/no/such/binary" in info.value.stderr_tail
+        or "no such file" in info.value.stderr_tail.lower()
+    )
     await _assert_nothing_left(runtime, bundle)
 
 
@@ -267,7 +280,9 @@ async def test_host_reaches_a_unix_socket_bound_inside_the_sandbox(
     )
     (bundle.share / "srv.py").write_text(server)
     bundle.write_spec(runtime.name, ["python3", "/share/srv.py"])
-    await runtime.run_detached(bundle.dir, bundle.sandbox_id, bundle.netns_path, log_path=bundle.dir / "log")
+    await runtime.run_detached(
+        bundle.dir, bundle.sandbox_id, bundle.netns_path, log_path=bundle.dir / "log"
+    )
     try:
         await _wait_for(bundle.share / "ready")
         with socket.socket(socket.AF_UNIX) as c:
@@ -283,9 +298,13 @@ async def test_host_reaches_a_unix_socket_bound_inside_the_sandbox(
 async def test_run_foreground_streams_output_and_returns_the_exit_code(
     runtime: OciRuntime, host_bundle: Bundle
 ) -> None:
-    host_bundle.write_spec(runtime.name, ["/bin/sh", "-c", "echo out-line; echo err-line >&2; exit 3"])
+    host_bundle.write_spec(
+        runtime.name, ["/bin/sh", "-c", "echo out-line; echo err-line >&2; exit 3"]
+    )
     lines: list[str] = []
-    rc = await runtime.run_foreground(host_bundle.dir, host_bundle.sandbox_id, None, log=lines.append)
+    rc = await runtime.run_foreground(
+        host_bundle.dir, host_bundle.sandbox_id, None, log=lines.append
+    )
     assert rc == 3
     assert "out-line" in lines
     assert "err-line" in lines

@@ -38,7 +38,9 @@ async def svc(tmp_path):
 
 def _build_containers(svc) -> list[str]:
     out = subprocess.run(
-        ["runc", "--root", str(svc.builder.runtime.root_dir), "list", "-q"], capture_output=True, text=True
+        ["runc", "--root", str(svc.builder.runtime.root_dir), "list", "-q"],
+        capture_output=True,
+        text=True,
     ).stdout
     return [c for c in out.split() if c.startswith("tpltest-build-")]
 
@@ -59,12 +61,19 @@ async def _build(svc, team, spec, alias):
 
 async def test_dockerfile_template_end_to_end_then_cache_hit(svc):
     team = svc.store.create_team("t")
-    dockerfile = "FROM debian:bookworm\nENV GREETING=hi\nRUN echo $GREETING > /hello\nCMD sleep infinity\n"
+    dockerfile = (
+        "FROM debian:bookworm\nENV GREETING=hi\nRUN echo $GREETING > /hello\nCMD sleep infinity\n"
+    )
     status = await _build(svc, team, {"dockerfile": dockerfile}, "hello")
     assert status["status"] == "completed", "\n".join(status["logs"][-20:])
     assert status["logs"][0].startswith("base image debian:bookworm")
     tpl = svc.resolve(team, "hello")
-    assert (tpl.user, tpl.workdir, tpl.start_cmd, tpl.envs) == ("user", "/home/user", "sleep infinity", {"GREETING": "hi"})
+    assert (tpl.user, tpl.workdir, tpl.start_cmd, tpl.envs) == (
+        "user",
+        "/home/user",
+        "sleep infinity",
+        {"GREETING": "hi"},
+    )
     run_layer, final = tpl.layer_paths[1], tpl.layer_paths[-1]
     assert (run_layer / "hello").read_text() == "hi\n"
     passwd = (final / "etc/passwd").read_text()
@@ -75,15 +84,21 @@ async def test_dockerfile_template_end_to_end_then_cache_hit(svc):
     _no_debris(svc)
 
     # same spec again: every layer is a cache hit
-    result = await svc.builder.build(plan_spec(parse_spec({"dockerfile": dockerfile})), lambda _l: None)
+    result = await svc.builder.build(
+        plan_spec(parse_spec({"dockerfile": dockerfile})), lambda _l: None
+    )
     assert result.cached_steps == len(result.keys) == len(tpl.layer_keys)
     assert result.keys == tpl.layer_keys
 
 
 async def test_changing_the_last_step_rebuilds_only_from_there(svc):
     base = {"base_image": "debian:bookworm", "run_cmds": ["echo one > /one"]}
-    first = await svc.builder.build(plan_spec(parse_spec({**base, "run_cmds": ["echo one > /one", "echo a"]})), print)
-    second = await svc.builder.build(plan_spec(parse_spec({**base, "run_cmds": ["echo one > /one", "echo b"]})), print)
+    first = await svc.builder.build(
+        plan_spec(parse_spec({**base, "run_cmds": ["echo one > /one", "echo a"]})), print
+    )
+    second = await svc.builder.build(
+        plan_spec(parse_spec({**base, "run_cmds": ["echo one > /one", "echo b"]})), print
+    )
     assert first.keys[:2] == second.keys[:2]
     assert second.cached_steps == 2  # bootstrap + first RUN; the changed RUN and finalize are new
     _no_debris(svc)
@@ -95,7 +110,10 @@ async def test_failing_step_reports_step_and_exit_code_and_leaves_no_debris(svc)
     status = await _build(svc, team, spec, "broken")
     assert status["status"] == "failed"
     assert "about to fail" in status["logs"]
-    assert status["logs"][-1] == "error: step 2/3 (RUN echo about to fail; exit 7) failed with exit code 7"
+    assert (
+        status["logs"][-1]
+        == "error: step 2/3 (RUN echo about to fail; exit 7) failed with exit code 7"
+    )
     plan = plan_spec(parse_spec(spec))
     assert not svc.builder.cache.exists(plan.keys[1])
     assert not svc.builder.cache.dir(plan.keys[1]).exists()

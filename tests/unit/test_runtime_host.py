@@ -16,7 +16,16 @@ from declawd.runtime.overlay import _overlay_data, _unescape
 def test_runc_run_command_line() -> None:
     rt = OciRuntime("runc", Path("/state/run/runc"))
     cmd = rt._run_cmd(Path("/b"), "sbx-1", "/var/run/netns/x", detach=True)
-    assert cmd == ["runc", "--root", "/state/run/runc", "run", "--detach", "--bundle", "/b", "sbx-1"]
+    assert cmd == [
+        "runc",
+        "--root",
+        "/state/run/runc",
+        "run",
+        "--detach",
+        "--bundle",
+        "/b",
+        "sbx-1",
+    ]
     assert "--detach" not in rt._run_cmd(Path("/b"), "sbx-1", None, detach=False)
 
 
@@ -37,7 +46,9 @@ def test_runsc_finds_the_netns_of_a_container_from_its_state(tmp_path: Path) -> 
     netns.touch()
     state = {
         "id": "sbx-1",
-        "spec": {"linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": str(netns)}]}},
+        "spec": {
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": str(netns)}]}
+        },
         "sandbox": {"pid": 0},
     }
     (tmp_path / "sbx-1_sandbox:sbx-1.state").write_text(json.dumps(state))

@@ -59,9 +59,7 @@ def test_process_is_root_with_exactly_the_container_capability_set() -> None:
 
 
 def test_nofile_rlimit_is_set() -> None:
-    assert spec()["process"]["rlimits"] == [
-        {"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536}
-    ]
+    assert spec()["process"]["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536}]
 
 
 def test_default_nofile_never_exceeds_this_process_hard_limit() -> None:

@@ -31,7 +31,9 @@ def _tar(entries):
 
 
 def test_valid_context_is_extracted_and_content_addressed(tmp_path):
-    body = _tar([("app", "dir", b""), ("app/main.py", "file", b"print(1)"), ("app/link", "sym", "main.py")])
+    body = _tar(
+        [("app", "dir", b""), ("app/main.py", "file", b"print(1)"), ("app/link", "sym", "main.py")]
+    )
     cid = store_context(tmp_path, body)
     assert cid.startswith("ctx-") and len(cid) == 68
     assert (tmp_path / cid / "files" / "app" / "main.py").read_bytes() == b"print(1)"

@@ -66,5 +66,10 @@ def test_size_cap():
 def test_copy_needs_a_build_context():
     with pytest.raises(BadRequest, match="COPY needs a build context"):
         parse_spec({"dockerfile": "FROM debian\nCOPY app /srv/app\n"})
-    spec = parse_spec({"dockerfile": "FROM debian\nWORKDIR /srv\nCOPY ./app app\n", "context_id": "ctx-" + "0" * 64})
+    spec = parse_spec(
+        {
+            "dockerfile": "FROM debian\nWORKDIR /srv\nCOPY ./app app\n",
+            "context_id": "ctx-" + "0" * 64,
+        }
+    )
     assert spec.ops == [CopyOp("app", "/srv/app")]

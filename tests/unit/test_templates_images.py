@@ -31,11 +31,25 @@ def test_mapped_images_say_so():
 
 
 @pytest.mark.parametrize(
-    "image", ["alpine:3.19", "debian:buster", "ubuntu:lunar-ish", "python:2.7", "ghcr.io/x/y:1", "debian@sha256:00", ""]
+    "image",
+    [
+        "alpine:3.19",
+        "debian:buster",
+        "ubuntu:lunar-ish",
+        "python:2.7",
+        "ghcr.io/x/y:1",
+        "debian@sha256:00",
+        "",
+    ],
 )
 def test_anything_else_is_a_400_listing_supported_forms(image):
     with pytest.raises(BadRequest) as exc:
         map_base_image(image)
     msg = exc.value.message
     assert msg.startswith("base_image:")
-    assert "debian:<suite" in msg and "ubuntu:<version>" in msg and "python:3" in msg and "node:<major>" in msg
+    assert (
+        "debian:<suite" in msg
+        and "ubuntu:<version>" in msg
+        and "python:3" in msg
+        and "node:<major>" in msg
+    )

@@ -26,11 +26,17 @@ def test_package_order_does_not_matter_but_env_does():
     assert _keys({"base_image": "debian:bookworm", "packages": ["a", "b"]}) == _keys(
         {"base_image": "debian:bookworm", "packages": ["b", "a"]}
     )
-    assert _keys({"run_cmds": ["x"], "envs": {"A": "1"}}) != _keys({"run_cmds": ["x"], "envs": {"A": "2"}})
+    assert _keys({"run_cmds": ["x"], "envs": {"A": "1"}}) != _keys(
+        {"run_cmds": ["x"], "envs": {"A": "2"}}
+    )
 
 
 def test_plan_shape():
-    plan = plan_spec(parse_spec({"base_image": "python:3.11", "pip_packages": ["requests"], "run_cmds": ["true"]}))
+    plan = plan_spec(
+        parse_spec(
+            {"base_image": "python:3.11", "pip_packages": ["requests"], "run_cmds": ["true"]}
+        )
+    )
     assert [s.kind for s in plan.steps] == ["bootstrap", "pip", "run", "finalize"]
     assert "python3-pip" in plan.steps[0].content["packages"]
 

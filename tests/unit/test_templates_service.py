@@ -126,7 +126,10 @@ async def test_teams_are_isolated_and_errors_name_things(svc):
     with pytest.raises(BadRequest, match="base_image: unsupported image 'alpine:3'"):
         await svc.build(a, {"template": {"base_image": "alpine:3"}, "alias": "x"})
     with pytest.raises(BadRequest, match="template.context_id: unknown build context"):
-        await svc.build(a, {"template": {"copies": [{"src": "a", "dst": "/a"}], "context_id": "ctx-" + "0" * 64}})
+        await svc.build(
+            a,
+            {"template": {"copies": [{"src": "a", "dst": "/a"}], "context_id": "ctx-" + "0" * 64}},
+        )
 
 
 async def test_delete_refuses_while_sandboxes_use_it(svc, monkeypatch):
@@ -141,3 +144,31 @@ async def test_delete_refuses_while_sandboxes_use_it(svc, monkeypatch):
     svc.delete(team, "mine")
     with pytest.raises(NotFound):
         svc.get(team, "mine")
+
+
+async def test_gc_removes_only_unreferenced_layers(svc):
+    import json
+
+    team = svc.store.create_team("t")
+    svc.fake.release.set()
+    info = await svc.build(team, {"template": SPEC, "alias": "mine"})
+    await svc.wait(info["build_id"])
+    cache = svc.builder.cache
+    used = svc.resolve(team, "mine").layer_keys
+    for key in [*used, "f" * 64]:
+        meta = {
+            "key": key,
+            "parent": "",
+            "label": "x",
+            "size_bytes": 10,
+            "build_seconds": 0,
+            "created_at": 0,
+        }
+        (cache.dir(key) / "layer.json").parent.mkdir(parents=True, exist_ok=True)
+        cache.fs(key).mkdir(exist_ok=True)
+        (cache.dir(key) / "layer.json").write_text(json.dumps(meta))
+    out = svc.gc()
+    assert out == {"removed_layers": 1, "freed_bytes": 10}
+    assert sorted(cache.layer_keys()) == sorted(used)
+    svc.delete(team, "mine")
+    assert svc.gc()["removed_layers"] == len(set(used))

@@ -51,7 +51,10 @@ def test_unknown_keys_are_ignored():
         ({"copies": [{"src": "a", "dst": "/a"}]}, "template.copies"),
         ({"copies": [{"src": "../a", "dst": "/a"}], "context_id": CTX}, "template.copies[0].src"),
         ({"copies": [{"src": "a", "dst": "a"}], "context_id": CTX}, "template.copies[0].dst"),
-        ({"copies": [{"src": "a", "dst": "/a", "mode": "755"}], "context_id": CTX}, "template.copies[0].mode"),
+        (
+            {"copies": [{"src": "a", "dst": "/a", "mode": "755"}], "context_id": CTX},
+            "template.copies[0].mode",
+        ),
         ({"context_id": "nope"}, "template.context_id"),
     ],
 )
@@ -80,7 +83,9 @@ def test_extended_spec_keys():
 
 
 def test_build_body_validation():
-    req = parse_build_body({"template": {"base_image": "debian:bookworm"}, "alias": "my-tpl", "cpu_count": 2})
+    req = parse_build_body(
+        {"template": {"base_image": "debian:bookworm"}, "alias": "my-tpl", "cpu_count": 2}
+    )
     assert (req.alias, req.cpu_count, req.memory_mb) == ("my-tpl", 2, None)
     for body, field in [
         ({"alias": "x"}, "template"),

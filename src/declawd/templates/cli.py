@@ -7,9 +7,15 @@ to a running server over HTTP with DECLAW_DOMAIN / DECLAW_API_KEY, like the SDK 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import os
+import tarfile
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -20,6 +26,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 
 from declawd.config import Settings
 
@@ -97,3 +104,132 @@ def ensure_builtin(
 def _short(text: str, width: int = 60) -> str:
     text = text.strip().replace("[", "(")
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# --- commands that talk to a running server ---------------------------------------------
+
+
+def _client() -> httpx.Client:
+    domain = os.environ.get("DECLAW_DOMAIN", "localhost:8080")
+    key = os.environ.get("DECLAW_API_KEY", "")
+    base = domain if domain.startswith(("http://", "https://")) else f"http://{domain}"
+    return httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=60.0)
+
+
+def _check(resp: httpx.Response) -> Any:
+    if resp.status_code >= 400:
+        try:
+            message = resp.json().get("message", resp.text)
+        except ValueError:
+            message = resp.text
+        console.print(f"[red]{resp.status_code}: {message}", highlight=False)
+        raise typer.Exit(1)
+    return resp.json() if resp.content else None
+
+
+def _tar_context(directory: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in sorted(directory.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+    return buf.getvalue()
+
+
+def new_log_lines(previous: list[str], current: list[str]) -> list[str]:
+    """Lines of `current` not yet shown, given the `previous` snapshot (handles trimming)."""
+    from declawd.templates.buildlog import TRUNCATED_LINE
+
+    if not current or current[0] != TRUNCATED_LINE:
+        return current[len(previous) :]
+    if previous and previous[-1] in current:
+        idx = len(current) - 1 - current[::-1].index(previous[-1])
+        return current[idx + 1 :]
+    return current[1:]
+
+
+@app.command("build")
+def build(
+    file: Annotated[Path, typer.Argument(help="extended spec (JSON), see docs/templates.md")],
+    alias: Annotated[str, typer.Option(help="alias of the new template")],
+    context: Annotated[Path | None, typer.Option(help="build context dir for copies")] = None,
+    poll: Annotated[float, typer.Option(help="seconds between status polls")] = 1.0,
+) -> None:
+    """Build a template on the server from a spec file and stream its log."""
+    spec = json.loads(file.read_text())
+    if not isinstance(spec, dict):
+        console.print("[red]spec: must be a JSON object")
+        raise typer.Exit(2)
+    ctx_dir = context or (file.parent / spec.pop("context") if "context" in spec else None)
+    with _client() as client:
+        if spec.get("copies") or "COPY" in str(spec.get("dockerfile", "")).upper():
+            if ctx_dir is None or not ctx_dir.is_dir():
+                console.print("[red]copies need a build context: pass --context DIR")
+                raise typer.Exit(2)
+            body = _tar_context(ctx_dir)
+            spec["context_id"] = _check(client.put("/templates/contexts", content=body))[
+                "context_id"
+            ]
+            console.print(f"uploaded context {ctx_dir} ({len(body) / 1e6:.1f} MB)")
+        info = _check(client.post("/templates/build", json={"template": spec, "alias": alias}))
+        console.print(f"build {info['build_id']} of template {info['template_id']}")
+        shown: list[str] = []
+        with console.status("building...") as status:
+            while True:
+                st = _check(client.get(f"/templates/builds/{info['build_id']}"))
+                logs = list(st.get("logs") or [])
+                for line in new_log_lines(shown, logs):
+                    console.print(line, markup=False, highlight=False)
+                    if line.startswith("step "):
+                        status.update(_short(line))
+                shown = logs
+                if st["status"] != "building":
+                    break
+                time.sleep(poll)
+    if st["status"] != "completed":
+        console.print(f"[red]build {info['build_id']} {st['status']}")
+        raise typer.Exit(1)
+    console.print(f"[green]template {info['template_id']} ({alias}) ready")
+
+
+@app.command("list")
+def list_templates() -> None:
+    """Templates visible to your API key, with size and build time."""
+    with _client() as client:
+        items = _check(client.get("/templates"))
+    table = Table("id", "alias", "state", "size", "build", "created")
+    for t in items:
+        table.add_row(
+            t["template_id"],
+            t.get("alias") or "",
+            t["state"],
+            f"{(t.get('size_bytes') or 0) / 1e6:.0f} MB",
+            f"{t['build_seconds']:.0f}s" if t.get("build_seconds") is not None else "",
+            t.get("created_at") or "",
+        )
+    Console().print(table)
+
+
+@app.command("delete")
+def delete(template: Annotated[str, typer.Argument(help="template id or alias")]) -> None:
+    """Delete a template (refused while sandboxes use it)."""
+    with _client() as client:
+        _check(client.delete(f"/templates/{template}"))
+    console.print(f"deleted {template}")
+
+
+@app.command("gc")
+def gc(
+    state_dir: Annotated[Path | None, typer.Option(help="state directory")] = None,
+    templates_dir: Annotated[Path | None, typer.Option(help="templates directory")] = None,
+) -> None:
+    """Remove layers no template references (run on the server's machine)."""
+    from declawd.store import Store
+    from declawd.templates.service import TemplateService
+
+    settings = _settings(state_dir, templates_dir)
+    with Store(settings.db_path) as store:
+        # an hour of grace: a server's build in progress has layers no record names yet
+        out = TemplateService(settings, store).gc(min_age_s=3600)
+    console.print(
+        f"removed {out['removed_layers']} layers, freed {out['freed_bytes'] / 1e6:.0f} MB"
+    )

@@ -379,15 +379,20 @@ class TemplateService:
                 keep.update(catalog_plan(name).keys)
         return keep
 
-    def gc(self) -> dict[str, Any]:
-        """Remove layers that no template, running build or catalog entry references."""
+    def gc(self, min_age_s: float = 0.0) -> dict[str, Any]:
+        """Remove layers that no template, running build or catalog entry references.
+
+        `min_age_s` spares recent layers: a gc run from outside the server cannot see the
+        server's builds in progress, whose layers no record references yet.
+        """
         keep = self._referenced_keys()
         cache = self.builder.cache
         removed, freed = [], 0
+        now = time.time()
         for key in cache.layer_keys():
-            if key in keep:
-                continue
             info = cache.info(key)
+            if key in keep or (info is not None and now - info.created_at < min_age_s):
+                continue
             cache.remove(key)
             removed.append(key)
             freed += info.size_bytes if info else 0
