@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -92,14 +93,17 @@ async def test_dockerfile_template_end_to_end_then_cache_hit(svc):
 
 
 async def test_changing_the_last_step_rebuilds_only_from_there(svc):
-    base = {"base_image": "debian:bookworm", "run_cmds": ["echo one > /one"]}
+    # a fresh token per run: the shared cache must not already hold the changed steps
+    token = uuid.uuid4().hex
+    base = {"base_image": "debian:bookworm"}
     first = await svc.builder.build(
-        plan_spec(parse_spec({**base, "run_cmds": ["echo one > /one", "echo a"]})), print
+        plan_spec(parse_spec({**base, "run_cmds": ["echo one > /one", f"echo a-{token}"]})), print
     )
     second = await svc.builder.build(
-        plan_spec(parse_spec({**base, "run_cmds": ["echo one > /one", "echo b"]})), print
+        plan_spec(parse_spec({**base, "run_cmds": ["echo one > /one", f"echo b-{token}"]})), print
     )
     assert first.keys[:2] == second.keys[:2]
+    assert first.keys[2] != second.keys[2]
     assert second.cached_steps == 2  # bootstrap + first RUN; the changed RUN and finalize are new
     _no_debris(svc)
 

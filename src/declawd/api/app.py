@@ -92,6 +92,7 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            await templates.close()
             if start_node:
                 await node.close()
 
