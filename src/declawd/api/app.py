@@ -71,7 +71,7 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from declawd.node.node import Node
-        from declawd.templates import TemplateService
+        from declawd.templates.service import TemplateService
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.db_path)
