@@ -210,6 +210,11 @@ async def test_container_runs_as_root_with_the_container_capability_set(
             assert status["Seccomp"] == "2"
         assert await runtime.state(bundle.sandbox_id) == "running"
         assert bundle.sandbox_id in await runtime.list()
+        with pytest.raises(RuntimeStartError, match="already exists"):
+            await runtime.run_detached(
+                bundle.dir, bundle.sandbox_id, bundle.netns_path, log_path=bundle.dir / "log"
+            )
+        assert await runtime.state(bundle.sandbox_id) == "running"  # a duplicate start left it be
 
         memory = [d for d in cgroup_dirs(bundle.cgroups_path) if "memory" in d.parts]
         pids = [d for d in cgroup_dirs(bundle.cgroups_path) if "pids" in d.parts]

@@ -20,6 +20,7 @@ RuntimeName = Literal["runc", "runsc"]
 _STOP_POLL_S = 0.01
 _STOP_WAIT_S = 10.0
 _TAIL_BYTES = 4000
+_CHUNK_BYTES = 64 * 1024
 
 # runsc (Debian's 2022 build) refuses its own netstack on this kernel ("cannot run with
 # network enabled in root network namespace"), so it runs with the host netstack inside
@@ -119,23 +120,36 @@ class OciRuntime:
     ) -> None:
         """Create and start the container in the background; its stdio goes to log_path."""
         self.root_dir.mkdir(parents=True, exist_ok=True)
+        if self._has_state(container_id):
+            # Never clean up after a failed start of a container that was already there.
+            raise RuntimeStartError(container_id, -1, "a container with this id already exists")
         with open(log_path, "ab") as log:
             start = log.tell()
+            proc = await asyncio.create_subprocess_exec(
+                *self._run_cmd(bundle_dir, container_id, netns_path, detach=True),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *self._run_cmd(bundle_dir, container_id, netns_path, detach=True),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                )
                 returncode = await proc.wait()
             except BaseException:
-                await asyncio.shield(self.kill(container_id))
+                await asyncio.shield(self._reap_and_kill(proc, container_id))
                 raise
         if returncode != 0:
             tail = _read_tail(log_path, start)
             await self.kill(container_id)
             raise RuntimeStartError(container_id, returncode, tail)
+
+    def _has_state(self, container_id: str) -> bool:
+        if self.name == "runc":
+            return (self.root_dir / container_id).exists()
+        return any(self.root_dir.glob(f"*_sandbox:{container_id}.state"))
+
+    async def _reap_and_kill(self, proc: asyncio.subprocess.Process, container_id: str) -> None:
+        # Let the runtime finish creating before deleting, or the delete races the create.
+        await proc.wait()
+        await self.kill(container_id)
 
     async def run_foreground(
         self,
@@ -147,19 +161,25 @@ class OciRuntime:
     ) -> int:
         """Run the container to completion, streaming its output lines; returns its exit code."""
         self.root_dir.mkdir(parents=True, exist_ok=True)
+        if self._has_state(container_id):
+            raise RuntimeStartError(container_id, -1, "a container with this id already exists")
+        proc = await asyncio.create_subprocess_exec(
+            *self._run_cmd(bundle_dir, container_id, netns_path, detach=False),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._run_cmd(bundle_dir, container_id, netns_path, detach=False),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
             assert proc.stdout is not None
-            async for raw in proc.stdout:
-                log(raw.decode(errors="replace").rstrip("\n"))
+            await _stream_lines(proc.stdout, log)
             return await proc.wait()
         finally:
-            await asyncio.shield(self.kill(container_id))
+            await asyncio.shield(self._kill_then_reap(proc, container_id))
+
+    async def _kill_then_reap(self, proc: asyncio.subprocess.Process, container_id: str) -> None:
+        await self.kill(container_id)
+        if proc.returncode is None:
+            await proc.wait()
 
     async def kill(self, container_id: str) -> None:
         """SIGKILL the container, wait until it has stopped, then delete it (idempotent)."""
@@ -193,6 +213,21 @@ class OciRuntime:
         if rc != 0:
             raise RuntimeCommandError(f"{self.name} list: {err.strip()}")
         return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+async def _stream_lines(stream: asyncio.StreamReader, log: Callable[[str], None]) -> None:
+    """Feed output to `log` line by line; overlong lines (progress bars) come in pieces."""
+    pending = b""
+    while chunk := await stream.read(_CHUNK_BYTES):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if len(pending) > _CHUNK_BYTES:
+            lines.append(pending)
+            pending = b""
+        for line in lines:
+            log(line.decode(errors="replace").rstrip("\r"))
+    if pending:
+        log(pending.decode(errors="replace").rstrip("\r"))
 
 
 def _read_tail(path: Path, start: int) -> str:
