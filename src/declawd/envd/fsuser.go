@@ -43,13 +43,18 @@ func switchThreadCredentials(acc *account) error {
 	if _, _, e := syscall.RawSyscall(syscall.SYS_SETGROUPS, uintptr(len(groups)), uintptr(ptr), 0); e != 0 {
 		return fmt.Errorf("setgroups: %w", e)
 	}
-	// setfsuid/setfsgid return the previous value and never fail loudly; verify by
-	// calling again with an invalid id (-1), which only reports the current one.
-	syscall.RawSyscall(syscall.SYS_SETFSGID, uintptr(acc.Gid), 0, 0)
-	syscall.RawSyscall(syscall.SYS_SETFSUID, uintptr(acc.Uid), 0, 0)
-	gid, _, _ := syscall.RawSyscall(syscall.SYS_SETFSGID, ^uintptr(0), 0, 0)
-	uid, _, _ := syscall.RawSyscall(syscall.SYS_SETFSUID, ^uintptr(0), 0, 0)
-	if uint32(uid) != acc.Uid || uint32(gid) != acc.Gid {
+	// Switch this thread's effective ids (the filesystem ids follow them). Raw syscalls
+	// act on the calling thread only, unlike syscall.Setresuid which Go applies to every
+	// thread; this works on Linux and under gVisor (which does not implement setfsuid).
+	// The saved uid stays 0, but the thread is discarded after the operation.
+	minus1 := ^uintptr(0)
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESGID, minus1, uintptr(acc.Gid), minus1); e != 0 {
+		return fmt.Errorf("could not switch to gid %d: %w", acc.Gid, e)
+	}
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESUID, minus1, uintptr(acc.Uid), minus1); e != 0 {
+		return fmt.Errorf("could not switch to uid %d: %w", acc.Uid, e)
+	}
+	if uid, _, _ := syscall.RawSyscall(syscall.SYS_GETEUID, 0, 0, 0); uint32(uid) != acc.Uid {
 		return fmt.Errorf("could not switch to uid %d gid %d", acc.Uid, acc.Gid)
 	}
 	runtime.KeepAlive(groups)

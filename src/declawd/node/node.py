@@ -35,12 +35,14 @@ from declawd.runtime import Limits, Mount, OciRuntime, build_spec
 from declawd.runtime import cgroups as cg
 from declawd.runtime import dir_size
 from declawd.runtime import overlay as ovl
+from declawd.runtime.compat import ensure_statx_shim, preload_file
 from declawd.store import Store
 
 log = logging.getLogger(__name__)
 
 LIVE = ("creating", "running")
 LAB_CA_IN_SANDBOX = "/etc/declawd/ca-bundle.pem"
+STATX_SHIM_IN_SANDBOX = "/opt/declawd/statx-shim.so"
 ENVD_READY_TIMEOUT = 15.0
 
 
@@ -222,6 +224,11 @@ class Node:
             Mount(ENVD_BIN_IN_SANDBOX, str(self.envd_binary), "bind", ["bind", "ro", "nosuid", "nodev"]),
             Mount(ENVD_MOUNT_DIR, str(res.envd_dir), "bind", ["bind", "rw", "nosuid", "nodev", "noexec"]),
         ]
+        if runtime == "runsc":
+            shim, preload = self._runsc_compat()
+            opts = ["bind", "ro", "nosuid", "nodev"]
+            mounts.append(Mount(STATX_SHIM_IN_SANDBOX, str(shim), "bind", opts))
+            mounts.append(Mount("/etc/ld.so.preload", str(preload), "bind", opts))
         if rec.get("lab"):
             from declawd.lab.ca import ca_bundle_path
 
@@ -246,6 +253,11 @@ class Node:
             cgroups_path=f"/{self.settings.instance}/{rec['sandbox_id']}",
             runtime=runtime,
         )
+
+    def _runsc_compat(self) -> tuple[Path, Path]:
+        bindir = self.settings.state_dir / "bin"
+        shim = ensure_statx_shim(bindir / "statx-shim.so")
+        return shim, preload_file(STATX_SHIM_IN_SANDBOX, bindir / "ld.so.preload")
 
     async def _wait_envd(self, client: EnvdClient, res: SandboxResources) -> None:
         deadline = time.monotonic() + ENVD_READY_TIMEOUT
