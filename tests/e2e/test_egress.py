@@ -37,7 +37,10 @@ def tcp(host, port, payload=None, timeout=5):
     finally:
         s.close()
 
-def tls(host, port=443, sni=None, addr=None, timeout=5):
+def tls(host, port=443, sni="", addr=None, timeout=5):
+    # sni="" (default): the host name; sni=None: no SNI at all.
+    if sni == "":
+        sni = host
     ctx = ssl.create_default_context()
     if sni is None or addr is not None:
         ctx.check_hostname = False
@@ -158,6 +161,7 @@ def test_sni_spoofing_and_missing_sni_refused(locked: Sandbox) -> None:
     assert probe(locked, 'tls("api.openai.com", sni="evil.com", addr="203.0.113.10")') in (
         "ConnectionResetError", "SSLEOFError", "SSLZeroReturnError")
     # allowed SNI to an address this sandbox resolved for another name
+    assert probe(locked, 'resolve("a.example.org")') == ["198.51.100.20"]
     assert probe(locked, 'tls("a.example.org", sni="api.openai.com", addr="198.51.100.20")') in (
         "ConnectionResetError", "SSLEOFError", "SSLZeroReturnError")
     # no SNI
@@ -168,8 +172,12 @@ def test_sni_spoofing_and_missing_sni_refused(locked: Sandbox) -> None:
 
 
 def test_server_first_protocol_passes_only_to_resolved_allowed_host(locked: Sandbox) -> None:
+    # before this sandbox resolved smtp.lab, its address is refused in the kernel
+    assert probe(locked, 'tcp("203.0.113.25", 25, payload=b"", timeout=15)') == "ConnectionRefusedError"
     assert probe(locked, 'resolve("smtp.lab")') == ["203.0.113.25"]
-    banner = probe(locked, 'tcp("smtp.lab", 25, payload=b"")')
+    # The client sends nothing: after the proxy's peek window the stream is handled as
+    # opaque and passes because smtp.lab is an allowed name this sandbox resolved.
+    banner = probe(locked, 'tcp("smtp.lab", 25, payload=b"", timeout=15)')
     assert str(banner).startswith("DATA:220 smtp.lab")
 
 

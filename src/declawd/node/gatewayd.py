@@ -24,6 +24,9 @@ from declawd.config import Settings
 log = logging.getLogger(__name__)
 
 LAB_DNS = "198.51.100.53"
+# How long the proxy waits for a client's first bytes before treating the stream as opaque
+# (server-first protocols such as SMTP or SSH wait this long for their banner).
+PEEK_TIMEOUT_S = 2.0
 
 
 class GatewayDaemon:
@@ -140,6 +143,8 @@ class GatewayDaemon:
             self.settings.instance,
             "--upstream-dns",
             upstream,
+            "--peek-timeout",
+            str(PEEK_TIMEOUT_S),
             "--pool",
             self.settings.pool,
             *[arg for r in self.settings.exempt_ranges for arg in ("--exempt", r)],
