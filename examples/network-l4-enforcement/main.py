@@ -13,7 +13,7 @@ import sys
 
 from declaw import ALL_TRAFFIC, NetworkPolicy, Sandbox, SecurityPolicy
 
-PROBE = r'''
+PROBE = r"""
 import socket, urllib.request
 
 def tcp(host, port=443):
@@ -35,7 +35,7 @@ print("l4_evil_com=" + tcp("evil.com"))
 print("l4_cloudflare_dns=" + tcp("1.1.1.1"))
 print("l7_evil_com=" + url("https://evil.com"))
 print("l4_allowed_openai=" + tcp("api.openai.com"))
-'''
+"""
 
 EXPECT = {
     "l4_evil_com": "BLOCKED: ConnectionRefusedError",

@@ -21,7 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-INSTANCE = "dcwtest"
+INSTANCE = os.environ.get("DECLAWD_TEST_INSTANCE", "dcwtest")
 PORT = int(os.environ.get("DECLAWD_TEST_PORT", "18080"))
 STATE_DIR = Path(os.environ.get("DECLAWD_TEST_STATE_DIR", "/var/lib/declawd-test"))
 TEMPLATES_DIR = Path(os.environ.get("DECLAWD_STATE_DIR", "/var/lib/declawd")) / "templates"
@@ -34,7 +34,7 @@ def _env() -> dict[str, str]:
         DECLAWD_INSTANCE=INSTANCE,
         DECLAWD_STATE_DIR=str(STATE_DIR),
         DECLAWD_TEMPLATES_DIR=str(TEMPLATES_DIR),
-        DECLAWD_POOL="10.78.0.0/16",
+        DECLAWD_POOL=os.environ.get("DECLAWD_TEST_POOL", "10.78.0.0/16"),
     )
     return env
 
@@ -48,7 +48,10 @@ def lab() -> Iterator[Path]:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     log = open(STATE_DIR / "lab.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(BIN / "declawd"), "lab", "serve"], env=_env(), stdout=log, stderr=log,
+        [str(BIN / "declawd"), "lab", "serve"],
+        env=_env(),
+        stdout=log,
+        stderr=log,
         start_new_session=True,
     )
     try:
@@ -72,7 +75,10 @@ def server(lab: Path) -> Iterator[dict[str, str]]:
     log = open(STATE_DIR / "server.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [str(BIN / "declawd"), "server", "--lab", "--port", str(PORT)],
-        env=_env(), stdout=log, stderr=log, start_new_session=True,
+        env=_env(),
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{PORT}"
     try:

@@ -18,7 +18,7 @@ from declaw import ALL_TRAFFIC, NetworkPolicy, Sandbox, SecurityPolicy
 
 pytestmark = pytest.mark.e2e
 
-PROBE = r'''
+PROBE = r"""
 import json, socket, ssl, sys, urllib.request
 
 def tcp(host, port, payload=None, timeout=5):
@@ -82,7 +82,7 @@ def udp(host, port, timeout=2):
         s.close()
 
 print(json.dumps(eval(sys.argv[1])))
-'''
+"""
 
 
 def probe(s: Sandbox, expr: str, user: str = "user") -> object:
@@ -94,15 +94,21 @@ def probe(s: Sandbox, expr: str, user: str = "user") -> object:
 def _create(runtime: str, allow: list[str] | None, deny: list[str] | None) -> Sandbox:
     kwargs: dict[str, object] = {}
     if allow is not None or deny is not None:
-        kwargs["security"] = SecurityPolicy(network=NetworkPolicy(allow_out=allow or [], deny_out=deny or []))
-    s = Sandbox.create(template="python", timeout=300, metadata={"declaw.runtime": runtime}, **kwargs)
+        kwargs["security"] = SecurityPolicy(
+            network=NetworkPolicy(allow_out=allow or [], deny_out=deny or [])
+        )
+    s = Sandbox.create(
+        template="python", timeout=300, metadata={"declaw.runtime": runtime}, **kwargs
+    )
     s.files.write("/tmp/probe.py", PROBE)
     return s
 
 
 @pytest.fixture
 def locked(server: dict[str, str], runtime: str) -> Iterator[Sandbox]:
-    s = _create(runtime, ["api.openai.com", "*.example.org", "smtp.lab", "metadata.lab"], [ALL_TRAFFIC])
+    s = _create(
+        runtime, ["api.openai.com", "*.example.org", "smtp.lab", "metadata.lab"], [ALL_TRAFFIC]
+    )
     try:
         yield s
     finally:
@@ -149,7 +155,9 @@ def test_wildcard_and_http_host_checks(locked: Sandbox) -> None:
     assert probe(locked, 'http("https://api.openai.com/")') == "OK:200"
     # Host header of a name that is not allowed, sent to an allowed address: refused by the proxy.
     assert probe(locked, 'http("http://a.example.org/", host="evil.com")') in (
-        "URLError:ConnectionResetError", "ConnectionResetError", "RemoteDisconnected",
+        "URLError:ConnectionResetError",
+        "ConnectionResetError",
+        "RemoteDisconnected",
         "URLError:RemoteDisconnected",
     )
 
@@ -159,21 +167,33 @@ def test_sni_spoofing_and_missing_sni_refused(locked: Sandbox) -> None:
     assert openai == ["203.0.113.10"]
     # SNI of a denied name to an allowed address
     assert probe(locked, 'tls("api.openai.com", sni="evil.com", addr="203.0.113.10")') in (
-        "ConnectionResetError", "SSLEOFError", "SSLZeroReturnError")
+        "ConnectionResetError",
+        "SSLEOFError",
+        "SSLZeroReturnError",
+    )
     # allowed SNI to an address this sandbox resolved for another name
     assert probe(locked, 'resolve("a.example.org")') == ["198.51.100.20"]
     assert probe(locked, 'tls("a.example.org", sni="api.openai.com", addr="198.51.100.20")') in (
-        "ConnectionResetError", "SSLEOFError", "SSLZeroReturnError")
+        "ConnectionResetError",
+        "SSLEOFError",
+        "SSLZeroReturnError",
+    )
     # no SNI
     assert probe(locked, 'tls("api.openai.com", sni=None, addr="203.0.113.10")') in (
-        "ConnectionResetError", "SSLEOFError", "SSLZeroReturnError")
+        "ConnectionResetError",
+        "SSLEOFError",
+        "SSLZeroReturnError",
+    )
     # control: allowed SNI to its own resolved address
     assert probe(locked, 'tls("api.openai.com")').startswith("OK:")
 
 
 def test_server_first_protocol_passes_only_to_resolved_allowed_host(locked: Sandbox) -> None:
     # before this sandbox resolved smtp.lab, its address is refused in the kernel
-    assert probe(locked, 'tcp("203.0.113.25", 25, payload=b"", timeout=15)') == "ConnectionRefusedError"
+    assert (
+        probe(locked, 'tcp("203.0.113.25", 25, payload=b"", timeout=15)')
+        == "ConnectionRefusedError"
+    )
     assert probe(locked, 'resolve("smtp.lab")') == ["203.0.113.25"]
     # The client sends nothing: after the proxy's peek window the stream is handled as
     # opaque and passes because smtp.lab is an allowed name this sandbox resolved.
@@ -181,7 +201,9 @@ def test_server_first_protocol_passes_only_to_resolved_allowed_host(locked: Sand
     assert str(banner).startswith("DATA:220 smtp.lab")
 
 
-def test_non_public_answers_stripped_and_metadata_refused(locked: Sandbox, open_sbx: Sandbox) -> None:
+def test_non_public_answers_stripped_and_metadata_refused(
+    locked: Sandbox, open_sbx: Sandbox
+) -> None:
     assert probe(locked, 'resolve("metadata.lab")') in ("gaierror", [])
     for s in (locked, open_sbx):
         assert probe(s, 'tcp("169.254.169.254", 80)') == "ConnectionRefusedError"
@@ -191,7 +213,7 @@ def test_non_public_answers_stripped_and_metadata_refused(locked: Sandbox, open_
 
 def test_other_query_types_return_no_data(locked: Sandbox) -> None:
     r = locked.commands.run(
-        "python3 -c \"import socket,struct;"
+        'python3 -c "import socket,struct;'
         "q=b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x03txt\\x03lab\\x00\\x00\\x10\\x00\\x01';"
         "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(3);"
         "s.sendto(q,('8.8.8.8',53));d=s.recv(512);print(struct.unpack('>H',d[6:8])[0], d[3]&15)\"",
@@ -203,7 +225,11 @@ def test_other_query_types_return_no_data(locked: Sandbox) -> None:
 
 def test_udp_to_dns_only_address_refused(locked: Sandbox, open_sbx: Sandbox) -> None:
     assert probe(locked, 'resolve("api.openai.com")') == ["203.0.113.10"]
-    assert probe(locked, 'udp("203.0.113.10", 443)') in ("ConnectionRefusedError", "timeout", "TimeoutError")
+    assert probe(locked, 'udp("203.0.113.10", 443)') in (
+        "ConnectionRefusedError",
+        "timeout",
+        "TimeoutError",
+    )
     # control: an open policy passes UDP to the same lab host
     assert probe(open_sbx, 'udp("203.0.113.10", 443)') == "DATA:ping"
 
@@ -230,15 +256,23 @@ def test_policy_replace_cuts_and_reopens(server: dict[str, str], runtime: str) -
     try:
         h = {"X-API-Key": server["key"]}
         assert probe(s, 'tcp("api.openai.com", 443)') == "CONNECTED"
-        r = httpx.put(f"{server['url']}/sandboxes/{s.sandbox_id}/network", headers=h,
-                      json={"allow_out": ["evil.com"], "deny_out": ["0.0.0.0/0"]})
+        r = httpx.put(
+            f"{server['url']}/sandboxes/{s.sandbox_id}/network",
+            headers=h,
+            json={"allow_out": ["evil.com"], "deny_out": ["0.0.0.0/0"]},
+        )
         assert r.status_code == 200, r.text
         assert httpx.get(f"{server['url']}/sandboxes/{s.sandbox_id}/network", headers=h).json() == {
-            "allow_out": ["evil.com"], "deny_out": ["0.0.0.0/0"]}
+            "allow_out": ["evil.com"],
+            "deny_out": ["0.0.0.0/0"],
+        }
         assert probe(s, 'tcp("evil.com", 443)') == "CONNECTED"
         assert probe(s, 'tcp("api.openai.com", 443)') == "ConnectionRefusedError"
-        bad = httpx.put(f"{server['url']}/sandboxes/{s.sandbox_id}/network", headers=h,
-                        json={"allow_out": ["not a domain"], "deny_out": ["0.0.0.0/0"]})
+        bad = httpx.put(
+            f"{server['url']}/sandboxes/{s.sandbox_id}/network",
+            headers=h,
+            json={"allow_out": ["not a domain"], "deny_out": ["0.0.0.0/0"]},
+        )
         assert bad.status_code == 400 and "allow_out" in bad.json()["message"]
     finally:
         s.kill(wait=True)

@@ -36,7 +36,10 @@ def _new_team_key(team: str) -> str:
 
     out = subprocess.run(
         [str(Path(sys.executable).parent / "declawd"), "keys", "create", "--team", team],
-        env=_env(), capture_output=True, text=True, check=True,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return next(w for w in out.stdout.split() if w.startswith("dcw_"))
 
@@ -49,8 +52,18 @@ def test_other_team_cannot_see_or_touch(server: dict[str, str]) -> None:
         oh = {"X-API-Key": other_key}
         sid = mine.sandbox_id
         assert httpx.get(f"{url}/sandboxes/{sid}", headers=oh).status_code == 404
-        assert httpx.post(f"{url}/sandboxes/{sid}/commands", headers=oh, json={"cmd": "id"}).status_code == 404
-        assert httpx.get(f"{url}/sandboxes/{sid}/files", headers=oh, params={"path": "/etc/hostname"}).status_code == 404
+        assert (
+            httpx.post(
+                f"{url}/sandboxes/{sid}/commands", headers=oh, json={"cmd": "id"}
+            ).status_code
+            == 404
+        )
+        assert (
+            httpx.get(
+                f"{url}/sandboxes/{sid}/files", headers=oh, params={"path": "/etc/hostname"}
+            ).status_code
+            == 404
+        )
         assert httpx.put(f"{url}/sandboxes/{sid}/network", headers=oh, json={}).status_code == 404
         assert httpx.get(f"{url}/sandboxes/{sid}/audit", headers=oh).status_code == 404
         assert httpx.delete(f"{url}/sandboxes/{sid}", headers=oh).status_code == 404
@@ -64,7 +77,9 @@ def test_other_team_cannot_see_or_touch(server: dict[str, str]) -> None:
 
         subprocess.run(
             [str(Path(sys.executable).parent / "declawd"), "keys", "revoke", other_key[:12]],
-            env=_env(), check=True, capture_output=True,
+            env=_env(),
+            check=True,
+            capture_output=True,
         )
         assert httpx.get(f"{url}/sandboxes", headers=oh).status_code == 401
     finally:

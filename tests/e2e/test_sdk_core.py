@@ -28,7 +28,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def sbx(server: dict[str, str], runtime: str) -> Iterator[Sandbox]:
-    s = Sandbox.create(template="base", timeout=120, metadata={"declaw.runtime": runtime, "suite": "core"})
+    s = Sandbox.create(
+        template="base", timeout=120, metadata={"declaw.runtime": runtime, "suite": "core"}
+    )
     try:
         yield s
     finally:
@@ -50,7 +52,9 @@ def test_default_user_is_unprivileged_user_with_home(sbx: Sandbox) -> None:
 
 
 def test_envs_cwd_and_stdin(server: dict[str, str], runtime: str) -> None:
-    s = Sandbox.create(template="base", envs={"SBX_WIDE": "yes"}, metadata={"declaw.runtime": runtime})
+    s = Sandbox.create(
+        template="base", envs={"SBX_WIDE": "yes"}, metadata={"declaw.runtime": runtime}
+    )
     try:
         r = s.commands.run("echo $SBX_WIDE $PER_CMD; pwd", envs={"PER_CMD": "1"}, cwd="/tmp")
         assert r.stdout == "yes 1\n/tmp\n"
@@ -227,7 +231,11 @@ def test_bad_input_statuses(server: dict[str, str]) -> None:
         ({"template": "base", "envs": {"A": 1}}, 400, "envs.A"),
         ({"template": "base", "network": {"allow_out": ["300.1.1.1/8"]}}, 400, "network.allow_out"),
         ({"template": "base", "network": {"allow_out": ["example.com"]}}, 400, "network"),
-        ({"template": "base", "security": {"policy_json": '{"pii": {"enabled": true}}'}}, 501, "pii"),
+        (
+            {"template": "base", "security": {"policy_json": '{"pii": {"enabled": true}}'}},
+            501,
+            "pii",
+        ),
         ({"template": "base", "lifecycle": {"on_timeout": "pause"}}, 501, "lifecycle"),
     ]
     for body, status, needle in cases:

@@ -16,7 +16,10 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "network-l4-enforce
 
 def test_seed_scenario_prints_pass(server: dict[str, str]) -> None:
     out = subprocess.run(
-        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=300,
+        [sys.executable, str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "DECLAW_DOMAIN": server["domain"], "DECLAW_API_KEY": server["key"]},
     )
     lines = out.stdout.splitlines()

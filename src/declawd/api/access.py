@@ -32,7 +32,9 @@ class AgentUnavailable(ApiError):
     status = 502
 
 
-async def sandbox_client(request: Request, team: Team, sandbox_id: str) -> tuple[dict[str, Any], EnvdClient]:
+async def sandbox_client(
+    request: Request, team: Team, sandbox_id: str
+) -> tuple[dict[str, Any], EnvdClient]:
     svc = services(request)
     rec = await asyncio.to_thread(svc.store.get_sandbox, sandbox_id, team.team_id)
     if rec is None or rec["state"] not in LIVE:
@@ -49,7 +51,9 @@ def envd_errors(what: str = "") -> Iterator[None]:
     except EnvdNotFound as exc:
         raise NotFound(exc.message or f"not found: {what}") from exc
     except EnvdPermissionDenied as exc:
-        raise BadRequest(exc.message or f"permission denied: {what}", code="permission_denied") from exc
+        raise BadRequest(
+            exc.message or f"permission denied: {what}", code="permission_denied"
+        ) from exc
     except EnvdUnavailable as exc:
         raise AgentUnavailable(f"sandbox agent unreachable: {exc}") from exc
     except EnvdError as exc:

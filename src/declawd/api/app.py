@@ -49,7 +49,7 @@ class Services:
 
 
 def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    return request.app.state.services
 
 
 async def current_team(request: Request) -> Team:
@@ -85,7 +85,9 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
             )
             svc.dev_key_path = str(settings.keys_dir / "dev-api-key")
             if created:
-                log.warning("created a dev API key for team 'default'; it is in %s", svc.dev_key_path)
+                log.warning(
+                    "created a dev API key for team 'default'; it is in %s", svc.dev_key_path
+                )
             await asyncio.to_thread(store.idempotency_abandon_in_progress)
             await templates.ensure_builtin(["base", "python"])
             await node.start()
@@ -96,7 +98,9 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
             if start_node:
                 await node.close()
 
-    app = FastAPI(title="declawd", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="declawd", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -122,7 +126,9 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"message": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        return JSONResponse(
+            {"message": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500
+        )
 
     from declawd.api import commands, files, misc, network, sandboxes, templates
 

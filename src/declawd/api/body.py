@@ -49,15 +49,28 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
-    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
-             dict: "an object", list: "an array"}
+    names = {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        dict: "an object",
+        list: "an array",
+    }
     if isinstance(t, tuple):
         return " or ".join(names.get(x, x.__name__) for x in t)
     return names.get(t, t.__name__)
 
 
-def field(body: dict[str, Any], name: str, typ: type | tuple[type, ...], *,
-          required: bool = False, default: Any = None, prefix: str = "") -> Any:
+def field(
+    body: dict[str, Any],
+    name: str,
+    typ: type | tuple[type, ...],
+    *,
+    required: bool = False,
+    default: Any = None,
+    prefix: str = "",
+) -> Any:
     value = body.get(name, _MISSING)
     label = prefix + name
     if value is _MISSING or value is None:
@@ -101,8 +114,9 @@ def abs_path(value: Any, label: str = "path") -> str:
     return value
 
 
-def int_query(value: str | None, label: str, *, minimum: int | None = None,
-              maximum: int | None = None) -> int | None:
+def int_query(
+    value: str | None, label: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int | None:
     if value is None or value == "":
         return None
     try:

@@ -14,7 +14,9 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option(None, help="listen address (default 127.0.0.1)"),
         port: int = typer.Option(None, help="listen port (default 8080)"),
         state_dir: Path = typer.Option(None, help="state directory (default /var/lib/declawd)"),
-        templates_dir: Path = typer.Option(None, help="template layers (default <state-dir>/templates)"),
+        templates_dir: Path = typer.Option(
+            None, help="template layers (default <state-dir>/templates)"
+        ),
         instance: str = typer.Option(None, help="name prefix for namespaces and cgroups"),
         runtime: str = typer.Option(None, help="default runtime: runc or runsc"),
         lab: bool = typer.Option(None, "--lab/--no-lab", help="use the lab as the only upstream"),
@@ -30,12 +32,20 @@ def register(app: typer.Typer) -> None:
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         settings = Settings.from_env(
-            host=host, port=port, state_dir=state_dir, templates_dir=templates_dir,
-            instance=instance, runtime=runtime, lab=lab,
+            host=host,
+            port=port,
+            state_dir=state_dir,
+            templates_dir=templates_dir,
+            instance=instance,
+            runtime=runtime,
+            lab=lab,
         )
         uvicorn.run(
-            create_app(settings), host=settings.host, port=settings.port,
-            log_level=log_level.lower(), access_log=log_level.lower() == "debug",
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level.lower(),
+            access_log=log_level.lower() == "debug",
             timeout_graceful_shutdown=5,
         )
 

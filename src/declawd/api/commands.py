@@ -71,24 +71,35 @@ async def run_command(sandbox_id: str, request: Request, team: Team = Depends(cu
     with envd_errors():
         if background:
             pid = await client.start(
-                cmd, **args, stdin=stdin.encode() if stdin is not None else None,
-                keep_stdin=stdin is None, tag="command",
+                cmd,
+                **args,
+                stdin=stdin.encode() if stdin is not None else None,
+                keep_stdin=stdin is None,
+                tag="command",
             )
             return {"pid": pid}
         try:
             result = await client.run(
-                cmd, timeout=timeout, **args,
+                cmd,
+                timeout=timeout,
+                **args,
                 stdin=stdin.encode() if stdin is not None else None,
             )
         except CommandTimeout as exc:
             raise RequestTimeout(
                 f"command timed out after {timeout:g}s and was killed (pid {exc.pid})"
             ) from exc
-    return {"stdout": _text(result.stdout), "stderr": _text(result.stderr), "exit_code": result.exit_code}
+    return {
+        "stdout": _text(result.stdout),
+        "stderr": _text(result.stderr),
+        "exit_code": result.exit_code,
+    }
 
 
 @router.get("/sandboxes/{sandbox_id}/commands")
-async def list_commands(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def list_commands(
+    sandbox_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     with envd_errors():
         procs = await client.list()
@@ -100,7 +111,9 @@ async def list_commands(sandbox_id: str, request: Request, team: Team = Depends(
 
 
 @router.delete("/sandboxes/{sandbox_id}/commands/{pid}")
-async def kill_command(sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def kill_command(
+    sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     with envd_errors():
         try:
@@ -110,7 +123,9 @@ async def kill_command(sandbox_id: str, pid: str, request: Request, team: Team =
 
 
 @router.post("/sandboxes/{sandbox_id}/commands/{pid}/stdin")
-async def command_stdin(sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def command_stdin(
+    sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     body = await json_body(request)
     data = field(body, "data", str, required=True)
@@ -120,15 +135,23 @@ async def command_stdin(sandbox_id: str, pid: str, request: Request, team: Team 
 
 
 @router.get("/sandboxes/{sandbox_id}/commands/{pid}/wait")
-async def wait_command(sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def wait_command(
+    sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     with envd_errors(f"process {pid}"):
         result = await client.wait(_pid(pid))
-    return {"stdout": _text(result.stdout), "stderr": _text(result.stderr), "exit_code": result.exit_code}
+    return {
+        "stdout": _text(result.stdout),
+        "stderr": _text(result.stderr),
+        "exit_code": result.exit_code,
+    }
 
 
 @router.post("/sandboxes/{sandbox_id}/commands/stream")
-async def stream_command(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def stream_command(
+    sandbox_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     rec, client = await sandbox_client(request, team, sandbox_id)
     body = await json_body(request)
     cmd = field(body, "cmd", str, required=True)
@@ -156,13 +179,18 @@ async def stream_command(sandbox_id: str, request: Request, team: Team = Depends
         try:
             deadline = asyncio.get_running_loop().time() + timeout if timeout else None
             while True:
-                remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+                remaining = (
+                    None if deadline is None else deadline - asyncio.get_running_loop().time()
+                )
                 try:
                     item = await asyncio.wait_for(queue.get(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     with contextlib.suppress(Exception):
                         await client.signal(pid, 9)
-                    yield ("error", {"error": f"command timed out after {timeout:g}s and was killed"})
+                    yield (
+                        "error",
+                        {"error": f"command timed out after {timeout:g}s and was killed"},
+                    )
                     yield ("exit", {"exit_code": 124})
                     return
                 if item is None:
@@ -208,7 +236,9 @@ async def _kill_later(client: Any, pid: int, delay: float) -> None:
 
 
 @router.get("/sandboxes/{sandbox_id}/pty/{pid}/stream")
-async def pty_stream(sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def pty_stream(
+    sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     n = _pid(pid)
     # The first subscriber sees the output from the start (the prompt printed before it
@@ -232,7 +262,9 @@ async def pty_stream(sandbox_id: str, pid: str, request: Request, team: Team = D
 
 
 @router.post("/sandboxes/{sandbox_id}/pty/{pid}/stdin")
-async def pty_stdin(sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def pty_stdin(
+    sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     body = await json_body(request)
     data = field(body, "data", str, required=True)
@@ -242,7 +274,9 @@ async def pty_stdin(sandbox_id: str, pid: str, request: Request, team: Team = De
 
 
 @router.patch("/sandboxes/{sandbox_id}/pty/{pid}")
-async def pty_resize(sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def pty_resize(
+    sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     body = await json_body(request)
     cols, rows = _size(body)
@@ -252,7 +286,9 @@ async def pty_resize(sandbox_id: str, pid: str, request: Request, team: Team = D
 
 
 @router.delete("/sandboxes/{sandbox_id}/pty/{pid}")
-async def pty_kill(sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def pty_kill(
+    sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     return await kill_command(sandbox_id, pid, request, team)
 
 
@@ -269,7 +305,9 @@ async def stdio_start(sandbox_id: str, request: Request, team: Team = Depends(cu
 
 
 @router.post("/sandboxes/{sandbox_id}/stdio/{cmd_id}/stdin")
-async def stdio_stdin(sandbox_id: str, cmd_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def stdio_stdin(
+    sandbox_id: str, cmd_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     body = await json_body(request)
     raw = field(body, "data", str, required=True)
@@ -283,7 +321,9 @@ async def stdio_stdin(sandbox_id: str, cmd_id: str, request: Request, team: Team
 
 
 @router.post("/sandboxes/{sandbox_id}/stdio/{cmd_id}/stdin/close")
-async def stdio_close(sandbox_id: str, cmd_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def stdio_close(
+    sandbox_id: str, cmd_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     with envd_errors(f"stdio {cmd_id}"):
         await client.close_stdin(_pid(cmd_id))
@@ -291,12 +331,16 @@ async def stdio_close(sandbox_id: str, cmd_id: str, request: Request, team: Team
 
 
 @router.delete("/sandboxes/{sandbox_id}/stdio/{cmd_id}")
-async def stdio_kill(sandbox_id: str, cmd_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def stdio_kill(
+    sandbox_id: str, cmd_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     return await kill_command(sandbox_id, cmd_id, request, team)
 
 
 @router.get("/sandboxes/{sandbox_id}/stdio/{cmd_id}/stream")
-async def stdio_stream(sandbox_id: str, cmd_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def stdio_stream(
+    sandbox_id: str, cmd_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     n = _pid(cmd_id)
     since = int_query(request.query_params.get("last_entry_id"), "last_entry_id", minimum=0) or 0

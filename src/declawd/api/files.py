@@ -32,7 +32,12 @@ def _user(value: Any, label: str = "username") -> str:
 
 
 def entry_view(e: Any) -> dict[str, Any]:
-    out = {"name": e.name, "path": e.path, "type": "dir" if e.type == "dir" else "file", "size": e.size}
+    out = {
+        "name": e.name,
+        "path": e.path,
+        "type": "dir" if e.type == "dir" else "file",
+        "size": e.size,
+    }
     if getattr(e, "mode", None) is not None:
         out["mode"] = e.mode
     if getattr(e, "mtime", None) is not None:
@@ -66,8 +71,11 @@ async def read_file(sandbox_id: str, request: Request, team: Team = Depends(curr
         async for chunk in stream:
             yield chunk
 
-    return StreamingResponse(body(), media_type="application/octet-stream",
-                             headers={"Content-Length": str(entry.size)} if entry.size else None)
+    return StreamingResponse(
+        body(),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(entry.size)} if entry.size else None,
+    )
 
 
 @router.post("/sandboxes/{sandbox_id}/files")
@@ -114,8 +122,12 @@ async def write_batch(sandbox_id: str, request: Request, team: Team = Depends(cu
     for i, item in enumerate(files):
         if not isinstance(item, dict):
             raise BadRequest(f"files[{i}]: must be an object")
-        parsed.append((abs_path(item.get("path"), f"files[{i}].path"),
-                       field(item, "data", str, default="", prefix=f"files[{i}].")))
+        parsed.append(
+            (
+                abs_path(item.get("path"), f"files[{i}].path"),
+                field(item, "data", str, default="", prefix=f"files[{i}]."),
+            )
+        )
     out = []
     for path, data in parsed:
         with envd_errors(path):
@@ -192,8 +204,9 @@ async def watch(sandbox_id: str, request: Request, team: Team = Depends(current_
 
 
 @router.get("/sandboxes/{sandbox_id}/files/watch/{watch_id}/events")
-async def watch_events(sandbox_id: str, watch_id: str, request: Request,
-                       team: Team = Depends(current_team)) -> Any:
+async def watch_events(
+    sandbox_id: str, watch_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
 
     async def events() -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
@@ -204,8 +217,9 @@ async def watch_events(sandbox_id: str, watch_id: str, request: Request,
 
 
 @router.delete("/sandboxes/{sandbox_id}/files/watch/{watch_id}")
-async def unwatch(sandbox_id: str, watch_id: str, request: Request,
-                  team: Team = Depends(current_team)) -> Any:
+async def unwatch(
+    sandbox_id: str, watch_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     with envd_errors(watch_id):
         await client.unwatch(watch_id)

@@ -28,7 +28,9 @@ async def metrics(request: Request, team: Team = Depends(current_team)) -> Any:
     live = await asyncio.to_thread(svc.store.list_live_sandboxes)
     by_runtime: dict[str, int] = {}
     for rec in live:
-        by_runtime[rec.get("runtime") or "runc"] = by_runtime.get(rec.get("runtime") or "runc", 0) + 1
+        by_runtime[rec.get("runtime") or "runc"] = (
+            by_runtime.get(rec.get("runtime") or "runc", 0) + 1
+        )
     lines = [
         "# HELP declawd_sandboxes_live Sandboxes creating or running on this node.",
         "# TYPE declawd_sandboxes_live gauge",
@@ -87,7 +89,9 @@ def _not_implemented(feature: str) -> Any:
 
 def _register_unbuilt() -> None:
     for method, path, feature in _UNBUILT:
-        router.add_api_route(path, _not_implemented(feature), methods=[method], include_in_schema=False)
+        router.add_api_route(
+            path, _not_implemented(feature), methods=[method], include_in_schema=False
+        )
 
 
 _register_unbuilt()

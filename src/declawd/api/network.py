@@ -70,9 +70,12 @@ async def audit(sandbox_id: str, request: Request, team: Team = Depends(current_
     if kind not in (None, "dns", "connection"):
         raise BadRequest("kind: must be 'dns' or 'connection'")
     events, token = await asyncio.to_thread(
-        svc.store.query_audit, sandbox_id,
-        since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
-        verdict=verdict, kind=kind,
+        svc.store.query_audit,
+        sandbox_id,
+        since=_time(q.get("since"), "since"),
+        until=_time(q.get("until"), "until"),
+        verdict=verdict,
+        kind=kind,
         limit=int_query(q.get("limit"), "limit", minimum=1, maximum=1000) or 100,
         next_token=q.get("next_token") or None,
     )
@@ -80,7 +83,9 @@ async def audit(sandbox_id: str, request: Request, team: Team = Depends(current_
 
 
 @router.get("/sandboxes/{sandbox_id}/audit/stream")
-async def audit_stream(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def audit_stream(
+    sandbox_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     svc = services(request)
     await _sandbox(request, team, sandbox_id, live=False)
     from_start = request.query_params.get("from_start", "").lower() in ("1", "true")

@@ -28,8 +28,13 @@ router = APIRouter()
 
 RUNTIME_KEY = "declaw.runtime"
 UNBUILT_FEATURES = (
-    "pii", "injection_defense", "toxicity", "code_security", "invisible_text",
-    "content_gate", "custom_policy",
+    "pii",
+    "injection_defense",
+    "toxicity",
+    "code_security",
+    "invisible_text",
+    "content_gate",
+    "custom_policy",
 )
 
 
@@ -60,7 +65,7 @@ def sandbox_view(rec: dict[str, Any]) -> dict[str, Any]:
 def parse_timeout(value: Any, settings: Any, label: str = "timeout") -> int:
     if value is None:
         return int(settings.default_timeout)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadRequest(f"{label}: must be an integer number of seconds")
     if value < 0:
         raise BadRequest(f"{label}: must not be negative")
@@ -106,14 +111,22 @@ def policy_from(network: dict[str, Any], prefix: str = "network.") -> EgressPoli
     try:
         return EgressPolicy.parse(allow, deny)
     except PolicyError as exc:
-        name = exc.field if exc.field.startswith(prefix) else prefix + exc.field.removeprefix("network.")
+        name = (
+            exc.field
+            if exc.field.startswith(prefix)
+            else prefix + exc.field.removeprefix("network.")
+        )
         raise BadRequest(f"{name}: {exc.message}") from exc
 
 
 def check_unbuilt_features(policy: dict[str, Any]) -> None:
     for name in UNBUILT_FEATURES:
         value = policy.get(name)
-        enabled = value if isinstance(value, bool) else isinstance(value, dict) and bool(value.get("enabled"))
+        enabled = (
+            value
+            if isinstance(value, bool)
+            else isinstance(value, dict) and bool(value.get("enabled"))
+        )
         if enabled:
             raise NotImplementedYet(f"security.{name}: not implemented yet")
     if policy.get("transformations"):
@@ -161,20 +174,32 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         )
         if state == "in_progress":
             return JSONResponse(
-                {"message": "a create with this Idempotency-Key is still running",
-                 "code": "idempotency_in_progress"},
-                status_code=409, headers={"Retry-After": "1"},
+                {
+                    "message": "a create with this Idempotency-Key is still running",
+                    "code": "idempotency_in_progress",
+                },
+                status_code=409,
+                headers={"Retry-After": "1"},
             )
         if state == "mismatch":
-            raise ApiError("Idempotency-Key: already used with different parameters",
-                           status=422, code="idempotency_key_reused")
+            raise ApiError(
+                "Idempotency-Key: already used with different parameters",
+                status=422,
+                code="idempotency_key_reused",
+            )
         if state == "done" and existing:
-            rec = await asyncio.to_thread(svc.store.get_sandbox, existing, team.team_id)
-            if rec is not None:
-                return JSONResponse(sandbox_view(rec), status_code=201)
+            done = await asyncio.to_thread(svc.store.get_sandbox, existing, team.team_id)
+            if done is not None:
+                return JSONResponse(sandbox_view(done), status_code=201)
     req = CreateRequest(
-        team_id=team.team_id, template=tpl, timeout=timeout, metadata=metadata, envs=envs,
-        policy=policy, security=sec_policy, runtime=runtime,
+        team_id=team.team_id,
+        template=tpl,
+        timeout=timeout,
+        metadata=metadata,
+        envs=envs,
+        policy=policy,
+        security=sec_policy,
+        runtime=runtime,
     )
     try:
         rec = await svc.node.create(req)
@@ -189,7 +214,9 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
     return JSONResponse(sandbox_view(rec), status_code=201)
 
 
-async def _team_sandbox(request: Request, team: Team, sandbox_id: str, *, live: bool = True) -> dict[str, Any]:
+async def _team_sandbox(
+    request: Request, team: Team, sandbox_id: str, *, live: bool = True
+) -> dict[str, Any]:
     rec = await asyncio.to_thread(services(request).store.get_sandbox, sandbox_id, team.team_id)
     if rec is None or rec["state"] == "failed" or (live and rec["state"] not in LIVE):
         raise NotFound(f"sandbox '{sandbox_id}' not found")
@@ -215,8 +242,12 @@ async def list_sandboxes(request: Request, team: Team = Depends(current_team)) -
     metadata = parse_metadata_query(q["metadata"]) if q.get("metadata") else None
     limit = int_query(q.get("limit"), "limit", minimum=1, maximum=1000) or 50
     items, token = await asyncio.to_thread(
-        svc.store.list_sandboxes, team.team_id, states=store_states, metadata=metadata,
-        limit=limit, next_token=q.get("next_token") or None,
+        svc.store.list_sandboxes,
+        team.team_id,
+        states=store_states,
+        metadata=metadata,
+        limit=limit,
+        next_token=q.get("next_token") or None,
     )
     return {"sandboxes": [sandbox_view(r) for r in items], "next_token": token}
 
@@ -255,7 +286,9 @@ async def get_sandbox(sandbox_id: str, request: Request, team: Team = Depends(cu
 
 
 @router.delete("/sandboxes/{sandbox_id}")
-async def kill_sandbox(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def kill_sandbox(
+    sandbox_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     svc = services(request)
     await _team_sandbox(request, team, sandbox_id)
     if request.query_params.get("async", "").lower() in ("true", "1"):
@@ -265,7 +298,9 @@ async def kill_sandbox(sandbox_id: str, request: Request, team: Team = Depends(c
 
 
 @router.get("/sandboxes/{sandbox_id}/status")
-async def sandbox_status(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def sandbox_status(
+    sandbox_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     svc = services(request)
     rec = await _team_sandbox(request, team, sandbox_id, live=False)
     running = rec["state"] == "running"
@@ -289,7 +324,9 @@ async def set_timeout(sandbox_id: str, request: Request, team: Team = Depends(cu
 
 
 @router.get("/sandboxes/{sandbox_id}/metrics")
-async def sandbox_metrics(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def sandbox_metrics(
+    sandbox_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     svc = services(request)
     rec = await _team_sandbox(request, team, sandbox_id)
     m = await asyncio.to_thread(svc.node.metrics, rec)

@@ -43,11 +43,15 @@ async def list_templates(request: Request, team: Team = Depends(current_team)) -
 
 
 @router.get("/templates/{template_id}")
-async def get_template(template_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def get_template(
+    template_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     return await asyncio.to_thread(services(request).templates.get, team.team_id, template_id)
 
 
 @router.delete("/templates/{template_id}")
-async def delete_template(template_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
+async def delete_template(
+    template_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
     await asyncio.to_thread(services(request).templates.delete, team.team_id, template_id)
     return {"deleted": True}

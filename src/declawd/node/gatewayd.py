@@ -56,7 +56,9 @@ class GatewayDaemon:
         tmp.write_text(json.dumps({"sandboxes": self._entries}, sort_keys=True))
         os.replace(tmp, self.state_path)
 
-    async def upsert(self, sandbox_id: str, slot: int, address: str, policy: dict[str, Any]) -> None:
+    async def upsert(
+        self, sandbox_id: str, slot: int, address: str, policy: dict[str, Any]
+    ) -> None:
         async with self._lock:
             self._entries[sandbox_id] = {"slot": slot, "address": address, "policy": policy}
             self._write()
@@ -97,7 +99,7 @@ class GatewayDaemon:
             try:
                 if await self._command("reload") == "ok":
                     return
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 pass
             if not self.alive():
                 await self.start()
@@ -108,7 +110,7 @@ class GatewayDaemon:
     async def ping(self) -> bool:
         try:
             return await self._command("ping", timeout=2.0) == "ok"
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return False
 
     # process ----------------------------------------------------------------------

@@ -31,9 +31,8 @@ from declawd.node.sandbox import (
     ENVD_SOCKET_NAME,
     SandboxResources,
 )
-from declawd.runtime import Limits, Mount, OciRuntime, build_spec
+from declawd.runtime import Limits, Mount, OciRuntime, build_spec, dir_size
 from declawd.runtime import cgroups as cg
-from declawd.runtime import dir_size
 from declawd.runtime import overlay as ovl
 from declawd.runtime.compat import ensure_statx_shim, preload_file
 from declawd.store import Store
@@ -143,7 +142,12 @@ class Node:
         envs.update(rec.get("template_envs") or {})
         envs.update(rec.get("envs") or {})
         if rec.get("lab"):
-            for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
+            for var in (
+                "SSL_CERT_FILE",
+                "REQUESTS_CA_BUNDLE",
+                "CURL_CA_BUNDLE",
+                "NODE_EXTRA_CA_CERTS",
+            ):
                 envs.setdefault(var, LAB_CA_IN_SANDBOX)
         return envs
 
@@ -221,8 +225,18 @@ class Node:
     ) -> dict[str, Any]:
         assert self.envd_binary is not None
         mounts = [
-            Mount(ENVD_BIN_IN_SANDBOX, str(self.envd_binary), "bind", ["bind", "ro", "nosuid", "nodev"]),
-            Mount(ENVD_MOUNT_DIR, str(res.envd_dir), "bind", ["bind", "rw", "nosuid", "nodev", "noexec"]),
+            Mount(
+                ENVD_BIN_IN_SANDBOX,
+                str(self.envd_binary),
+                "bind",
+                ["bind", "ro", "nosuid", "nodev"],
+            ),
+            Mount(
+                ENVD_MOUNT_DIR,
+                str(res.envd_dir),
+                "bind",
+                ["bind", "rw", "nosuid", "nodev", "noexec"],
+            ),
         ]
         if runtime == "runsc":
             shim, preload = self._runsc_compat()
@@ -286,8 +300,11 @@ class Node:
         deadline = time.monotonic() + timeout
         while True:
             result = await client.run(
-                tpl.ready_cmd, timeout=max(1.0, deadline - time.monotonic()),
-                user=tpl.user or "user", envs=envs, cwd=tpl.workdir,
+                tpl.ready_cmd,
+                timeout=max(1.0, deadline - time.monotonic()),
+                user=tpl.user or "user",
+                envs=envs,
+                cwd=tpl.workdir,
             )
             if result.exit_code == 0:
                 return
@@ -346,7 +363,9 @@ class Node:
             self.store.update_sandbox, rec["sandbox_id"], network=policy.to_wire()
         )
         await net.update_policy(policy)
-        await self.daemon.upsert(rec["sandbox_id"], int(rec["slot"]), rec["address"], policy.to_wire())
+        await self.daemon.upsert(
+            rec["sandbox_id"], int(rec["slot"]), rec["address"], policy.to_wire()
+        )
 
     # metrics ----------------------------------------------------------------------
     def metrics(self, rec: dict[str, Any]) -> dict[str, float]:
@@ -395,13 +414,20 @@ class Node:
             if state == "running" and ovl.is_mounted(res.rootfs) and res.envd_socket.exists():
                 keep.add(sid)
                 continue
-            log.warning("reconcile: %s is %s in the store but %s in the runtime; cleaning up",
-                        sid, rec["state"], state)
+            log.warning(
+                "reconcile: %s is %s in the store but %s in the runtime; cleaning up",
+                sid,
+                rec["state"],
+                state,
+            )
             with contextlib.suppress(Exception):
                 await self._teardown(rec)
             await asyncio.to_thread(
-                self.store.update_sandbox, sid, state="failed" if rec["state"] == "creating" else "killed",
-                killed_at=time.time(), error="lost during a server restart",
+                self.store.update_sandbox,
+                sid,
+                state="failed" if rec["state"] == "creating" else "killed",
+                killed_at=time.time(),
+                error="lost during a server restart",
             )
         for runtime in self.runtimes.values():
             with contextlib.suppress(Exception):

@@ -64,7 +64,9 @@ class SandboxResources:
             d.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
 
-    def write_network_files(self, hostname: str, address: str | None, nameserver: str | None) -> None:
+    def write_network_files(
+        self, hostname: str, address: str | None, nameserver: str | None
+    ) -> None:
         """Per-sandbox /etc files, written into the upper dir before the overlay is mounted.
 
         Writing into the fresh upper dir (never through the merged view) means a template
@@ -78,7 +80,11 @@ class SandboxResources:
             hosts += f"{address}\t{hostname}\n"
         else:
             hosts += f"127.0.1.1\t{hostname}\n"
-        for name, content in (("resolv.conf", resolv), ("hosts", hosts), ("hostname", hostname + "\n")):
+        for name, content in (
+            ("resolv.conf", resolv),
+            ("hosts", hosts),
+            ("hostname", hostname + "\n"),
+        ):
             (etc / name).write_text(content)
             (etc / name).chmod(0o644)
 

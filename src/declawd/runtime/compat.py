@@ -27,7 +27,9 @@ def ensure_statx_shim(dest: Path) -> Path:
     try:
         subprocess.run(
             ["cc", "-O2", "-shared", "-fPIC", "-o", tmp, str(_SOURCE)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         os.chmod(tmp, 0o555)
         os.replace(tmp, dest)
