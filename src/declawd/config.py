@@ -32,6 +32,8 @@ class Settings:
     default_memory_mb: int = 1024
     default_cpu_count: int = 2
     default_pids: int = 1024
+    # Per-sandbox disk quota (loop-mounted ext4 upper, runtime/quota.py); 0 disables it.
+    disk_quota_mb: int = 10240
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -59,6 +61,8 @@ class Settings:
             raise ValueError("pool: must be an IPv4 network of /24 or larger")
         if not 0 < self.default_timeout <= self.max_timeout:
             raise ValueError("default_timeout: must be positive and at most max_timeout")
+        if self.disk_quota_mb < 0:
+            raise ValueError("disk_quota_mb: must be 0 (no quota) or a positive size in MiB")
 
     # Derived paths -----------------------------------------------------------------
     @property

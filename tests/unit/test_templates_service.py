@@ -168,7 +168,8 @@ async def test_gc_removes_only_unreferenced_layers(svc):
         cache.fs(key).mkdir(exist_ok=True)
         (cache.dir(key) / "layer.json").write_text(json.dumps(meta))
     out = svc.gc()
-    assert out == {"removed_layers": 1, "freed_bytes": 10}
+    assert (out["removed_layers"], out["freed_bytes"], out["dry_run"]) == (1, 10, False)
+    assert len(out["layers"]) == 1
     assert sorted(cache.layer_keys()) == sorted(used)
     svc.delete(team, "mine")
     assert svc.gc()["removed_layers"] == len(set(used))

@@ -1,4 +1,8 @@
-"""Template routes (declaw-api.md §11.1 and §11.4): thin HTTP over `TemplateService`."""
+"""Template routes (declaw-api.md §11.1 and §11.4): thin HTTP over `TemplateService`.
+
+Besides the SDK's build/status/rebuild routes: list (with the layer cache's disk use),
+inspect, delete, build-context upload and `POST /templates/gc`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 
 from declawd.api.app import Team, current_team, services
 from declawd.api.body import json_body, read_limited
+from declawd.errors import BadRequest
 
 router = APIRouter()
 
@@ -39,7 +44,26 @@ async def upload_context(request: Request, team: Team = Depends(current_team)) -
 
 @router.get("/templates")
 async def list_templates(request: Request, team: Team = Depends(current_team)) -> Any:
-    return {"templates": await asyncio.to_thread(services(request).templates.list, team.team_id)}
+    svc = services(request).templates
+    templates = await asyncio.to_thread(svc.list, team.team_id)
+    return {"templates": templates, "disk": await asyncio.to_thread(svc.disk_usage)}
+
+
+@router.post("/templates/gc")
+async def gc(request: Request, team: Team = Depends(current_team)) -> Any:
+    body = await json_body(request, allow_empty=True)
+    only = body.get("layers")
+    if only is not None and (
+        not isinstance(only, list) or not all(isinstance(k, str) for k in only)
+    ):
+        raise BadRequest("layers: must be a list of layer keys")
+    min_age = body.get("min_age_s", 0)
+    if isinstance(min_age, bool) or not isinstance(min_age, int | float) or min_age < 0:
+        raise BadRequest("min_age_s: must be a non-negative number")
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest("dry_run: must be a boolean")
+    return await asyncio.to_thread(services(request).templates.gc, float(min_age), only, dry_run)
 
 
 @router.get("/templates/{template_id}")

@@ -24,6 +24,7 @@ from declawd.egress.network import sweep as sweep_networks
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import ApiError, NotFound, Unavailable
 from declawd.node.envd_client import EnvdClient
+from declawd.node.faults import fault_point
 from declawd.node.gatewayd import GatewayDaemon
 from declawd.node.sandbox import (
     ENVD_BIN_IN_SANDBOX,
@@ -181,22 +182,30 @@ class Node:
         net: SandboxNetwork | None = None
         started = time.monotonic()
         try:
+            fault_point("create.after_record")
             slot = await asyncio.to_thread(self.store.allocate_slot, sandbox_id)
+            fault_point("create.after_slot")
             net = await SandboxNetwork.create(self.settings, sandbox_id, slot, policy)
+            fault_point("create.after_network")
             await asyncio.to_thread(
                 self.store.update_sandbox, sandbox_id, slot=slot, address=net.address
             )
             await self.daemon.upsert(sandbox_id, slot, net.address, policy.to_wire())
-            res.prepare_dirs()
+            fault_point("create.after_gateway")
+            await asyncio.to_thread(res.prepare_dirs)
             res.write_network_files(sandbox_id, net.address, net.gateway_address)
             await asyncio.to_thread(res.mount, list(tpl.layer_paths))
+            fault_point("create.after_rootfs")
             spec = self._spec(rec, tpl, res, net.netns_path, runtime_name)
             (res.dir / "config.json").write_text(_json(spec))
             await runtime.run_detached(res.dir, sandbox_id, net.netns_path, log_path=res.log_path)
+            fault_point("create.after_container")
             client = self.client(sandbox_id)
             await self._wait_envd(client, res)
+            fault_point("create.after_envd")
             if tpl.start_cmd:
                 await self._start_command(sandbox_id, rec, tpl)
+            fault_point("create.after_start")
         except BaseException as exc:
             await self._undo_create(sandbox_id, res, runtime, net)
             await asyncio.to_thread(
@@ -312,7 +321,8 @@ class Node:
                 raise ApiError(
                     f"template start command not ready: ready_cmd {tpl.ready_cmd!r} still failing "
                     f"after {timeout:.0f}s (exit {result.exit_code})",
-                    status=500,
+                    status=408,  # not 5xx: the SDK would retry the whole create
+                    code="start_cmd_not_ready",
                 )
             await asyncio.sleep(0.2)
 
@@ -350,11 +360,15 @@ class Node:
         sandbox_id = rec["sandbox_id"]
         await self._drop_client(sandbox_id)
         res = SandboxResources(self.settings, sandbox_id)
+        fault_point("kill.before_runtime")
         await res.teardown(self._runtime(rec.get("runtime") or "runc"))
+        fault_point("kill.after_runtime")
         await self.daemon.remove(sandbox_id)
+        fault_point("kill.after_gateway")
         if rec.get("slot"):
             net = SandboxNetwork.attach(self.settings, sandbox_id, int(rec["slot"]))
             await net.destroy()
+        fault_point("kill.after_network")
 
     # policy -----------------------------------------------------------------------
     async def update_policy(self, rec: dict[str, Any], policy: EgressPolicy) -> None:

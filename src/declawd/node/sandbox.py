@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from declawd.config import Settings
-from declawd.runtime import OciRuntime
+from declawd.runtime import OciRuntime, quota
 from declawd.runtime import overlay as ovl
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,21 @@ class SandboxResources:
         return self.settings.sandbox_dir(self.sandbox_id)
 
     @property
+    def disk(self) -> Path:
+        """Mount point of the quota filesystem that holds upper and work (same fs: overlay)."""
+        return self.dir / "disk"
+
+    @property
+    def disk_image(self) -> Path:
+        return self.dir / "disk.img"
+
+    @property
     def upper(self) -> Path:
-        return self.dir / "upper"
+        return self.disk / "upper"
 
     @property
     def work(self) -> Path:
-        return self.dir / "work"
+        return self.disk / "work"
 
     @property
     def rootfs(self) -> Path:
@@ -60,6 +69,10 @@ class SandboxResources:
         return self.dir / "envd.log"
 
     def prepare_dirs(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        if self.settings.disk_quota_mb > 0:
+            quota.create_disk(self.disk_image, self.disk, self.settings.disk_quota_mb)
         for d in (self.upper, self.work, self.rootfs, self.envd_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
@@ -104,5 +117,9 @@ class SandboxResources:
                 ovl.unmount(target)
             except Exception:
                 log.exception("unmount %s", target)
+        try:
+            quota.destroy_disk(self.disk_image, self.disk)
+        except Exception:
+            log.exception("destroy disk %s", self.disk_image)
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.dir)

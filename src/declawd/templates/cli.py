@@ -195,9 +195,9 @@ def build(
 def list_templates() -> None:
     """Templates visible to your API key, with size and build time."""
     with _client() as client:
-        items = _check(client.get("/templates"))
+        body = _check(client.get("/templates"))
     table = Table("id", "alias", "state", "size", "build", "created")
-    for t in items:
+    for t in body["templates"]:
         table.add_row(
             t["template_id"],
             t.get("alias") or "",
@@ -207,6 +207,13 @@ def list_templates() -> None:
             t.get("created_at") or "",
         )
     Console().print(table)
+    disk = body.get("disk") or {}
+    if disk:
+        free = (disk.get("filesystem") or {}).get("free_bytes", 0)
+        Console().print(
+            f"layer cache {disk.get('templates_path')}: {disk.get('layers', 0)} layers, "
+            f"{disk.get('layers_bytes', 0) / 1e6:.0f} MB; {free / 1e9:.1f} GB free"
+        )
 
 
 @app.command("delete")

@@ -1,7 +1,8 @@
 """The `Template` a sandbox starts from: metadata plus its read-only layer dirs.
 
 Invariant: `layer_paths` are ordered lowest first and are never written to; the node
-stacks them as overlay lower dirs under a per-sandbox upper dir.
+stacks them as overlay lower dirs under a per-sandbox upper dir. `start_cmd` is the command
+as the node runs it: the template's start command with its output sent to START_LOG.
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from declawd.templates.spec import DEFAULT_USER, DEFAULT_WORKDIR
+
+# Where a sandbox's start command writes its stdout and stderr (readable with files.read).
+# /tmp because the template's user, whoever it is, can create files there.
+START_LOG = "/tmp/start_cmd.log"
+
+
+def start_script(start_cmd: str | None) -> str | None:
+    """The shell script the node runs for `start_cmd`: its output appended to START_LOG."""
+    if not start_cmd:
+        return None
+    return f"exec >>{START_LOG} 2>&1\n{start_cmd}"
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ def template_from_record(rec: dict[str, Any], layer_fs: Callable[[str], Path]) -
         user=rec.get("user") or DEFAULT_USER,
         workdir=rec.get("workdir") or DEFAULT_WORKDIR,
         envs=dict(rec.get("envs") or {}),
-        start_cmd=rec.get("start_cmd"),
+        start_cmd=start_script(rec.get("start_cmd")),
         ready_cmd=rec.get("ready_cmd"),
         ready_timeout=rec.get("ready_timeout"),
         cpu_count=rec.get("cpu_count"),

@@ -15,7 +15,7 @@ import hashlib
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ class TemplateService:
         rec = self._record(team_id, id_or_alias)
         out = self._public(rec)
         out["envs"] = rec.get("envs") or {}
-        out["layers"] = len(rec.get("layers") or [])
+        out["layers"] = list(rec.get("layers") or [])
         return out
 
     # --- builds -------------------------------------------------------------------
@@ -325,13 +325,22 @@ class TemplateService:
     async def ensure_builtin(
         self, names: builtins.list[str], progress: Callable[[str], None] | None = None
     ) -> builtins.list[Template]:
-        """Build (or find cached) and register the named built-ins as team '' templates."""
+        """Build (or find cached) and register the named built-ins as team '' templates.
+
+        Other catalog entries whose layers are all cached (`make catalog` built them) are
+        registered too, without building: that costs a few stat calls.
+        """
         log = progress or (lambda _line: None)
         out = []
-        for name in names:
+        cache = self.builder.cache
+        extra = [
+            n
+            for n in catalog_names()
+            if n not in names and all(cache.exists(k) for k in catalog_plan(n).keys)
+        ]
+        for name in [*names, *extra]:
             plan = catalog_plan(name)
             keys = plan.keys
-            cache = self.builder.cache
             if not all(cache.exists(k) for k in keys):
                 log(f"== template {name}")
                 await self.builder.build(plan, log)
@@ -379,25 +388,40 @@ class TemplateService:
                 keep.update(catalog_plan(name).keys)
         return keep
 
-    def gc(self, min_age_s: float = 0.0) -> dict[str, Any]:
+    def gc(
+        self,
+        min_age_s: float = 0.0,
+        only: Iterable[str] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         """Remove layers that no template, running build or catalog entry references.
 
         `min_age_s` spares recent layers: a gc run from outside the server cannot see the
-        server's builds in progress, whose layers no record references yet.
+        server's builds in progress, whose layers no record references yet. `only` limits
+        the candidates to those keys (a layers dir shared by several servers, as in the
+        e2e tests, must not lose what another server's store references).
         """
         keep = self._referenced_keys()
         cache = self.builder.cache
+        candidates = cache.layer_keys() if only is None else [k for k in only if cache.exists(k)]
         removed, freed = [], 0
         now = time.time()
-        for key in cache.layer_keys():
+        for key in candidates:
             info = cache.info(key)
             if key in keep or (info is not None and now - info.created_at < min_age_s):
                 continue
-            cache.remove(key)
+            if not dry_run:
+                cache.remove(key)
             removed.append(key)
             freed += info.size_bytes if info else 0
-        cache.sweep_stale()
-        return {"removed_layers": len(removed), "freed_bytes": freed}
+        if not dry_run:
+            cache.sweep_stale()
+        return {
+            "removed_layers": len(removed),
+            "freed_bytes": freed,
+            "layers": removed,
+            "dry_run": dry_run,
+        }
 
     def disk_usage(self) -> dict[str, Any]:
         out = self.builder.cache.usage()

@@ -1,0 +1,89 @@
+"""Benchmark 1: create → first command output, official SDK vs a bare `runc run` / `runsc run`.
+
+Per runtime, N sequential sandboxes: `Sandbox.create(template="base")` +
+`commands.run("echo hi")`, timed until the output is back (kill is not timed). Baseline, same
+run: a fresh bundle of the same rootfs (overlay of `base`'s layers, spec from
+`declawd.runtime.build_spec`, no netns) running `/bin/echo hi`, timed until "hi" is read.
+Also the server's own create time ("created <id> in N ms" in its log).
+Usage: .venv/bin/python bench/bench_create.py [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bare import BareBundle, remove_root, template_layers
+from common import Report, header, summary
+from declaw import Sandbox
+from harness import TEMPLATES_DIR, Server, run_standalone
+
+RUNTIMES = ("runc", "runsc")
+
+
+def sdk_once(runtime: str) -> tuple[float, float, str]:
+    """(ms to create, ms to first output, sandbox id); the sandbox is killed untimed."""
+    t0 = time.perf_counter()
+    s = Sandbox.create(template="base", timeout=120, metadata={"declaw.runtime": runtime})
+    t1 = time.perf_counter()
+    try:
+        r = s.commands.run("echo hi")
+        t2 = time.perf_counter()
+        if r.stdout.strip() != "hi":
+            raise RuntimeError(f"unexpected output {r.stdout!r} (exit {r.exit_code})")
+    finally:
+        s.kill(wait=True)
+    return (t1 - t0) * 1000, (t2 - t0) * 1000, s.sandbox_id
+
+
+async def bare_runs(server: Server, runtime: str, n: int) -> list[float]:
+    layers = template_layers(TEMPLATES_DIR, "base")
+    root = server.state_dir / "bare"
+    parent = f"{server.instance}-bare"
+    out: list[float] = []
+    try:
+        for _ in range(n):
+            async with BareBundle(root, layers, runtime, ["/bin/echo", "hi"], parent) as b:
+                out.append(await b.first_line_ms("hi"))
+    finally:
+        remove_root(root, parent)
+    return out
+
+
+def main(server: Server, quick: bool) -> Report:
+    n = 5 if quick else 30
+    report = Report("create", params={"n": n, "template": "base", "runtimes": list(RUNTIMES)})
+    header(f"1. create -> first output ({n} sequential sandboxes per runtime)")
+    for runtime in RUNTIMES:
+        sdk_once(runtime)  # warm-up: page cache, first-use of the runtime binary
+        creates, firsts, ids = [], [], []
+        for _ in range(n):
+            c, f, sid = sdk_once(runtime)
+            creates.append(c)
+            firsts.append(f)
+            ids.append(sid)
+        asyncio.run(bare_runs(server, runtime, 1))  # warm-up
+        bare = asyncio.run(bare_runs(server, runtime, n))
+        report.add_pcts(
+            f"{runtime}: SDK create+run(echo hi) ms", firsts, bare, "ms", f"bare {runtime} run"
+        )
+        logged = server.server_create_ms()
+        server_side = [logged[i] for i in ids if i in logged]
+        report.samples[f"{runtime}: SDK create() ms"] = summary(creates)
+        if server_side:
+            report.samples[f"{runtime}: server-side create ms"] = summary(server_side)
+            report.add_pcts(
+                f"{runtime}: server-side create ms", server_side, bare, "ms", f"bare {runtime} run"
+            )
+        print(
+            f"  {runtime}: of p50 {report.samples[f'{runtime}: SDK create+run(echo hi) ms']['p50']:.0f} ms,"
+            f" create() p50 {summary(creates)['p50']:.0f} ms"
+            + (f" (server-side {summary(server_side)['p50']:.0f} ms)" if server_side else ""),
+            flush=True,
+        )
+    report.write()
+    return report
+
+
+if __name__ == "__main__":
+    run_standalone(main)

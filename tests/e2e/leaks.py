@@ -1,0 +1,268 @@
+"""Leak accounting and a restartable server for the fault, restart and load suites.
+
+`snapshot(settings, server_pid)` counts every host resource a sandbox can own (netns, gateway
+veths, nft chains/sets/elements, cgroups, mounts under the state dir, runc/runsc containers,
+sandbox and runtime processes, the server's open fds); a test compares a snapshot taken before
+with one taken after everything it created is gone. `OwnServer` is a lab + server on an
+instance of its own (`<test instance>x`) that a test may kill -9 and restart, so the session
+server of conftest.py is never disturbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from declawd.config import Settings
+from declawd.egress.network import count_resources
+from tests.e2e import conftest as c
+
+RUN_RUNTIMES = ("runc", "runsc")
+
+
+def settings_for(instance: str, state_dir: Path, pool: str) -> Settings:
+    return Settings.from_env(instance=instance, state_dir=state_dir, pool=pool, lab=True)
+
+
+def _cgroups(instance: str) -> int:
+    n = 0
+    for ctl in Path("/sys/fs/cgroup").glob(f"*/{instance}"):
+        if ctl.is_dir():
+            n += sum(1 for p in ctl.iterdir() if p.is_dir())
+    return n
+
+
+def _mounts(state_dir: Path) -> int:
+    prefix = str(state_dir).rstrip("/") + "/"
+    n = 0
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mnt = fields[4].replace("\\040", " ")
+        # The shared template layers live elsewhere; only per-sandbox mounts are counted.
+        if mnt.startswith(prefix) and "/sandboxes/" in mnt:
+            n += 1
+    return n
+
+
+def _containers(settings: Settings) -> int:
+    n = 0
+    runc_root = settings.run_dir / "runc"
+    if runc_root.is_dir():
+        n += sum(1 for p in runc_root.iterdir() if p.is_dir())
+    runsc_root = settings.run_dir / "runsc"
+    if runsc_root.is_dir():
+        n += sum(1 for _ in runsc_root.glob("*_sandbox:*.state"))
+    return n
+
+
+def _processes(settings: Settings) -> int:
+    """Processes in this instance's sandbox cgroups, or runsc processes under its run dir."""
+    marker_cg = f"/{settings.instance}/"
+    marker_run = str(settings.run_dir).encode()
+    n = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cgroup = (d / "cgroup").read_text()
+            cmdline = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker_cg in cgroup or marker_run in cmdline:
+            n += 1
+    return n
+
+
+def snapshot(settings: Settings, server_pid: int | None = None) -> dict[str, int]:
+    counts = dict(asyncio.run(count_resources(settings)))
+    counts["cgroups"] = _cgroups(settings.instance)
+    counts["mounts"] = _mounts(settings.state_dir)
+    counts["containers"] = _containers(settings)
+    counts["processes"] = _processes(settings)
+    sdir = settings.sandboxes_dir
+    counts["sandbox_dirs"] = sum(1 for _ in sdir.iterdir()) if sdir.is_dir() else 0
+    if server_pid is not None:
+        counts["server_fds"] = len(os.listdir(f"/proc/{server_pid}/fd"))
+    return counts
+
+
+def wait_settled(
+    settings: Settings, expected: dict[str, int], server_pid: int | None, timeout: float = 30
+) -> dict[str, int]:
+    """Snapshot until it equals `expected` (teardown of a runsc sandbox ends asynchronously)."""
+    deadline = time.monotonic() + timeout
+    now = snapshot(settings, server_pid)
+    while now != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = snapshot(settings, server_pid)
+    return now
+
+
+def server_pid_on(port: int) -> int | None:
+    """Pid of the `declawd server ... --port <port>` process (the session server has no handle)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"server" in args and b"--port" in args and str(port).encode() in args:
+            if any(a.endswith(b"declawd") for a in args[:2]):
+                return int(d.name)
+    return None
+
+
+class OwnServer:
+    """A lab + server of its own instance that tests may kill -9 and restart."""
+
+    def __init__(self) -> None:
+        self.instance = (c.INSTANCE + "x")[:12]
+        self.port = c.PORT + 1
+        self.state_dir = Path(str(c.STATE_DIR) + "-x")
+        self.pool = os.environ.get("DECLAWD_TEST_POOL", "10.78.0.0/16")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.settings = settings_for(self.instance, self.state_dir, self.pool)
+        self.lab: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.key = ""
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("DECLAWD_FAULTS", None)
+        env.update(
+            DECLAWD_INSTANCE=self.instance,
+            DECLAWD_STATE_DIR=str(self.state_dir),
+            DECLAWD_TEMPLATES_DIR=str(c.TEMPLATES_DIR),
+            DECLAWD_POOL=self.pool,
+        )
+        env.update(extra)
+        return env
+
+    def down(self) -> None:
+        subprocess.run(
+            [str(c.BIN / "declawd"), "down"], env=self.env(), capture_output=True, timeout=180
+        )
+
+    def start_lab(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / "lab" / "ready").unlink()
+        with open(self.state_dir / "lab.log", "ab") as log:
+            self.lab = subprocess.Popen(
+                [str(c.BIN / "declawd"), "lab", "serve"],
+                env=self.env(),
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        lab = self.lab
+        c._wait_for(lambda: (self.state_dir / "lab" / "ready").exists() or lab.poll() is not None, 60)
+        if lab.poll() is not None:
+            raise RuntimeError((self.state_dir / "lab.log").read_text()[-2000:])
+
+    def start(self, faults: str = "") -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        extra = {"DECLAWD_FAULTS": faults} if faults else {}
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(c.BIN / "declawd"), "server", "--lab", "--port", str(self.port)],
+                env=self.env(**extra),
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        proc = self.proc
+        c._wait_for(lambda: c._healthy(self.url) or proc.poll() is not None, 180)
+        if proc.poll() is not None:
+            raise RuntimeError(self.log_tail())
+        self.key = (self.state_dir / "keys" / "dev-api-key").read_text().strip()
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "server.log"
+
+    def log_tail(self, n: int = 3000) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_offset)
+            return f.read().decode(errors="replace")[-n:]
+
+    def wait_log(self, needle: str, timeout: float = 120) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log_tail(10**7):
+                return True
+            time.sleep(0.1)
+        return False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill9(self) -> None:
+        """SIGKILL the server (only it: sandboxes and the gateway daemon live on)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def restart(self, faults: str = "") -> None:
+        self.stop()
+        self.start(faults)
+
+    def close(self) -> None:
+        self.stop()
+        if self.lab is not None:
+            self.lab.send_signal(signal.SIGTERM)
+            try:
+                self.lab.wait(15)
+            except subprocess.TimeoutExpired:
+                self.lab.kill()
+        self.down()
+
+    # HTTP -----------------------------------------------------------------------
+    def http(self, timeout: float = 120) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": self.key}, timeout=timeout)
+
+    def sdk_opts(self) -> dict[str, Any]:
+        """Keyword arguments that point the official SDK at this server."""
+        return {"api_key": self.key, "domain": f"localhost:{self.port}"}
+
+    def snapshot(self) -> dict[str, int]:
+        return snapshot(self.settings)
+
+    def listed_ids(self) -> set[str]:
+        with self.http() as h:
+            r = h.get("/sandboxes")
+            r.raise_for_status()
+            body = r.json()
+            items = body.get("sandboxes", body) if isinstance(body, dict) else body
+            return {s["sandbox_id"] for s in items}
+
+
+def eventually(cond: Callable[[], bool], timeout: float = 30, step: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
