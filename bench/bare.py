@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from declawd.runtime import Limits, OciRuntime, build_spec, mount_overlay, remove_cgroup, unmount
+from declawd.runtime import (
+    Limits,
+    OciRuntime,
+    RuntimeName,
+    build_spec,
+    mount_overlay,
+    remove_cgroup,
+    unmount,
+)
 from declawd.templates.catalog import catalog_plan
 from declawd.templates.layers import LayerCache
 
@@ -38,14 +46,19 @@ class BareBundle:
     """One fresh bundle: overlay rootfs + config.json, run with `runtime` in the host netns."""
 
     def __init__(
-        self, work_root: Path, layers: list[Path], runtime: str, args: list[str], cgroup_parent: str
+        self,
+        work_root: Path,
+        layers: list[Path],
+        runtime: RuntimeName,
+        args: list[str],
+        cgroup_parent: str,
     ) -> None:
         self.id = "bare-" + secrets.token_hex(6)
         self.dir = work_root / self.id
         self.layers = layers
         self.args = args
         self.cgroups_path = f"/{cgroup_parent}/{self.id}"
-        self.runtime = OciRuntime(runtime, work_root / "run" / runtime)  # type: ignore[arg-type]
+        self.runtime = OciRuntime(runtime, work_root / "run" / runtime)
 
     @property
     def rootfs(self) -> Path:

@@ -18,7 +18,9 @@ from common import Report, header, summary
 from declaw import Sandbox
 from harness import TEMPLATES_DIR, Server, run_standalone
 
-RUNTIMES = ("runc", "runsc")
+from declawd.runtime import RuntimeName
+
+RUNTIMES: tuple[RuntimeName, ...] = ("runc", "runsc")
 
 
 def sdk_once(runtime: str) -> tuple[float, float, str]:

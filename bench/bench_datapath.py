@@ -1,18 +1,24 @@
 """Time to apply one sandbox's nft rules with 1, 100 and 500 sandboxes already present.
 
-Run as root: `.venv/bin/python bench/bench_datapath.py`. Works in a throw-away netns
-(`dcwbench-gw`) holding only the nft table (no veths needed for rule timing), compares
-libnftables-in-process with `nsenter nft -f -`, then times a full SandboxNetwork.create
-(netns + veth + rules) against a lab-mode gateway. Cleans up everything it creates.
+Run as root: `.venv/bin/python bench/bench_datapath.py [--quick]`. Works in a throw-away
+netns (`dcwbdp-gw`, its own instance name) holding only the nft table (no veths needed for
+rule timing), compares libnftables-in-process with `nsenter nft -f -`, then times a full
+SandboxNetwork.create (netns + veth + rules) against a lab-mode gateway. Baseline for each
+figure: the same operation with 1 sandbox present. Cleans up everything it creates.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from common import Report, header, summary
 
 from declawd.config import Settings
 from declawd.egress import nft as nftc
@@ -23,12 +29,16 @@ from declawd.egress.policy import EgressPolicy
 POLICY = EgressPolicy.parse(["203.0.113.10/32", "api.openai.com"], ["0.0.0.0/0"])
 PRESENT = (1, 100, 500)
 ROUNDS = 20
+INSTANCE = os.environ.get("DECLAWD_BENCH_DATAPATH_INSTANCE", "dcwbdp")
+POOL = os.environ.get("DECLAWD_BENCH_POOL", "10.81.0.0/16")
 
 
-def _time_apply(netns: str, settings: Settings, slot: int, backend: str) -> list[float]:
+def _time_apply(
+    netns: str, settings: Settings, slot: int, backend: str, rounds: int = ROUNDS
+) -> list[float]:
     _, addr = slot_addresses(settings, slot)
     out = []
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         t = time.perf_counter()
         nft_sync(netns, nftc.sandbox_add_script(slot, addr, POLICY), backend=backend)
         out.append((time.perf_counter() - t) * 1000)
@@ -36,13 +46,17 @@ def _time_apply(netns: str, settings: Settings, slot: int, backend: str) -> list
     return out
 
 
-def rule_bench(settings: Settings) -> None:
+def rule_bench(
+    settings: Settings, present_counts: tuple[int, ...] = PRESENT, rounds: int = ROUNDS
+) -> dict[str, list[float]]:
+    """Samples (ms) keyed by "<what> @<n present>"."""
+    found: dict[str, list[float]] = {}
     ns = settings.gateway_netns
     asyncio.run(run("ip", "netns", "add", ns))
     try:
         nft_sync(ns, nftc.base_script(nftc.BaseLayout("lab0", nftc.floor_networks())))
         present = 0
-        for target in PRESENT:
+        for target in present_counts:
             # Fill with other sandboxes' objects, each with a few resolved addresses.
             while present < target:
                 present += 1
@@ -50,28 +64,31 @@ def rule_bench(settings: Settings) -> None:
                 nft_sync(ns, nftc.sandbox_add_script(present, addr, POLICY))
                 nft_sync(ns, nftc.add_resolved_script(present, ["203.0.113.10"], 300))
             for backend in ("lib", "nsenter"):
-                ms = _time_apply(ns, settings, 1000, backend)
+                ms = _time_apply(ns, settings, 1000, backend, rounds)
+                found[f"apply one sandbox ({backend}) @{present}"] = ms
                 print(f"apply one sandbox, {present:4d} present, {backend:7s}: "
                       f"median {statistics.median(ms):6.2f} ms  max {max(ms):6.2f} ms")  # fmt: skip
             _, addr = slot_addresses(settings, 1)
             ms = []
-            for _ in range(ROUNDS):
+            for _ in range(rounds):
                 t = time.perf_counter()
                 nft_sync(ns, nftc.sandbox_update_script(1, addr, POLICY))
                 ms.append((time.perf_counter() - t) * 1000)
+            found[f"update policy transaction @{present}"] = ms
             print(f"update_policy transaction, {present:4d} present:  "
                   f"median {statistics.median(ms):6.2f} ms")  # fmt: skip
     finally:
         forget_netns(ns)
         asyncio.run(delete_netns(ns))
+    return found
 
 
-async def create_bench(settings: Settings) -> None:
+async def create_bench(settings: Settings, count: int = 10) -> list[float]:
     gw = Gateway(settings)
     try:
         await gw.ensure()
         ms = []
-        for i in range(10):
+        for i in range(count):
             t = time.perf_counter()
             sbx = await SandboxNetwork.create(settings, f"sbx-bench{i:07d}", 1 + i, POLICY)
             ms.append((time.perf_counter() - t) * 1000)
@@ -80,14 +97,35 @@ async def create_bench(settings: Settings) -> None:
     finally:
         await gw.teardown()
         await delete_netns(settings.lab_netns)
+    return ms
 
 
-def main() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="dcwbench-"))
-    settings = Settings(state_dir=tmp, instance="dcwbench", pool="10.198.0.0/16", lab=True)
-    rule_bench(settings)
-    asyncio.run(create_bench(settings))
+def main(quick: bool = False) -> Report:
+    present = (1, 20, 100) if quick else PRESENT
+    rounds = 5 if quick else ROUNDS
+    tmp = Path(tempfile.mkdtemp(prefix="dcwbench-datapath-"))
+    report = Report("datapath", params={"present": list(present), "rounds": rounds})
+    header(f"6. datapath: apply one sandbox's rules with {present} sandboxes present")
+    try:
+        settings = Settings(state_dir=tmp, instance=INSTANCE, pool=POOL, lab=True)
+        found = rule_bench(settings, present, rounds)
+        creates = asyncio.run(create_bench(settings, 3 if quick else 10))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    header("6. datapath figures (baseline: the same with 1 sandbox present)")
+    for key, ms in found.items():
+        what, _, n = key.rpartition(" @")
+        report.samples[key] = summary(ms)
+        if n != "1":
+            base = found[f"{what} @1"]
+            report.add(f"{what}, {n} present, median ms", statistics.median(ms),
+                       statistics.median(base), "ms", "same, 1 present")  # fmt: skip
+    report.samples["SandboxNetwork.create ms"] = summary(creates)
+    report.write()
+    return report
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer sandboxes and rounds")
+    main(parser.parse_args().quick)

@@ -11,6 +11,7 @@ Usage: .venv/bin/python bench/bench_egress.py [--quick]
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from common import Report, header
 from declaw import ALL_TRAFFIC, NetworkPolicy, Sandbox, SecurityPolicy
@@ -18,7 +19,7 @@ from harness import Server, run_standalone
 
 HOST = "big.lab"
 RUNTIME = "runc"
-CLIENT = r'''
+CLIENT = r"""
 import json, socket, ssl, sys, time
 
 HOST = sys.argv[1]
@@ -87,24 +88,21 @@ print(json.dumps({
     "tcp_ms": latency(False),
     "tls_ms": latency(True),
 }))
-'''
+"""
 
 
-def run_client(s: Sandbox, size: int, connects: int) -> dict[str, object]:
+def run_client(s: Sandbox, size: int, connects: int) -> dict[str, Any]:
     s.files.write("/tmp/egress_client.py", CLIENT)
-    r = s.commands.run(
-        f"python3 /tmp/egress_client.py {HOST} {size} {connects}", timeout=900
-    )
+    r = s.commands.run(f"python3 /tmp/egress_client.py {HOST} {size} {connects}", timeout=900)
     if r.exit_code != 0:
         raise RuntimeError(f"egress client failed ({r.exit_code}): {r.stderr[-2000:]}")
-    doc: dict[str, object] = json.loads(r.stdout.strip().splitlines()[-1])
+    doc: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
     return doc
 
 
-def measure(policy: SecurityPolicy | None, size: int, connects: int) -> dict[str, object]:
-    kwargs = {"security": policy} if policy is not None else {}
+def measure(policy: SecurityPolicy | None, size: int, connects: int) -> dict[str, Any]:
     s = Sandbox.create(
-        template="python", timeout=1200, metadata={"declaw.runtime": RUNTIME}, **kwargs
+        template="python", timeout=1200, metadata={"declaw.runtime": RUNTIME}, security=policy
     )
     try:
         return run_client(s, size, connects)
@@ -126,13 +124,17 @@ def main(server: Server, quick: bool) -> Report:
     report.extra = {"proxied": proxied, "direct": direct}
     for key, label in (("http_mbps", "HTTP download MB/s"), ("https_mbps", "HTTPS download MB/s")):
         report.add(
-            f"proxy: {label}", float(proxied[key]), float(direct[key]), "MB/s", "direct (NAT)"  # type: ignore[arg-type]
+            f"proxy: {label}",
+            float(proxied[key]),
+            float(direct[key]),
+            "MB/s",
+            "direct (NAT)",
         )
     for key, label in (("tcp_ms", "connect+GET (HTTP) ms"), ("tls_ms", "connect+TLS+GET ms")):
         report.add_pcts(
             f"proxy: {label}",
-            list(proxied[key]),  # type: ignore[call-overload]
-            list(direct[key]),  # type: ignore[call-overload]
+            list(proxied[key]),
+            list(direct[key]),
             "ms",
             "direct (NAT)",
         )

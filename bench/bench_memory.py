@@ -22,10 +22,10 @@ from common import Report, header, summary
 from declaw import Sandbox
 from harness import TEMPLATES_DIR, Server, run_standalone
 
-from declawd.runtime import read_stats
+from declawd.runtime import RuntimeName, read_stats
 from declawd.runtime.cgroups import _hierarchies
 
-RUNTIMES = ("runc", "runsc")
+RUNTIMES: tuple[RuntimeName, ...] = ("runc", "runsc")
 SETTLE_S = 3.0
 
 
@@ -55,17 +55,18 @@ def _processes() -> Iterator[tuple[str, str]]:
             yield pid, cmdline
 
 
-def host_side(container_id: str, cgroup: str) -> tuple[int, int]:
-    """(RSS of the container's host processes outside its cgroup, how many there are)."""
-    total = count = 0
+def host_side(container_id: str, cgroup: str) -> dict[str, int]:
+    """RSS and number of the runtime's host processes for this container (their command
+    line names it: runsc's sandbox and gofer), outside and inside its memory cgroup."""
+    found = {"out_rss": 0, "out_procs": 0, "in_rss": 0, "in_procs": 0}
     for pid, cmdline in _processes():
         if container_id not in cmdline:
             continue
         with contextlib.suppress(OSError):
-            if _memory_cgroup(pid).rstrip("/") != cgroup.rstrip("/"):
-                total += _rss_bytes(pid)
-                count += 1
-    return total, count
+            where = "in" if _memory_cgroup(pid).rstrip("/") == cgroup.rstrip("/") else "out"
+            found[f"{where}_rss"] += _rss_bytes(pid)
+            found[f"{where}_procs"] += 1
+    return found
 
 
 def cgroup_rss(cgroup: str) -> int:
@@ -82,14 +83,16 @@ def cgroup_rss(cgroup: str) -> int:
 
 def measure(container_id: str, cgroup: str) -> dict[str, float]:
     usage = read_stats(cgroup).memory_bytes
-    host, procs = host_side(container_id, cgroup)
+    host = host_side(container_id, cgroup)
     mib = 1 << 20
     return {
         "cgroup_usage_mib": usage / mib,
         "cgroup_rss_mib": cgroup_rss(cgroup) / mib,
-        "host_procs_rss_mib": host / mib,
-        "host_procs": procs,
-        "total_mib": (usage + host) / mib,
+        "host_procs_rss_mib": host["out_rss"] / mib,
+        "host_procs": host["out_procs"],
+        "runtime_procs_in_cgroup": host["in_procs"],
+        "runtime_procs_in_cgroup_rss_mib": host["in_rss"] / mib,
+        "total_mib": (usage + host["out_rss"]) / mib,
     }
 
 
@@ -140,7 +143,9 @@ def main(server: Server, quick: bool) -> Report:
             report.add(f"{runtime}: {key} (mean)", a, b, "MiB", f"bare {runtime} sleep")
         print(
             f"  {runtime}: {n} sandboxes total {sum(m['total_mib'] for m in sbx):.1f} MiB; "
-            f"host processes outside the cgroup per sandbox: {sbx[0]['host_procs']}",
+            f"runtime processes per sandbox: {sbx[0]['host_procs']} outside the cgroup, "
+            f"{sbx[0]['runtime_procs_in_cgroup']} inside it "
+            f"({sbx[0]['runtime_procs_in_cgroup_rss_mib']:.1f} MiB RSS, counted in the cgroup)",
             flush=True,
         )
     report.write()

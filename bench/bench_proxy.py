@@ -168,9 +168,9 @@ def main() -> None:
                 f"     ratio {p / d:5.2f}"
             )
     finally:
-        for p in (proc, server):
-            p.terminate()
-            p.join()
+        for child in (proc, server):
+            child.terminate()
+            child.join()
         listener.close()
 
 

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from common import Report, header
 from declaw import ALL_TRAFFIC, NetworkPolicy, Sandbox, SecurityPolicy
@@ -21,7 +22,7 @@ from harness import Server, run_standalone
 
 NAME = "big.lab"
 LAB_DNS = "198.51.100.53"
-CLIENT = r'''
+CLIENT = r"""
 import json, os, random, socket, struct, sys, time
 
 name, server, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -48,10 +49,10 @@ for i in range(n + 10):
     if i >= 10:  # the first 10 warm the path
         out.append(elapsed)
 print(json.dumps({"server": server, "ms": out}))
-'''
+"""
 
 
-def through_resolver(n: int) -> dict[str, object]:
+def through_resolver(n: int) -> dict[str, Any]:
     policy = SecurityPolicy(network=NetworkPolicy(allow_out=[NAME], deny_out=[ALL_TRAFFIC]))
     s = Sandbox.create(
         template="python", timeout=600, metadata={"declaw.runtime": "runc"}, security=policy
@@ -61,13 +62,13 @@ def through_resolver(n: int) -> dict[str, object]:
         r = s.commands.run(f"python3 /tmp/dns_client.py {NAME} resolv.conf {n}", timeout=600)
         if r.exit_code != 0:
             raise RuntimeError(f"dns client in sandbox failed: {r.stderr[-2000:]}")
-        doc: dict[str, object] = json.loads(r.stdout.strip().splitlines()[-1])
+        doc: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
         return doc
     finally:
         s.kill(wait=True)
 
 
-def direct(server: Server, n: int) -> dict[str, object]:
+def direct(server: Server, n: int) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".py") as f:
         f.write(CLIENT)
         f.flush()
@@ -87,7 +88,7 @@ def direct(server: Server, n: int) -> dict[str, object]:
         )
     if r.returncode != 0:
         raise RuntimeError(f"direct dns client failed: {r.stderr[-2000:]}")
-    doc: dict[str, object] = json.loads(r.stdout.strip().splitlines()[-1])
+    doc: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
     return doc
 
 
@@ -100,8 +101,8 @@ def main(server: Server, quick: bool) -> Report:
     report.extra = {"resolver": via["server"], "direct": base["server"]}
     report.add_pcts(
         "resolver query ms",
-        list(via["ms"]),  # type: ignore[call-overload]
-        list(base["ms"]),  # type: ignore[call-overload]
+        list(via["ms"]),
+        list(base["ms"]),
         "ms",
         "direct to lab DNS (gw netns)",
     )

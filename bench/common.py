@@ -73,9 +73,10 @@ class Report:
     ) -> Row:
         row = Row(metric, value, baseline, unit, baseline_label, note)
         self.rows.append(row)
+        ratio = f"x{row.ratio:7.2f}" if baseline else "   n/a"
         print(
             f"  {metric:44s} {_fmt(value):>10s} {unit:5s} | {baseline_label:30s} "
-            f"{_fmt(baseline):>10s} {unit:5s} | x{row.ratio:7.2f}",
+            f"{_fmt(baseline):>10s} {unit:5s} | {ratio}",
             flush=True,
         )
         return row

@@ -414,6 +414,24 @@ class Node:
             if rec["state"] == "running" and rec.get("end_at") and rec["end_at"] <= now:
                 log.info("sandbox %s reached its timeout", rec["sandbox_id"])
                 self.spawn(self.kill(rec["sandbox_id"]))
+            elif rec["state"] == "running" and not _envd_listening(rec["sandbox_id"], self):
+                self.spawn(self._reap_if_dead(rec))
+
+    async def _reap_if_dead(self, rec: dict[str, Any]) -> None:
+        """A container that died on its own (under runsc: an OOM or pids limit kills the
+        whole gVisor sandbox) is torn down and reported, never shown as running."""
+        sandbox_id = rec["sandbox_id"]
+        state = await self._runtime(rec.get("runtime") or "runc").state(sandbox_id)
+        if state == "running":
+            return
+        log.warning("sandbox %s died (runtime state %s); cleaning up", sandbox_id, state)
+        if await self.kill(sandbox_id):
+            await asyncio.to_thread(
+                self.store.update_sandbox,
+                sandbox_id,
+                error=f"sandbox died: its container is {state or 'gone'} "
+                "(out of memory or pids limit under runsc, or envd exited)",
+            )
 
     # reconcile --------------------------------------------------------------------
     async def reconcile(self) -> None:
@@ -482,6 +500,22 @@ class Node:
         if rec["state"] == "creating":
             raise Unavailable(f"sandbox '{sandbox_id}' is still being created")
         return rec
+
+
+def _envd_listening(sandbox_id: str, node: Node) -> bool:
+    """Cheap liveness probe: does anything accept on the sandbox's envd socket?"""
+    import socket
+
+    path = str(SandboxResources(node.settings, sandbox_id).envd_socket)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except (BlockingIOError, InterruptedError):
+            return True  # backlog full: alive but busy
+        except OSError:
+            return False
+    return True
 
 
 def _json(obj: Any) -> str:
