@@ -24,6 +24,7 @@ from declawd.config import Settings
 from declawd.egress import nft as nftc
 from declawd.egress.netns import delete_netns, forget_netns, nft_sync, run
 from declawd.egress.network import Gateway, SandboxNetwork, slot_addresses
+from declawd.egress.nftsets import admit_command, resolved_set
 from declawd.egress.policy import EgressPolicy
 
 POLICY = EgressPolicy.parse(["203.0.113.10/32", "api.openai.com"], ["0.0.0.0/0"])
@@ -76,6 +77,16 @@ def rule_bench(
                 ms.append((time.perf_counter() - t) * 1000)
             found[f"update policy transaction @{present}"] = ms
             print(f"update_policy transaction, {present:4d} present:  "
+                  f"median {statistics.median(ms):6.2f} ms")  # fmt: skip
+            # What the resolver does before releasing every allowed answer.
+            ms = []
+            for i in range(rounds):
+                script = admit_command(nftc.TABLE, resolved_set(1), {f"203.0.113.{i % 200}": 300})
+                t = time.perf_counter()
+                nft_sync(ns, script)
+                ms.append((time.perf_counter() - t) * 1000)
+            found[f"resolver admit (one address) @{present}"] = ms
+            print(f"resolver admit transaction,{present:4d} present:  "
                   f"median {statistics.median(ms):6.2f} ms")  # fmt: skip
     finally:
         forget_netns(ns)

@@ -168,9 +168,9 @@ def main() -> None:
                 f"     ratio {p / d:5.2f}"
             )
     finally:
-        for child in (proc, server):
-            child.terminate()
-            child.join()
+        for worker in (proc, server):
+            worker.terminate()
+            worker.join()
         listener.close()
 
 

@@ -77,6 +77,16 @@ def env() -> dict[str, str]:
 
 def down() -> None:
     subprocess.run([str(BIN / "declawd"), "down"], env=env(), capture_output=True, timeout=180)
+    # `declawd down` leaves the instance's empty parent cgroup (/<instance>) behind.
+    from declawd.runtime.cgroups import cgroup_dirs
+
+    for directory in cgroup_dirs(f"/{INSTANCE}"):
+        for child in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if child.is_dir():
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # fails (and is left alone) if anything still runs in it
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:

@@ -63,12 +63,12 @@ EXPECT = {
 def run_one(
     allow: list[str] | None, deny: list[str] | None, control: str
 ) -> tuple[dict[str, str], str]:
-    kwargs: dict[str, object] = {}
+    security = None
     if allow is not None or deny is not None:
-        kwargs["security"] = SecurityPolicy(
+        security = SecurityPolicy(
             network=NetworkPolicy(allow_out=allow or [], deny_out=deny or [])
         )
-    sbx = Sandbox.create(template="python", timeout=120, **kwargs)
+    sbx = Sandbox.create(template="python", timeout=120, security=security)
     try:
         sbx.files.write("/tmp/probe.py", PROBE)
         result = sbx.commands.run(f"python3 /tmp/probe.py {control}", timeout=60)

@@ -12,7 +12,7 @@ import io
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from declawd.client import (
     NotFound,
     ServerError,
     SseDecoder,
+    TemplateInfo,
     TransportError,
     Unauthorized,
     base_url,
@@ -101,8 +102,11 @@ def _lookup(s: Sandbox, *names: str) -> None:
 
 
 def _wait_events(
-    client: DeclawdClient, sandbox_id: str, pred, timeout: float = 15
-) -> list[AuditEvent]:  # type: ignore[no-untyped-def]
+    client: DeclawdClient,
+    sandbox_id: str,
+    pred: Callable[[list[AuditEvent]], bool],
+    timeout: float = 15,
+) -> list[AuditEvent]:
     deadline = time.monotonic() + timeout
     while True:
         events = list(client.audit(sandbox_id, limit=1000))
@@ -288,6 +292,6 @@ def test_async_client(server: dict[str, str], sbx: Sandbox) -> None:
     asyncio.run(run())
 
 
-async def _aiter(items):  # type: ignore[no-untyped-def]
+async def _aiter(items: list[TemplateInfo]) -> AsyncIterator[TemplateInfo]:
     for item in items:
         yield item

@@ -1,4 +1,4 @@
-"""The rest of the SDK surface of §2–§5: handles, stream formats, URL helpers, pagination,
+"""The rest of the SDK surface of §2 to §5: handles, stream formats, URL helpers, pagination,
 PTY resize/kill/reconnect, stdio kill and the async PTY/stdio twins."""
 
 from __future__ import annotations

@@ -71,11 +71,9 @@ async def read_file(sandbox_id: str, request: Request, team: Team = Depends(curr
         async for chunk in stream:
             yield chunk
 
-    return StreamingResponse(
-        body(),
-        media_type="application/octet-stream",
-        headers={"Content-Length": str(entry.size)} if entry.size else None,
-    )
+    # No Content-Length from the earlier stat: a file that grows (or shrinks) between the
+    # stat and the read would break the response mid-body. Chunked encoding sends what is read.
+    return StreamingResponse(body(), media_type="application/octet-stream")
 
 
 @router.post("/sandboxes/{sandbox_id}/files")

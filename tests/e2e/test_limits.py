@@ -1,0 +1,162 @@
+"""Resource limits from inside real sandboxes, through the official SDK, on runc and runsc.
+
+A fork bomb is stopped by the pids limit, a memory hog by the memory limit, writes beyond the
+disk quota fail with ENOSPC; under runc the sandbox stays usable afterwards. Under runsc an
+OOM or the host pids limit kills the whole gVisor sandbox: the tests assert that it is then
+reported as gone (never shown running), and mark "stays usable" as a known failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+from declaw import NotFoundException, Sandbox, SandboxState
+
+from tests.e2e.conftest import STATE_DIR
+
+pytestmark = pytest.mark.e2e
+
+DISK_QUOTA_MB = int(os.environ.get("DECLAWD_DISK_QUOTA_MB", "10240"))
+
+FORK = r"""
+import errno, os, sys, time
+kids, err = [], "none"
+for _ in range(int(sys.argv[1])):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        err = errno.errorcode[e.errno]
+        break
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    kids.append(pid)
+print(len(kids), err, flush=True)
+for k in kids:
+    os.kill(k, 9)
+for k in kids:
+    os.waitpid(k, 0)
+"""
+
+HOG = r"""
+chunks = []
+while True:
+    chunks.append(bytearray(64 << 20))
+    for i in range(0, len(chunks[-1]), 4096):
+        chunks[-1][i] = 1
+"""
+
+
+@pytest.fixture
+def sbx(server: dict[str, str], runtime: str) -> Iterator[Sandbox]:
+    s = Sandbox.create(template="python", timeout=300, metadata={"declaw.runtime": runtime})
+    s.files.write("/tmp/fork.py", FORK)
+    s.files.write("/tmp/hog.py", HOG)
+    try:
+        yield s
+    finally:
+        # under runsc a limit may have killed it already and the server reaped it (404)
+        with contextlib.suppress(NotFoundException):
+            s.kill()
+
+
+def _reported_gone(s: Sandbox) -> bool:
+    """Poll (bounded) until the server no longer lists the dead sandbox as running."""
+    for _ in range(60):
+        try:
+            if s.get_info().state != SandboxState.RUNNING:
+                return True
+        except NotFoundException:
+            return True
+        time.sleep(1)
+    return False
+
+
+def test_cpu_memory_pids_limits_visible(sbx: Sandbox, runtime: str) -> None:
+    if runtime == "runsc":
+        pytest.xfail("gVisor (2022 build) exposes no cgroupfs with our limits inside")
+    r = sbx.commands.run(
+        "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us "
+        "/sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/memory/memory.limit_in_bytes"
+    )
+    quota, period, pids, mem = r.stdout.split()
+    assert int(quota) == 2 * int(period)  # python template: 2 CPUs
+    assert int(pids) == 1024
+    assert int(mem) == 1024 * 2**20
+
+
+def test_fork_bomb_stopped_by_pids_limit(sbx: Sandbox, runtime: str) -> None:
+    if runtime == "runsc":
+        # gVisor's sentry needs host threads for blocked tasks; hitting the host pids limit
+        # kills the whole sandbox. It must then be reported gone, not running.
+        with pytest.raises(Exception):  # noqa: B017 - the SDK raises on the lost agent
+            sbx.commands.run("python3 /tmp/fork.py 5000", timeout=120)
+        assert _reported_gone(sbx)
+        pytest.xfail("runsc: the pids limit kills the whole gVisor sandbox")
+    r = sbx.commands.run("python3 /tmp/fork.py 5000", timeout=120)
+    created, err = r.stdout.split()
+    assert err == "EAGAIN"  # fork refused by the pids cgroup
+    assert 0 < int(created) < 1024
+    assert sbx.commands.run("echo alive").stdout == "alive\n"
+
+
+def test_shell_fork_bomb(sbx: Sandbox, runtime: str) -> None:
+    try:
+        sbx.commands.run("timeout -s KILL 5 bash -c ':(){ :|:& };:' ; echo done", timeout=60)
+        sbx.commands.run("pkill -9 -u user bash; true", user="root")
+        alive = sbx.commands.run("echo alive").stdout == "alive\n"
+    except Exception:
+        alive = False
+    if not alive:
+        # Holding the pids limit for seconds starves envd (Go) of threads and it dies;
+        # the sandbox must then be reported gone, never shown running.
+        assert _reported_gone(sbx)
+        pytest.xfail(f"{runtime}: a sustained fork bomb at the pids limit kills envd")
+
+
+def test_memory_hog_killed_and_reported(sbx: Sandbox, runtime: str) -> None:
+    if runtime == "runsc":
+        with pytest.raises(Exception):  # noqa: B017 - the SDK raises on the lost agent
+            sbx.commands.run("python3 /tmp/hog.py", timeout=120)
+        assert _reported_gone(sbx)
+        pytest.xfail("runsc: exceeding the memory limit OOM-kills the whole gVisor sandbox")
+    r = sbx.commands.run("python3 /tmp/hog.py", timeout=120)
+    assert r.exit_code == 137  # SIGKILL from the OOM killer
+    oom = sbx.commands.run("cat /sys/fs/cgroup/memory/memory.oom_control").stdout
+    assert "oom_kill 1" in oom
+    assert sbx.commands.run("echo alive").stdout == "alive\n"
+
+
+def test_disk_quota_enospc(sbx: Sandbox) -> None:
+    df = sbx.commands.run("df -B1 --output=size,avail / | tail -1").stdout.split()
+    size, avail = int(df[0]), int(df[1])
+    # overlayfs reports its upper filesystem: the quota, not the host's disk
+    assert size <= DISK_QUOTA_MB * 2**20
+    assert size >= DISK_QUOTA_MB * 2**20 * 0.9
+    image = STATE_DIR / "sandboxes" / sbx.sandbox_id / "disk.img"
+    assert image.stat().st_size == DISK_QUOTA_MB * 2**20
+    for user in ("user", "root"):
+        # /var/tmp, not /tmp: under runsc gVisor keeps /tmp in an in-sandbox tmpfs (memory).
+        # Reserve all but 8 MiB cheaply (fallocate writes no data), then write 32 MiB.
+        r = sbx.commands.run(
+            f"fallocate -l {avail - 8 * 2**20} /var/tmp/reserve; "
+            "dd if=/dev/zero of=/var/tmp/fill bs=1M count=32 conv=fsync 2>&1; echo rc=$?",
+            user=user,
+            timeout=120,
+        )
+        assert "No space left on device" in r.stdout, r.stdout + r.stderr
+        assert "rc=1" in r.stdout
+        r = sbx.commands.run(
+            "python3 -c \"open('/var/tmp/more','wb').write(b'x'*(64<<20))\" 2>&1; echo rc=$?",
+            user=user,
+            timeout=120,
+        )
+        assert "Errno 28" in r.stdout, r.stdout
+        sbx.commands.run("rm -f /var/tmp/reserve /var/tmp/fill /var/tmp/more", user="root")
+        # usable again once space is freed
+        assert sbx.commands.run("echo ok > /var/tmp/after && cat /var/tmp/after").stdout == "ok\n"
+        avail = int(sbx.commands.run("df -B1 --output=avail / | tail -1").stdout)
