@@ -116,9 +116,9 @@ def server_pid_on(port: int) -> int | None:
             args = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"server" in args and b"--port" in args and str(port).encode() in args:
-            if any(a.endswith(b"declawd") for a in args[:2]):
-                return int(d.name)
+        ours = b"server" in args and b"--port" in args and str(port).encode() in args
+        if ours and any(a.endswith(b"declawd") for a in args[:2]):
+            return int(d.name)
     return None
 
 
@@ -166,7 +166,9 @@ class OwnServer:
                 start_new_session=True,
             )
         lab = self.lab
-        c._wait_for(lambda: (self.state_dir / "lab" / "ready").exists() or lab.poll() is not None, 60)
+        c._wait_for(
+            lambda: (self.state_dir / "lab" / "ready").exists() or lab.poll() is not None, 60
+        )
         if lab.poll() is not None:
             raise RuntimeError((self.state_dir / "lab.log").read_text()[-2000:])
 

@@ -193,9 +193,7 @@ def test_envd_killed_sandbox_reports_failure_and_kill_cleans(
     own: OwnServer, baseline: dict[str, int], runtime: str
 ) -> None:
     opts = own.sdk_opts()
-    s = Sandbox.create(
-        template="base", timeout=120, metadata={"declaw.runtime": runtime}, **opts
-    )
+    s = Sandbox.create(template="base", timeout=120, metadata={"declaw.runtime": runtime}, **opts)
     try:
         assert s.commands.run("echo up").stdout == "up\n"
         _host_kill_envd(own, s.sandbox_id, runtime)
