@@ -54,7 +54,7 @@ catalog: setup
 demo: setup guard templates
 	@scripts/demo.sh
 
-test: setup guard templates lint
+test: setup guard catalog lint
 	$(PYTEST) -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 test-full: setup guard catalog lint
