@@ -65,9 +65,7 @@ def run_one(
 ) -> tuple[dict[str, str], str]:
     security = None
     if allow is not None or deny is not None:
-        security = SecurityPolicy(
-            network=NetworkPolicy(allow_out=allow or [], deny_out=deny or [])
-        )
+        security = SecurityPolicy(network=NetworkPolicy(allow_out=allow or [], deny_out=deny or []))
     sbx = Sandbox.create(template="python", timeout=120, security=security)
     try:
         sbx.files.write("/tmp/probe.py", PROBE)

@@ -18,6 +18,7 @@ _GROUPS = [
     ("template", "declawd.templates.cli", "app"),
     ("lab", "declawd.lab.cli", "app"),
     ("gateway", "declawd.egress.cli", "app"),
+    ("audit", "declawd.audit_cli", "app"),
 ]
 
 

@@ -31,7 +31,9 @@ LINE = b"abcdefghij\n"
 
 
 def _settings() -> Any:
-    return settings_for(c.INSTANCE, c.STATE_DIR, os.environ.get("DECLAWD_TEST_POOL", "10.78.0.0/16"))
+    return settings_for(
+        c.INSTANCE, c.STATE_DIR, os.environ.get("DECLAWD_TEST_POOL", "10.78.0.0/16")
+    )
 
 
 def _create(i: int) -> Sandbox:
@@ -50,6 +52,18 @@ def _no_leak(before: dict[str, int], pid: int | None) -> None:
     after = wait_settled(_settings(), before, pid, timeout=60)
     print(f"resources before: {before}\nresources after:  {after}")
     assert after == before
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm(server: dict[str, str]) -> None:
+    """Warm the server's worker threads (each keeps its own store connection and fds) so the
+    fd count before a test is its steady state, and a difference after it is a real leak."""
+    import httpx
+
+    with httpx.Client(base_url=server["url"], headers={"X-API-Key": server["key"]}) as h:
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(lambda _: h.get("/sandboxes").status_code, range(64)))
+    _kill_all([_create(0), _create(1)])
 
 
 def test_concurrent_creates(server: dict[str, str]) -> None:
