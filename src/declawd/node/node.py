@@ -491,6 +491,10 @@ class Node:
         await self.reconcile()
         await self.daemon.stop()
         await self.gateway.teardown()
+        # The per-instance parent cgroup (`/<instance>` in every hierarchy) held only the
+        # sandboxes' cgroups; remove it once empty so `down` leaves nothing behind.
+        with contextlib.suppress(OSError):
+            cg.remove_cgroup(f"/{self.settings.instance}")
         return count
 
     def get_live(self, team_id: str, sandbox_id: str) -> dict[str, Any]:
