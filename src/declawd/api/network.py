@@ -54,7 +54,9 @@ def _time(value: str | None, label: str) -> float | None:
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        # Events carry ISO times rounded to the microsecond; widen by half a microsecond so
+        # an event's own time used as `since` still includes it.
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - 5e-7
     except ValueError as exc:
         raise BadRequest(f"{label}: must be an ISO-8601 time or a unix timestamp") from exc
 
