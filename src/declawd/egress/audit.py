@@ -17,23 +17,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from declawd.store.db import AUDIT_EVENTS_SCHEMA
+
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL,
-    sandbox_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    verdict TEXT NOT NULL,
-    reason TEXT,
-    name TEXT,
-    address TEXT,
-    port INTEGER,
-    protocol TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_events_sandbox ON audit_events (sandbox_id, id);
-"""
+# One definition of the table, shared with the store (whichever process starts first
+# creates it).
+SCHEMA = AUDIT_EVENTS_SCHEMA
 
 _INSERT = (
     "INSERT INTO audit_events (time, sandbox_id, kind, verdict, reason, name, address, port,"
