@@ -2,9 +2,11 @@
 
 Run as root: `.venv/bin/python bench/bench_datapath.py [--quick]`. Works in a throw-away
 netns (`dcwbdp-gw`, its own instance name) holding only the nft table (no veths needed for
-rule timing), compares libnftables-in-process with `nsenter nft -f -`, then times a full
-SandboxNetwork.create (netns + veth + rules) against a lab-mode gateway. Baseline for each
-figure: the same operation with 1 sandbox present. Cleans up everything it creates.
+rule timing), compares libnftables-in-process with `nsenter nft -f -`, the resolver's admit
+through libnftables with the netlink backend (`declawd.egress.nfnetlink`), and two probes that
+split libnftables' cache cost; then times a full SandboxNetwork.create (netns + veth + rules)
+against a lab-mode gateway. Baseline for each figure: the same operation with 1 sandbox
+present. Cleans up everything it creates.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import Report, header, summary
 
 from declawd.config import Settings
 from declawd.egress import nft as nftc
-from declawd.egress.netns import delete_netns, forget_netns, nft_sync, run
+from declawd.egress.netns import delete_netns, forget_netns, netns_path, nft_sync, run
 from declawd.egress.network import Gateway, SandboxNetwork, slot_addresses
-from declawd.egress.nftsets import admit_command, resolved_set
+from declawd.egress.nftsets import NftSets, admit_command, resolved_set
 from declawd.egress.policy import EgressPolicy
 
 POLICY = EgressPolicy.parse(["203.0.113.10/32", "api.openai.com"], ["0.0.0.0/0"])
@@ -54,8 +57,10 @@ def rule_bench(
     found: dict[str, list[float]] = {}
     ns = settings.gateway_netns
     asyncio.run(run("ip", "netns", "add", ns))
+    sets: NftSets | None = None
     try:
         nft_sync(ns, nftc.base_script(nftc.BaseLayout("lab0", nftc.floor_networks())))
+        sets = admitter = NftSets(backend="netlink", netns_path=netns_path(ns))
         present = 0
         for target in present_counts:
             # Fill with other sandboxes' objects, each with a few resolved addresses.
@@ -78,20 +83,47 @@ def rule_bench(
             found[f"update policy transaction @{present}"] = ms
             print(f"update_policy transaction, {present:4d} present:  "
                   f"median {statistics.median(ms):6.2f} ms")  # fmt: skip
-            # What the resolver does before releasing every allowed answer.
-            ms = []
-            for i in range(rounds):
-                script = admit_command(nftc.TABLE, resolved_set(1), {f"203.0.113.{i % 200}": 300})
-                t = time.perf_counter()
-                nft_sync(ns, script)
-                ms.append((time.perf_counter() - t) * 1000)
-            found[f"resolver admit (one address) @{present}"] = ms
-            print(f"resolver admit transaction,{present:4d} present:  "
-                  f"median {statistics.median(ms):6.2f} ms")  # fmt: skip
+            # What the resolver does before releasing every allowed answer, both backends.
+            found[f"resolver admit via libnftables (one address) @{present}"] = _time(
+                rounds,
+                lambda i: nft_sync(
+                    ns, admit_command(nftc.TABLE, resolved_set(1), {f"203.0.113.{i % 200}": 300})
+                ),
+            )
+            found[f"resolver admit via netlink (one address) @{present}"] = _time(
+                rounds, lambda i: admitter.admit(1, {f"203.0.113.{i % 200}": 300})
+            )
+            # Probes: a script needing only the table cache vs one needing chains + sets.
+            found[f"probe: add+delete an empty chain (lib) @{present}"] = _time(
+                rounds,
+                lambda i: nft_sync(
+                    ns, f"add chain {nftc.TABLE} probe\ndelete chain {nftc.TABLE} probe\n"
+                ),
+            )
+            nft_sync(ns, f"add chain {nftc.TABLE} probe\n")
+            found[f"probe: add a rule to an unreferenced chain (lib) @{present}"] = _time(
+                rounds, lambda i: nft_sync(ns, f"add rule {nftc.TABLE} probe accept\n")
+            )
+            nft_sync(ns, f"flush chain {nftc.TABLE} probe\ndelete chain {nftc.TABLE} probe\n")
+            for key in list(found)[-4:]:
+                print(f"{key:62s}: median {statistics.median(found[key]):6.2f} ms")
     finally:
+        if sets is not None:
+            sets.close()
         forget_netns(ns)
         asyncio.run(delete_netns(ns))
     return found
+
+
+def _time(rounds: int, op: Callable[[int], object]) -> list[float]:
+    """`rounds` timed calls of op(i) (ms), after one discarded warm-up call."""
+    op(rounds)
+    out = []
+    for i in range(rounds):
+        t = time.perf_counter()
+        op(i)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
 
 
 async def create_bench(settings: Settings, count: int = 10) -> list[float]:

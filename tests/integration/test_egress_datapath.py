@@ -22,6 +22,9 @@ from declawd.config import Settings
 from declawd.egress import nft as nftc
 from declawd.egress.netns import NftError, netns_exists, netns_path, nft_sync
 from declawd.egress.network import Gateway, SandboxNetwork, count_resources, sweep
+from declawd.egress.nfnetlink import NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, Element, ipv4_element
+from declawd.egress.nftsets import NftError as SetsError
+from declawd.egress.nftsets import NftSets
 from declawd.egress.policy import EgressPolicy
 
 pytestmark = [
@@ -379,3 +382,96 @@ def test_sweep_removes_unknown_sandboxes(env: Env) -> None:
         asyncio.run(a.destroy())
         asyncio.run(b.destroy())
     assert asyncio.run(count_resources(env.settings)) == before
+
+
+# Resolved-address sets: the netlink backend against the kernel, and against libnftables ----
+
+ADMIT_SCRIPT = r"""
+import json, sys
+from declawd.egress.nftsets import NftSets
+slot, steps = int(sys.argv[1]), json.loads(sys.argv[2])
+sets = NftSets()  # backend from DECLAWD_NFTSETS_BACKEND, socket/context in this netns
+try:
+    for op, timeouts in steps:
+        getattr(sets, op)(slot, timeouts)
+    print(sets.backend)
+finally:
+    sets.close()
+"""
+
+
+def _r4(gw: str, slot: int) -> dict[str, int]:
+    """address → configured timeout (s) of r4_<slot>'s elements."""
+    out = nft_sync(gw, f"list set {nftc.TABLE} r4_{slot}", json_out=True)
+    found: dict[str, int] = {}
+    for item in json.loads(out)["nftables"]:
+        for el in item.get("set", {}).get("elem", []):
+            found[el["elem"]["val"]] = el["elem"]["timeout"]
+    return found
+
+
+@pytest.mark.parametrize("backend", ["netlink", "library", "binary"])
+def test_admit_backends_agree(env: Env, sandboxes: list[SandboxNetwork], backend: str) -> None:
+    """Same steps through each backend, run in the gateway netns as the daemon does."""
+    pol = EgressPolicy.parse(["lab.example.com"], ["0.0.0.0/0"])
+    sandboxes.append(env.sandbox("sbx-000000000020", 20, pol))
+    steps = [
+        ["admit", {GOOD: 300, EVIL: 60.2}],  # 60.2 s rounds up to 61 s
+        ["admit", {GOOD: 30}],  # re-admit resets the timeout, even to a shorter one
+    ]
+    out = subprocess.run(
+        nsenter(env.gw, sys.executable, "-c", ADMIT_SCRIPT, "20", json.dumps(steps)),
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DECLAWD_NFTSETS_BACKEND": backend},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == backend
+    assert _r4(env.gw, 20) == {GOOD: 30, EVIL: 61}
+    steps = [["replace", {EVIL: 100}]]
+    out = subprocess.run(
+        nsenter(env.gw, sys.executable, "-c", ADMIT_SCRIPT, "20", json.dumps(steps)),
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DECLAWD_NFTSETS_BACKEND": backend},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert _r4(env.gw, 20) == {EVIL: 100}
+
+
+def test_netlink_admit_feeds_the_datapath_and_reports_errors(
+    env: Env, sandboxes: list[SandboxNetwork]
+) -> None:
+    pol = EgressPolicy.parse(["lab.example.com"], ["0.0.0.0/0"])
+    sandboxes.append(sbx := env.sandbox("sbx-000000000021", 21, pol))
+    sets = NftSets(backend="netlink", netns_path=netns_path(env.gw))
+    try:
+        assert probe(sbx, ["tcp", EVIL, 8080]) == ["refused"]
+        sets.admit(21, {EVIL: 300})
+        assert _r4(env.gw, 21) == {EVIL: 300}
+        assert probe(sbx, ["tcp", EVIL, 8080]) == [f"ok:proxy:{EVIL}:8080"]
+        with pytest.raises(SetsError, match="r4_999: No such file"):
+            sets.admit(999, {GOOD: 60})  # no such set
+        with pytest.raises(SetsError, match="a4_21: Invalid argument"):
+            sets._netlink._sock.setelems(  # type: ignore[union-attr]
+                nftc.TABLE, "a4_21", [(NFT_MSG_NEWSETELEM, [ipv4_element(GOOD, 60)])]
+            )  # a timeout on a set without `flags timeout`
+        # One batch is all or nothing: the add before a failing delete is rolled back.
+        with pytest.raises(SetsError, match="No such file"):
+            sets._netlink._sock.setelems(  # type: ignore[union-attr]
+                nftc.TABLE,
+                "r4_21",
+                [
+                    (NFT_MSG_NEWSETELEM, [ipv4_element(GOOD, 60)]),
+                    (NFT_MSG_DELSETELEM, [Element(ipv4_element("203.0.113.99").key)]),
+                ],
+            )
+        assert _r4(env.gw, 21) == {EVIL: 300}
+        # After errors (and their late ACKs) the socket keeps working.
+        sets.replace(21, {GOOD: 120})
+        assert _r4(env.gw, 21) == {GOOD: 120}
+        sets.replace(21, {})
+        assert _r4(env.gw, 21) == {}
+    finally:
+        sets.close()
+        sets.close()  # idempotent
+    with pytest.raises(SetsError, match="closed"):
+        sets.admit(21, {GOOD: 60})

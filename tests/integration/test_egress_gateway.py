@@ -216,12 +216,12 @@ class Topology:
         line = proc.stdout.readline()
         assert line.strip() == "ready", proc.stderr.read() if proc.stderr else line
 
-    def write_state(self, policy: dict[str, list[str]] | None) -> None:
+    def write_state(self, policy: dict[str, list[str]] | None, slot: int = SLOT) -> None:
         gw_dir = self.state_dir / "gateway"
         gw_dir.mkdir(parents=True, exist_ok=True)
         sandboxes = {}
         if policy is not None:
-            sandboxes[SANDBOX_ID] = {"slot": SLOT, "address": "10.77.0.6", "policy": policy}
+            sandboxes[SANDBOX_ID] = {"slot": slot, "address": "10.77.0.6", "policy": policy}
         tmp = gw_dir / "state.json.tmp"
         tmp.write_text(json.dumps({"sandboxes": sandboxes}))
         os.replace(tmp, gw_dir / "state.json")
@@ -403,6 +403,21 @@ def test_reload_applies_new_policy(topo: Topology) -> None:
         assert topo.control("reload") == "ok"
     out = topo.client(op="query", name="api.openai.com", qtype="A", server=LAB_DNS)
     assert out["answers"] == [["A", "203.0.113.10"]]
+
+
+def test_failed_admit_answers_servfail(topo: Topology) -> None:
+    # Slot 2 has no r4_2 set: the kernel refuses the admit, so the answer is never released.
+    topo.write_state(ENFORCED, slot=2)
+    try:
+        assert topo.control("reload") == "ok"
+        out = topo.client(op="query", name="api.openai.com", qtype="A", server=LAB_DNS)
+        assert out["rcode"] == 2 and out["answers"] == []  # SERVFAIL
+        assert "r4_2" in topo.daemon_log()  # the kernel's refusal names the set
+    finally:
+        topo.write_state(ENFORCED)
+        assert topo.control("reload") == "ok"
+    out = topo.client(op="query", name="api.openai.com", qtype="A", server=LAB_DNS)
+    assert out["rcode"] == 0 and out["answers"] == [["A", "203.0.113.10"]]
 
 
 def test_unknown_source_refused(topo: Topology) -> None:

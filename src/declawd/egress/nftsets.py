@@ -1,10 +1,11 @@
 """Admit resolved addresses into a sandbox's nft set `r4_<slot>` (table `inet declawd`).
 
 The resolver calls this *before* it releases a DNS answer, so the client's very next connect()
-already matches the set. Talks to libnftables.so.1 through ctypes (the Debian python3-nftables
-binding targets the system python, not our venv) and falls back to the `nft` binary. Every
-change is one nft batch, hence one atomic kernel transaction; a failure raises NftError so the
-caller can fail closed (SERVFAIL) instead of releasing an address the datapath does not know.
+already matches the set. Default backend: nf_tables netlink messages for that one set
+(`nfnetlink`), whose cost does not grow with the number of sandboxes on the node; the
+libnftables (ctypes) and `nft` binary backends remain, selected by DECLAWD_NFTSETS_BACKEND
+(netlink|library|binary). Every change is one batch, hence one atomic kernel transaction; a
+failure raises NftError so the caller can fail closed (SERVFAIL).
 """
 
 from __future__ import annotations
@@ -13,18 +14,23 @@ import ctypes
 import ctypes.util
 import ipaddress
 import logging
+import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+from declawd.egress import nfnetlink
+from declawd.egress.nfnetlink import NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, Element
 
 log = logging.getLogger(__name__)
 
 TABLE = "inet declawd"
 
 
-class NftError(RuntimeError):
-    """An nft command failed; the message carries nft's error output."""
+NftError = nfnetlink.NftError  # one error type whatever the backend
+BACKENDS = ("netlink", "library", "binary")
+BACKEND_ENV = "DECLAWD_NFTSETS_BACKEND"
 
 
 def resolved_set(slot: int) -> str:
@@ -90,43 +96,123 @@ class _NftBinary:
         pass
 
 
-class NftSets:
-    """Writes resolved-address elements. Blocking calls: run them off the event loop."""
+class _Netlink:
+    """Element changes as nf_tables netlink batches: O(1) in the number of sandboxes."""
 
-    def __init__(self, table: str = TABLE, *, use_library: bool = True) -> None:
+    def __init__(self, table: str, netns_path: str | None) -> None:
+        nfnetlink.split_table(table)  # fail at construction on a bad spec
         self.table = table
-        self._backend: _LibNftables | _NftBinary
-        if use_library:
+        self._sock = nfnetlink.NfTablesSocket(netns_path)
+
+    def admit(self, set_name: str, timeouts: Mapping[str, float]) -> None:
+        self._sock.setelems(self.table, set_name, admit_ops(timeouts))
+
+    def replace(self, set_name: str, timeouts: Mapping[str, float]) -> None:
+        self._sock.setelems(self.table, set_name, replace_ops(timeouts))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class NftSets:
+    """Writes resolved-address elements. Blocking calls: run them off the event loop.
+
+    `backend`: "netlink" (default), "library" or "binary"; None reads DECLAWD_NFTSETS_BACKEND.
+    `netns_path` (netlink only): open the socket in that netns instead of the caller's.
+    """
+
+    def __init__(
+        self,
+        table: str = TABLE,
+        *,
+        use_library: bool = True,
+        backend: str | None = None,
+        netns_path: str | None = None,
+    ) -> None:
+        self.table = table
+        chosen = backend or os.environ.get(BACKEND_ENV) or "netlink"
+        if not use_library and backend is None:
+            chosen = "binary"
+        if chosen not in BACKENDS:
+            raise ValueError(f"unknown nftsets backend {chosen!r} (one of {BACKENDS})")
+        self._netlink: _Netlink | None = None
+        self._text: _LibNftables | _NftBinary | None = None
+        if chosen == "netlink":
             try:
-                self._backend = _LibNftables()
+                self._netlink = _Netlink(table, netns_path)
+            except OSError as exc:
+                log.warning("nf_tables netlink socket unavailable (%s); using libnftables", exc)
+                chosen = "library"
+        if chosen == "library":
+            try:
+                self._text = _LibNftables()
             except OSError as exc:
                 log.warning("libnftables unavailable (%s); using the nft binary", exc)
-                self._backend = _NftBinary()
-        else:
-            self._backend = _NftBinary()
+                self._text = _NftBinary()
+        elif chosen == "binary":
+            self._text = _NftBinary()
 
     @property
     def backend(self) -> str:
-        return "library" if isinstance(self._backend, _LibNftables) else "binary"
+        if self._netlink is not None:
+            return "netlink"
+        return "library" if isinstance(self._text, _LibNftables) else "binary"
 
     def run(self, cmd: str) -> str:
-        return self._backend.run(cmd)
+        """Run an nft script (text backends; the netlink backend opens the binary lazily)."""
+        if self._text is None:
+            self._text = _NftBinary()
+        return self._text.run(cmd)
 
     def admit(self, slot: int, timeouts: Mapping[str, float]) -> None:
         """Add (or refresh) elements `{addr timeout Ns}` in r4_<slot>, atomically."""
-        if timeouts:
+        if not timeouts:
+            return
+        if self._netlink is not None:
+            self._netlink.admit(resolved_set(slot), timeouts)
+        else:
             self.run(admit_command(self.table, resolved_set(slot), timeouts))
 
     def replace(self, slot: int, timeouts: Mapping[str, float]) -> None:
         """Make r4_<slot> hold exactly `timeouts` (after a policy change), atomically."""
         name = resolved_set(slot)
+        if self._netlink is not None:
+            self._netlink.replace(name, timeouts)
+            return
         cmd = f"flush set {self.table} {name}\n"
         if timeouts:
             cmd += f"add element {self.table} {name} {{ {_elements(timeouts)} }}\n"
         self.run(cmd)
 
     def close(self) -> None:
-        self._backend.close()
+        """Idempotent."""
+        if self._netlink is not None:
+            self._netlink.close()
+        if self._text is not None:
+            self._text.close()
+
+
+SetOps = list[tuple[int, Sequence[Element] | None]]
+
+
+def admit_ops(timeouts: Mapping[str, float]) -> SetOps:
+    """The netlink twin of `admit_command`: add, delete, add again with the fresh timeout."""
+    timed = [nfnetlink.ipv4_element(a, t) for a, t in sorted(timeouts.items())]
+    keys = [Element(e.key) for e in timed]
+    return [(NFT_MSG_NEWSETELEM, timed), (NFT_MSG_DELSETELEM, keys), (NFT_MSG_NEWSETELEM, timed)]
+
+
+def replace_ops(timeouts: Mapping[str, float]) -> SetOps:
+    """Flush (DELSETELEM without elements), then add: the set holds exactly `timeouts`."""
+    ops: SetOps = [(NFT_MSG_DELSETELEM, None)]
+    if timeouts:
+        ops.append(
+            (
+                NFT_MSG_NEWSETELEM,
+                [nfnetlink.ipv4_element(a, t) for a, t in sorted(timeouts.items())],
+            )
+        )
+    return ops
 
 
 def _elements(timeouts: Mapping[str, float]) -> str:

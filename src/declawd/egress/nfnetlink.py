@@ -1,0 +1,282 @@
+"""nf_tables over netlink, just enough to change the elements of one named set.
+
+The resolver's admit must not cost more as the node grows: libnftables dumps every chain and
+set of the table into its cache before each batch, whereas NFT_MSG_NEWSETELEM/DELSETELEM
+name the table and set and the kernel touches only that set. Encoding and ACK parsing are
+pure (bytes in, bytes out); `NfTablesSocket` is the thin socket part. Invariant: one call is
+one batch (one kernel transaction, all or nothing) and every message asks for an ACK, so a
+refused change raises NftError instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import ipaddress
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+NETLINK_NETFILTER = 12
+NETLINK_CAP_ACK = 10  # errors echo only the header, not the whole (large) request
+NETLINK_EXT_ACK = 11
+SOL_NETLINK = 270
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN = 0x10
+NFNL_MSG_BATCH_END = 0x11
+NFT_MSG_NEWSETELEM = 12
+NFT_MSG_DELSETELEM = 14
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLMSG_ERROR = 2
+NLA_F_NESTED = 0x8000
+NLMSGERR_ATTR_MSG = 1
+
+NFTA_SET_ELEM_LIST_TABLE = 1
+NFTA_SET_ELEM_LIST_SET = 2
+NFTA_SET_ELEM_LIST_ELEMENTS = 3
+NFTA_LIST_ELEM = 1
+NFTA_SET_ELEM_KEY = 1
+NFTA_SET_ELEM_TIMEOUT = 4
+NFTA_DATA_VALUE = 1
+
+FAMILIES = {"ip": 2, "inet": 1, "ip6": 10, "arp": 3, "bridge": 7, "netdev": 5}
+CLONE_NEWNET = 0x40000000
+ACK_TIMEOUT_S = 5.0
+
+
+class NftError(RuntimeError):
+    """nf_tables refused a batch (or did not answer); the message names set and errno."""
+
+
+@dataclass(frozen=True)
+class Element:
+    """One set element: the key as the kernel stores it, and an optional timeout (ms)."""
+
+    key: bytes
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Ack:
+    seq: int
+    error: int  # 0 or a negative errno, as the kernel sends it
+    message: str = ""
+
+
+def ipv4_element(address: str, timeout_s: float | None = None) -> Element:
+    """An IPv4 key (network order); the timeout rounds up to whole seconds like nft's text."""
+    key = ipaddress.IPv4Address(address).packed
+    if timeout_s is None:
+        return Element(key)
+    return Element(key, max(1, int(timeout_s + 0.999)) * 1000)
+
+
+def split_table(table: str) -> tuple[int, str]:
+    """`inet declawd` → (NFPROTO_INET, "declawd")."""
+    family, _, name = table.partition(" ")
+    if family not in FAMILIES or not name or " " in name:
+        raise ValueError(f"bad table spec {table!r}")
+    return FAMILIES[family], name
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def attr(atype: int, value: bytes) -> bytes:
+    length = 4 + len(value)
+    return struct.pack("=HH", length, atype) + value + b"\x00" * (_align(length) - length)
+
+
+def nested(atype: int, *children: bytes) -> bytes:
+    return attr(atype | NLA_F_NESTED, b"".join(children))
+
+
+def _string(value: str) -> bytes:
+    return value.encode() + b"\x00"
+
+
+def message(mtype: int, flags: int, seq: int, family: int, res_id: int, payload: bytes) -> bytes:
+    """nlmsghdr + nfgenmsg (version 0, res_id big-endian) + attributes."""
+    body = struct.pack("!BBH", family, 0, res_id) + payload
+    return struct.pack("=IHHII", 16 + len(body), mtype, flags, seq, 0) + body
+
+
+def setelem_message(
+    msg: int,
+    family: int,
+    table: str,
+    set_name: str,
+    elements: Sequence[Element] | None,
+    *,
+    seq: int,
+    flags: int = 0,
+) -> bytes:
+    """NFT_MSG_NEWSETELEM / DELSETELEM; `elements=None` on DELSETELEM flushes the set."""
+    attrs = attr(NFTA_SET_ELEM_LIST_TABLE, _string(table)) + attr(
+        NFTA_SET_ELEM_LIST_SET, _string(set_name)
+    )
+    if elements is not None:
+        items = []
+        for el in elements:
+            parts = [nested(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, el.key))]
+            if el.timeout_ms is not None:
+                parts.append(attr(NFTA_SET_ELEM_TIMEOUT, struct.pack("!Q", el.timeout_ms)))
+            items.append(nested(NFTA_LIST_ELEM, *parts))
+        attrs += nested(NFTA_SET_ELEM_LIST_ELEMENTS, *items)
+    mtype = (NFNL_SUBSYS_NFTABLES << 8) | msg
+    return message(mtype, NLM_F_REQUEST | NLM_F_ACK | flags, seq, family, 0, attrs)
+
+
+def batch(messages: Sequence[bytes], begin_seq: int, end_seq: int) -> bytes:
+    """Wrap messages in BATCH_BEGIN/END: the kernel commits them as one transaction."""
+    begin = message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin_seq, 0, NFNL_SUBSYS_NFTABLES, b"")
+    end = message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end_seq, 0, NFNL_SUBSYS_NFTABLES, b"")
+    return begin + b"".join(messages) + end
+
+
+def parse_acks(data: bytes) -> Iterator[Ack]:
+    """Every NLMSG_ERROR (error 0 = ACK) in one datagram, with its extended-ACK text if any."""
+    off = 0
+    while off + 16 <= len(data):
+        length, mtype, flags = struct.unpack_from("=IHH", data, off)
+        if length < 16 or off + length > len(data):
+            return
+        if mtype == NLMSG_ERROR and length >= 36:
+            error = struct.unpack_from("=i", data, off + 16)[0]
+            orig_len, _t, _f, seq = struct.unpack_from("=IHHI", data, off + 20)
+            text = ""
+            if flags & 0x200:  # NLM_F_ACK_TLVS: TLVs follow the echoed request
+                capped = flags & 0x100  # NLM_F_CAPPED: only its header was echoed
+                tlv_off = off + 20 + (16 if capped else _align(orig_len))
+                for atype, value in _attrs(data[tlv_off : off + length]):
+                    if atype == NLMSGERR_ATTR_MSG:
+                        text = value.split(b"\x00", 1)[0].decode(errors="replace")
+            yield Ack(seq, error, text)
+        off += _align(length)
+
+
+def _attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
+    off = 0
+    while off + 4 <= len(data):
+        length, atype = struct.unpack_from("=HH", data, off)
+        if length < 4 or off + length > len(data):
+            return
+        yield atype & 0x3FFF, data[off + 4 : off + length]
+        off += _align(length)
+
+
+class NfTablesSocket:
+    """A NETLINK_NETFILTER socket bound in one network namespace; thread-safe."""
+
+    def __init__(self, netns_path: str | None = None) -> None:
+        """Open in the caller's netns, or in `netns_path` (via a short-lived thread)."""
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._sock: socket.socket | None = (
+            self._open() if netns_path is None else _in_netns(netns_path, self._open)
+        )
+
+    @staticmethod
+    def _open() -> socket.socket:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            sock.bind((0, 0))
+            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _next(self) -> int:
+        self._seq = (self._seq + 1) & 0x7FFFFFFF or 1
+        return self._seq
+
+    def setelems(
+        self, table: str, set_name: str, ops: Sequence[tuple[int, Sequence[Element] | None]]
+    ) -> None:
+        """Apply `ops` ((NEWSETELEM|DELSETELEM, elements or None=flush), ...) as one batch."""
+        family, name = split_table(table)
+        with self._lock:
+            sock = self._sock
+            if sock is None:
+                raise NftError("nf_tables socket closed")
+            begin = self._next()
+            msgs, pending = [], set()
+            for msg, elements in ops:
+                seq = self._next()
+                flags = NLM_F_CREATE if msg == NFT_MSG_NEWSETELEM else 0
+                msgs.append(setelem_message(msg, family, name, set_name, elements, seq=seq,
+                                            flags=flags))  # fmt: skip
+                pending.add(seq)
+            end = self._next()
+            try:
+                sock.send(batch(msgs, begin, end))
+                errors = self._collect(sock, begin, end, pending)
+            except OSError as exc:
+                raise NftError(f"{table} {set_name}: netlink: {exc}") from exc
+        if errors:
+            ack = errors[0]
+            detail = f" ({ack.message})" if ack.message else ""
+            raise NftError(f"{table} {set_name}: {os.strerror(-ack.error)}{detail}")
+
+    @staticmethod
+    def _collect(sock: socket.socket, begin: int, end: int, pending: set[int]) -> list[Ack]:
+        """Read ACKs of this batch; stale ones (older batches) are skipped by sequence."""
+        errors: list[Ack] = []
+        sock.settimeout(ACK_TIMEOUT_S)
+        while pending:
+            try:
+                # After an error the kernel has aborted: take what is queued, do not wait.
+                data = sock.recv(65536, socket.MSG_DONTWAIT if errors else 0)
+            except (BlockingIOError, InterruptedError):
+                break
+            except TimeoutError as exc:
+                raise NftError("no ACK from nf_tables") from exc
+            for ack in parse_acks(data):
+                if not begin <= ack.seq <= end:
+                    continue
+                pending.discard(ack.seq)
+                if ack.error:
+                    errors.append(ack)
+        return errors
+
+    def close(self) -> None:
+        """Idempotent."""
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+def _in_netns(path: str, fn: Callable[[], socket.socket]) -> socket.socket:
+    """Run `fn` on a throw-away thread that entered netns `path`; sockets keep their netns."""
+    result: list[socket.socket] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {path} failed")
+            finally:
+                os.close(fd)
+            result.append(fn())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="nfnl-setns")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
