@@ -95,6 +95,38 @@ def snapshot(settings: Settings, server_pid: int | None = None) -> dict[str, int
     return counts
 
 
+def _live_in_store(settings: Settings) -> int:
+    import sqlite3
+
+    if not settings.db_path.exists():
+        return 0
+    con = sqlite3.connect(settings.db_path, timeout=10)
+    try:
+        row = con.execute(
+            "SELECT count(*) FROM sandboxes WHERE state IN ('creating', 'running')"
+        ).fetchone()
+        return int(row[0])
+    finally:
+        con.close()
+
+
+def quiet_snapshot(
+    settings: Settings, server_pid: int | None = None, timeout: float = 90
+) -> dict[str, int]:
+    """A baseline taken when nothing is in flight: no live sandbox in the store (an earlier
+    test's `kill()` without wait may still be tearing down) and two snapshots a second apart
+    agree. A baseline taken mid-teardown would make a later comparison fail or hide a leak."""
+    deadline = time.monotonic() + timeout
+    prev = snapshot(settings, server_pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = snapshot(settings, server_pid)
+        if now == prev and _live_in_store(settings) == 0:
+            return now
+        prev = now
+    return prev
+
+
 def wait_settled(
     settings: Settings, expected: dict[str, int], server_pid: int | None, timeout: float = 30
 ) -> dict[str, int]:
@@ -260,7 +292,7 @@ class OwnServer:
         return {"api_key": self.key, "domain": f"localhost:{self.port}"}
 
     def snapshot(self) -> dict[str, int]:
-        return snapshot(self.settings)
+        return quiet_snapshot(self.settings)
 
     def listed_ids(self) -> set[str]:
         with self.http() as h:

@@ -18,7 +18,7 @@ import pytest
 from declaw import Sandbox
 
 from tests.e2e import conftest as c
-from tests.e2e.leaks import no_leak, server_pid_on, settings_for, snapshot, wait_settled
+from tests.e2e.leaks import no_leak, quiet_snapshot, server_pid_on, settings_for, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +68,7 @@ def warm(server: dict[str, str]) -> None:
 
 def test_concurrent_creates(server: dict[str, str]) -> None:
     pid = server_pid_on(c.PORT)
-    before = snapshot(_settings(), pid)
+    before = quiet_snapshot(_settings(), pid)
     t0 = time.monotonic()
     with ThreadPoolExecutor(CREATES) as pool:
         boxes = list(pool.map(_create, range(CREATES)))
@@ -100,7 +100,7 @@ def _command(s: Sandbox, j: int) -> int:
 
 def test_concurrent_commands_with_large_output(server: dict[str, str]) -> None:
     pid = server_pid_on(c.PORT)
-    before = snapshot(_settings(), pid)
+    before = quiet_snapshot(_settings(), pid)
     with ThreadPoolExecutor(SANDBOXES) as pool:
         boxes = list(pool.map(_create, range(SANDBOXES)))
     try:
@@ -123,7 +123,7 @@ def test_concurrent_commands_with_large_output(server: dict[str, str]) -> None:
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
 def test_large_file_transfer_up_and_down(server: dict[str, str], runtime: str) -> None:
     pid = server_pid_on(c.PORT)
-    before = snapshot(_settings(), pid)
+    before = quiet_snapshot(_settings(), pid)
     s = Sandbox.create(template="base", timeout=900, metadata={"declaw.runtime": runtime})
     try:
         blob = os.urandom(TRANSFER_MB * 2**20)

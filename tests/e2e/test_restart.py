@@ -238,6 +238,13 @@ def test_gateway_daemon_kill9_fails_closed_and_recovers(own: OwnServer, runtime:
         print(f"\n[{runtime}] outages: {[round(b - a, 2) for a, b in windows]} s")
         # allowed traffic resumes
         assert eventually(lambda: _probe_once(s, "tcp_allowed") == "CONNECTED", 60)
+        # the in-sandbox loop itself sees answers again after the last outage
+        assert eventually(
+            lambda: any(
+                x["r"] == "ANSWER" and x["t0"] > t_new for x in _samples(s, "/tmp/dns.jsonl")
+            ),
+            60,
+        )
         s.commands.run("touch /tmp/stop")
         time.sleep(1)
         samples = _samples(s, "/tmp/gw.jsonl") + _samples(s, "/tmp/dns.jsonl")

@@ -28,6 +28,7 @@ const prSetChildSubreaper = 36
 func main() {
 	socket := flag.String("socket", "/run/declawd/envd.sock", "unix socket to listen on")
 	showVersion := flag.Bool("version", false, "print the version and exit")
+	cgroupDir := flag.String("cgroup-dir", "", "dir with the commands' cgroup tasks files (default: next to the socket)")
 	flag.Parse()
 	if *showVersion {
 		fmt.Println(version)
@@ -41,6 +42,11 @@ func main() {
 			log.Printf("PR_SET_CHILD_SUBREAPER: %v", errno)
 		}
 	}
+
+	if *cgroupDir == "" {
+		*cgroupDir = commandCgroupDir(*socket)
+	}
+	cmdCgroups = mustOpenCommandCgroups(*cgroupDir)
 
 	procs := newProcessTable()
 	reaper := startReaper(procs)
@@ -68,7 +74,8 @@ func main() {
 		os.Exit(0)
 	}()
 
-	log.Printf("version %s listening on %s (pid %d)", version, *socket, os.Getpid())
+	log.Printf("version %s listening on %s (pid %d), commands' cgroups: %v",
+		version, *socket, os.Getpid(), cmdCgroups.controllers())
 	err = srv.Serve(ln)
 	// As PID 1 envd must not return: the shutdown goroutine exits the process, and any
 	// other accept failure is logged while children keep running and being reaped.

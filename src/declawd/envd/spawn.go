@@ -244,7 +244,7 @@ func spawn(req *startRequest, table *processTable, r *reaper) (*process, error) 
 
 	argv := shellArgv(req.Cmd)
 	r.spawnMu.RLock()
-	pid, err := syscall.ForkExec(argv[0], argv, &syscall.ProcAttr{Dir: cwd, Env: env, Files: files, Sys: sys})
+	pid, err := cmdCgroups.forkExec(argv[0], argv, &syscall.ProcAttr{Dir: cwd, Env: env, Files: files, Sys: sys})
 	if err == nil {
 		p.pid = pid
 		table.add(p)

@@ -37,6 +37,7 @@ from declawd.runtime import cgroups as cg
 from declawd.runtime import overlay as ovl
 from declawd.runtime.compat import ensure_statx_shim, preload_file
 from declawd.store import Store
+from declawd.templates.model import start_script
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,9 @@ class Node:
             cpu_count=float(rec["cpu_count"]),
             pids=self.settings.default_pids,
         )
+        if runtime == "runc":
+            # gVisor cannot use host cgroup files from inside; see docs/security.md
+            mounts += res.create_command_cgroups(limits.memory_mb << 20, limits.pids)
         return build_spec(
             sandbox_id=rec["sandbox_id"],
             rootfs=res.rootfs,
@@ -273,7 +277,7 @@ class Node:
             netns_path=netns,
             limits=limits,
             mounts=mounts,
-            cgroups_path=f"/{self.settings.instance}/{rec['sandbox_id']}",
+            cgroups_path=res.cgroups_path,
             runtime=runtime,
         )
 
@@ -301,7 +305,11 @@ class Node:
         client = self.client(sandbox_id)
         envs = self.sandbox_envs({**rec, "template_envs": tpl.envs})
         await client.start(
-            tpl.start_cmd, user=tpl.user or "user", envs=envs, cwd=tpl.workdir, tag="start_cmd"
+            start_script(tpl.start_cmd) or "",
+            user=tpl.user or "user",
+            envs=envs,
+            cwd=tpl.workdir,
+            tag="start_cmd",
         )
         if not tpl.ready_cmd:
             return

@@ -1,13 +1,15 @@
 """One sandbox's host-side resources, created in order and torn down in reverse.
 
 `SandboxResources` knows every path and name that a sandbox owns on this machine (its
-directory, overlay mount, envd socket tmpfs, OCI container, network). `teardown()` removes
+directory, overlay mount, envd socket tmpfs, OCI container, commands' cgroup, network).
+`teardown()` removes
 all of them and is idempotent: it runs after a failed create, on kill, and from the startup
 sweep with nothing but the sandbox id, slot and runtime.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from declawd.config import Settings
-from declawd.runtime import OciRuntime, quota
+from declawd.runtime import Mount, OciRuntime, quota
+from declawd.runtime import cgroups as cg
 from declawd.runtime import overlay as ovl
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,8 @@ ENVD_MOUNT_DIR = "/run/declawd"
 ENVD_SOCKET_NAME = "envd.sock"
 ENVD_BIN_IN_SANDBOX = "/opt/declawd/envd"
 ENVD_TMPFS_BYTES = 1 << 20
+# envd finds the commands' cgroup `tasks` files here (next to its socket; see PROTOCOL.md)
+ENVD_CGROUP_DIR = f"{ENVD_MOUNT_DIR}/cgroup"
 
 
 @dataclass
@@ -67,6 +72,21 @@ class SandboxResources:
     @property
     def log_path(self) -> Path:
         return self.dir / "envd.log"
+
+    @property
+    def cgroups_path(self) -> str:
+        return f"/{self.settings.instance}/{self.sandbox_id}"
+
+    def create_command_cgroups(self, memory_bytes: int, pids: int) -> list[Mount]:
+        """Create the commands' child cgroups (runc only) and the mounts that hand their
+        `tasks` files to envd; removed by `teardown` with the sandbox's cgroup."""
+        mounts = []
+        opts = ["bind", "rw", "nosuid", "nodev", "noexec"]
+        for c in cg.create_command_cgroups(self.cgroups_path, memory_bytes, pids):
+            dest = f"{ENVD_CGROUP_DIR}/{c.controller}"
+            mounts.append(Mount(f"{dest}.tasks", str(c.parent_tasks), "bind", opts))
+            mounts.append(Mount(f"{dest}.cmds.tasks", str(c.child_tasks), "bind", opts))
+        return mounts
 
     def prepare_dirs(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +132,11 @@ class SandboxResources:
                 await runtime.kill(self.sandbox_id)
             except Exception:
                 log.exception("kill %s", self.sandbox_id)
+            try:
+                # the commands' child cgroups (and anything the runtime left behind)
+                await asyncio.to_thread(cg.remove_cgroup, self.cgroups_path)
+            except Exception:
+                log.exception("remove cgroup %s", self.cgroups_path)
         for target in (self.envd_dir, self.rootfs):
             try:
                 ovl.unmount(target)

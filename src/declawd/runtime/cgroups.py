@@ -1,7 +1,8 @@
 """Reading and sweeping the cgroups the OCI runtime creates for sandboxes.
 
 The runtime (runc's cgroupfs driver) creates `/<instance>/<sandbox_id>` in every hierarchy;
-here we only read usage from it and remove leftovers after a crash. Invariant:
+here we read usage from it, create the commands' child cgroup below it (pids and memory,
+with a reserve left for envd) and remove leftovers after a crash. Invariant:
 `remove_cgroup` is idempotent and never touches a cgroup outside the given path.
 """
 
@@ -15,6 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# Commands run in `<sandbox cgroup>/cmds`, whose limits stay this far below the sandbox's,
+# so a fork bomb or memory hog hits the child's limit and envd (PID 1, Go: it needs
+# threads and a little memory to keep serving) never starves.
+COMMANDS_CGROUP = "cmds"
+COMMAND_CONTROLLERS: tuple[str, ...] = ("pids", "memory")
+PIDS_RESERVE = 64
+MEMORY_RESERVE_BYTES = 48 << 20
 
 
 @dataclass(frozen=True)
@@ -128,3 +137,50 @@ def remove_cgroup(cgroups_path: str) -> None:
                     time.sleep(0.01)
         else:
             _rmdir_tree(directory)
+
+
+@dataclass(frozen=True)
+class CommandCgroup:
+    """One controller's `tasks` files: the sandbox's cgroup (envd) and the commands' child."""
+
+    controller: str
+    parent_tasks: Path
+    child_tasks: Path
+
+
+def command_limits(memory_bytes: int, pids: int) -> tuple[int, int]:
+    """(memory, pids) limits of the commands' cgroup: the reserve, but never below half."""
+    return (
+        max(memory_bytes - MEMORY_RESERVE_BYTES, memory_bytes // 2),
+        max(pids - PIDS_RESERVE, pids // 2, 1),
+    )
+
+
+def create_command_cgroups(cgroups_path: str, memory_bytes: int, pids: int) -> list[CommandCgroup]:
+    """Create `<cgroups_path>/cmds` in the pids and memory hierarchies with lowered limits.
+
+    Runs before the runtime starts the container: runc adopts the existing sandbox cgroup
+    and sets its own limits on it; the `tasks` files returned are bind-mounted into the
+    container for envd. cgroup v2 (no per-thread `tasks`) gets nothing. `remove_cgroup`
+    removes the child with its parent.
+    """
+    rel = _rel(cgroups_path)
+    if _unified():
+        return []
+    h = _hierarchies()
+    mem_limit, pids_limit = command_limits(memory_bytes, pids)
+    out: list[CommandCgroup] = []
+    for controller in COMMAND_CONTROLLERS:
+        parent = h[controller] / rel
+        child = parent / COMMANDS_CGROUP
+        child.mkdir(parents=True, exist_ok=True)
+        if controller == "pids":
+            (child / "pids.max").write_text(str(pids_limit))
+        else:
+            (child / "memory.limit_in_bytes").write_text(str(mem_limit))
+            # no swap for commands either (the sandbox has memsw == limit)
+            memsw = child / "memory.memsw.limit_in_bytes"
+            if memsw.exists():
+                memsw.write_text(str(mem_limit))
+        out.append(CommandCgroup(controller, parent / "tasks", child / "tasks"))
+    return out

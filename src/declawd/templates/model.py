@@ -1,8 +1,9 @@
 """The `Template` a sandbox starts from: metadata plus its read-only layer dirs.
 
 Invariant: `layer_paths` are ordered lowest first and are never written to; the node
-stacks them as overlay lower dirs under a per-sandbox upper dir. `start_cmd` is the command
-as the node runs it: the template's start command with its output sent to START_LOG.
+stacks them as overlay lower dirs under a per-sandbox upper dir. `start_cmd` is the
+template's command as written; the node runs `start_script(start_cmd)`, which sends its
+output to START_LOG.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def template_from_record(rec: dict[str, Any], layer_fs: Callable[[str], Path]) -
         user=rec.get("user") or DEFAULT_USER,
         workdir=rec.get("workdir") or DEFAULT_WORKDIR,
         envs=dict(rec.get("envs") or {}),
-        start_cmd=start_script(rec.get("start_cmd")),
+        start_cmd=rec.get("start_cmd"),
         ready_cmd=rec.get("ready_cmd"),
         ready_timeout=rec.get("ready_timeout"),
         cpu_count=rec.get("cpu_count"),
