@@ -225,7 +225,6 @@ async def create_pty(sandbox_id: str, request: Request, team: Team = Depends(cur
     if timeout:
         svc = services(request)
         svc.node.spawn(_kill_later(client, pid, timeout))
-    request.app.state.__dict__.setdefault("pty_attached", set())
     return {"pid": pid}
 
 
@@ -243,9 +242,9 @@ async def pty_stream(
     n = _pid(pid)
     # The first subscriber sees the output from the start (the prompt printed before it
     # connected); later subscribers see output from when they connect.
-    attached: set[tuple[str, int]] = request.app.state.__dict__.setdefault("pty_attached", set())
-    since = -1 if (sandbox_id, n) in attached else 0
-    attached.add((sandbox_id, n))
+    attached = services(request).node.pty_subscribed.setdefault(sandbox_id, set())
+    since = -1 if n in attached else 0
+    attached.add(n)
     with envd_errors(f"pty {pid}"):
         procs = {p.pid: p for p in await client.list()}
     if n not in procs or not procs[n].is_pty:

@@ -78,6 +78,8 @@ class Node:
         self.gateway = Gateway(settings)
         self.daemon = GatewayDaemon(settings)
         self._clients: dict[str, EnvdClient] = {}
+        # PTY pids per sandbox that already had a stream subscriber (later ones attach "now").
+        self.pty_subscribed: dict[str, set[int]] = {}
         self._kill_locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -127,6 +129,7 @@ class Node:
         return c
 
     async def _drop_client(self, sandbox_id: str) -> None:
+        self.pty_subscribed.pop(sandbox_id, None)
         c = self._clients.pop(sandbox_id, None)
         if c is not None:
             with contextlib.suppress(Exception):
