@@ -292,6 +292,10 @@ class OwnServer:
         return {"api_key": self.key, "domain": f"localhost:{self.port}"}
 
     def snapshot(self) -> dict[str, int]:
+        return snapshot(self.settings)
+
+    def baseline(self) -> dict[str, int]:
+        """Counts when nothing is in flight (see quiet_snapshot)."""
         return quiet_snapshot(self.settings)
 
     def listed_ids(self) -> set[str]:

@@ -55,7 +55,7 @@ def baseline(own: OwnServer) -> dict[str, int]:
     if own.proc is None or own.proc.poll() is not None:
         own.start()
     assert own.listed_ids() == set()
-    return own.snapshot()
+    return own.baseline()
 
 
 def _latest_sandbox(own: OwnServer) -> tuple[str, str]:

@@ -128,7 +128,7 @@ def _probe_once(s: Sandbox, expr: str) -> str:
 def test_server_kill9_keeps_sandboxes_timeouts_and_rules(own: OwnServer, runtime: str) -> None:
     if own.proc is None or own.proc.poll() is not None:
         own.start()
-    baseline = own.snapshot()
+    baseline = own.baseline()
     a = _locked(own, runtime)
     b = Sandbox.create(
         template="base", timeout=40, metadata={"declaw.runtime": runtime}, **own.sdk_opts()
@@ -206,7 +206,7 @@ def test_server_kill9_keeps_sandboxes_timeouts_and_rules(own: OwnServer, runtime
 def test_gateway_daemon_kill9_fails_closed_and_recovers(own: OwnServer, runtime: str) -> None:
     if own.proc is None or own.proc.poll() is not None:
         own.start()
-    baseline = own.snapshot()
+    baseline = own.baseline()
     pid_path = own.settings.gateway_dir / "gateway.pid"
     s = _locked(own, runtime)
     try:

@@ -469,7 +469,9 @@ def test_idle_clients_capped_per_sandbox_and_closed_at_peek_timeout(
         background=True,
     )
     assert _eventually(lambda: a.files.exists("/tmp/idle"), 90)
-    snap = json.loads(a.files.read("/tmp/idle"))
+    # Under gVisor the proxy's RST can arrive before the connect completes (connect then
+    # reports ECONNRESET); either way the verdict is the proxy's reset.
+    snap = [x.removeprefix("connect:") for x in json.loads(a.files.read("/tmp/idle"))]
     counts = {k: snap.count(k) for k in set(snap)}
     print(f"\nidle clients snapshot: {counts}")
     # Every connection was accepted by the node (the address is allowed); at most the cap
@@ -481,7 +483,7 @@ def test_idle_clients_capped_per_sandbox_and_closed_at_peek_timeout(
     assert probe(b, 'tls_get("api.openai.com")') == "OK:HTTP/1.1 200 OK"
     a.commands.run("touch /tmp/go")
     assert _eventually(lambda: a.files.exists("/tmp/idle.final"), 150)
-    final = json.loads(a.files.read("/tmp/idle.final"))
+    final = [x.removeprefix("connect:") for x in json.loads(a.files.read("/tmp/idle.final"))]
     # The held ones sent a partial ClientHello and then nothing: reset at the peek timeout.
     assert set(final) == {"ECONNRESET"}, {k: final.count(k) for k in set(final)}
     events = _events(client, a.sandbox_id, kind="connection", verdict="deny")
