@@ -123,12 +123,14 @@ async def kill_command(
 
 
 @router.post("/sandboxes/{sandbox_id}/commands/{pid}/stdin")
-async def command_stdin(
+@router.post("/sandboxes/{sandbox_id}/pty/{pid}/stdin")
+async def text_stdin(
     sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
 ) -> Any:
     _, client = await sandbox_client(request, team, sandbox_id)
     body = await json_body(request)
     data = field(body, "data", str, required=True)
+    # Plain text for commands and PTYs alike (stdio's stdin is base64, below).
     with envd_errors(f"process {pid}"):
         await client.send_stdin(_pid(pid), data.encode())
     return {"ok": True}
@@ -258,18 +260,6 @@ async def pty_stream(
             yield ("data", {"data": base64.b64encode(ev.data).decode()})
 
     return sse(events())
-
-
-@router.post("/sandboxes/{sandbox_id}/pty/{pid}/stdin")
-async def pty_stdin(
-    sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
-) -> Any:
-    _, client = await sandbox_client(request, team, sandbox_id)
-    body = await json_body(request)
-    data = field(body, "data", str, required=True)
-    with envd_errors(f"pty {pid}"):
-        await client.send_stdin(_pid(pid), data.encode())
-    return {"ok": True}
 
 
 @router.patch("/sandboxes/{sandbox_id}/pty/{pid}")
