@@ -1,9 +1,9 @@
 """The node: sandbox lifecycle on one machine (create, kill, timeouts, policy, reconcile).
 
-Create runs a fixed sequence of steps (record → slot → network → gateway → rootfs →
-container → envd → start command); every step that succeeded is undone when a later one
-fails, so a failed create leaves no netns, veth, nft chain, mount, cgroup or process, and
-the store says `failed`. The store is the source of truth across restarts: `start()`
+Create runs its steps in order (record → slot → [network → gateway] alongside [rootfs →
+spec] → container → envd → start command); every step that succeeded is undone when a
+later one fails (a failing branch first waits for the other), so a failed create leaves no
+netns, veth, nft chain, mount, cgroup or process, and the store says `failed`. The store is the source of truth across restarts: `start()`
 reconciles it with what the runtime, the mounts and the network really hold.
 """
 
@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from declawd.config import Settings
 from declawd.egress.network import Gateway, SandboxNetwork
@@ -84,6 +88,7 @@ class Node:
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.envd_binary: Path | None = None
+        self._compat: tuple[Path, Path] | None = None
 
     # start / stop -----------------------------------------------------------------
     async def start(self) -> None:
@@ -124,8 +129,11 @@ class Node:
     def client(self, sandbox_id: str) -> EnvdClient:
         c = self._clients.get(sandbox_id)
         if c is None:
-            sock = SandboxResources(self.settings, sandbox_id).envd_socket
-            c = self._clients[sandbox_id] = EnvdClient(str(sock))
+            sock = str(SandboxResources(self.settings, sandbox_id).envd_socket)
+            # httpx builds and loads a CA store into a fresh SSL context for every transport
+            # (~30 ms on the event loop, per create); envd speaks plain HTTP, so share one.
+            transport = httpx.AsyncHTTPTransport(uds=sock, verify=_unused_tls_context())
+            c = self._clients[sandbox_id] = EnvdClient(sock, transport=transport)
         return c
 
     async def _drop_client(self, sandbox_id: str) -> None:
@@ -185,24 +193,34 @@ class Node:
         runtime = self._runtime(runtime_name)
         net: SandboxNetwork | None = None
         started = time.monotonic()
+
+        async def network(planned: SandboxNetwork) -> None:
+            nonlocal net
+            net = planned  # before the await: the undo also destroys a half-made network
+            await SandboxNetwork.create(self.settings, sandbox_id, planned.slot, policy)
+            fault_point("create.after_network")
+            await asyncio.to_thread(
+                self.store.update_sandbox, sandbox_id, slot=planned.slot, address=planned.address
+            )
+            await self.daemon.upsert(sandbox_id, planned.slot, planned.address, policy.to_wire())
+            fault_point("create.after_gateway")
+
+        async def rootfs(planned: SandboxNetwork) -> None:
+            # Addresses and netns path follow from the slot alone (no I/O), so the rootfs
+            # can be made while the network branch is still creating them.
+            await asyncio.to_thread(self._prepare_rootfs, res, tpl, planned)
+            fault_point("create.after_rootfs")
+            await asyncio.to_thread(self._write_spec, rec, tpl, res, planned, runtime_name)
+
         try:
             fault_point("create.after_record")
             slot = await asyncio.to_thread(self.store.allocate_slot, sandbox_id)
             fault_point("create.after_slot")
-            net = await SandboxNetwork.create(self.settings, sandbox_id, slot, policy)
-            fault_point("create.after_network")
-            await asyncio.to_thread(
-                self.store.update_sandbox, sandbox_id, slot=slot, address=net.address
+            planned = SandboxNetwork.attach(self.settings, sandbox_id, slot)
+            await _all_settled(network(planned), rootfs(planned))
+            await runtime.run_detached(
+                res.dir, sandbox_id, planned.netns_path, log_path=res.log_path
             )
-            await self.daemon.upsert(sandbox_id, slot, net.address, policy.to_wire())
-            fault_point("create.after_gateway")
-            await asyncio.to_thread(res.prepare_dirs)
-            res.write_network_files(sandbox_id, net.address, net.gateway_address)
-            await asyncio.to_thread(res.mount, list(tpl.layer_paths))
-            fault_point("create.after_rootfs")
-            spec = self._spec(rec, tpl, res, net.netns_path, runtime_name)
-            (res.dir / "config.json").write_text(_json(spec))
-            await runtime.run_detached(res.dir, sandbox_id, net.netns_path, log_path=res.log_path)
             fault_point("create.after_container")
             client = self.client(sandbox_id)
             await self._wait_envd(client, res)
@@ -232,6 +250,18 @@ class Node:
         out = await asyncio.to_thread(self.store.get_sandbox, sandbox_id)
         assert out is not None
         return out
+
+    def _prepare_rootfs(self, res: SandboxResources, tpl: Any, net: SandboxNetwork) -> None:
+        """Quota disk, /etc network files in the upper dir, overlay + envd tmpfs (blocking)."""
+        res.prepare_dirs()
+        res.write_network_files(res.sandbox_id, net.address, net.gateway_address)
+        res.mount(list(tpl.layer_paths))
+
+    def _write_spec(
+        self, rec: dict[str, Any], tpl: Any, res: SandboxResources, net: SandboxNetwork, rt: str
+    ) -> None:
+        spec = self._spec(rec, tpl, res, net.netns_path, rt)
+        (res.dir / "config.json").write_text(_json(spec))
 
     def _spec(
         self, rec: dict[str, Any], tpl: Any, res: SandboxResources, netns: str, runtime: str
@@ -285,20 +315,25 @@ class Node:
         )
 
     def _runsc_compat(self) -> tuple[Path, Path]:
-        bindir = self.settings.state_dir / "bin"
-        shim = ensure_statx_shim(bindir / "statx-shim.so")
-        return shim, preload_file(STATX_SHIM_IN_SANDBOX, bindir / "ld.so.preload")
+        # Built or checked once per process (hashing the source and comparing stamps on
+        # every create was pure overhead); concurrent first builds are safe (atomic replace).
+        if self._compat is None:
+            bindir = self.settings.state_dir / "bin"
+            shim = ensure_statx_shim(bindir / "statx-shim.so")
+            self._compat = shim, preload_file(STATX_SHIM_IN_SANDBOX, bindir / "ld.so.preload")
+        return self._compat
 
     async def _wait_envd(self, client: EnvdClient, res: SandboxResources) -> None:
         deadline = time.monotonic() + ENVD_READY_TIMEOUT
-        delay = 0.002
+        delay = 0.001
         while time.monotonic() < deadline:
             if res.envd_socket.exists():
                 with contextlib.suppress(Exception):
                     if await client.health():
                         return
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            # the socket shows up ~0-15 ms after `run --detach`; a short cap wastes little
+            delay = min(delay * 1.5, 0.01)
         tail = ""
         with contextlib.suppress(OSError):
             tail = res.log_path.read_text(errors="replace")[-500:]
@@ -531,6 +566,28 @@ def _envd_listening(sandbox_id: str, node: Node) -> bool:
         except OSError:
             return False
     return True
+
+
+async def _all_settled(*coros: Any) -> None:
+    """Run create branches concurrently and return once every one has finished (also when
+    one fails or the caller is cancelled: blocking steps run in threads that cannot be
+    interrupted), so the undo sees everything they made; then raise the first failure."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        await asyncio.wait(tasks)  # not cancelled: let them finish, the undo follows
+        raise
+    for t in tasks:
+        exc = t.exception()
+        if exc is not None:
+            raise exc
+
+
+@functools.cache
+def _unused_tls_context() -> ssl.SSLContext:
+    """A client TLS context with no CA loaded: fails closed if ever used for https."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def _json(obj: Any) -> str:
