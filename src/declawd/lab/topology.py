@@ -8,6 +8,7 @@ belongs to `declawd.egress.network.ensure_lab_link`. Also: entering a netns from
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import json
@@ -103,9 +104,16 @@ def ensure_lab_route(settings: Settings) -> bool:
 
 
 def remove_lab_netns(settings: Settings) -> None:
-    """Idempotent teardown; deleting the netns also destroys `up0` and its peer `lab0`."""
+    """Idempotent teardown of the lab netns and its link to the gateway.
+
+    `up0` is deleted explicitly first: a netns whose last reference is still being
+    dropped is destroyed asynchronously by the kernel, which would leave `lab0` in the
+    gateway netns for a moment after this returns.
+    """
     name = settings.lab_netns
     if netns_exists(name):
+        with contextlib.suppress(TopologyError):
+            _ip("link", "delete", "up0", netns=name)
         try:
             _ip("netns", "delete", name)
         except TopologyError:
