@@ -117,3 +117,18 @@ def _wait_for(cond, timeout: float) -> None:  # type: ignore[no-untyped-def]
 @pytest.fixture(params=RUNTIMES)
 def runtime(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def own() -> Iterator[object]:
+    """A lab + server of a module's own (tests may kill -9 and restart it); see leaks.OwnServer."""
+    from tests.e2e.leaks import OwnServer  # leaks imports this module
+
+    srv = OwnServer()
+    srv.down()
+    srv.start_lab()
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.close()

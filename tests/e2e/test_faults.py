@@ -12,7 +12,6 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -35,18 +34,6 @@ CREATE_STEPS = [
 ]
 KILL_STEPS = ["before_runtime", "after_runtime", "after_gateway", "after_network"]
 RUNSC_CREATE_STEPS = ["after_container", "after_envd"]
-
-
-@pytest.fixture(scope="module")
-def own() -> Iterator[OwnServer]:
-    srv = OwnServer()
-    srv.down()
-    srv.start_lab()
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.close()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from declaw import ALL_TRAFFIC, NetworkPolicy, Sandbox, SecurityPolicy
@@ -73,18 +72,6 @@ while time.time() < end and not os.path.exists("/tmp/stop"):
         out.write(json.dumps({"kind": kind, "t0": t0, "t1": time.time(), "r": r}) + "\n")
     time.sleep(0.002 if only else 0.02)
 """
-
-
-@pytest.fixture(scope="module")
-def own() -> Iterator[OwnServer]:
-    srv = OwnServer()
-    srv.down()
-    srv.start_lab()
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.close()
 
 
 def _locked(own: OwnServer, runtime: str, timeout: int = 300) -> Sandbox:
