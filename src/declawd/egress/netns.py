@@ -86,8 +86,15 @@ async def delete_netns(name: str) -> None:
 
 async def sysctl(netns: str, key: str, value: str) -> None:
     """Write a sysctl as seen from inside `netns` (net.* is per namespace)."""
-    path = "/proc/sys/" + key.replace(".", "/")
-    await run("sh", "-c", f"echo {value} > {path}", netns=netns)
+    await sysctls(netns, {key: value})
+
+
+async def sysctls(netns: str, values: dict[str, str]) -> None:
+    """Write several sysctls inside `netns` with one process."""
+    script = "; ".join(
+        f"echo {value} > /proc/sys/{key.replace('.', '/')}" for key, value in values.items()
+    )
+    await run("sh", "-ec", script, netns=netns)
 
 
 # nft ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ sandbox's chains, sets and map elements (rules survive a server restart).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import re
@@ -29,6 +30,7 @@ from declawd.egress.netns import (
     nft,
     run,
     sysctl,
+    sysctls,
 )
 from declawd.egress.policy import EgressPolicy
 
@@ -215,18 +217,32 @@ class SandboxNetwork:
         await run("ip", "-n", gw, "link", "del", s, check=False)  # stale slot leftovers
         await run("ip", "link", "add", s, "netns", gw, "type", "veth",
                   "peer", "name", "eth0", "netns", sbx)  # fmt: skip
+        # Four independent steps, each one process (or in-process nft), run concurrently;
+        # all of them finish before a failure propagates, so `destroy` never races one.
         # The alias ties the slot to its sandbox, so `sweep` can tell what to keep.
-        await run("ip", "-n", gw, "link", "set", s, "alias", self.sandbox_id)
-        await sysctl(sbx, "net.ipv6.conf.all.disable_ipv6", "1")
-        await sysctl(sbx, "net.ipv6.conf.default.disable_ipv6", "1")
-        await sysctl(sbx, "net.ipv6.conf.eth0.disable_ipv6", "1")
-        await nft(gw, nftc.sandbox_add_script(self.slot, self.address, policy))
-        await run("ip", "-n", gw, "addr", "replace", f"{self.gateway_address}/30", "dev", s)
-        await run("ip", "-n", gw, "link", "set", s, "up")
-        await run("ip", "-n", sbx, "link", "set", "lo", "up")
-        await run("ip", "-n", sbx, "addr", "replace", f"{self.address}/30", "dev", "eth0")
-        await run("ip", "-n", sbx, "link", "set", "eth0", "up")
-        await run("ip", "-n", sbx, "route", "replace", "default", "via", self.gateway_address)
+        gw_batch = (
+            f"link set {s} alias {self.sandbox_id}\n"
+            f"addr replace {self.gateway_address}/30 dev {s}\n"
+            f"link set {s} up\n"
+        )
+        sbx_batch = (
+            "link set lo up\n"
+            f"addr replace {self.address}/30 dev eth0\n"
+            "link set eth0 up\n"
+            f"route replace default via {self.gateway_address}\n"
+        )
+        results = await asyncio.gather(
+            sysctls(
+                sbx, {f"net.ipv6.conf.{d}.disable_ipv6": "1" for d in ("all", "default", "eth0")}
+            ),
+            nft(gw, nftc.sandbox_add_script(self.slot, self.address, policy)),
+            run("ip", "-n", gw, "-batch", "-", stdin=gw_batch),
+            run("ip", "-n", sbx, "-batch", "-", stdin=sbx_batch),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def update_policy(self, policy: EgressPolicy) -> None:
         """Replace rules and CIDR sets in one transaction, then cut disallowed flows."""
