@@ -111,6 +111,8 @@ async def list_commands(
 
 
 @router.delete("/sandboxes/{sandbox_id}/commands/{pid}")
+@router.delete("/sandboxes/{sandbox_id}/pty/{pid}")
+@router.delete("/sandboxes/{sandbox_id}/stdio/{pid}")  # pid is the stdio cmd_id
 async def kill_command(
     sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
 ) -> Any:
@@ -274,13 +276,6 @@ async def pty_resize(
     return {"ok": True}
 
 
-@router.delete("/sandboxes/{sandbox_id}/pty/{pid}")
-async def pty_kill(
-    sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
-) -> Any:
-    return await kill_command(sandbox_id, pid, request, team)
-
-
 # --- stdio ----------------------------------------------------------------------------
 @router.post("/sandboxes/{sandbox_id}/stdio")
 async def stdio_start(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
@@ -317,13 +312,6 @@ async def stdio_close(
     with envd_errors(f"stdio {cmd_id}"):
         await client.close_stdin(_pid(cmd_id))
     return {"ok": True}
-
-
-@router.delete("/sandboxes/{sandbox_id}/stdio/{cmd_id}")
-async def stdio_kill(
-    sandbox_id: str, cmd_id: str, request: Request, team: Team = Depends(current_team)
-) -> Any:
-    return await kill_command(sandbox_id, cmd_id, request, team)
 
 
 @router.get("/sandboxes/{sandbox_id}/stdio/{cmd_id}/stream")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import secrets
 import ssl
@@ -84,6 +85,8 @@ class Node:
         self._clients: dict[str, EnvdClient] = {}
         # PTY pids per sandbox that already had a stream subscriber (later ones attach "now").
         self.pty_subscribed: dict[str, set[int]] = {}
+        # Last (monotonic time, cpu ns) per sandbox, for the CPU % between two metrics calls.
+        self._cpu_prev: dict[str, tuple[float, int]] = {}
         self._kill_locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -138,6 +141,7 @@ class Node:
 
     async def _drop_client(self, sandbox_id: str) -> None:
         self.pty_subscribed.pop(sandbox_id, None)
+        self._cpu_prev.pop(sandbox_id, None)
         c = self._clients.pop(sandbox_id, None)
         if c is not None:
             with contextlib.suppress(Exception):
@@ -261,7 +265,7 @@ class Node:
         self, rec: dict[str, Any], tpl: Any, res: SandboxResources, net: SandboxNetwork, rt: str
     ) -> None:
         spec = self._spec(rec, tpl, res, net.netns_path, rt)
-        (res.dir / "config.json").write_text(_json(spec))
+        (res.dir / "config.json").write_text(json.dumps(spec, indent=1))
 
     def _spec(
         self, rec: dict[str, Any], tpl: Any, res: SandboxResources, netns: str, runtime: str
@@ -433,12 +437,12 @@ class Node:
         stats = cg.read_stats(f"/{self.settings.instance}/{sandbox_id}")
         disk = dir_size(SandboxResources(self.settings, sandbox_id).upper)
         cpu_count = float(rec.get("cpu_count") or 1)
-        prev = getattr(self, "_cpu_prev", {}).get(sandbox_id)
+        prev = self._cpu_prev.get(sandbox_id)
         now = time.monotonic()
         pct = 0.0
         if prev is not None and now > prev[0]:
             pct = (stats.cpu_usage_ns - prev[1]) / ((now - prev[0]) * 1e9) * 100 / cpu_count
-        self.__dict__.setdefault("_cpu_prev", {})[sandbox_id] = (now, stats.cpu_usage_ns)
+        self._cpu_prev[sandbox_id] = (now, stats.cpu_usage_ns)
         return {
             "cpu_usage_percent": round(max(0.0, pct), 2),
             "memory_usage_mb": round(stats.memory_bytes / 2**20, 2),
@@ -588,9 +592,3 @@ async def _all_settled(*coros: Any) -> None:
 def _unused_tls_context() -> ssl.SSLContext:
     """A client TLS context with no CA loaded: fails closed if ever used for https."""
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, indent=1)
