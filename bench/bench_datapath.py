@@ -25,10 +25,12 @@ from common import Report, header, summary
 
 from declawd.config import Settings
 from declawd.egress import nft as nftc
-from declawd.egress.netns import delete_netns, forget_netns, netns_path, nft_sync, run
 from declawd.egress.network import Gateway, SandboxNetwork, slot_addresses
+from declawd.egress.nftctl import forget_netns, nft_sync
 from declawd.egress.nftsets import NftSets, admit_command, resolved_set
 from declawd.egress.policy import EgressPolicy
+from declawd.host import delete_netns, netns_path, run
+from declawd.upstream import choose_upstream
 
 POLICY = EgressPolicy.parse(["203.0.113.10/32", "api.openai.com"], ["0.0.0.0/0"])
 PRESENT = (1, 100, 500)
@@ -127,7 +129,7 @@ def _time(rounds: int, op: Callable[[int], object]) -> list[float]:
 
 
 async def create_bench(settings: Settings, count: int = 10) -> list[float]:
-    gw = Gateway(settings)
+    gw = Gateway(settings, choose_upstream(settings))
     try:
         await gw.ensure()
         ms = []

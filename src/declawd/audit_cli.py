@@ -3,6 +3,7 @@
 A thin shell over `declawd.client`: the paged route, or with `--follow` the SSE stream from
 the first event on (no gap, no repeat) until Ctrl-C or the sandbox ends. Connection settings come
 from DECLAW_DOMAIN / DECLAW_API_KEY (or the flags), exactly as for the official SDK.
+`register` mounts it as a single command, so its usage line is `declawd audit SANDBOX`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,6 @@ from datetime import datetime
 import typer
 
 from declawd.client import AuditEvent, DeclawdClient, DeclawdError
-
-# A group whose callback is the command, so `declawd audit SANDBOX --follow` parses as one
-# command line when the lead mounts it with add_typer (options may follow the argument).
-app = typer.Typer(
-    add_completion=False, help=__doc__, context_settings={"allow_interspersed_args": True}
-)
 
 
 def format_event(e: AuditEvent) -> str:
@@ -56,17 +51,22 @@ def _matches(e: AuditEvent, verdict: str | None, kind: str | None, start: float 
     )
 
 
-@app.callback(invoke_without_command=True)
 def audit(
     sandbox: str = typer.Argument(..., help="sandbox id"),
-    follow: bool = typer.Option(False, "--follow", "-f", help="stream live events"),
-    verdict: str | None = typer.Option(None, help="allow | deny"),
-    kind: str | None = typer.Option(None, help="dns | connection"),
-    since: str | None = typer.Option(None, help="ISO-8601 time or unix timestamp"),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="from the first event on, keep printing new ones"
+    ),
+    verdict: str | None = typer.Option(None, help="only allow or only deny"),
+    kind: str | None = typer.Option(None, help="only dns or only connection events"),
+    since: str | None = typer.Option(None, help="only from this ISO-8601 time or unix timestamp"),
     domain: str | None = typer.Option(None, help="server (default: $DECLAW_DOMAIN)"),
     api_key: str | None = typer.Option(None, help="API key (default: $DECLAW_API_KEY)"),
 ) -> None:
-    """Print the sandbox's audit events; --follow keeps streaming new ones."""
+    """Print a sandbox's network audit events (DNS answers and connections), one per line.
+
+    Each line shows the time, kind, verdict (allow or deny), destination and reason.
+    With --follow the command keeps streaming new events until Ctrl-C or the sandbox ends.
+    """
     with DeclawdClient(api_key=api_key, domain=domain) as client:
         try:
             if follow:
@@ -84,3 +84,8 @@ def audit(
         except DeclawdError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
+
+
+def register(app: typer.Typer) -> None:
+    """Mount `audit` on the `declawd` command as one command: `declawd audit SANDBOX`."""
+    app.command("audit")(audit)

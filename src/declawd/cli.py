@@ -1,46 +1,35 @@
-"""The `declawd` command: server, keys, templates, lab, gateway daemon, audit.
+"""The `declawd` command: one typer app that mounts the command group of each package.
 
-Each sub-command group lives with the package it drives (e.g. `declawd.lab.cli`) and is
-imported lazily so that `declawd --help` stays fast and one broken group cannot hide the rest.
+Each group lives with the package it drives (`declawd.lab.cli`, `declawd.store.cli`, ...)
+and is imported here like any module. Invariant: a group that fails to import makes
+`declawd` itself fail with that error; it never turns into a silently missing command.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+from declawd import audit_cli
+from declawd.api import cli as server_cli
+from declawd.egress.cli import app as gateway_app
+from declawd.lab.cli import app as lab_app
+from declawd.store.cli import app as keys_app
+from declawd.templates.cli import app as template_app
 
-# (command group name, module path, attribute) — each module defines a typer.Typer.
-_GROUPS = [
-    ("keys", "declawd.store.cli", "app"),
-    ("template", "declawd.templates.cli", "app"),
-    ("lab", "declawd.lab.cli", "app"),
-    ("gateway", "declawd.egress.cli", "app"),
-    ("audit", "declawd.audit_cli", "app"),
-]
+HELP = """Run declawd: sandboxes for AI-written code, driven by the official Declaw SDK.
 
+Start the API server with `declawd server`, give your team a key with `declawd keys create`,
+then point the SDK at it with DECLAW_DOMAIN and DECLAW_API_KEY.
+"""
 
-def _register_groups() -> None:
-    for name, module, attr in _GROUPS:
-        try:
-            sub = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-        app.add_typer(sub, name=name)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
 
-
-def _register_commands() -> None:
-    try:
-        server_cli = importlib.import_module("declawd.api.cli")
-    except ImportError:
-        return
-    server_cli.register(app)
-
-
-_register_groups()
-_register_commands()
+server_cli.register(app)
+audit_cli.register(app)
+app.add_typer(keys_app, name="keys")
+app.add_typer(template_app, name="template")
+app.add_typer(lab_app, name="lab")
+app.add_typer(gateway_app, name="gateway")
 
 
 def main() -> None:

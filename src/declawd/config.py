@@ -34,6 +34,10 @@ class Settings:
     default_pids: int = 1024
     # Per-sandbox disk quota (loop-mounted ext4 upper, runtime/quota.py); 0 disables it.
     disk_quota_mb: int = 10240
+    # Test-only: fault points for the e2e fault suite (node/faults.py), read once at start.
+    faults: str = ""
+    # Gateway proxy: time from a client's first byte to a complete ClientHello / request head.
+    handshake_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -63,6 +67,8 @@ class Settings:
             raise ValueError("default_timeout: must be positive and at most max_timeout")
         if self.disk_quota_mb < 0:
             raise ValueError("disk_quota_mb: must be 0 (no quota) or a positive size in MiB")
+        if not self.handshake_timeout > 0:
+            raise ValueError("handshake_timeout: must be a positive number of seconds")
 
     # Derived paths -----------------------------------------------------------------
     @property
@@ -120,6 +126,11 @@ def _coerce(name: str, type_name: str, raw: str) -> object:
             return int(raw)
         except ValueError as exc:
             raise ValueError(f"{_ENV_PREFIX}{name.upper()}: not an integer: {raw!r}") from exc
+    if type_name == "float":
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ValueError(f"{_ENV_PREFIX}{name.upper()}: not a number: {raw!r}") from exc
     if "list" in type_name:
         return [p.strip() for p in raw.split(",") if p.strip()]
     return raw

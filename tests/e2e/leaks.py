@@ -103,7 +103,8 @@ def _live_in_store(settings: Settings) -> int:
     con = sqlite3.connect(settings.db_path, timeout=10)
     try:
         row = con.execute(
-            "SELECT count(*) FROM sandboxes WHERE state IN ('creating', 'running')"
+            # Sandboxes that may still hold host resources (a killed one until its teardown ends).
+            "SELECT count(*) FROM sandboxes WHERE released = 0"
         ).fetchone()
         return int(row[0])
     finally:

@@ -209,7 +209,7 @@ def test_audit_stream_ends_with_the_sandbox_and_cli_follow(
         _lookup(s, "api.openai.com", "evil.com")
         _wait_events(client, s.sandbox_id, lambda ev: any(e.name == "evil.com" for e in ev))
         cli = typer.Typer()
-        cli.add_typer(audit_cli.app, name="audit")  # as `declawd audit` registers it
+        audit_cli.register(cli)  # as `declawd` registers it
         runner = CliRunner()
         plain = runner.invoke(cli, ["audit", s.sandbox_id, "--verdict", "deny"])
         assert plain.exit_code == 0, plain.output

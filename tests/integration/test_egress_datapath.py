@@ -20,12 +20,13 @@ import pytest
 
 from declawd.config import Settings
 from declawd.egress import nft as nftc
-from declawd.egress.netns import NftError, netns_exists, netns_path, nft_sync
 from declawd.egress.network import Gateway, SandboxNetwork, count_resources, sweep
 from declawd.egress.nfnetlink import NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, Element, ipv4_element
-from declawd.egress.nftsets import NftError as SetsError
+from declawd.egress.nftctl import NftError, nft_sync
 from declawd.egress.nftsets import NftSets
 from declawd.egress.policy import EgressPolicy
+from declawd.host import in_netns, netns_exists, netns_path
+from declawd.lab.upstream import LabUpstream
 
 pytestmark = [
     pytest.mark.integration,
@@ -140,7 +141,7 @@ print(json.dumps(out), flush=True)
 
 
 def nsenter(netns: str, *argv: str) -> list[str]:
-    return ["nsenter", f"--net={netns_path(netns)}", *argv]
+    return in_netns(argv, netns)
 
 
 def probe(sbx: SandboxNetwork, *calls: list[object]) -> list[str]:
@@ -181,7 +182,7 @@ def env() -> Iterator[Env]:
     subprocess.run(["/work/shared/tools/egress-guard"], check=False, capture_output=True)
     tmp = Path(tempfile.mkdtemp(prefix="dcwtdp-"))
     settings = Settings(state_dir=tmp, instance="dcwtdp", pool="10.199.0.0/16", lab=True)
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, LabUpstream(settings))
     procs: list[subprocess.Popen[str]] = []
     try:
         asyncio.run(gateway.ensure())
@@ -336,7 +337,7 @@ def test_rules_survive_gateway_ensure(env: Env, sandboxes: list[SandboxNetwork])
     pol = EgressPolicy.parse([f"{GOOD}/32"], ["0.0.0.0/0"])
     sandboxes.append(sbx := env.sandbox("sbx-000000000013", 13, pol))
     before = _chain_rules(env.gw)
-    asyncio.run(Gateway(env.settings).ensure())  # what a server restart does
+    asyncio.run(Gateway(env.settings, LabUpstream(env.settings)).ensure())  # a server restart
     assert _chain_rules(env.gw) == before
     assert probe(sbx, ["tcp", GOOD, 8080], ["tcp", EVIL, 8080]) == [f"ok:lab:{GOOD}", "refused"]
 
@@ -448,14 +449,14 @@ def test_netlink_admit_feeds_the_datapath_and_reports_errors(
         sets.admit(21, {EVIL: 300})
         assert _r4(env.gw, 21) == {EVIL: 300}
         assert probe(sbx, ["tcp", EVIL, 8080]) == [f"ok:proxy:{EVIL}:8080"]
-        with pytest.raises(SetsError, match="r4_999: No such file"):
+        with pytest.raises(NftError, match="r4_999: No such file"):
             sets.admit(999, {GOOD: 60})  # no such set
-        with pytest.raises(SetsError, match="a4_21: Invalid argument"):
+        with pytest.raises(NftError, match="a4_21: Invalid argument"):
             sets._netlink._sock.setelems(  # type: ignore[union-attr]
                 nftc.TABLE, "a4_21", [(NFT_MSG_NEWSETELEM, [ipv4_element(GOOD, 60)])]
             )  # a timeout on a set without `flags timeout`
         # One batch is all or nothing: the add before a failing delete is rolled back.
-        with pytest.raises(SetsError, match="No such file"):
+        with pytest.raises(NftError, match="No such file"):
             sets._netlink._sock.setelems(  # type: ignore[union-attr]
                 nftc.TABLE,
                 "r4_21",
@@ -473,5 +474,5 @@ def test_netlink_admit_feeds_the_datapath_and_reports_errors(
     finally:
         sets.close()
         sets.close()  # idempotent
-    with pytest.raises(SetsError, match="closed"):
+    with pytest.raises(NftError, match="closed"):
         sets.admit(21, {GOOD: 60})

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from declawd.config import Settings
+from declawd.host import netns_exists
 from declawd.lab import LabError, LabProcess, ensure_lab_netns, load_config
 from declawd.lab.ca import ca_bundle_path, ca_cert_path, ca_key_path
 from declawd.lab.querylog import read
-from declawd.lab.topology import netns_exists
 
 pytestmark = [
     pytest.mark.integration,
@@ -343,9 +343,6 @@ def test_bad_config_fails_fast_with_the_field(tmp_path: Path) -> None:
 
 
 def test_lab_links_itself_to_an_existing_gateway_netns(tmp_path: Path) -> None:
-    network = pytest.importorskip("declawd.egress.network")
-    if not hasattr(network, "ensure_lab_link"):
-        pytest.skip("declawd.egress.network.ensure_lab_link not available")
     settings = Settings(instance="dcwtlab4", state_dir=tmp_path)
     _ip("netns", "add", settings.gateway_netns)
     try:

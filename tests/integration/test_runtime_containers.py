@@ -1,7 +1,9 @@
 """runc and runsc containers on an overlay root: isolation, limits, lifecycle, cleanup.
 
-Needs root, /srv/dev/rootfs (Debian with python3), runc and runsc. Every netns, mount,
-cgroup and container made here is removed in fixture teardown, also when a test fails.
+Needs root. The root filesystem is the built-in `python` template's layers (read-only
+overlay lower dirs, as a sandbox gets them), which `make templates` builds; runc and runsc
+come from `make`'s packages. Every netns, mount, cgroup and container made here is removed
+in fixture teardown, also when a test fails.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from declawd.config import Settings
 from declawd.runtime import (
     Limits,
     Mount,
@@ -33,16 +36,15 @@ from declawd.runtime import (
     unmount,
 )
 from declawd.runtime.cgroups import cgroup_dirs
+from declawd.templates.catalog import catalog_plan
+from declawd.templates.layers import LayerCache
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-    pytest.mark.skipif(
-        not Path("/srv/dev/rootfs/usr/bin/python3").exists(), reason="no dev rootfs"
-    ),
 ]
 
-ROOTFS = Path("/srv/dev/rootfs")
+TEMPLATE = "python"  # the smallest built-in with python3, which the probes run
 ROOT_CAPS_HEX = "00000000a00405fb"  # the 12 capabilities of SECURITY.md's root set
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PIDS_LIMIT = 48
@@ -103,6 +105,21 @@ class Bundle:
 
 
 @pytest.fixture(scope="module")
+def template_layers() -> list[Path]:
+    """The python template's layer dirs, lowest first, from the layer cache `make` fills."""
+    templates_path = Settings.from_env().templates_path
+    cache = LayerCache(templates_path)
+    keys = catalog_plan(TEMPLATE).keys
+    missing = [k for k in keys if not cache.exists(k)]
+    if missing:
+        pytest.fail(
+            f"the {TEMPLATE!r} template is not built in {templates_path} "
+            f"({len(missing)} of {len(keys)} layers missing): run `make templates`"
+        )
+    return [cache.fs(k) for k in keys]
+
+
+@pytest.fixture(scope="module")
 def cgroup_parent() -> Iterator[str]:
     parent = f"/rttest{secrets.token_hex(3)}"
     yield parent
@@ -120,7 +137,9 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def _make_bundle(tmp_path: Path, netns_path: str | None, cgroup_parent: str) -> Iterator[Bundle]:
+def _make_bundle(
+    tmp_path: Path, layers: list[Path], netns_path: str | None, cgroup_parent: str
+) -> Iterator[Bundle]:
     sandbox_id = f"sbx-{secrets.token_hex(6)}"
     bundle = Bundle(
         sandbox_id=sandbox_id,
@@ -132,7 +151,7 @@ def _make_bundle(tmp_path: Path, netns_path: str | None, cgroup_parent: str) -> 
     for d in ("upper", "work", "rootfs"):
         (bundle.dir / d).mkdir(parents=True)
     bundle.share.mkdir()
-    mount_overlay([ROOTFS], bundle.dir / "upper", bundle.dir / "work", bundle.rootfs)
+    mount_overlay(layers, bundle.dir / "upper", bundle.dir / "work", bundle.rootfs)
     try:
         mount_tmpfs(bundle.share, 4 << 20, 0o755)
         yield bundle
@@ -143,20 +162,24 @@ def _make_bundle(tmp_path: Path, netns_path: str | None, cgroup_parent: str) -> 
 
 
 @pytest.fixture
-def bundle(tmp_path: Path, netns: str, cgroup_parent: str) -> Iterator[Bundle]:
-    yield from _make_bundle(tmp_path, netns, cgroup_parent)
+def bundle(
+    tmp_path: Path, template_layers: list[Path], netns: str, cgroup_parent: str
+) -> Iterator[Bundle]:
+    yield from _make_bundle(tmp_path, template_layers, netns, cgroup_parent)
 
 
 @pytest.fixture
-def host_bundle(tmp_path: Path, cgroup_parent: str) -> Iterator[Bundle]:
-    yield from _make_bundle(tmp_path, None, cgroup_parent)
+def host_bundle(
+    tmp_path: Path, template_layers: list[Path], cgroup_parent: str
+) -> Iterator[Bundle]:
+    yield from _make_bundle(tmp_path, template_layers, None, cgroup_parent)
 
 
 @pytest.fixture(params=["runc", "runsc"])
 async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OciRuntime]:
     name = request.param
     if shutil.which(name) is None:
-        pytest.skip(f"{name} not installed")
+        pytest.fail(f"{name} is not installed: run `make setup`")
     rt = OciRuntime(name, tmp_path / f"run-{name}")
     yield rt
     for cid in await rt.list():

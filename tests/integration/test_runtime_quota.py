@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from declawd.host import CommandFailed
 from declawd.runtime import is_mounted, quota
 
 pytestmark = pytest.mark.integration
@@ -75,7 +76,7 @@ def test_failed_mount_leaves_no_image_or_loop_device(
 ) -> None:
     image, mountpoint = disk
     monkeypatch.setattr(quota, "MOUNT_OPTIONS", "loop,no_such_option")
-    with pytest.raises(quota.QuotaError):
+    with pytest.raises(CommandFailed, match="mount -t ext4 -o loop,no_such_option"):
         quota.create_disk(image, mountpoint, 64)
     assert not image.exists()
     assert not is_mounted(mountpoint)

@@ -22,8 +22,8 @@ from dnslib import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from declawd.addresses import SINK_ADDRESS
 from declawd.egress.dnsfilter import (
-    SINK_ADDRESS,
     Action,
     TokenBucket,
     decide_query,

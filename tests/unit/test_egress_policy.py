@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from declawd.egress.policy import FLOOR_V4, FLOOR_V6, EgressPolicy, PolicyError, is_non_public
+from declawd.errors import InvalidInput
 
 
 def err(allow: object, deny: object) -> PolicyError:
@@ -32,8 +33,15 @@ def test_valid_allow_entries(entry: str) -> None:
 def test_invalid_entries_name_the_field(entry: str) -> None:
     e = err(["1.1.1.1/32", entry], ["0.0.0.0/0"])
     assert e.field == "network.allow_out[1]"
-    assert e.status == 400
-    assert e.message.startswith("network.allow_out[1]: ")
+    assert isinstance(e, InvalidInput)
+    assert e.message == f"network.allow_out[1]: {e.reason}"
+    assert str(e).count("network.allow_out[1]") == 1
+
+
+def test_renamed_policy_error_names_the_new_field_once() -> None:
+    e = err(["nope"], []).renamed("allow_out[0]")
+    assert isinstance(e, PolicyError)
+    assert e.message == f"allow_out[0]: {e.reason}"
 
 
 def test_domain_in_deny_out_rejected() -> None:

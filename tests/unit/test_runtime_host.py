@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from declawd.errors import Internal
 from declawd.runtime import OciRuntime, RuntimeStartError, dir_size
 from declawd.runtime.cgroups import _rel
-from declawd.runtime.oci import _CHUNK_BYTES, _stream_lines
 from declawd.runtime.overlay import _overlay_data, _unescape
 
 
@@ -71,6 +70,7 @@ def test_unknown_runtime_is_rejected() -> None:
 
 def test_start_error_carries_the_stderr_tail() -> None:
     err = RuntimeStartError("sbx-1", 1, "exec: no such file\n")
+    assert isinstance(err, Internal)
     assert err.stderr_tail == "exec: no such file\n"
     assert "sbx-1" in str(err)
     assert "no such file" in str(err)
@@ -113,16 +113,3 @@ def test_dir_size_counts_hard_links_once(tmp_path: Path) -> None:
     one = dir_size(tmp_path)
     os.link(tmp_path / "a", tmp_path / "b")
     assert dir_size(tmp_path) == one
-
-
-async def test_output_is_streamed_as_lines_and_overlong_lines_in_pieces() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(b"one\r\ntw")
-    reader.feed_data(b"o\n" + b"x" * (_CHUNK_BYTES * 3) + b"\nlast")
-    reader.feed_eof()
-    lines: list[str] = []
-    await _stream_lines(reader, lines.append)
-    assert lines[:2] == ["one", "two"]
-    assert lines[-1] == "last"
-    assert "".join(lines[2:-1]) == "x" * (_CHUNK_BYTES * 3)
-    assert all(len(line) <= 2 * _CHUNK_BYTES for line in lines)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput
 from declawd.store import AUDIT_EVENTS_SCHEMA, Store
 
 
@@ -119,12 +119,14 @@ def test_pages_are_complete_and_ordered(store: Store) -> None:
 
 
 def test_bad_token_and_limit(store: Store) -> None:
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidInput, match="^next_token: invalid pagination token$"):
         store.query_audit("sbx-1", next_token="!!")
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidInput) as exc:
         store.query_audit("sbx-1", next_token="Ii0xIg")  # json "-1"
-    with pytest.raises(BadRequest):
+    assert exc.value.field == "next_token"
+    with pytest.raises(InvalidInput) as exc:
         store.query_audit("sbx-1", limit=0)
+    assert (exc.value.field, exc.value.reason) == ("limit", "must be at least 1")
 
 
 def test_audit_after_tails_the_stream(store: Store) -> None:

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from declawd.store import AUDIT_EVENTS_SCHEMA, SchemaTooNew, Store
+from declawd.store import (
+    AUDIT_EVENTS_SCHEMA,
+    Duplicate,
+    SandboxRecord,
+    SandboxState,
+    SchemaTooNew,
+    Store,
+)
 from declawd.store.db import MIGRATIONS, Database, split_statements
 
 TABLES = {
@@ -25,6 +32,19 @@ TABLES = {
     "builds",
     "audit_events",
 }
+
+
+def _creating(sandbox_id: str, team_id: str) -> SandboxRecord:
+    return SandboxRecord(
+        sandbox_id=sandbox_id,
+        team_id=team_id,
+        state=SandboxState.CREATING,
+        template_id="tpl-000000000001",
+        template_alias="base",
+        runtime="runc",
+        created_at=1000.0,
+        timeout=300,
+    )
 
 
 def _tables(path: Path) -> set[str]:
@@ -83,6 +103,53 @@ def test_migrations_apply_in_order_one_version_each(tmp_path: Path) -> None:
     assert d2.user_version() == 2
     assert [r[1] for r in d2.query("PRAGMA table_info(a)")] == ["x", "y"]
     d2.close()
+
+
+_V1_ROW = (
+    "INSERT INTO sandboxes (sandbox_id, team_id, template_id, state, runtime, slot,"
+    " created_at, started_at, error, lab) VALUES (?, 'team-a', 'tpl-1', ?, 'runc', ?, ?, ?, ?, 0)"
+)
+
+
+def test_migration_v1_to_v2_maps_states_and_released(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    Database(db, MIGRATIONS[:1]).close()
+    with sqlite3.connect(db) as c:
+        c.executemany(
+            _V1_ROW,
+            [
+                ("sbx-failed", "failed", 1, 1.0, None, "boom"),
+                ("sbx-running", "running", 2, 2.0, 2.5, None),
+                ("sbx-creating", "creating", 3, 3.0, None, None),
+                ("sbx-killed", "killed", 2, 0.5, 0.6, None),  # a dead one kept slot 2 in v1
+            ],
+        )
+    with Store(db) as store:
+        assert store.schema_version == 2
+        failed = store.get_sandbox("sbx-failed")
+        running = store.get_sandbox("sbx-running")
+        creating = store.get_sandbox("sbx-creating")
+        killed = store.get_sandbox("sbx-killed")
+        assert failed is not None and running is not None
+        assert creating is not None and killed is not None
+        assert (failed.state, failed.released, failed.error) == (
+            SandboxState.KILLED,
+            True,
+            "boom",
+        )
+        assert (running.state, running.released) == (SandboxState.RUNNING, False)
+        assert (creating.state, creating.released) == (SandboxState.CREATING, False)
+        assert (killed.state, killed.released) == (SandboxState.KILLED, True)
+        assert running.timeout == 0 and running.template_alias == "tpl-1"  # NULLs of v1
+        assert [r.sandbox_id for r in store.list_unreleased_sandboxes()] == [
+            "sbx-running",
+            "sbx-creating",
+        ]
+        # the slot index now covers unreleased sandboxes: slots 2 and 3 are held, 1 is free
+        with pytest.raises(Duplicate):
+            store.update_sandbox("sbx-creating", slot=2)
+        store.insert_sandbox(_creating("sbx-new", "team-a"))
+        assert store.allocate_slot("sbx-new") == 1
 
 
 def test_failed_migration_leaves_previous_version(tmp_path: Path) -> None:
@@ -164,10 +231,14 @@ def test_concurrent_threads_mixed_reads_and_writes(tmp_path: Path) -> None:
             try:
                 for i in range(40):
                     sid = f"sbx-{n:02x}{i:010x}"
-                    store.insert_sandbox({"sandbox_id": sid, "team_id": team, "state": "creating"})
+                    store.insert_sandbox(_creating(sid, team))
                     store.allocate_slot(sid)
                     assert store.authenticate(key) is not None
-                    store.update_sandbox(sid, state="killed")
+                    store.update_sandbox(sid, state=SandboxState.RUNNING, started_at=float(i))
+                    won = store.transition(
+                        sid, [SandboxState.RUNNING], SandboxState.KILLED, released=True
+                    )
+                    assert won is not None
             except BaseException as exc:
                 errors.append(exc)
 
@@ -177,9 +248,10 @@ def test_concurrent_threads_mixed_reads_and_writes(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         assert errors == []
-        page, _ = store.list_sandboxes(team, limit=1000)
+        page, _ = store.list_sandboxes(team, limit=1000, states=list(SandboxState))
         assert len(page) == 8 * 40
-        assert all(s["state"] == "killed" for s in page)
+        assert all(s.state is SandboxState.KILLED and s.released for s in page)
+        assert store.list_unreleased_sandboxes() == []
 
 
 _WRITER = textwrap.dedent(
@@ -221,9 +293,7 @@ def test_two_processes_with_a_busy_writer(tmp_path: Path) -> None:
                 try:
                     for i in range(30):
                         sid = f"sbx-{n:02x}{i:010x}"
-                        store.insert_sandbox(
-                            {"sandbox_id": sid, "team_id": team, "state": "creating"}
-                        )
+                        store.insert_sandbox(_creating(sid, team))
                         store.allocate_slot(sid)
                         store.insert_audit_events(
                             [{"sandbox_id": sid, "kind": "dns", "verdict": "allow"}]
@@ -248,7 +318,7 @@ def test_two_processes_with_a_busy_writer(tmp_path: Path) -> None:
                 writer.stdout.close()
         assert errors == []
         assert len(store.audit_after("sbx-gw", 0, limit=10**7)) == batches * 20
-        slots = [s["slot"] for s in store.list_live_sandboxes()]
+        slots = [s.slot for s in store.list_live_sandboxes()]
         assert sorted(slots) == list(range(1, 4 * 30 + 1))
 
 

@@ -3,7 +3,8 @@ import tarfile
 
 import pytest
 
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput, TooLarge
+from declawd.templates import context
 from declawd.templates.context import context_has, store_context
 
 
@@ -55,14 +56,30 @@ def test_valid_context_is_extracted_and_content_addressed(tmp_path):
     ],
 )
 def test_escaping_or_special_members_are_refused_and_nothing_is_left(tmp_path, entries, needle):
-    with pytest.raises(BadRequest) as exc:
+    with pytest.raises(InvalidInput) as exc:
         store_context(tmp_path, _tar(entries))
-    assert needle in exc.value.message
+    assert exc.value.field == "context"
+    assert needle in exc.value.reason
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_garbage_is_a_400(tmp_path):
-    with pytest.raises(BadRequest, match="context"):
+    with pytest.raises(InvalidInput, match="context"):
         store_context(tmp_path, b"not a tarball")
-    with pytest.raises(BadRequest, match="empty"):
+    with pytest.raises(InvalidInput) as exc:
         store_context(tmp_path, b"")
+    assert exc.value.message == "context: empty body (expected a tar.gz archive)"
+
+
+def test_oversized_upload_or_tree_is_too_large(tmp_path, monkeypatch):
+    body = _tar([("a", "file", b"x" * 100), ("b", "file", b"y" * 100)])
+    monkeypatch.setattr(context, "MAX_EXTRACTED_BYTES", 150)
+    with pytest.raises(TooLarge, match="^context: more than 0 MiB extracted$"):
+        store_context(tmp_path, body)
+    monkeypatch.setattr(context, "MAX_MEMBERS", 1)
+    with pytest.raises(TooLarge, match="^context: more than 1 entries$"):
+        store_context(tmp_path, body)
+    monkeypatch.setattr(context, "MAX_UPLOAD_BYTES", len(body) - 1)
+    with pytest.raises(TooLarge, match="^context: larger than 0 MiB$"):
+        store_context(tmp_path, body)
+    assert [p.name for p in tmp_path.iterdir()] == []

@@ -1,6 +1,6 @@
 import pytest
 
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput
 from declawd.templates.dockerfile import MAX_DOCKERFILE_BYTES, parse_dockerfile
 from declawd.templates.spec import CopyOp, RunOp, parse_spec
 
@@ -53,18 +53,18 @@ def test_defaults_without_user_or_workdir_are_the_platform_defaults():
     ],
 )
 def test_rejections_name_the_line(text, needle):
-    with pytest.raises(BadRequest) as exc:
+    with pytest.raises(InvalidInput) as exc:
         parse_dockerfile(text)
     assert needle in exc.value.message
 
 
 def test_size_cap():
-    with pytest.raises(BadRequest, match="64 KiB"):
+    with pytest.raises(InvalidInput, match="64 KiB"):
         parse_dockerfile("FROM debian\n" + "#" * MAX_DOCKERFILE_BYTES)
 
 
 def test_copy_needs_a_build_context():
-    with pytest.raises(BadRequest, match="COPY needs a build context"):
+    with pytest.raises(InvalidInput, match="COPY needs a build context"):
         parse_spec({"dockerfile": "FROM debian\nCOPY app /srv/app\n"})
     spec = parse_spec(
         {

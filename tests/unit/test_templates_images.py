@@ -1,6 +1,6 @@
 import pytest
 
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput
 from declawd.templates.images import map_base_image
 
 
@@ -43,7 +43,7 @@ def test_mapped_images_say_so():
     ],
 )
 def test_anything_else_is_a_400_listing_supported_forms(image):
-    with pytest.raises(BadRequest) as exc:
+    with pytest.raises(InvalidInput) as exc:
         map_base_image(image)
     msg = exc.value.message
     assert msg.startswith("base_image:")

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from declawd.config import Settings
-from declawd.errors import BadRequest, Conflict, NotFound
+from declawd.errors import Conflict, InvalidInput, NotFound
 from declawd.store import Store
 from declawd.templates.builder import BuildResult, StepFailed
 from declawd.templates.service import TemplateService
@@ -123,9 +123,9 @@ async def test_teams_are_isolated_and_errors_name_things(svc):
         svc.resolve(b, info["template_id"])
     with pytest.raises(NotFound):
         svc.build_status(b, info["build_id"])
-    with pytest.raises(BadRequest, match="base_image: unsupported image 'alpine:3'"):
+    with pytest.raises(InvalidInput, match="base_image: unsupported image 'alpine:3'"):
         await svc.build(a, {"template": {"base_image": "alpine:3"}, "alias": "x"})
-    with pytest.raises(BadRequest, match="template.context_id: unknown build context"):
+    with pytest.raises(InvalidInput, match="template.context_id: unknown build context"):
         await svc.build(
             a,
             {"template": {"copies": [{"src": "a", "dst": "/a"}], "context_id": "ctx-" + "0" * 64}},
@@ -173,3 +173,51 @@ async def test_gc_removes_only_unreferenced_layers(svc):
     assert sorted(cache.layer_keys()) == sorted(used)
     svc.delete(team, "mine")
     assert svc.gc()["removed_layers"] == len(set(used))
+
+
+async def test_a_failed_log_flush_is_logged_and_the_build_goes_on(svc, monkeypatch, caplog):
+    import sqlite3
+
+    from declawd.templates import service as service_module
+
+    monkeypatch.setattr(service_module, "_LOG_FLUSH_S", 0.0)  # every line flushes
+    real_update = svc.store.update_build
+
+    def update_build(build_id, **fields):
+        if set(fields) == {"logs"}:  # only the flushes while building fail
+            raise sqlite3.OperationalError("database is locked")
+        real_update(build_id, **fields)
+
+    monkeypatch.setattr(svc.store, "update_build", update_build)
+    team = svc.store.create_team("t")
+    info = await svc.build(team, {"template": SPEC, "alias": "mine"})
+    with caplog.at_level("WARNING", logger="declawd.templates.service"):
+        await _finish(svc, info["build_id"])
+    status = svc.build_status(team, info["build_id"])
+    assert status["status"] == "completed"
+    assert status["logs"][-1].startswith(f"template {info['template_id']} ready")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings and all(
+        m == f"build {info['build_id']}: could not save its log so far: database is locked"
+        for m in warnings
+    )
+
+
+async def test_gc_logs_a_built_in_it_cannot_plan_and_goes_on(svc, monkeypatch, caplog):
+    from declawd.templates import service as service_module
+
+    real_plan = service_module.catalog_plan
+
+    def catalog_plan(name):
+        if name == "node":
+            raise InvalidInput("catalog node: base_image", "unsupported image 'x'")
+        return real_plan(name)
+
+    monkeypatch.setattr(service_module, "catalog_plan", catalog_plan)
+    with caplog.at_level("WARNING", logger="declawd.templates.service"):
+        out = svc.gc(dry_run=True)
+    assert out["removed_layers"] == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "gc: built-in 'node' has no plan, its layers are not kept: "
+        "catalog node: base_image: unsupported image 'x'"
+    ]

@@ -1,6 +1,6 @@
 import pytest
 
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput
 from declawd.templates.spec import CopyOp, RunOp, parse_build_body, parse_spec
 
 CTX = "ctx-" + "a" * 64
@@ -59,9 +59,10 @@ def test_unknown_keys_are_ignored():
     ],
 )
 def test_wrong_types_name_the_field(raw, field):
-    with pytest.raises(BadRequest) as exc:
+    with pytest.raises(InvalidInput) as exc:
         parse_spec(raw)
     assert exc.value.message.startswith(field + ":"), exc.value.message
+    assert exc.value.field == field
 
 
 def test_extended_spec_keys():
@@ -97,6 +98,7 @@ def test_build_body_validation():
         ({"template": {}, "alias": "a", "memory_mb": 0}, "memory_mb"),
         ({"template": [], "alias": "a"}, "template"),
     ]:
-        with pytest.raises(BadRequest) as exc:
+        with pytest.raises(InvalidInput) as exc:
             parse_build_body(body)
         assert exc.value.message.startswith(field + ":"), exc.value.message
+        assert exc.value.field == field

@@ -1,13 +1,13 @@
 """Shared plumbing for routes that talk to a sandbox's envd: lookup, error mapping, SSE.
 
-Lookups are always scoped to the caller's team (another team's sandbox is a 404), and every
-envd error becomes the status the SDK expects (§11.2): missing file 404, permission problems
-400 `permission denied: <path>`, an unreachable agent 502.
+Lookups go through the node's one `lookup` (another team's sandbox is a 404, a sandbox still
+being created a 409), and every envd error becomes the domain error whose status the SDK
+expects (§11.2): missing file 404, permission problems 400 `permission denied: <path>`, an
+unreachable agent 502.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -17,7 +17,15 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from declawd.api.app import Team, services
-from declawd.errors import ApiError, BadRequest, NotFound
+from declawd.errors import (
+    Conflict,
+    DeclawdError,
+    Internal,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    Unreachable,
+)
 from declawd.node.envd_client import (
     EnvdClient,
     EnvdError,
@@ -25,23 +33,20 @@ from declawd.node.envd_client import (
     EnvdPermissionDenied,
     EnvdUnavailable,
 )
-from declawd.node.node import LIVE
-
-
-class AgentUnavailable(ApiError):
-    status = 502
+from declawd.node.node import Need
+from declawd.store import SandboxRecord
 
 
 async def sandbox_client(
     request: Request, team: Team, sandbox_id: str
-) -> tuple[dict[str, Any], EnvdClient]:
-    svc = services(request)
-    rec = await asyncio.to_thread(svc.store.get_sandbox, sandbox_id, team.team_id)
-    if rec is None or rec["state"] not in LIVE:
-        raise NotFound(f"sandbox '{sandbox_id}' not found")
-    if rec["state"] != "running":
-        raise ApiError(f"sandbox '{sandbox_id}' is still being created", status=409)
-    return rec, svc.node.client(sandbox_id)
+) -> tuple[SandboxRecord, EnvdClient]:
+    """The team's running sandbox and its envd client (404, or 409 while creating/paused)."""
+    node = services(request).node
+    rec = await node.lookup(team.team_id, sandbox_id, Need.RUNNING)
+    return rec, node.envd(rec)
+
+
+_BY_STATUS: dict[int, type[DeclawdError]] = {404: NotFound, 409: Conflict, 413: TooLarge}
 
 
 @contextmanager
@@ -51,14 +56,16 @@ def envd_errors(what: str = "") -> Iterator[None]:
     except EnvdNotFound as exc:
         raise NotFound(exc.message or f"not found: {what}") from exc
     except EnvdPermissionDenied as exc:
-        raise BadRequest(
-            exc.message or f"permission denied: {what}", code="permission_denied"
+        raise InvalidInput(
+            "", exc.message or f"permission denied: {what}", code="permission_denied"
         ) from exc
     except EnvdUnavailable as exc:
-        raise AgentUnavailable(f"sandbox agent unreachable: {exc}") from exc
+        raise Unreachable(f"sandbox agent unreachable: {exc}") from exc
     except EnvdError as exc:
-        status = exc.status if 400 <= exc.status < 500 else 500
-        raise ApiError(exc.message, status=status, code=exc.code or "") from exc
+        if exc.status == 400:
+            raise InvalidInput("", exc.message, code=exc.code or "") from exc
+        cls = _BY_STATUS.get(exc.status, Internal)
+        raise cls(exc.message, code=exc.code or "") from exc
 
 
 def sse(events: AsyncIterator[tuple[str | None, dict[str, Any]]]) -> StreamingResponse:

@@ -14,16 +14,21 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from declawd.api.errors import body_of, headers_of, status_of
 from declawd.config import Settings
-from declawd.errors import ApiError
+from declawd.errors import DeclawdError, Unauthorized
 from declawd.store import Store
+
+if TYPE_CHECKING:
+    from declawd.node.node import Node
+    from declawd.templates.service import TemplateService
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +39,12 @@ class Team:
     key_id: str
 
 
-class Unauthorized(ApiError):
-    status = 401
-
-
 @dataclass
 class Services:
     settings: Settings
     store: Store
-    node: Any  # declawd.node.Node
-    templates: Any  # declawd.templates.TemplateService
+    node: Node
+    templates: TemplateService
     started_at: float
     dev_key_path: str | None = None
 
@@ -75,7 +76,7 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.db_path)
-        node = Node(settings, store)
+        node = Node.on_this_machine(settings, store)
         templates = TemplateService(settings, store, runtime_name=settings.runtime)
         svc = Services(settings, store, node, templates, time.time())
         app.state.services = svc
@@ -102,9 +103,9 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
         title="declawd", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
     )
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+    @app.exception_handler(DeclawdError)
+    async def _domain_error(request: Request, exc: DeclawdError) -> JSONResponse:
+        return JSONResponse(body_of(exc), status_code=status_of(exc), headers=headers_of(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

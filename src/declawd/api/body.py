@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
-from declawd.errors import BadRequest, PayloadTooLarge
+from declawd.errors import InvalidInput, TooLarge
 
 MAX_JSON_BODY = 16 * 2**20
 
@@ -24,26 +24,26 @@ async def json_body(request: Request, *, allow_empty: bool = False) -> dict[str,
     if not raw.strip():
         if allow_empty:
             return {}
-        raise BadRequest("request body: a JSON object is required")
+        raise InvalidInput("request body", "a JSON object is required")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body: malformed JSON ({exc})") from exc
+        raise InvalidInput("request body", f"malformed JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise BadRequest("request body: must be a JSON object")
+        raise InvalidInput("request body", "must be a JSON object")
     return data
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body: larger than the limit of {limit} bytes")
+        raise TooLarge(f"request body: larger than the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body: larger than the limit of {limit} bytes")
+            raise TooLarge(f"request body: larger than the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -58,6 +58,8 @@ def _type_name(t: type | tuple[type, ...]) -> str:
         list: "an array",
     }
     if isinstance(t, tuple):
+        if set(t) == {int, float}:
+            return "a number"
         return " or ".join(names.get(x, x.__name__) for x in t)
     return names.get(t, t.__name__)
 
@@ -75,14 +77,14 @@ def field(
     label = prefix + name
     if value is _MISSING or value is None:
         if required:
-            raise BadRequest(f"{label}: is required")
+            raise InvalidInput(label, "is required")
         return default
     ok = isinstance(value, typ)
     # bool is an int in Python; never accept true/false where a number is expected.
     if ok and isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)):
         ok = False
     if not ok:
-        raise BadRequest(f"{label}: must be {_type_name(typ)}")
+        raise InvalidInput(label, f"must be {_type_name(typ)}")
     return value
 
 
@@ -90,9 +92,9 @@ def str_map(body: dict[str, Any], name: str, *, prefix: str = "") -> dict[str, s
     value = field(body, name, dict, default={}, prefix=prefix)
     for k, v in value.items():
         if not isinstance(v, str):
-            raise BadRequest(f"{prefix}{name}.{k}: must be a string")
+            raise InvalidInput(f"{prefix}{name}.{k}", "must be a string")
         if "\x00" in k or "\x00" in v:
-            raise BadRequest(f"{prefix}{name}.{k}: must not contain NUL")
+            raise InvalidInput(f"{prefix}{name}.{k}", "must not contain NUL")
     return dict(value)
 
 
@@ -100,17 +102,17 @@ def str_list(body: dict[str, Any], name: str, *, prefix: str = "") -> list[str]:
     value = field(body, name, list, default=[], prefix=prefix)
     for i, v in enumerate(value):
         if not isinstance(v, str):
-            raise BadRequest(f"{prefix}{name}[{i}]: must be a string")
+            raise InvalidInput(f"{prefix}{name}[{i}]", "must be a string")
     return list(value)
 
 
 def abs_path(value: Any, label: str = "path") -> str:
     if not isinstance(value, str) or not value:
-        raise BadRequest(f"{label}: is required")
+        raise InvalidInput(label, "is required")
     if not value.startswith("/"):
-        raise BadRequest(f"{label}: must be an absolute path, got {value!r}")
+        raise InvalidInput(label, f"must be an absolute path, got {value!r}")
     if "\x00" in value:
-        raise BadRequest(f"{label}: must not contain NUL")
+        raise InvalidInput(label, "must not contain NUL")
     return value
 
 
@@ -122,9 +124,9 @@ def int_query(
     try:
         n = int(value)
     except ValueError as exc:
-        raise BadRequest(f"{label}: must be an integer") from exc
+        raise InvalidInput(label, "must be an integer") from exc
     if minimum is not None and n < minimum:
-        raise BadRequest(f"{label}: must be at least {minimum}")
+        raise InvalidInput(label, f"must be at least {minimum}")
     if maximum is not None and n > maximum:
-        raise BadRequest(f"{label}: must be at most {maximum}")
+        raise InvalidInput(label, f"must be at most {maximum}")
     return n

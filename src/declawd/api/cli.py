@@ -1,4 +1,4 @@
-"""`declawd server`: run the API server and the node on this machine."""
+"""`declawd server` and `declawd down`: run the API server and the node on this machine."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         lab: bool = typer.Option(None, "--lab/--no-lab", help="use the lab as the only upstream"),
         log_level: str = typer.Option("info", help="debug, info, warning"),
     ) -> None:
-        """Run the API server (speaks the Declaw API) and the node."""
+        """Run the API server the Declaw SDK talks to, and the sandboxes it starts here."""
         import uvicorn
 
         from declawd.api.app import create_app
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         state_dir: Path = typer.Option(None, help="state directory (default /var/lib/declawd)"),
         instance: str = typer.Option(None, help="name prefix for namespaces and cgroups"),
     ) -> None:
-        """Kill every sandbox of this instance and remove its gateway (the server must be stopped)."""
+        """Kill every sandbox of this instance and remove its gateway (stop the server first)."""
         import asyncio
 
         from declawd.config import Settings
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         settings = Settings.from_env(state_dir=state_dir, instance=instance)
 
         async def run() -> int:
-            node = Node(settings, Store(settings.db_path))
+            node = Node.on_this_machine(settings, Store(settings.db_path))
             return await node.destroy_all()
 
         typer.echo(f"killed {asyncio.run(run())} sandboxes; gateway removed")

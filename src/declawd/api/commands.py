@@ -17,8 +17,9 @@ from fastapi import APIRouter, Depends, Request
 from declawd.api.access import envd_errors, sandbox_client, sse
 from declawd.api.app import Team, current_team, services
 from declawd.api.body import field, int_query, json_body, str_map
-from declawd.errors import BadRequest, NotFound, RequestTimeout
-from declawd.node.envd_client import CommandTimeout, EnvdNotFound
+from declawd.errors import InvalidInput, NotFound, TimedOut
+from declawd.node.envd_client import CommandTimeout, EnvdClient, EnvdError, EnvdNotFound
+from declawd.store import SandboxRecord
 
 router = APIRouter()
 
@@ -33,9 +34,9 @@ def _pid(value: str) -> int:
     try:
         pid = int(value)
     except ValueError as exc:
-        raise BadRequest(f"pid: must be an integer, got {value!r}") from exc
+        raise InvalidInput("pid", f"must be an integer, got {value!r}") from exc
     if pid <= 0:
-        raise BadRequest("pid: must be positive")
+        raise InvalidInput("pid", "must be positive")
     return pid
 
 
@@ -44,16 +45,16 @@ def _timeout(body: dict[str, Any], default: float | None) -> float | None:
     if value is None:
         return default
     if value < 0:
-        raise BadRequest("timeout: must not be negative")
+        raise InvalidInput("timeout", "must not be negative")
     return float(value) or None  # 0 = no limit
 
 
-def _start_args(request: Request, rec: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+def _start_args(request: Request, rec: SandboxRecord, body: dict[str, Any]) -> dict[str, Any]:
     user = field(body, "user", str, default="user") or "user"
     cwd = field(body, "cwd", str)
     if cwd is not None and not cwd.startswith("/"):
-        raise BadRequest(f"cwd: must be an absolute path, got {cwd!r}")
-    envs = services(request).node.sandbox_envs(rec)
+        raise InvalidInput("cwd", f"must be an absolute path, got {cwd!r}")
+    envs = services(request).node.envs(rec)
     envs.update(str_map(body, "envs"))
     return {"user": user, "envs": envs, "cwd": cwd or None}
 
@@ -86,7 +87,7 @@ async def run_command(sandbox_id: str, request: Request, team: Team = Depends(cu
                 stdin=stdin.encode() if stdin is not None else None,
             )
         except CommandTimeout as exc:
-            raise RequestTimeout(
+            raise TimedOut(
                 f"command timed out after {timeout:g}s and was killed (pid {exc.pid})"
             ) from exc
     return {
@@ -189,7 +190,8 @@ async def stream_command(
                 try:
                     item = await asyncio.wait_for(queue.get(), remaining)
                 except TimeoutError:
-                    with contextlib.suppress(Exception):
+                    # the process may have exited meanwhile, or the sandbox gone: both fine
+                    with contextlib.suppress(EnvdError, OSError):
                         await client.signal(pid, 9)
                     yield (
                         "error",
@@ -212,7 +214,7 @@ def _size(body: dict[str, Any], label: str = "size") -> tuple[int, int]:
     cols = field(size, "cols", int, default=80, prefix=label + ".")
     rows = field(size, "rows", int, default=24, prefix=label + ".")
     if not (1 <= cols <= 1000 and 1 <= rows <= 1000):
-        raise BadRequest(f"{label}: cols and rows must be between 1 and 1000")
+        raise InvalidInput(label, "cols and rows must be between 1 and 1000")
     return cols, rows
 
 
@@ -227,14 +229,14 @@ async def create_pty(sandbox_id: str, request: Request, team: Team = Depends(cur
     with envd_errors():
         pid = await client.start(PTY_SHELL, **args, pty=(cols, rows), keep_stdin=True, tag="pty")
     if timeout:
-        svc = services(request)
-        svc.node.spawn(_kill_later(client, pid, timeout))
+        services(request).node.background(_kill_later(client, pid, timeout))
     return {"pid": pid}
 
 
-async def _kill_later(client: Any, pid: int, delay: float) -> None:
+async def _kill_later(client: EnvdClient, pid: int, delay: float) -> None:
     await asyncio.sleep(delay)
-    with contextlib.suppress(Exception):
+    # the PTY may have exited meanwhile, or the sandbox gone (its client closed): both fine
+    with contextlib.suppress(EnvdError, OSError, RuntimeError):
         await client.signal(pid, 9)
 
 
@@ -242,13 +244,11 @@ async def _kill_later(client: Any, pid: int, delay: float) -> None:
 async def pty_stream(
     sandbox_id: str, pid: str, request: Request, team: Team = Depends(current_team)
 ) -> Any:
-    _, client = await sandbox_client(request, team, sandbox_id)
+    rec, client = await sandbox_client(request, team, sandbox_id)
     n = _pid(pid)
     # The first subscriber sees the output from the start (the prompt printed before it
     # connected); later subscribers see output from when they connect.
-    attached = services(request).node.pty_subscribed.setdefault(sandbox_id, set())
-    since = -1 if n in attached else 0
-    attached.add(n)
+    since = services(request).node.pty_since(rec, n)
     with envd_errors(f"pty {pid}"):
         procs = {p.pid: p for p in await client.list()}
     if n not in procs or not procs[n].is_pty:
@@ -298,7 +298,7 @@ async def stdio_stdin(
     try:
         data = base64.b64decode(raw, validate=True)
     except ValueError as exc:
-        raise BadRequest("data: must be base64") from exc
+        raise InvalidInput("data", "must be base64") from exc
     with envd_errors(f"stdio {cmd_id}"):
         await client.send_stdin(_pid(cmd_id), data)
     return {"ok": True}

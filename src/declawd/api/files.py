@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from declawd.api.access import envd_errors, sandbox_client, sse
 from declawd.api.app import Team, current_team
 from declawd.api.body import abs_path, field, int_query, json_body
-from declawd.errors import BadRequest, PayloadTooLarge
+from declawd.errors import InvalidInput, TooLarge
 
 router = APIRouter()
 
@@ -27,7 +27,7 @@ def _user(value: Any, label: str = "username") -> str:
     if value is None or value == "":
         return "user"
     if not isinstance(value, str):
-        raise BadRequest(f"{label}: must be a string")
+        raise InvalidInput(label, "must be a string")
     return value
 
 
@@ -60,7 +60,7 @@ async def read_file(sandbox_id: str, request: Request, team: Team = Depends(curr
     with envd_errors(path):
         entry = await client.stat(path, user)
     if entry.type == "dir":
-        raise BadRequest(f"path: is a directory: {path}", code="is_directory")
+        raise InvalidInput("path", f"is a directory: {path}", code="is_directory")
     stream = client.read_file_stream(path, user)
     with envd_errors(path):
         first = await anext(stream, b"")
@@ -94,14 +94,14 @@ async def write_raw(sandbox_id: str, request: Request, team: Team = Depends(curr
     path, user = _q(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_UPLOAD:
-        raise PayloadTooLarge(f"body: larger than the upload limit of {MAX_UPLOAD} bytes")
+        raise TooLarge(f"body: larger than the upload limit of {MAX_UPLOAD} bytes")
 
     async def chunks() -> AsyncIterator[bytes]:
         total = 0
         async for chunk in request.stream():
             total += len(chunk)
             if total > MAX_UPLOAD:
-                raise PayloadTooLarge(f"body: larger than the upload limit of {MAX_UPLOAD} bytes")
+                raise TooLarge(f"body: larger than the upload limit of {MAX_UPLOAD} bytes")
             if chunk:
                 yield chunk
 
@@ -119,7 +119,7 @@ async def write_batch(sandbox_id: str, request: Request, team: Team = Depends(cu
     parsed = []
     for i, item in enumerate(files):
         if not isinstance(item, dict):
-            raise BadRequest(f"files[{i}]: must be an object")
+            raise InvalidInput(f"files[{i}]", "must be an object")
         parsed.append(
             (
                 abs_path(item.get("path"), f"files[{i}].path"),

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
 from declawd.api.app import Team, current_team, services
-from declawd.errors import NotImplementedYet
+from declawd.errors import NotSupported
 
 router = APIRouter()
 
@@ -18,7 +18,7 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request) -> Any:
     svc = services(request)
-    gateway = await svc.node.daemon.ping()
+    gateway = await svc.node.gateway_healthy()
     return {"ok": True, "gateway": gateway, "uptime_s": round(time.time() - svc.started_at, 1)}
 
 
@@ -28,9 +28,7 @@ async def metrics(request: Request, team: Team = Depends(current_team)) -> Any:
     live = await asyncio.to_thread(svc.store.list_live_sandboxes)
     by_runtime: dict[str, int] = {}
     for rec in live:
-        by_runtime[rec.get("runtime") or "runc"] = (
-            by_runtime.get(rec.get("runtime") or "runc", 0) + 1
-        )
+        by_runtime[rec.runtime] = by_runtime.get(rec.runtime, 0) + 1
     lines = [
         "# HELP declawd_sandboxes_live Sandboxes creating or running on this node.",
         "# TYPE declawd_sandboxes_live gauge",
@@ -40,7 +38,7 @@ async def metrics(request: Request, team: Team = Depends(current_team)) -> Any:
     lines += [
         "# HELP declawd_gateway_restarts_total Times the gateway daemon was restarted.",
         "# TYPE declawd_gateway_restarts_total counter",
-        f"declawd_gateway_restarts_total {svc.node.daemon.restarts}",
+        f"declawd_gateway_restarts_total {svc.node.gateway_restarts}",
         "# HELP declawd_uptime_seconds Seconds since the server started.",
         "# TYPE declawd_uptime_seconds gauge",
         f"declawd_uptime_seconds {time.time() - svc.started_at:.1f}",
@@ -82,7 +80,7 @@ _UNBUILT = [
 
 def _not_implemented(feature: str) -> Any:
     async def handler(team: Team = Depends(current_team)) -> Any:
-        raise NotImplementedYet(f"not implemented: {feature}")
+        raise NotSupported(f"not implemented: {feature}")
 
     return handler
 

@@ -17,32 +17,25 @@ from declawd.api.access import sse
 from declawd.api.app import Team, current_team, services
 from declawd.api.body import int_query, json_body
 from declawd.api.sandboxes import policy_from
-from declawd.errors import BadRequest, NotFound
-from declawd.node.node import LIVE
+from declawd.errors import InvalidInput
+from declawd.node.node import Need
 
 router = APIRouter()
 
 
-async def _sandbox(request: Request, team: Team, sandbox_id: str, *, live: bool) -> dict[str, Any]:
-    rec = await asyncio.to_thread(services(request).store.get_sandbox, sandbox_id, team.team_id)
-    if rec is None or rec["state"] == "failed" or (live and rec["state"] != "running"):
-        raise NotFound(f"sandbox '{sandbox_id}' not found")
-    return rec
-
-
 @router.get("/sandboxes/{sandbox_id}/network")
 async def get_policy(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
-    rec = await _sandbox(request, team, sandbox_id, live=True)
-    return rec.get("network") or {"allow_out": [], "deny_out": []}
+    rec = await services(request).node.lookup(team.team_id, sandbox_id, Need.LIVE)
+    return dict(rec.network) or {"allow_out": [], "deny_out": []}
 
 
 @router.put("/sandboxes/{sandbox_id}/network")
 async def put_policy(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
-    svc = services(request)
-    rec = await _sandbox(request, team, sandbox_id, live=True)
+    node = services(request).node
+    rec = await node.lookup(team.team_id, sandbox_id, Need.RUNNING)
     body = await json_body(request)
     policy = policy_from(body, prefix="")
-    await svc.node.update_policy(rec, policy)
+    await node.update_policy(rec, policy)
     return policy.to_wire()
 
 
@@ -58,19 +51,19 @@ def _time(value: str | None, label: str) -> float | None:
         # an event's own time used as `since` still includes it.
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - 5e-7
     except ValueError as exc:
-        raise BadRequest(f"{label}: must be an ISO-8601 time or a unix timestamp") from exc
+        raise InvalidInput(label, "must be an ISO-8601 time or a unix timestamp") from exc
 
 
 @router.get("/sandboxes/{sandbox_id}/audit")
 async def audit(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
     svc = services(request)
-    await _sandbox(request, team, sandbox_id, live=False)
+    await svc.node.lookup(team.team_id, sandbox_id, Need.RECORD)
     q = request.query_params
     verdict, kind = q.get("verdict") or None, q.get("kind") or None
     if verdict not in (None, "allow", "deny"):
-        raise BadRequest("verdict: must be 'allow' or 'deny'")
+        raise InvalidInput("verdict", "must be 'allow' or 'deny'")
     if kind not in (None, "dns", "connection"):
-        raise BadRequest("kind: must be 'dns' or 'connection'")
+        raise InvalidInput("kind", "must be 'dns' or 'connection'")
     events, token = await asyncio.to_thread(
         svc.store.query_audit,
         sandbox_id,
@@ -89,7 +82,7 @@ async def audit_stream(
     sandbox_id: str, request: Request, team: Team = Depends(current_team)
 ) -> Any:
     svc = services(request)
-    await _sandbox(request, team, sandbox_id, live=False)
+    await svc.node.lookup(team.team_id, sandbox_id, Need.RECORD)
     from_start = request.query_params.get("from_start", "").lower() in ("1", "true")
 
     async def events() -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
@@ -103,7 +96,7 @@ async def audit_stream(
                 yield ("audit", event)
             if not rows:
                 rec = await asyncio.to_thread(svc.store.get_sandbox, sandbox_id)
-                if rec is None or rec["state"] not in LIVE:
+                if rec is None or not rec.is_live:
                     return
                 await asyncio.sleep(0.25)
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 
 from declawd.api.app import Team, current_team, services
 from declawd.api.body import json_body, read_limited
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput
 
 router = APIRouter()
 
@@ -56,13 +56,13 @@ async def gc(request: Request, team: Team = Depends(current_team)) -> Any:
     if only is not None and (
         not isinstance(only, list) or not all(isinstance(k, str) for k in only)
     ):
-        raise BadRequest("layers: must be a list of layer keys")
+        raise InvalidInput("layers", "must be a list of layer keys")
     min_age = body.get("min_age_s", 0)
     if isinstance(min_age, bool) or not isinstance(min_age, int | float) or min_age < 0:
-        raise BadRequest("min_age_s: must be a non-negative number")
+        raise InvalidInput("min_age_s", "must be a non-negative number")
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
-        raise BadRequest("dry_run: must be a boolean")
+        raise InvalidInput("dry_run", "must be a boolean")
     return await asyncio.to_thread(services(request).templates.gc, float(min_age), only, dry_run)
 
 

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+from declawd.addresses import DEFAULT_POOL, PROXY_PORT, RESOLVER_PORT
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Run the egress gateway daemon (the server starts it; not meant to be run by hand).",
+)
 
 
 @app.command()
@@ -21,15 +27,18 @@ def serve(
     instance: str = typer.Option("declawd", "--instance", help="instance name (for logs)"),
     upstream_dns: str = typer.Option("", "--upstream-dns", help="ADDR or ADDR:PORT"),
     peek_timeout: float | None = typer.Option(None, "--peek-timeout", help="proxy peek, s"),
-    pool: str = typer.Option("10.77.0.0/16", "--pool", help="sandbox address pool"),
+    handshake_timeout: float = typer.Option(
+        10.0, "--handshake-timeout", help="proxy: finish ClientHello/request head, s"
+    ),
+    pool: str = typer.Option(DEFAULT_POOL, "--pool", help="sandbox address pool"),
     exempt: list[str] = typer.Option([], "--exempt", help="operator floor exemption (CIDR)"),
-    dns_port: int = typer.Option(5353, "--dns-port"),
-    proxy_port: int = typer.Option(15001, "--proxy-port"),
+    dns_port: int = typer.Option(RESOLVER_PORT, "--dns-port", help="DNS port (UDP and TCP)"),
+    proxy_port: int = typer.Option(PROXY_PORT, "--proxy-port", help="proxy port"),
     db_path: Path | None = typer.Option(None, "--db", help="audit db (default STATE/declawd.db)"),
     no_nflog: bool = typer.Option(False, "--no-nflog", help="do not read NFLOG group 7"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log debug messages"),
 ) -> None:
-    """Serve DNS on :5353 (UDP+TCP), the proxy on :15001, audit, and the control socket."""
+    """Serve sandbox DNS, the egress proxy, audit and the control socket in this netns."""
     from declawd.egress.gateway import GatewayConfig, GatewayDaemon, parse_upstream
 
     # Checked here rather than by `...` defaults: this typer/click pairing skips that check.
@@ -51,6 +60,7 @@ def serve(
         dns_port=dns_port,
         proxy_port=proxy_port,
         peek_timeout=peek_timeout,
+        handshake_timeout=handshake_timeout,
         pool=pool,
         exempt=exempt,
         nflog=not no_nflog,

@@ -12,8 +12,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from declawd.egress.netns import run
 from declawd.egress.policy import EgressPolicy, IPNetwork, is_non_public
+from declawd.host import run
 
 _KV = re.compile(r"(\w+)=(\S+)")
 
@@ -76,8 +76,8 @@ async def cut_disallowed(
     gw_netns: str, address: str, policy: EgressPolicy, node_ranges: Sequence[IPNetwork] = ()
 ) -> list[Flow]:
     """Delete the conntrack entries from `address` that `policy` refuses; returns them."""
-    _, out, _ = await run("conntrack", "-L", "-s", address, netns=gw_netns, check=False)
-    cut = flows_to_cut(parse_flows(out), policy, node_ranges)
+    listed = await run("conntrack", "-L", "-s", address, netns=gw_netns, check=False)
+    cut = flows_to_cut(parse_flows(listed.stdout), policy, node_ranges)
     for f in cut:
         argv = ["conntrack", "-D", "-p", f.proto, "-s", f.src, "-d", f.dst]
         if f.sport is not None and f.dport is not None:

@@ -29,9 +29,9 @@ from dnslib import (
 )
 from dnslib.buffer import Buffer
 
+from declawd.addresses import SINK_ADDRESS
 from declawd.egress.policy import EgressPolicy, IPNetwork, is_non_public
 
-SINK_ADDRESS = "198.18.0.1"
 SINK_TTL = 5
 TTL_CAP = 3600  # never let a client cache longer than the datapath admits (clamp upper bound)
 OUR_UDP_PAYLOAD = 1232

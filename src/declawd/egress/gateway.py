@@ -21,16 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from declawd.addresses import (
+    DEFAULT_POOL,
+    DNS_PORT,
+    HOST_LINK,
+    LAB_DNS_ADDRESS,
+    LAB_LINK,
+    PROXY_PORT,
+    RESOLVER_PORT,
+)
 from declawd.egress.audit import AuditEvent, AuditWriter
 from declawd.egress.nflog import NflogReader, NflogRecord, parse_packet, parse_prefix
 from declawd.egress.nftsets import NftSets
 from declawd.egress.policy import EgressPolicy, IPNetwork, PolicyError, is_non_public
+from declawd.egress.proxy import SandboxView, SniProxy
 from declawd.egress.resolved import ResolvedNames
 from declawd.egress.resolver import Resolver, SandboxEntry
 
 log = logging.getLogger(__name__)
 
-GATEWAY_LINK = ipaddress.IPv4Network("100.96.0.0/30")
 DENY_ALL = EgressPolicy.parse([], ["0.0.0.0/0"])
 
 
@@ -61,12 +70,13 @@ def load_state(path: Path) -> dict[str, SandboxEntry]:
 class GatewayConfig:
     state_dir: Path
     instance: str = "declawd"
-    upstream_dns: tuple[str, int] = ("198.51.100.53", 53)
+    upstream_dns: tuple[str, int] = (LAB_DNS_ADDRESS, DNS_PORT)
     listen_host: str = "0.0.0.0"
-    dns_port: int = 5353
-    proxy_port: int = 15001
+    dns_port: int = RESOLVER_PORT
+    proxy_port: int = PROXY_PORT
     peek_timeout: float | None = None
-    pool: str = "10.77.0.0/16"
+    handshake_timeout: float = 10.0
+    pool: str = DEFAULT_POOL
     exempt: Sequence[str] = ()
     nflog: bool = True
     db_path: Path | None = None
@@ -94,7 +104,8 @@ class GatewayDaemon:
         self.config = config
         self.extra_ranges: list[IPNetwork] = [
             ipaddress.ip_network(config.pool),
-            GATEWAY_LINK,
+            LAB_LINK,
+            HOST_LINK,
             *config.extra_ranges,
         ]
         self.exempt: list[IPNetwork] = [ipaddress.ip_network(e) for e in config.exempt]
@@ -105,7 +116,7 @@ class GatewayDaemon:
         self.resolved = ResolvedNames()
         self.audit = AuditWriter(config.audit_db)
         self.resolver: Resolver | None = None
-        self.proxy: Any = None
+        self.proxy: SniProxy | None = None
         self.nflog: NflogReader | None = None
         self._control: asyncio.Server | None = None
         self._reload_lock = asyncio.Lock()
@@ -165,13 +176,7 @@ class GatewayDaemon:
         )
 
     async def _start_proxy(self) -> None:
-        try:
-            from declawd.egress.proxy import SandboxView, SniProxy
-        except ImportError as exc:
-            log.error("proxy unavailable (%s): name-only TCP will find no listener", exc)
-            return
-
-        def view(address: str) -> Any:
+        def view(address: str) -> SandboxView | None:
             entry = self.lookup(address)
             return None if entry is None else SandboxView(entry.sandbox_id, entry.policy)
 
@@ -180,6 +185,7 @@ class GatewayDaemon:
             "resolved": self.resolved,
             "audit": self._on_proxy_audit,
             "extra_non_public": self.extra_ranges,
+            "handshake_timeout": self.config.handshake_timeout,
         }
         if self.config.peek_timeout is not None:
             kwargs["peek_timeout"] = self.config.peek_timeout
@@ -331,7 +337,8 @@ class GatewayDaemon:
             pass
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            # The peer may have gone first: the socket's own error is no failure of ours.
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
     # Audit sources ---------------------------------------------------------------------
@@ -382,4 +389,4 @@ def parse_upstream(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if sep and host and "]" not in port and host.count(":") == 0:
         return str(ipaddress.ip_address(host)), int(port)
-    return str(ipaddress.ip_address(value.strip("[]"))), 53
+    return str(ipaddress.ip_address(value.strip("[]"))), DNS_PORT

@@ -1,7 +1,8 @@
-"""Node-side network resources: the gateway netns and each sandbox's netns, veth and rules.
+"""Node-side network resources: the gateway netns, the host upstream, each sandbox's network.
 
-`Gateway` owns `<instance>-gw` (forwarding, base nft table, upstream link); a
-`SandboxNetwork` owns one sandbox's netns, its veth `s<slot>`↔`eth0` and its nft objects.
+`Gateway` owns `<instance>-gw` (forwarding, the base nft table) and asks its `Upstream` for
+the way out; `HostUpstream` is the production one (veth `host0` into the host, NAT there).
+A `SandboxNetwork` owns one sandbox's netns, its veth `s<slot>`↔`eth0` and its nft objects.
 Invariants: every create has its idempotent teardown next to it and rolls back on failure;
 per-sandbox nft changes are single transactions; re-running `Gateway.ensure` keeps every
 sandbox's chains, sets and map elements (rules survive a server restart).
@@ -10,35 +11,46 @@ sandbox's chains, sets and map elements (rules survive a server restart).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from declawd.addresses import (
+    HOST_LINK,
+    HOST_LINK_GATEWAY,
+    HOST_LINK_GATEWAY_IF,
+    HOST_LINK_PEER,
+    LAB_LINK,
+    host_link_peer_if,
+)
 from declawd.config import Settings
 from declawd.egress import conntrack
 from declawd.egress import nft as nftc
-from declawd.egress.netns import (
-    NftError,
+from declawd.egress.nftctl import NftError, forget_netns, nft
+from declawd.egress.policy import EgressPolicy
+from declawd.errors import Unavailable
+from declawd.host import (
     add_netns,
+    delete_link,
     delete_netns,
-    forget_netns,
+    link_exists,
     list_netns,
     netns_exists,
     netns_path,
-    nft,
     run,
-    sysctl,
     sysctls,
+    undo_all,
 )
-from declawd.egress.policy import EgressPolicy
+from declawd.runtime import Mount
+from declawd.upstream import Upstream
 
-LAB_GW = "100.96.0.1"
-LAB_PEER = "100.96.0.2"
-HOST_GW = "100.96.0.5"
-HOST_PEER = "100.96.0.6"
 HOST_NFT_TABLE = "ip declawd_host"
+RESOLV_CONF = Path("/etc/resolv.conf")
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
 def _v4_ranges(ranges: list[str]) -> list[ipaddress.IPv4Network]:
@@ -48,7 +60,7 @@ def _v4_ranges(ranges: list[str]) -> list[ipaddress.IPv4Network]:
 
 def node_ranges(settings: Settings) -> list[ipaddress.IPv4Network]:
     """Ranges that are non-public because they are this node's (pool + gateway links)."""
-    return [ipaddress.IPv4Network(settings.pool), nftc.LAB_LINK, nftc.HOST_LINK]
+    return [ipaddress.IPv4Network(settings.pool), LAB_LINK, HOST_LINK]
 
 
 def slot_addresses(settings: Settings, slot: int) -> tuple[str, str]:
@@ -60,115 +72,130 @@ def slot_addresses(settings: Settings, slot: int) -> tuple[str, str]:
     return str(base + 1), str(base + 2)
 
 
-async def _link_exists(netns: str, name: str) -> bool:
-    rc, _, _ = await run("ip", "-n", netns, "link", "show", name, check=False)
-    return rc == 0
-
-
-async def ensure_lab_link(settings: Settings) -> None:
-    """veth `lab0` (gw, 100.96.0.1/30) ↔ `up0` (lab, 100.96.0.2/30); idempotent.
-
-    Creates either namespace if missing. The lab side gets a default route via the
-    gateway end, so lab hosts answer masqueraded sandbox traffic.
-    """
-    gw, lab = settings.gateway_netns, settings.lab_netns
-    await add_netns(gw)
-    await add_netns(lab)
-    if not await _link_exists(gw, "lab0"):
-        # Created directly in both namespaces: no transient name in the host netns.
-        await run("ip", "link", "add", "lab0", "netns", gw, "type", "veth",
-                  "peer", "name", "up0", "netns", lab)  # fmt: skip
-    await run("ip", "-n", gw, "addr", "replace", f"{LAB_GW}/30", "dev", "lab0")
-    await run("ip", "-n", lab, "addr", "replace", f"{LAB_PEER}/30", "dev", "up0")
-    for ns, dev in ((gw, "lab0"), (lab, "up0"), (lab, "lo")):
-        await run("ip", "-n", ns, "link", "set", dev, "up")
-    await run("ip", "-n", lab, "route", "replace", "default", "via", LAB_GW)
-
-
-async def remove_lab_link(settings: Settings) -> None:
-    """Idempotent; deleting one end removes the pair."""
-    if netns_exists(settings.gateway_netns):
-        await run("ip", "-n", settings.gateway_netns, "link", "del", "lab0", check=False)
-
-
 @dataclass
 class Gateway:
+    """The gateway netns; `upstream` makes (and removes) its one uplink."""
+
     settings: Settings
-    created: list[str] = field(default_factory=list)
+    upstream: Upstream
 
     @property
     def netns(self) -> str:
         return self.settings.gateway_netns
 
-    @property
-    def upstream_if(self) -> str:
-        return "lab0" if self.settings.lab else "host0"
-
-    @property
-    def host_if(self) -> str:
-        return f"{self.settings.instance}-up"
-
-    async def ensure(self, settings: Settings | None = None) -> None:
+    async def ensure(self) -> None:
         """Bring the gateway up, or complete it; never disturbs existing sandboxes' rules."""
-        if settings is not None:
-            self.settings = settings
         gw = self.netns
         await add_netns(gw)
         await run("ip", "-n", gw, "link", "set", "lo", "up")
-        await sysctl(gw, "net.ipv6.conf.all.disable_ipv6", "1")
-        await sysctl(gw, "net.ipv6.conf.default.disable_ipv6", "1")
-        await sysctl(gw, "net.ipv4.ip_forward", "1")
-        if self.settings.lab:
-            await ensure_lab_link(self.settings)
-            await run("ip", "-n", gw, "route", "replace", "default", "via", LAB_PEER)
-        else:
-            await self._ensure_host_link()
+        await sysctls(
+            gw,
+            {
+                "net.ipv6.conf.all.disable_ipv6": "1",
+                "net.ipv6.conf.default.disable_ipv6": "1",
+                "net.ipv4.ip_forward": "1",
+            },
+        )
+        await self.upstream.ensure()
         layout = nftc.BaseLayout(
-            upstream_if=self.upstream_if,
+            upstream_if=self.upstream.uplink,
             floor=nftc.floor_networks(
                 node_ranges(self.settings), _v4_ranges(self.settings.exempt_ranges)
             ),
         )
         await nft(gw, nftc.base_script(layout))
 
-    async def _ensure_host_link(self) -> None:
-        """Production upstream: veth `host0` into the host netns, NAT on its uplink.
+    async def teardown(self) -> None:
+        """Remove the upstream's link, then the gateway netns (and with it every s<slot>)."""
 
-        Forwarded traffic leaves the host through its default-route device; the host's
-        own masquerade lives in its own small table so teardown removes exactly it.
-        """
-        gw, host_if = self.netns, self.host_if
-        if not await _link_exists(gw, "host0"):
-            await run("ip", "link", "add", "host0", "netns", gw, "type", "veth",
+        async def drop_netns() -> None:
+            forget_netns(self.netns)
+            await delete_netns(self.netns)
+
+        await undo_all(f"gateway {self.netns}", self.upstream.teardown, drop_netns)
+
+
+class HostUpstream:
+    """Production: veth `host0` (gateway) ↔ `<instance>-up` (host), masqueraded by the host
+    out of its default-route device; DNS goes to the host's own resolver.
+
+    The host's masquerade lives in its own small table, so teardown removes exactly it.
+    """
+
+    name = "host"
+    uplink = HOST_LINK_GATEWAY_IF
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def host_if(self) -> str:
+        return host_link_peer_if(self.settings.instance)
+
+    async def ensure(self) -> None:
+        gw, host_if = self.settings.gateway_netns, self.host_if
+        if not link_exists(self.uplink, gw):
+            await run("ip", "link", "add", self.uplink, "netns", gw, "type", "veth",
                       "peer", "name", host_if)  # fmt: skip
-        await run("ip", "-n", gw, "addr", "replace", f"{HOST_GW}/30", "dev", "host0")
-        await run("ip", "-n", gw, "link", "set", "host0", "up")
-        await run("ip", "addr", "replace", f"{HOST_PEER}/30", "dev", host_if)
+        plen = HOST_LINK.prefixlen
+        await run(
+            "ip", "-n", gw, "addr", "replace", f"{HOST_LINK_GATEWAY}/{plen}", "dev", self.uplink
+        )
+        await run("ip", "-n", gw, "link", "set", self.uplink, "up")
+        await run("ip", "addr", "replace", f"{HOST_LINK_PEER}/{plen}", "dev", host_if)
         await run("ip", "link", "set", host_if, "up")
-        await run("ip", "-n", gw, "route", "replace", "default", "via", HOST_PEER)
-        _, out, _ = await run("ip", "-j", "route", "show", "default")
-        routes = json.loads(out or "[]")
+        await run("ip", "-n", gw, "route", "replace", "default", "via", HOST_LINK_PEER)
+        routes = json.loads((await run("ip", "-j", "route", "show", "default")).stdout or "[]")
         if not routes:
-            raise RuntimeError("host mode: the host has no default route")
+            raise Unavailable("host upstream: the host has no default route")
         dev = routes[0]["dev"]
-        await run("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+        IP_FORWARD.write_text("1\n")  # the host's own forwarding, for the host link
         script = (
             f"add table {HOST_NFT_TABLE}\n"
             f"add chain {HOST_NFT_TABLE} post {{ type nat hook postrouting priority srcnat; }}\n"
             f"flush chain {HOST_NFT_TABLE} post\n"
-            f'add rule {HOST_NFT_TABLE} post ip saddr {nftc.HOST_LINK} oifname "{dev}" masquerade\n'
+            f'add rule {HOST_NFT_TABLE} post ip saddr {HOST_LINK} oifname "{dev}" masquerade\n'
         )
         await run("nft", "-f", "-", stdin=script)
 
     async def teardown(self) -> None:
-        """Remove the gateway netns (and with it every s<slot> veth), links, host NAT."""
-        await remove_lab_link(self.settings)
-        if netns_exists(self.netns):
-            await run("ip", "-n", self.netns, "link", "del", "host0", check=False)
-        await run("ip", "link", "del", self.host_if, check=False)
-        await run("nft", "delete", "table", *HOST_NFT_TABLE.split(), check=False)
-        forget_netns(self.netns)
-        await delete_netns(self.netns)
+        gw = self.settings.gateway_netns
+
+        async def drop_gateway_end() -> None:
+            if netns_exists(gw):
+                await delete_link(self.uplink, gw)
+
+        await undo_all(
+            "host upstream",
+            drop_gateway_end,
+            lambda: delete_link(self.host_if),
+            _drop_host_nat,
+        )
+
+    def dns_server(self) -> str:
+        """The host's first non-loopback nameserver (a loopback one is unreachable from the
+        gateway netns)."""
+        try:
+            lines = RESOLV_CONF.read_text().splitlines()
+        except OSError as exc:
+            raise Unavailable(f"no upstream DNS server: {RESOLV_CONF}: {exc}") from exc
+        for line in lines:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver" and not parts[1].startswith("127."):
+                return parts[1]
+        raise Unavailable("no upstream DNS server: set DECLAWD_UPSTREAM_DNS (or use --lab)")
+
+    def sandbox_mounts(self) -> list[Mount]:
+        return []
+
+    def sandbox_env(self) -> dict[str, str]:
+        return {}
+
+
+async def _drop_host_nat() -> None:
+    family, name = HOST_NFT_TABLE.split()
+    if (await run("nft", "list", "table", family, name, check=False)).ok:
+        await run("nft", "delete", "table", family, name)
 
 
 @dataclass
@@ -212,9 +239,9 @@ class SandboxNetwork:
     async def _create(self, policy: EgressPolicy) -> None:
         gw, sbx, s = self.settings.gateway_netns, self.netns, self.ifname
         if not netns_exists(gw):
-            raise RuntimeError(f"gateway netns {gw} is missing (Gateway.ensure first)")
+            raise Unavailable(f"gateway netns {gw} is missing (Gateway.ensure first)")
         await add_netns(sbx)
-        await run("ip", "-n", gw, "link", "del", s, check=False)  # stale slot leftovers
+        await delete_link(s, gw)  # leftovers of a slot's previous holder
         await run("ip", "link", "add", s, "netns", gw, "type", "veth",
                   "peer", "name", "eth0", "netns", sbx)  # fmt: skip
         # Four independent steps, each one process (or in-process nft), run concurrently;
@@ -251,13 +278,24 @@ class SandboxNetwork:
         await conntrack.cut_disallowed(gw, self.address, policy, node_ranges(self.settings))
 
     async def destroy(self) -> None:
-        """Idempotent; also for a half-created sandbox and from a fresh process."""
+        """Idempotent; also for a half-created sandbox and from a fresh process. Every step
+        runs; what could not be undone is raised afterwards (the netns goes last)."""
         gw = self.settings.gateway_netns
-        if netns_exists(gw):
-            await remove_slot_rules(gw, self.slot)
-            await run("ip", "-n", gw, "link", "del", self.ifname, check=False)
-            await run("conntrack", "-D", "-s", self.address, netns=gw, check=False)
-        await delete_netns(self.netns)
+
+        async def in_gateway() -> None:
+            if not netns_exists(gw):
+                return
+            await undo_all(
+                f"sandbox {self.sandbox_id} in {gw}",
+                lambda: remove_slot_rules(gw, self.slot),
+                lambda: delete_link(self.ifname, gw),
+                # Exits 1 when no flow matched, the usual case: nothing to report either way.
+                lambda: run("conntrack", "-D", "-s", self.address, netns=gw, check=False),
+            )
+
+        await undo_all(
+            f"sandbox network {self.sandbox_id}", in_gateway, lambda: delete_netns(self.netns)
+        )
 
 
 async def remove_slot_rules(gw: str, slot: int) -> None:
@@ -291,9 +329,9 @@ async def _gw_links(gw: str) -> dict[int, str]:
     """slot → alias (sandbox id) of the s<slot> veths in the gateway netns."""
     if not netns_exists(gw):
         return {}
-    _, out, _ = await run("ip", "-j", "-n", gw, "link", "show", check=False)
+    listed = await run("ip", "-j", "-n", gw, "link", "show")
     links: dict[int, str] = {}
-    for link in json.loads(out or "[]"):
+    for link in json.loads(listed.stdout or "[]"):
         m = re.fullmatch(r"s(\d+)", link.get("ifname", ""))
         if m:
             links[int(m.group(1))] = link.get("ifalias", "")
@@ -303,7 +341,8 @@ async def _gw_links(gw: str) -> dict[int, str]:
 async def sweep(settings: Settings, keep: set[str]) -> list[str]:
     """Remove sandbox networks whose id is not in `keep` (startup reconciliation).
 
-    Returns what was removed (netns names and `slot:<n>` entries), for the log.
+    Returns what was removed (netns names and `slot:<n>` entries), for the log; tries every
+    removal and raises what failed afterwards.
     """
     gw = settings.gateway_netns
     removed: list[str] = []
@@ -315,15 +354,29 @@ async def sweep(settings: Settings, keep: set[str]) -> list[str]:
         m = _SLOT_OBJ.match(str(obj.get("name", "")))
         if m:
             slots.add(int(m.group(1)))
-    for slot in sorted(slots - kept_slots):
-        await remove_slot_rules(gw, slot)
-        await run("ip", "-n", gw, "link", "del", f"s{slot}", check=False)
+
+    async def drop_slot(slot: int) -> None:
+        await undo_all(
+            f"slot {slot}",
+            lambda: remove_slot_rules(gw, slot),
+            lambda: delete_link(nftc.ifname(slot), gw),
+        )
         removed.append(f"slot:{slot}")
-    prefix = f"{settings.instance}-sbx-"
-    for name in list_netns(prefix):
-        if name[len(settings.instance) + 1 :] not in keep:
-            await delete_netns(name)
-            removed.append(name)
+
+    async def drop_netns(name: str) -> None:
+        await delete_netns(name)
+        removed.append(name)
+
+    stale = [
+        name
+        for name in list_netns(f"{settings.instance}-sbx-")
+        if name[len(settings.instance) + 1 :] not in keep
+    ]
+    await undo_all(
+        "stale sandbox networks",
+        *[functools.partial(drop_slot, slot) for slot in sorted(slots - kept_slots)],
+        *[functools.partial(drop_netns, name) for name in stale],
+    )
     return removed
 
 

@@ -18,16 +18,22 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from declawd.egress.nfnetlink import (
+    NETLINK_NETFILTER,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    align,
+    attr,
+    attributes,
+    message,
+)
+
 log = logging.getLogger(__name__)
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 
 NFULA_CFG_CMD = 1
 NFULA_CFG_MODE = 2
@@ -119,16 +125,6 @@ def parse_packet(payload: bytes) -> PacketInfo | None:
     return PacketInfo(src, dst, _PROTOCOLS.get(proto, str(proto)), dport)
 
 
-def _attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
-    off = 0
-    while off + 4 <= len(data):
-        length, atype = struct.unpack_from("=HH", data, off)
-        if length < 4 or off + length > len(data):
-            return
-        yield atype & 0x7FFF, data[off + 4 : off + length]
-        off += (length + 3) & ~3
-
-
 def parse_messages(data: bytes) -> Iterator[NflogRecord]:
     """Every NFULNL_MSG_PACKET in one netlink datagram (several may be batched)."""
     off = 0
@@ -141,7 +137,9 @@ def parse_messages(data: bytes) -> Iterator[NflogRecord]:
             prefix = ""
             payload = b""
             indev: int | None = None
-            for atype, value in _attrs(data[off + 20 : off + length]):  # 16 nlmsghdr + 4 nfgenmsg
+            for atype, value in attributes(
+                data[off + 20 : off + length]
+            ):  # 16 nlmsghdr + 4 nfgenmsg
                 if atype == NFULA_PREFIX:
                     prefix = value.split(b"\x00", 1)[0].decode("utf-8", errors="replace")
                 elif atype == NFULA_PAYLOAD:
@@ -149,18 +147,13 @@ def parse_messages(data: bytes) -> Iterator[NflogRecord]:
                 elif atype == NFULA_IFINDEX_INDEV and len(value) >= 4:
                     indev = struct.unpack("!I", value[:4])[0]
             yield NflogRecord(prefix, payload, indev)
-        off += (length + 3) & ~3
-
-
-def _attr(atype: int, value: bytes) -> bytes:
-    length = 4 + len(value)
-    return struct.pack("=HH", length, atype) + value + b"\x00" * ((4 - length % 4) % 4)
+        off += align(length)
 
 
 def config_message(group: int, attrs: bytes, seq: int, family: int = socket.AF_UNSPEC) -> bytes:
-    body = struct.pack("=BBH", family, 0, socket.htons(group)) + attrs
+    """NFULNL_MSG_CONFIG for `group` (the nfgenmsg res_id), asking for an ACK."""
     mtype = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
-    return struct.pack("=IHHII", 16 + len(body), mtype, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+    return message(mtype, NLM_F_REQUEST | NLM_F_ACK, seq, family, group, attrs)
 
 
 def _check_ack(data: bytes) -> None:
@@ -173,7 +166,7 @@ def _check_ack(data: bytes) -> None:
                 raise OSError(-err, f"nflog config: {os.strerror(-err)}")
         if length < 16:
             return
-        off += (length + 3) & ~3
+        off += align(length)
 
 
 class NflogReader:
@@ -193,11 +186,11 @@ class NflogReader:
             # A previous daemon instance may still hold the group (crash): unbind first.
             for seq, attrs in enumerate(
                 (
-                    _attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_UNBIND])),
-                    _attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])),
-                    _attr(NFULA_CFG_MODE, struct.pack("!IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0)),
-                    _attr(NFULA_CFG_TIMEOUT, struct.pack("!I", FLUSH_TIMEOUT_CS)),
-                    _attr(NFULA_CFG_QTHRESH, struct.pack("!I", QUEUE_THRESHOLD)),
+                    attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_UNBIND])),
+                    attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])),
+                    attr(NFULA_CFG_MODE, struct.pack("!IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0)),
+                    attr(NFULA_CFG_TIMEOUT, struct.pack("!I", FLUSH_TIMEOUT_CS)),
+                    attr(NFULA_CFG_QTHRESH, struct.pack("!I", QUEUE_THRESHOLD)),
                 ),
                 start=1,
             ):

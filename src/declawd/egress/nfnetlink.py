@@ -10,15 +10,16 @@ refused change raises NftError instead of passing silently.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import ipaddress
 import os
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from declawd.egress.nftctl import NftError
+from declawd.host import call_in_netns
 
 NETLINK_NETFILTER = 12
 NETLINK_CAP_ACK = 10  # errors echo only the header, not the whole (large) request
@@ -35,6 +36,7 @@ NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 NLMSG_ERROR = 2
 NLA_F_NESTED = 0x8000
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 NLMSGERR_ATTR_MSG = 1
 
 NFTA_SET_ELEM_LIST_TABLE = 1
@@ -46,12 +48,7 @@ NFTA_SET_ELEM_TIMEOUT = 4
 NFTA_DATA_VALUE = 1
 
 FAMILIES = {"ip": 2, "inet": 1, "ip6": 10, "arp": 3, "bridge": 7, "netdev": 5}
-CLONE_NEWNET = 0x40000000
 ACK_TIMEOUT_S = 5.0
-
-
-class NftError(RuntimeError):
-    """nf_tables refused a batch (or did not answer); the message names set and errno."""
 
 
 @dataclass(frozen=True)
@@ -85,13 +82,14 @@ def split_table(table: str) -> tuple[int, str]:
     return FAMILIES[family], name
 
 
-def _align(n: int) -> int:
+def align(n: int) -> int:
+    """Netlink aligns headers and attributes to 4 bytes."""
     return (n + 3) & ~3
 
 
 def attr(atype: int, value: bytes) -> bytes:
     length = 4 + len(value)
-    return struct.pack("=HH", length, atype) + value + b"\x00" * (_align(length) - length)
+    return struct.pack("=HH", length, atype) + value + b"\x00" * (align(length) - length)
 
 
 def nested(atype: int, *children: bytes) -> bytes:
@@ -154,33 +152,35 @@ def parse_acks(data: bytes) -> Iterator[Ack]:
             text = ""
             if flags & 0x200:  # NLM_F_ACK_TLVS: TLVs follow the echoed request
                 capped = flags & 0x100  # NLM_F_CAPPED: only its header was echoed
-                tlv_off = off + 20 + (16 if capped else _align(orig_len))
-                for atype, value in _attrs(data[tlv_off : off + length]):
+                tlv_off = off + 20 + (16 if capped else align(orig_len))
+                for atype, value in attributes(data[tlv_off : off + length]):
                     if atype == NLMSGERR_ATTR_MSG:
                         text = value.split(b"\x00", 1)[0].decode(errors="replace")
             yield Ack(seq, error, text)
-        off += _align(length)
+        off += align(length)
 
 
-def _attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
+def attributes(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, value) of each attribute, the nested and byte-order flags masked off; stops
+    at the first malformed one."""
     off = 0
     while off + 4 <= len(data):
         length, atype = struct.unpack_from("=HH", data, off)
         if length < 4 or off + length > len(data):
             return
-        yield atype & 0x3FFF, data[off + 4 : off + length]
-        off += _align(length)
+        yield atype & NLA_TYPE_MASK, data[off + 4 : off + length]
+        off += align(length)
 
 
 class NfTablesSocket:
     """A NETLINK_NETFILTER socket bound in one network namespace; thread-safe."""
 
-    def __init__(self, netns_path: str | None = None) -> None:
-        """Open in the caller's netns, or in `netns_path` (via a short-lived thread)."""
+    def __init__(self, netns: str | None = None) -> None:
+        """Open in the caller's netns, or in `netns` (a name or an nsfs path)."""
         self._lock = threading.Lock()
         self._seq = 0
         self._sock: socket.socket | None = (
-            self._open() if netns_path is None else _in_netns(netns_path, self._open)
+            self._open() if netns is None else call_in_netns(netns, self._open)
         )
 
     @staticmethod
@@ -254,29 +254,3 @@ class NfTablesSocket:
             sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-
-
-def _in_netns(path: str, fn: Callable[[], socket.socket]) -> socket.socket:
-    """Run `fn` on a throw-away thread that entered netns `path`; sockets keep their netns."""
-    result: list[socket.socket] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {path} failed")
-            finally:
-                os.close(fd)
-            result.append(fn())
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=target, name="nfnl-setns")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]

@@ -13,17 +13,14 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from declawd.addresses import DNS_PORT, HOST_LINK, LAB_LINK, PROXY_PORT, RESOLVER_PORT
 from declawd.egress.policy import FLOOR_V4, EgressPolicy
 
 TABLE = "inet declawd"
-RESOLVER_PORT = 5353
-PROXY_PORT = 15001
 NFLOG_GROUP = 7
 # Per rule, so one flooding sandbox exhausts only its own rules' log budget.
 LOG_LIMIT = "limit rate 20/second burst 40 packets"
 MAPS = ("pre_by_if", "nat_by_if", "fwd_by_if", "in_by_if")
-LAB_LINK = ipaddress.IPv4Network("100.96.0.0/30")
-HOST_LINK = ipaddress.IPv4Network("100.96.0.4/30")
 
 
 def ifname(slot: int) -> str:
@@ -136,7 +133,7 @@ def sandbox_rules(slot: int, address: str, policy: EgressPolicy) -> dict[str, li
         _log(slot, "deny", "spoof", f"ip saddr != {address}"),
         f"ip saddr != {address} drop",
     ]
-    nat = [f"meta l4proto {{ tcp, udp }} th dport 53 redirect to :{RESOLVER_PORT}"]
+    nat = [f"meta l4proto {{ tcp, udp }} th dport {DNS_PORT} redirect to :{RESOLVER_PORT}"]
     fwd = _refuse(slot, "floor", "ip daddr @floor4")
     if policy.allow_cidrs_v4:
         fwd += _accept(slot, "cidr", f"ip daddr @{a4}")

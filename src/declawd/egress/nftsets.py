@@ -10,25 +10,18 @@ failure raises NftError so the caller can fail closed (SERVFAIL).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import ipaddress
 import logging
 import os
-import shutil
-import subprocess
-import threading
 from collections.abc import Mapping, Sequence
 
 from declawd.egress import nfnetlink
 from declawd.egress.nfnetlink import NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, Element
+from declawd.egress.nft import TABLE
+from declawd.egress.nftctl import Libnftables, nft_binary
 
 log = logging.getLogger(__name__)
 
-TABLE = "inet declawd"
-
-
-NftError = nfnetlink.NftError  # one error type whatever the backend
 BACKENDS = ("netlink", "library", "binary")
 BACKEND_ENV = "DECLAWD_NFTSETS_BACKEND"
 
@@ -37,60 +30,11 @@ def resolved_set(slot: int) -> str:
     return f"r4_{int(slot)}"
 
 
-class _LibNftables:
-    """Minimal ctypes binding: one context, output/error buffered, used under a lock."""
-
-    def __init__(self) -> None:
-        path = ctypes.util.find_library("nftables") or "libnftables.so.1"
-        lib = ctypes.CDLL(path)
-        lib.nft_ctx_new.restype = ctypes.c_void_p
-        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
-        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
-        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
-        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
-        ctx = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
-        if not ctx:
-            raise OSError("nft_ctx_new failed")
-        lib.nft_ctx_buffer_output(ctx)
-        lib.nft_ctx_buffer_error(ctx)
-        self._lib = lib
-        self._ctx: int | None = ctx
-        self._lock = threading.Lock()
-
-    def run(self, cmd: str) -> str:
-        with self._lock:
-            if self._ctx is None:
-                raise NftError("nft context closed")
-            rc = self._lib.nft_run_cmd_from_buffer(self._ctx, cmd.encode())
-            out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(errors="replace")
-            err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
-        if rc != 0:
-            raise NftError(err.strip() or f"nft failed with {rc}")
-        return out
-
-    def close(self) -> None:
-        with self._lock:
-            if self._ctx is not None:
-                self._lib.nft_ctx_free(self._ctx)
-                self._ctx = None
-
-
 class _NftBinary:
-    def __init__(self) -> None:
-        binary = shutil.which("nft") or "/usr/sbin/nft"
-        self._argv = [binary, "-f", "-"]
+    """The `nft` binary in the caller's netns: a fork per change, the last resort."""
 
     def run(self, cmd: str) -> str:
-        proc = subprocess.run(self._argv, input=cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise NftError(proc.stderr.strip() or f"nft exited {proc.returncode}")
-        return proc.stdout
+        return nft_binary(cmd)
 
     def close(self) -> None:
         pass
@@ -99,10 +43,10 @@ class _NftBinary:
 class _Netlink:
     """Element changes as nf_tables netlink batches: O(1) in the number of sandboxes."""
 
-    def __init__(self, table: str, netns_path: str | None) -> None:
+    def __init__(self, table: str, netns: str | None) -> None:
         nfnetlink.split_table(table)  # fail at construction on a bad spec
         self.table = table
-        self._sock = nfnetlink.NfTablesSocket(netns_path)
+        self._sock = nfnetlink.NfTablesSocket(netns)
 
     def admit(self, set_name: str, timeouts: Mapping[str, float]) -> None:
         self._sock.setelems(self.table, set_name, admit_ops(timeouts))
@@ -136,7 +80,7 @@ class NftSets:
         if chosen not in BACKENDS:
             raise ValueError(f"unknown nftsets backend {chosen!r} (one of {BACKENDS})")
         self._netlink: _Netlink | None = None
-        self._text: _LibNftables | _NftBinary | None = None
+        self._text: Libnftables | _NftBinary | None = None
         if chosen == "netlink":
             try:
                 self._netlink = _Netlink(table, netns_path)
@@ -145,7 +89,7 @@ class NftSets:
                 chosen = "library"
         if chosen == "library":
             try:
-                self._text = _LibNftables()
+                self._text = Libnftables()
             except OSError as exc:
                 log.warning("libnftables unavailable (%s); using the nft binary", exc)
                 self._text = _NftBinary()
@@ -156,7 +100,7 @@ class NftSets:
     def backend(self) -> str:
         if self._netlink is not None:
             return "netlink"
-        return "library" if isinstance(self._text, _LibNftables) else "binary"
+        return "library" if isinstance(self._text, Libnftables) else "binary"
 
     def run(self, cmd: str) -> str:
         """Run an nft script (text backends; the netlink backend opens the binary lazily)."""

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from declawd.errors import BadRequest
+from declawd.addresses import SINK_RANGE
+from declawd.errors import InvalidInput
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -22,7 +23,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ALL_TRAFFIC = "0.0.0.0/0"
 ALL_V4 = ipaddress.IPv4Network("0.0.0.0/0")
 ALL_V6 = ipaddress.IPv6Network("::/0")
-SINK_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 
 # SECURITY.md's non-public list, exactly. Documentation ranges (192.0.2/24,
 # 198.51.100/24, 203.0.113/24) are deliberately public: the lab lives there.
@@ -61,13 +61,9 @@ _DOMAIN_RE = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,}")
 _IPV6_BLOCKED = "IPv6 is blocked on this node (only '::/0' in deny_out is accepted)"
 
 
-class PolicyError(BadRequest):
-    """An invalid policy entry; `field` names it (e.g. `network.allow_out[2]`). HTTP 400."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.reason = message
+class PolicyError(InvalidInput):
+    """An invalid policy entry; `field` names it (e.g. `network.allow_out[2]`), and the
+    message reads `field: reason` (the field once: callers rename, never prefix)."""
 
 
 def _parse_network(entry: str) -> IPNetwork | None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from declawd.addresses import PROXY_PORT
 from declawd.egress.httpsniff import HttpRequestStream, HttpViolation, RequestHead, starts_like_http
 from declawd.egress.policy import EgressPolicy, is_non_public
 from declawd.egress.resolved import ResolvedNames
@@ -115,6 +116,12 @@ OriginalDst = Callable[[socket.socket], tuple[str, int]]
 
 
 class SniProxy:
+    """Two clocks bound a client still being peeked: `peek_timeout` while it has sent nothing
+    (then its stream is opaque), and `handshake_timeout` from its first byte to a complete
+    ClientHello or request head (then it is reset), so a slow link is not mistaken for a
+    silent one. A peeked client holds a slot at most their sum and MAX_PEEK_BYTES of buffer.
+    """
+
     def __init__(
         self,
         *,
@@ -122,6 +129,7 @@ class SniProxy:
         resolved: ResolvedNames,
         audit: Callable[[dict[str, Any]], None],
         peek_timeout: float = 5.0,
+        handshake_timeout: float = 10.0,
         max_conns_per_sandbox: int = 512,
         max_conns: int = 8192,
         original_dst: OriginalDst = so_original_dst,
@@ -134,6 +142,7 @@ class SniProxy:
         self.resolved = resolved
         self._audit = audit
         self.peek_timeout = peek_timeout
+        self.handshake_timeout = handshake_timeout
         self.max_conns_per_sandbox = max_conns_per_sandbox
         self.max_conns = max_conns
         self.original_dst = original_dst
@@ -155,7 +164,7 @@ class SniProxy:
         }
         self._reasons: dict[str, int] = {}
 
-    async def start(self, host: str = "0.0.0.0", port: int = 15001) -> None:
+    async def start(self, host: str = "0.0.0.0", port: int = PROXY_PORT) -> None:
         if self._server is not None:
             return
         loop = asyncio.get_running_loop()
@@ -312,8 +321,7 @@ class _Connection(asyncio.Protocol):
         if reason is not None:
             self._deny(Verdict(False, reason))
             return
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.proxy.peek_timeout, self._on_peek_timeout)
+        self._arm(self.proxy.peek_timeout, self._on_peek_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.phase == "closed":
@@ -325,9 +333,12 @@ class _Connection(asyncio.Protocol):
             self.upstream.write(data)
             self.proxy.count("bytes_up", len(data))
         else:
+            first_bytes = self.phase == "peek" and not self._buf
             self._buf += data
             if self.phase == "peek":
                 self._classify()
+                if first_bytes and self.phase == "peek":
+                    self._arm(self.proxy.handshake_timeout, self._on_handshake_timeout)
 
     def eof_received(self) -> bool:
         self._client_eof = True
@@ -404,15 +415,27 @@ class _Connection(asyncio.Protocol):
         self.verdict, self.name = verdict, verdict.name
         self._start_dial()
 
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, callback)
+
     def _on_peek_timeout(self) -> None:
         self._timer = None
         if self.phase != "peek":
             return
         if self._buf or self._http is not None:
-            self._deny(Verdict(False, "peek_timeout"))
+            # Never opaque once bytes came: a partial ClientHello is not an opaque stream.
+            self._on_handshake_timeout()
         else:
             # Server-first protocols (SMTP, SSH banners) and silent clients: L4 trust only.
             self._decide(decide_opaque(*self._context()) if self._has_view() else None)
+
+    def _on_handshake_timeout(self) -> None:
+        self._timer = None
+        if self.phase == "peek":
+            # The reason predates the two clocks; audit consumers key on it.
+            self._deny(Verdict(False, "peek_timeout"))
 
     def _http_data(self, data: bytes) -> None:
         assert self._http is not None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from dnslib import DNSRecord
 
+from declawd.addresses import DNS_PORT, RESOLVER_PORT
 from declawd.egress.audit import AuditEvent
 from declawd.egress.dnsfilter import (
     Action,
@@ -106,7 +107,7 @@ class Resolver:
         self.stats: dict[str, int] = {"queries": 0, "forwarded": 0, "refused": 0, "servfail": 0}
 
     # Lifecycle -------------------------------------------------------------------------
-    async def start(self, host: str = "0.0.0.0", port: int = 5353) -> None:
+    async def start(self, host: str = "0.0.0.0", port: int = RESOLVER_PORT) -> None:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _UdpServer(self), local_addr=(host, port), reuse_port=False
@@ -139,8 +140,10 @@ class Resolver:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if tcp is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(tcp.wait_closed(), 2.0)
+            except TimeoutError:
+                log.warning("dns tcp listener still had connections after 2 s; left to close")
 
     def forget(self, sandbox_id: str) -> None:
         """Drop per-sandbox counters (sandbox removed)."""
@@ -175,7 +178,7 @@ class Resolver:
                 reason=note.reason,
                 name=note.name or None,
                 address=",".join(note.addresses) or None,
-                port=53,
+                port=DNS_PORT,
                 protocol=protocol,
             )
         )
@@ -368,7 +371,8 @@ class Resolver:
             if self._tcp_conns[key] <= 0:
                 del self._tcp_conns[key]
             writer.close()
-            with contextlib.suppress(Exception):
+            # A client that reset the connection makes wait_closed raise its error: not ours.
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
 

@@ -11,18 +11,15 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["EnvdBuildError", "build_envd", "ensure_envd", "source_hash"]
+from declawd.host import run_sync
+
+__all__ = ["build_envd", "ensure_envd", "source_hash"]
 
 SOURCE_DIR = Path(__file__).resolve().parent
 GO_WORK_DIR = Path("/tmp/declawd-go")
-
-
-class EnvdBuildError(RuntimeError):
-    """`go build` failed; the message carries the compiler output."""
 
 
 def _sources() -> list[Path]:
@@ -56,7 +53,7 @@ def _go_env() -> dict[str, str]:
 
 
 def build_envd(out: Path) -> Path:
-    """Compile envd into `out` (static, stripped) and return `out`."""
+    """Compile envd into `out` (static, stripped) and return `out`; CommandFailed if go fails."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -70,9 +67,7 @@ def build_envd(out: Path) -> Path:
         str(out),
         ".",
     ]
-    proc = subprocess.run(cmd, cwd=SOURCE_DIR, env=_go_env(), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise EnvdBuildError(f"go build failed ({proc.returncode}): {proc.stderr.strip()}")
+    run_sync(*cmd, cwd=SOURCE_DIR, env=_go_env())  # CommandFailed carries the compiler's output
     return out
 
 

@@ -7,9 +7,6 @@ lab never routes anywhere but back to the gateway, so nothing it does reaches a 
 
 from declawd.lab.ca import LabCA, ca_bundle_path, ca_cert_path, ensure_ca
 from declawd.lab.config import (
-    LAB_DNS_ADDRESS,
-    LAB_LINK_ADDRESS,
-    LAB_LINK_GATEWAY,
     LabConfig,
     LabConfigError,
     LabHost,
@@ -18,17 +15,16 @@ from declawd.lab.config import (
 )
 from declawd.lab.process import LabError, LabProcess, lab_down
 from declawd.lab.topology import ensure_lab_netns, remove_lab_netns
+from declawd.lab.upstream import LabUpstream
 
 __all__ = [
-    "LAB_DNS_ADDRESS",
-    "LAB_LINK_ADDRESS",
-    "LAB_LINK_GATEWAY",
     "LabCA",
     "LabConfig",
     "LabConfigError",
     "LabError",
     "LabHost",
     "LabProcess",
+    "LabUpstream",
     "ca_bundle_path",
     "ca_cert_path",
     "ensure_ca",

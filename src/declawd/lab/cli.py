@@ -13,7 +13,9 @@ import typer
 
 from declawd.config import Settings
 
-app = typer.Typer(no_args_is_help=True, help="The lab: a simulated internet for tests and demos.")
+app = typer.Typer(
+    no_args_is_help=True, help="Run the lab: a simulated internet for tests and demos."
+)
 
 _INSTANCE = typer.Option(None, "--instance", help="instance name (netns prefix)")
 _STATE_DIR = typer.Option(None, "--state-dir", help="state directory")
@@ -33,7 +35,7 @@ def serve(
     state_dir: Path | None = _STATE_DIR,
     keep: bool = typer.Option(False, "--keep", help="keep the lab netns on exit"),
 ) -> None:
-    """Run the lab in the foreground (in netns <instance>-lab) until SIGTERM/SIGINT."""
+    """Run the lab in the foreground (netns <instance>-lab) until Ctrl-C or SIGTERM."""
     from declawd.lab.config import LabConfigError, load_config
     from declawd.lab.process import LabError
     from declawd.lab.process import serve as run
@@ -66,7 +68,7 @@ def ca_path(
     state_dir: Path | None = _STATE_DIR,
     bundle: bool = typer.Option(False, "--bundle", help="print the system+lab bundle path"),
 ) -> None:
-    """Create the lab CA if needed and print its PEM path."""
+    """Print the path of the lab's CA certificate (PEM), creating the CA if needed."""
     from declawd.lab.ca import ca_bundle_path, ca_cert_path, ensure_ca
 
     settings = _settings(instance, state_dir)

@@ -15,11 +15,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from declawd.addresses import LAB_DNS_ADDRESS, LAB_LINK
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-LAB_DNS_ADDRESS = "198.51.100.53"
-LAB_LINK_GATEWAY = "100.96.0.1"  # the gateway's end of the lab link (`lab0`)
-LAB_LINK_ADDRESS = "100.96.0.2"  # the lab's end (`up0`)
 MAX_CNAME_HOPS = 8
 DEFAULT_TTL = 60
 
@@ -29,7 +28,7 @@ _LAB_RANGES = tuple(
     ipaddress.ip_network(n) for n in ("203.0.113.0/24", "198.51.100.0/24", "2001:db8::/32")
 )
 _NEVER_SERVED = tuple(
-    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "100.96.0.0/30", f"{LAB_DNS_ADDRESS}/32")
+    ipaddress.ip_network(n) for n in ("192.0.2.0/24", str(LAB_LINK), f"{LAB_DNS_ADDRESS}/32")
 )
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _HOST_KEYS = {

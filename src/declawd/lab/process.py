@@ -1,7 +1,7 @@
 """The lab's process lifecycle: `serve()` (body of `declawd lab serve`) and `LabProcess`.
 
-`serve` owns the lab netns for its lifetime: it converges the netns, asks the datapath to
-link it to the gateway when that exists, moves into it, runs every listener until
+`serve` owns the lab netns for its lifetime: it converges the netns, links it to the
+gateway when that exists (`declawd.lab.upstream`), moves into it, runs every listener until
 SIGTERM/SIGINT and, unless told to keep it, deletes the netns on the way out (also after a
 failed start). One lab per instance, enforced by a lock file. `LabProcess` runs `serve` as
 a child for tests, benchmarks and the demo, and is ready only once the lab DNS answers.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import inspect
 import logging
 import os
 import signal
@@ -22,22 +21,17 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO
 
-from dnslib import DNSRecord
+from dnslib import DNSError, DNSRecord
 
+from declawd.addresses import DNS_PORT, LAB_DNS_ADDRESS, LAB_LINK_PEER_IF
 from declawd.config import Settings
-from declawd.lab.config import LAB_DNS_ADDRESS, LabConfig
+from declawd.host import CommandFailed, enter_netns, netns_exists, socket_in_netns
+from declawd.lab.config import LabConfig
 from declawd.lab.servers import LabServer
-from declawd.lab.topology import (
-    UPLINK,
-    ensure_lab_netns,
-    ensure_lab_route,
-    enter_netns,
-    netns_exists,
-    remove_lab_netns,
-    socket_in_netns,
-)
+from declawd.lab.topology import ensure_lab_netns, ensure_lab_route, remove_lab_netns
+from declawd.lab.upstream import ensure_lab_link
 
 log = logging.getLogger("declawd.lab")
 READY_NAME = "_ready.lab"  # readiness probe; NXDOMAIN is an answer too
@@ -128,26 +122,15 @@ def _lock(path: Path, settings: Settings) -> int:
 
 
 def _link_to_gateway(settings: Settings, config: LabConfig) -> None:
-    """Ask the datapath for the lab link when both the code and the gateway netns exist."""
-    try:
-        from declawd.egress import network
-    except ImportError:
-        return
-    ensure_lab_link = getattr(network, "ensure_lab_link", None)
-    if ensure_lab_link is None or not netns_exists(settings.gateway_netns):
+    """Make the lab link when the gateway netns exists (a node started before the lab)."""
+    if not netns_exists(settings.gateway_netns):
         return
     try:
-        result = ensure_lab_link(settings)
-        if inspect.isawaitable(result):
-            asyncio.run(_await(result))
-    except Exception as exc:  # the lab is still useful standalone
-        log.warning("ensure_lab_link failed, lab not linked to the gateway: %s", exc)
+        asyncio.run(ensure_lab_link(settings))
+    except (CommandFailed, OSError) as exc:  # the lab is still useful standalone
+        log.warning("lab not linked to the gateway: %s", exc)
         return
     ensure_lab_netns(settings, config)
-
-
-async def _await(awaitable: Any) -> None:
-    await awaitable
 
 
 async def _run(settings: Settings, config: LabConfig) -> None:
@@ -174,13 +157,15 @@ async def _watch_uplink(settings: Settings) -> None:
     seen = 0
     while True:
         try:
-            index = socket.if_nametoindex(UPLINK)  # this thread is in the lab netns
+            index = socket.if_nametoindex(LAB_LINK_PEER_IF)  # this thread is in the lab netns
         except OSError:
             index = 0
         if index and index != seen:
-            with contextlib.suppress(Exception):
+            try:
                 if await asyncio.to_thread(ensure_lab_route, settings):
                     seen = index
+            except (CommandFailed, ValueError) as exc:  # up0 going away under us: retry
+                log.warning("lab default route via the gateway not set: %s", exc)
         await asyncio.sleep(2)
 
 
@@ -221,13 +206,14 @@ def dns_ready(settings: Settings, timeout: float = 0.3) -> bool:
     with sock:
         sock.settimeout(timeout)
         try:
-            sock.sendto(query.pack(), (LAB_DNS_ADDRESS, 53))
+            sock.sendto(query.pack(), (LAB_DNS_ADDRESS, DNS_PORT))
             data = sock.recv(4096)
         except OSError:
             return False
-    with contextlib.suppress(Exception):
-        return DNSRecord.parse(data).header.id == query.header.id
-    return False
+    try:
+        return bool(DNSRecord.parse(data).header.id == query.header.id)
+    except DNSError:  # not a DNS answer: whatever answers there is not our lab
+        return False
 
 
 class LabProcess:

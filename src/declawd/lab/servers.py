@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+from declawd.addresses import LAB_DNS_ADDRESS
 from declawd.config import Settings
 from declawd.lab.ca import LabCA, ensure_ca
-from declawd.lab.config import LAB_DNS_ADDRESS, LabConfig, LabHost
+from declawd.lab.config import LabConfig, LabHost
 from declawd.lab.dns import DnsServer
 from declawd.lab.querylog import QueryLog, query_log_path
 

@@ -20,18 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from declawd.config import Settings
+from declawd.errors import Unreachable
+from declawd.host import in_netns
+from declawd.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-LAB_DNS = "198.51.100.53"
 # How long the proxy waits for a client's first bytes before treating the stream as opaque
 # (server-first protocols such as SMTP or SSH wait this long for their banner).
 PEEK_TIMEOUT_S = 2.0
 
 
 class GatewayDaemon:
-    def __init__(self, settings: Settings) -> None:
+    """The node's side of `declawd gateway serve`; `upstream` says where DNS goes."""
+
+    def __init__(self, settings: Settings, upstream: Upstream) -> None:
         self.settings = settings
+        self.upstream = upstream
         self.dir = settings.gateway_dir
         self.state_path = self.dir / "state.json"
         self.control_path = self.dir / "control.sock"
@@ -105,7 +110,7 @@ class GatewayDaemon:
                 await self.start()
             elif attempt:
                 await asyncio.sleep(0.2)
-        raise RuntimeError("gateway daemon did not acknowledge the reload")
+        raise Unreachable("gateway daemon did not acknowledge the reload")
 
     async def ping(self) -> bool:
         try:
@@ -131,26 +136,28 @@ class GatewayDaemon:
     def _command_line(self) -> list[str]:
         exe = shutil.which("declawd", path=str(Path(sys.executable).parent)) or ""
         base = [exe] if exe else [sys.executable, "-m", "declawd.cli"]
-        upstream = self.settings.upstream_dns or (LAB_DNS if self.settings.lab else _host_dns())
-        netns = f"/var/run/netns/{self.settings.gateway_netns}"
-        return [
-            "nsenter",
-            f"--net={netns}",
-            *base,
-            "gateway",
-            "serve",
-            "--state-dir",
-            str(self.settings.state_dir),
-            "--instance",
-            self.settings.instance,
-            "--upstream-dns",
-            upstream,
-            "--peek-timeout",
-            str(PEEK_TIMEOUT_S),
-            "--pool",
-            self.settings.pool,
-            *[arg for r in self.settings.exempt_ranges for arg in ("--exempt", r)],
-        ]
+        upstream = self.settings.upstream_dns or self.upstream.dns_server()
+        return in_netns(
+            [
+                *base,
+                "gateway",
+                "serve",
+                "--state-dir",
+                str(self.settings.state_dir),
+                "--instance",
+                self.settings.instance,
+                "--upstream-dns",
+                upstream,
+                "--peek-timeout",
+                str(PEEK_TIMEOUT_S),
+                "--handshake-timeout",
+                str(self.settings.handshake_timeout),
+                "--pool",
+                self.settings.pool,
+                *[arg for r in self.settings.exempt_ranges for arg in ("--exempt", r)],
+            ],
+            self.settings.gateway_netns,
+        )
 
     async def start(self) -> None:
         if self.alive():
@@ -179,7 +186,7 @@ class GatewayDaemon:
             if proc.returncode is not None:
                 break
             await asyncio.sleep(0.05)
-        raise RuntimeError(f"gateway daemon failed to start; see {self.log_path}")
+        raise Unreachable(f"gateway daemon failed to start; see {self.log_path}")
 
     async def stop(self) -> None:
         pid = self.pid()
@@ -226,14 +233,3 @@ class GatewayDaemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
-
-
-def _host_dns() -> str:
-    try:
-        for line in Path("/etc/resolv.conf").read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "nameserver" and not parts[1].startswith("127."):
-                return parts[1]
-    except OSError:
-        pass
-    raise RuntimeError("no upstream DNS server: set DECLAWD_UPSTREAM_DNS (or use --lab)")

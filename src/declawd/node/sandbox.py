@@ -1,31 +1,32 @@
 """One sandbox's host-side resources, created in order and torn down in reverse.
 
 `SandboxResources` knows every path and name that a sandbox owns on this machine (its
-directory, overlay mount, envd socket tmpfs, OCI container, commands' cgroup, network).
-`teardown()` removes
-all of them and is idempotent: it runs after a failed create, on kill, and from the startup
-sweep with nothing but the sandbox id, slot and runtime.
+directory, overlay mount, envd socket tmpfs, OCI container, commands' cgroup); `SandboxHost`
+is the node's handle on all of them, by sandbox id. `release()` removes them, is idempotent
+(it runs after a failed create, on kill, and from the reconcile sweep with nothing but the
+id and runtime), and returns what it could not remove instead of swallowing it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from declawd.config import Settings
-from declawd.runtime import Mount, OciRuntime, quota
+from declawd.node.spec import ENVD_MOUNT_DIR, ENVD_SOCKET_NAME
+from declawd.runtime import Mount, quota
 from declawd.runtime import cgroups as cg
 from declawd.runtime import overlay as ovl
+from declawd.runtime.compat import ensure_statx_shim, preload_file
 
 log = logging.getLogger(__name__)
 
-ENVD_MOUNT_DIR = "/run/declawd"
-ENVD_SOCKET_NAME = "envd.sock"
-ENVD_BIN_IN_SANDBOX = "/opt/declawd/envd"
 ENVD_TMPFS_BYTES = 1 << 20
 # envd finds the commands' cgroup `tasks` files here (next to its socket; see PROTOCOL.md)
 ENVD_CGROUP_DIR = f"{ENVD_MOUNT_DIR}/cgroup"
@@ -125,26 +126,123 @@ class SandboxResources:
         ovl.mount_overlay(layers, self.upper, self.work, self.rootfs)
         ovl.mount_tmpfs(self.envd_dir, ENVD_TMPFS_BYTES, 0o700)
 
-    async def teardown(self, runtime: OciRuntime | None) -> None:
-        """Remove everything host-side except the network (owned by SandboxNetwork)."""
+    async def release(self, runtime: ContainerRuntime | None) -> list[str]:
+        """Remove everything host-side except the network (owned by the node's network);
+        returns a line per resource that could not be removed (empty: all gone)."""
+        failed: list[str] = []
         if runtime is not None:
             try:
                 await runtime.kill(self.sandbox_id)
-            except Exception:
-                log.exception("kill %s", self.sandbox_id)
-            try:
-                # the commands' child cgroups (and anything the runtime left behind)
-                await asyncio.to_thread(cg.remove_cgroup, self.cgroups_path)
-            except Exception:
-                log.exception("remove cgroup %s", self.cgroups_path)
+            except Exception as exc:
+                failed.append(f"container: {exc}")
+        try:
+            # the commands' child cgroups (and anything the runtime left behind); its path
+            # follows from the id alone, so the sweep removes a stray one too
+            await asyncio.to_thread(cg.remove_cgroup, self.cgroups_path)
+        except OSError as exc:
+            failed.append(f"cgroup {self.cgroups_path}: {exc}")
         for target in (self.envd_dir, self.rootfs):
             try:
                 ovl.unmount(target)
-            except Exception:
-                log.exception("unmount %s", target)
+            except OSError as exc:
+                failed.append(f"unmount {target}: {exc}")
         try:
             quota.destroy_disk(self.disk_image, self.disk)
-        except Exception:
-            log.exception("destroy disk %s", self.disk_image)
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self.dir)
+        except OSError as exc:
+            failed.append(f"disk {self.disk_image}: {exc}")
+        if not failed:
+            try:
+                shutil.rmtree(self.dir)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed.append(f"directory {self.dir}: {exc}")
+        return failed
+
+
+class ContainerRuntime(Protocol):
+    """What the node needs of an OCI runtime (runtime/oci.py's `OciRuntime`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def run_detached(
+        self, bundle: Path, container_id: str, netns_path: str | None, *, log_path: Path
+    ) -> None: ...
+
+    async def kill(self, container_id: str) -> None: ...
+
+    async def state(self, container_id: str) -> str | None: ...
+
+    async def list(self) -> list[str]: ...
+
+
+class SandboxHost:
+    """The node's handle on every sandbox's host resources, by id (faked in unit tests)."""
+
+    def __init__(self, settings: Settings, envd_binary: Path | None = None) -> None:
+        self.settings = settings
+        self._envd_binary = envd_binary
+        self._compat: tuple[Path, Path] | None = None
+
+    def prepare_node(self) -> None:
+        """Directories and the envd binary; blocking, once at start."""
+        from declawd.envd import ensure_envd
+
+        for d in (self.settings.sandboxes_dir, self.settings.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._envd_binary = ensure_envd(self.settings.envd_path)
+
+    def resources(self, sandbox_id: str) -> SandboxResources:
+        return SandboxResources(self.settings, sandbox_id)
+
+    @property
+    def envd_binary(self) -> Path:
+        if self._envd_binary is None:
+            raise RuntimeError("SandboxHost.prepare_node() was not called")
+        return self._envd_binary
+
+    def runsc_compat(self) -> tuple[Path, Path]:
+        # Built or checked once per process (hashing the source and comparing stamps on
+        # every create was pure overhead); concurrent first builds are safe (atomic replace).
+        if self._compat is None:
+            from declawd.node.spec import STATX_SHIM_IN_SANDBOX
+
+            bindir = self.settings.state_dir / "bin"
+            shim = ensure_statx_shim(bindir / "statx-shim.so")
+            self._compat = shim, preload_file(STATX_SHIM_IN_SANDBOX, bindir / "ld.so.preload")
+        return self._compat
+
+    def prepare(
+        self, sandbox_id: str, layers: Sequence[Path], address: str, nameserver: str
+    ) -> None:
+        """Quota disk, /etc network files in the upper dir, overlay + envd tmpfs (blocking)."""
+        res = self.resources(sandbox_id)
+        res.prepare_dirs()
+        res.write_network_files(sandbox_id, address, nameserver)
+        res.mount(list(layers))
+
+    def command_cgroup_mounts(self, sandbox_id: str, memory_bytes: int, pids: int) -> list[Mount]:
+        return self.resources(sandbox_id).create_command_cgroups(memory_bytes, pids)
+
+    def write_spec(self, sandbox_id: str, spec: dict[str, Any]) -> None:
+        (self.resources(sandbox_id).dir / "config.json").write_text(json.dumps(spec, indent=1))
+
+    def is_ready(self, sandbox_id: str) -> bool:
+        """Its rootfs is mounted and envd's socket exists (what a live sandbox has)."""
+        res = self.resources(sandbox_id)
+        return ovl.is_mounted(res.rootfs) and res.envd_socket.exists()
+
+    def log_tail(self, sandbox_id: str, size: int = 500) -> str:
+        try:
+            return self.resources(sandbox_id).log_path.read_text(errors="replace")[-size:]
+        except OSError:
+            return ""
+
+    def present(self) -> list[str]:
+        """Ids of the sandbox directories on disk."""
+        d = self.settings.sandboxes_dir
+        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+    async def release(self, sandbox_id: str, runtime: ContainerRuntime | None) -> list[str]:
+        return await self.resources(sandbox_id).release(runtime)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import tempfile
 from pathlib import Path
+
+from declawd.host import run_sync
 
 _SOURCE = Path(__file__).with_name("statx_shim.c")
 
@@ -25,16 +26,9 @@ def ensure_statx_shim(dest: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".statx-")
     os.close(fd)
     try:
-        subprocess.run(
-            ["cc", "-O2", "-shared", "-fPIC", "-o", tmp, str(_SOURCE)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        run_sync("cc", "-O2", "-shared", "-fPIC", "-o", tmp, str(_SOURCE))  # CommandFailed
         os.chmod(tmp, 0o555)
         os.replace(tmp, dest)
-    except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"building the statx shim failed: {exc.stderr.strip()}") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

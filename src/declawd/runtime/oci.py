@@ -15,12 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from declawd.errors import Internal
+from declawd.host import Completed, in_netns, run, stream
+
 RuntimeName = Literal["runc", "runsc"]
 
 _STOP_POLL_S = 0.01
 _STOP_WAIT_S = 10.0
 _TAIL_BYTES = 4000
-_CHUNK_BYTES = 64 * 1024
 
 # runsc (Debian's 2022 build) refuses its own netstack on this kernel ("cannot run with
 # network enabled in root network namespace"), so it runs with the host netstack inside
@@ -32,7 +34,7 @@ _CHUNK_BYTES = 64 * 1024
 RUNSC_FLAGS: tuple[str, ...] = ("--network=host", "--host-uds=create", "--overlay2=none")
 
 
-class RuntimeStartError(RuntimeError):
+class RuntimeStartError(Internal):
     """The runtime failed to start a container; `stderr_tail` holds its last words."""
 
     def __init__(self, container_id: str, returncode: int, stderr_tail: str) -> None:
@@ -42,10 +44,6 @@ class RuntimeStartError(RuntimeError):
         self.container_id = container_id
         self.returncode = returncode
         self.stderr_tail = stderr_tail
-
-
-class RuntimeCommandError(RuntimeError):
-    """A runtime housekeeping command (kill, delete, list) failed unexpectedly."""
 
 
 class OciRuntime:
@@ -71,7 +69,7 @@ class OciRuntime:
         cmd += ["--bundle", str(bundle_dir), container_id]
         if self.name == "runsc" and netns_path is not None:
             # Not `ip netns exec`: it remounts /sys, which hides the host's cgroup tree.
-            cmd = ["nsenter", f"--net={netns_path}", *cmd]
+            cmd = in_netns(cmd, netns_path)
         return cmd
 
     def _netns_of(self, container_id: str) -> str | None:
@@ -96,23 +94,13 @@ class OciRuntime:
                 return f"/proc/{pid}/ns/net"
         return None
 
-    async def _exec(self, *args: str, container_id: str | None = None) -> tuple[int, str, str]:
-        prefix: list[str] = []
+    async def _exec(
+        self, *args: str, container_id: str | None = None, check: bool = False
+    ) -> Completed:
+        netns = None
         if self.name == "runsc" and container_id is not None:
             netns = self._netns_of(container_id)
-            if netns is not None:
-                prefix = ["nsenter", f"--net={netns}"]
-        proc = await asyncio.create_subprocess_exec(
-            *prefix,
-            *self._base(),
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        return await run(*self._base(), *args, netns=netns, check=check)
 
     # Lifecycle ----------------------------------------------------------------------
     async def run_detached(
@@ -163,23 +151,12 @@ class OciRuntime:
         self.root_dir.mkdir(parents=True, exist_ok=True)
         if self._has_state(container_id):
             raise RuntimeStartError(container_id, -1, "a container with this id already exists")
-        proc = await asyncio.create_subprocess_exec(
+        # The container goes first, however the run ends; then the runtime exits by itself.
+        return await stream(
             *self._run_cmd(bundle_dir, container_id, netns_path, detach=False),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            on_line=log,
+            stop=lambda: self.kill(container_id),
         )
-        try:
-            assert proc.stdout is not None
-            await _stream_lines(proc.stdout, log)
-            return await proc.wait()
-        finally:
-            await asyncio.shield(self._kill_then_reap(proc, container_id))
-
-    async def _kill_then_reap(self, proc: asyncio.subprocess.Process, container_id: str) -> None:
-        await self.kill(container_id)
-        if proc.returncode is None:
-            await proc.wait()
 
     async def kill(self, container_id: str) -> None:
         """SIGKILL the container, wait until it has stopped, then delete it (idempotent)."""
@@ -190,17 +167,17 @@ class OciRuntime:
         deadline = loop.time() + _STOP_WAIT_S
         while await self.state(container_id) == "running" and loop.time() < deadline:
             await asyncio.sleep(_STOP_POLL_S)
-        rc, _, err = await self._exec("delete", "--force", container_id, container_id=container_id)
-        if rc != 0 and await self.state(container_id) is not None:
-            raise RuntimeCommandError(f"{self.name} delete {container_id}: {err.strip()}")
+        deleted = await self._exec("delete", "--force", container_id, container_id=container_id)
+        if not deleted.ok and await self.state(container_id) is not None:
+            deleted.check()
 
     async def state(self, container_id: str) -> str | None:
         """ "running", "stopped", "created", ... or None when the runtime does not know the id."""
-        rc, out, _ = await self._exec("state", container_id, container_id=container_id)
-        if rc != 0:
+        shown = await self._exec("state", container_id, container_id=container_id)
+        if not shown.ok:
             return None
         try:
-            status = json.loads(out).get("status")
+            status = json.loads(shown.stdout).get("status")
         except (json.JSONDecodeError, AttributeError):
             return None
         return str(status) if status else None
@@ -209,25 +186,8 @@ class OciRuntime:
         """Ids of every container under this runtime root."""
         if not self.root_dir.exists():
             return []
-        rc, out, err = await self._exec("list", "--quiet")
-        if rc != 0:
-            raise RuntimeCommandError(f"{self.name} list: {err.strip()}")
-        return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-async def _stream_lines(stream: asyncio.StreamReader, log: Callable[[str], None]) -> None:
-    """Feed output to `log` line by line; overlong lines (progress bars) come in pieces."""
-    pending = b""
-    while chunk := await stream.read(_CHUNK_BYTES):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        if len(pending) > _CHUNK_BYTES:
-            lines.append(pending)
-            pending = b""
-        for line in lines:
-            log(line.decode(errors="replace").rstrip("\r"))
-    if pending:
-        log(pending.decode(errors="replace").rstrip("\r"))
+        listed = await self._exec("list", "--quiet", check=True)
+        return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
 
 
 def _read_tail(path: Path, start: int) -> str:

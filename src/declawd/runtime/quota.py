@@ -8,10 +8,9 @@ leaves no image, loop device or mount behind.
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 from pathlib import Path
 
+from declawd.host import run_sync, undo_all_sync
 from declawd.runtime import overlay as ovl
 
 # No journal (the upper dir dies with the sandbox, crash consistency buys nothing), no
@@ -30,22 +29,14 @@ MKFS_ARGS: tuple[str, ...] = (
 )
 # `loop` makes mount(8) attach the device with autoclear: the last unmount detaches it.
 MOUNT_OPTIONS = "loop,nosuid,nodev,noinit_itable"
-
-
-class QuotaError(OSError):
-    """Creating the quota filesystem failed; carries the failing command's stderr."""
-
-
-def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    if proc.returncode != 0:
-        raise QuotaError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.strip()[:500]}")
+_TIMEOUT_S = 60
 
 
 def create_disk(image: Path, mountpoint: Path, size_mb: int) -> None:
     """Make a `size_mb` ext4 filesystem in the sparse file `image` and mount it.
 
-    A no-op when already mounted; on any failure everything made so far is removed.
+    A no-op when already mounted; on any failure everything made so far is removed, and
+    a failing mkfs or mount raises CommandFailed with its stderr.
     """
     if size_mb <= 0:
         raise ValueError("size_mb: must be positive")
@@ -55,8 +46,9 @@ def create_disk(image: Path, mountpoint: Path, size_mb: int) -> None:
         mountpoint.mkdir(parents=True, exist_ok=True)
         with open(image, "wb") as f:
             f.truncate(size_mb * 1024 * 1024)
-        _run([*MKFS_ARGS, str(image)])
-        _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(mountpoint)])
+        run_sync(*MKFS_ARGS, str(image), timeout=_TIMEOUT_S)
+        run_sync("mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(mountpoint),
+                 timeout=_TIMEOUT_S)  # fmt: skip
         mountpoint.chmod(0o700)
     except BaseException:
         destroy_disk(image, mountpoint)
@@ -64,27 +56,27 @@ def create_disk(image: Path, mountpoint: Path, size_mb: int) -> None:
 
 
 def destroy_disk(image: Path, mountpoint: Path) -> None:
-    """Unmount, detach any loop device still backed by `image`, delete it. Idempotent."""
-    ovl.unmount(mountpoint)
+    """Unmount, detach any loop device still backed by `image`, delete it. Idempotent;
+    every step runs, and what could not be undone is raised afterwards."""
+    undo_all_sync(
+        f"disk {image}",
+        lambda: ovl.unmount(mountpoint),
+        lambda: _detach_loop_devices(image),
+        lambda: image.unlink(missing_ok=True),
+    )
+
+
+def _detach_loop_devices(image: Path) -> None:
+    """Still attached: a lazy unmount in progress or a crash between attach and mount."""
     for dev in loop_devices(image):
-        # Still attached: a lazy unmount in progress or a crash between attach and mount.
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            subprocess.run(["losetup", "-d", dev], capture_output=True, timeout=30, check=False)
-    image.unlink(missing_ok=True)
+        done = run_sync("losetup", "-d", dev, check=False, timeout=_TIMEOUT_S)
+        if not done.ok and dev in loop_devices(image):  # else autoclear beat us to it
+            done.check()
 
 
 def loop_devices(image: Path) -> list[str]:
     """Loop devices whose backing file is `image` (empty when none or image is gone)."""
     if not image.exists():
         return []
-    try:
-        proc = subprocess.run(
-            ["losetup", "-j", str(image), "-O", "NAME", "-n"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (subprocess.SubprocessError, OSError):
-        return []
-    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    listed = run_sync("losetup", "-j", str(image), "-O", "NAME", "-n", timeout=_TIMEOUT_S)
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip()]

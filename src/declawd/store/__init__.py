@@ -1,8 +1,8 @@
 """Persistence for declawd: teams, API keys, sandboxes, idempotency, templates, audit.
 
 SQLite in WAL mode at `<state_dir>/declawd.db`, schema versioned by `PRAGMA
-user_version`. Callers pass and receive plain dicts; JSON columns are decoded for them.
-See docs/store.md.
+user_version`. Sandboxes travel as frozen `SandboxRecord`s; the other tables as plain dicts
+with JSON columns decoded. See docs/store.md.
 """
 
 from declawd.store.db import AUDIT_EVENTS_SCHEMA
@@ -13,16 +13,18 @@ from declawd.store.errors import (
     SchemaTooNew,
     StoreError,
 )
-from declawd.store.sandboxes import LIVE_STATES, SANDBOX_STATES, parse_metadata_query
+from declawd.store.model import LIVE_STATES, SandboxRecord, SandboxState
+from declawd.store.sandboxes import parse_metadata_query
 from declawd.store.store import Store
 
 __all__ = [
     "AUDIT_EVENTS_SCHEMA",
     "LIVE_STATES",
-    "SANDBOX_STATES",
     "AmbiguousKey",
     "Duplicate",
     "RecordNotFound",
+    "SandboxRecord",
+    "SandboxState",
     "SchemaTooNew",
     "Store",
     "StoreError",

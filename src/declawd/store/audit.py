@@ -12,7 +12,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput
 from declawd.store.records import Repository, decode_token, encode_token
 
 REQUIRED_FIELDS = ("sandbox_id", "kind", "verdict")
@@ -79,7 +79,7 @@ class Audit(Repository):
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Oldest first; `since` inclusive, `until` exclusive (epoch seconds)."""
         if limit < 1:
-            raise BadRequest("limit: must be at least 1")
+            raise InvalidInput("limit", "must be at least 1")
         limit = min(limit, MAX_AUDIT_LIMIT)
         where = ["sandbox_id = ?"]
         params: list[Any] = [sandbox_id]

@@ -17,7 +17,11 @@ from declawd.config import Settings
 from declawd.store.errors import AmbiguousKey, Duplicate
 from declawd.store.store import Store
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Manage API keys.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Create, list and revoke API keys (on this machine; no server needed).",
+)
 
 StateDir = Annotated[
     Path | None,

@@ -136,9 +136,22 @@ CREATE TABLE builds (
     + AUDIT_EVENTS_SCHEMA
 )
 
+# v2: the sandbox model (store/model.py). States are the SDK's only: a failed create is
+# `killed` with its error; `released` says whether the host resources are gone, and a slot
+# is held until they are (so a kill can answer before its teardown finishes).
+_V2 = """
+ALTER TABLE sandboxes ADD COLUMN released INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE sandboxes ADD COLUMN timeout INTEGER;
+UPDATE sandboxes SET released = 0 WHERE state IN ('creating', 'running');
+UPDATE sandboxes SET state = 'killed' WHERE state = 'failed';
+DROP INDEX sandboxes_live_slot;
+CREATE UNIQUE INDEX sandboxes_held_slot ON sandboxes (slot) WHERE released = 0;
+CREATE INDEX sandboxes_unreleased ON sandboxes (released) WHERE released = 0;
+"""
+
 # Applied in order; migration i (0-based) brings the schema to user_version i + 1.
 # Append only: never edit a script that has shipped.
-MIGRATIONS: list[str] = [_V1]
+MIGRATIONS: list[str] = [_V1, _V2]
 
 
 def _rollback(c: sqlite3.Connection) -> None:

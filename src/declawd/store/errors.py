@@ -1,7 +1,7 @@
 """Errors raised by the store.
 
-These are internal: the API layer decides which become client-facing `ApiError`s
-(e.g. `Duplicate` on a template alias → 409). Lookups of a missing record return None
+These are internal: callers turn the ones a client may see into domain errors
+(`declawd.errors`, e.g. `Duplicate` on a template alias becomes a `Conflict`). Lookups of a missing record return None
 instead of raising; only mutations of a missing record raise `RecordNotFound`.
 """
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput
 from declawd.store.db import Database
 
 Clock = Callable[[], float]
@@ -80,7 +80,7 @@ def decode_token(token: str, check: Callable[[Any], bool]) -> Any:
             return value
     except (ValueError, TypeError):
         pass
-    raise BadRequest("next_token: invalid pagination token")
+    raise InvalidInput("next_token", "invalid pagination token")
 
 
 class Repository:

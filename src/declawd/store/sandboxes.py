@@ -1,19 +1,31 @@
 """Sandbox records, slot allocation, idempotency records and the list filter parser.
 
-Invariants: a live sandbox (creating/running) holds a slot no other live sandbox holds
-(partial UNIQUE index, and `allocate_slot` picks and sets it in one IMMEDIATE
-transaction, so it holds across processes); listing order is (created_at, sandbox_id),
-so pagination tokens stay valid while sandboxes come and go.
+Records come and go as `SandboxRecord`s (store/model.py). Invariants: a sandbox that is not
+`released` holds a slot no other unreleased sandbox holds (partial UNIQUE index, and
+`allocate_slot` picks and sets it in one IMMEDIATE transaction, so it holds across
+processes); a state change is a compare-and-set (`transition`), so two kills never both
+tear down; listing order is (created_at, sandbox_id), so pagination tokens stay valid while
+sandboxes come and go.
 """
 
 from __future__ import annotations
 
 import ast
 import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput
 from declawd.store.errors import RecordNotFound
+from declawd.store.model import (
+    JSON_FIELDS,
+    LIVE_STATES,
+    RECORD_FIELDS,
+    SandboxRecord,
+    SandboxState,
+    record_from_row,
+    record_to_row,
+)
 from declawd.store.records import (
     Repository,
     decode_token,
@@ -24,47 +36,21 @@ from declawd.store.records import (
     update_row,
 )
 
-SANDBOX_STATES = ("creating", "running", "killed", "failed")
-LIVE_STATES = ("creating", "running")
-SANDBOX_COLUMNS = (
-    "sandbox_id",
-    "team_id",
-    "template_id",
-    "template_alias",
-    "state",
-    "runtime",
-    "slot",
-    "address",
-    "metadata",
-    "envs",
-    "network",
-    "security",
-    "created_at",
-    "started_at",
-    "end_at",
-    "killed_at",
-    "error",
-    "cpu_count",
-    "memory_mb",
-    "lab",
-)
-SANDBOX_JSON = ("metadata", "envs", "network", "security")
 IDEMPOTENCY_TTL = 24 * 3600.0
 MAX_LIST_LIMIT = 1000
-_LIVE_SQL = "('creating', 'running')"
 _METADATA_QUERY_MAX = 8192
 
 
-def _sandbox(row: Any) -> dict[str, Any]:
-    out = row_to_dict(row, SANDBOX_JSON)
-    if out.get("lab") is not None:
-        out["lab"] = bool(out["lab"])
-    return out
+def _record(row: Any) -> SandboxRecord:
+    return record_from_row(row_to_dict(row, JSON_FIELDS))
 
 
-def _check_state(state: Any) -> None:
-    if state not in SANDBOX_STATES:
-        raise ValueError(f"sandbox state must be one of {SANDBOX_STATES}, not {state!r}")
+def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+    if "state" in fields:
+        fields["state"] = SandboxState(fields["state"]).value
+    if "released" in fields:
+        fields["released"] = int(bool(fields["released"]))
+    return encode_values("sandboxes", fields, RECORD_FIELDS, JSON_FIELDS)
 
 
 def _valid_sandbox_token(v: Any) -> bool:
@@ -77,23 +63,18 @@ def _valid_sandbox_token(v: Any) -> bool:
     )
 
 
-class Sandboxes(Repository):
-    def insert_sandbox(self, rec: dict[str, Any]) -> None:
-        """Insert a new record; `sandbox_id`, `team_id`, `state` required. Duplicate id →
-        `Duplicate`. `created_at` defaults to now."""
-        fields = dict(rec)
-        fields.setdefault("created_at", self._clock())
-        for required in ("sandbox_id", "team_id", "state"):
-            if not fields.get(required):
-                raise ValueError(f"insert_sandbox: {required} is required")
-        _check_state(fields["state"])
-        insert_row(
-            self._db,
-            "sandboxes",
-            encode_values("sandboxes", fields, SANDBOX_COLUMNS, SANDBOX_JSON),
-        )
+def _marks(values: Iterable[Any]) -> str:
+    return ", ".join("?" for _ in values)
 
-    def get_sandbox(self, sandbox_id: str, team_id: str | None = None) -> dict[str, Any] | None:
+
+class Sandboxes(Repository):
+    def insert_sandbox(self, rec: SandboxRecord) -> None:
+        """Insert a new record. Duplicate id → `Duplicate`."""
+        if not rec.sandbox_id or not rec.team_id:
+            raise ValueError("insert_sandbox: sandbox_id and team_id are required")
+        insert_row(self._db, "sandboxes", _encode(record_to_row(rec)))
+
+    def get_sandbox(self, sandbox_id: str, team_id: str | None = None) -> SandboxRecord | None:
         if team_id is None:
             row = self._db.query_one("SELECT * FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,))
         else:
@@ -101,39 +82,64 @@ class Sandboxes(Repository):
                 "SELECT * FROM sandboxes WHERE sandbox_id = ? AND team_id = ?",
                 (sandbox_id, team_id),
             )
-        return _sandbox(row) if row else None
+        return _record(row) if row else None
 
     def update_sandbox(self, sandbox_id: str, **fields: Any) -> None:
-        """Set the given columns. Unknown column → TypeError; unknown id → RecordNotFound."""
+        """Set the given fields. Unknown field → TypeError; unknown id → RecordNotFound."""
         if "sandbox_id" in fields:
             raise TypeError("sandboxes: sandbox_id cannot be changed")
-        if "state" in fields:
-            _check_state(fields["state"])
-        values = encode_values("sandboxes", fields, SANDBOX_COLUMNS, SANDBOX_JSON)
-        if not update_row(self._db, "sandboxes", "sandbox_id", sandbox_id, values):
+        if not update_row(self._db, "sandboxes", "sandbox_id", sandbox_id, _encode(dict(fields))):
             raise RecordNotFound(f"sandbox {sandbox_id} not found")
+
+    def transition(
+        self,
+        sandbox_id: str,
+        from_states: Iterable[SandboxState],
+        to_state: SandboxState,
+        **fields: Any,
+    ) -> SandboxRecord | None:
+        """Move the sandbox to `to_state` (and set `fields`) only if it is in one of
+        `from_states`; returns the record as it was before, or None if it was not."""
+        allowed = [SandboxState(s).value for s in from_states]
+        values = _encode({**fields, "state": to_state})
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self._db.write() as c:
+            row = c.execute(
+                f"SELECT * FROM sandboxes WHERE sandbox_id = ? AND state IN ({_marks(allowed)})",
+                (sandbox_id, *allowed),
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute(
+                f"UPDATE sandboxes SET {sets} WHERE sandbox_id = ?",
+                [*values.values(), sandbox_id],
+            )
+        return _record(row)
 
     def list_sandboxes(
         self,
         team_id: str,
         *,
-        states: list[str] | None = None,
+        states: Iterable[SandboxState] | None = None,
         metadata: dict[str, str] | None = None,
         limit: int = 50,
         next_token: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of the team's sandboxes in (created_at, sandbox_id) order.
+    ) -> tuple[list[SandboxRecord], str | None]:
+        """One page of the team's sandboxes in (created_at, sandbox_id) order; a create
+        that failed before it started is not listed. States default to the live ones.
 
         Returns (page, token for the next page or None when this is the last page).
         """
         if limit < 1:
-            raise BadRequest("limit: must be at least 1")
+            raise InvalidInput("limit", "must be at least 1")
         limit = min(limit, MAX_LIST_LIMIT)
-        where = ["team_id = ?"]
-        params: list[Any] = [team_id]
-        if states:
-            where.append(f"state IN ({', '.join('?' for _ in states)})")
-            params.extend(states)
+        wanted = [SandboxState(s).value for s in (LIVE_STATES if states is None else states)]
+        where = [
+            "team_id = ?",
+            f"state IN ({_marks(wanted)})",
+            "(started_at IS NOT NULL OR state = 'creating')",
+        ]
+        params: list[Any] = [team_id, *wanted]
         for key, value in (metadata or {}).items():
             where.append(
                 "EXISTS (SELECT 1 FROM json_each(sandboxes.metadata) AS m"
@@ -149,36 +155,47 @@ class Sandboxes(Repository):
             " ORDER BY created_at, sandbox_id LIMIT ?",
             [*params, limit + 1],
         )
-        page = [_sandbox(r) for r in rows[:limit]]
+        page = [_record(r) for r in rows[:limit]]
         token = None
         if len(rows) > limit:
             last = page[-1]
-            token = encode_token([last["created_at"], last["sandbox_id"]])
+            token = encode_token([last.created_at, last.sandbox_id])
         return page, token
 
-    def list_live_sandboxes(self) -> list[dict[str, Any]]:
+    def list_live_sandboxes(self) -> list[SandboxRecord]:
+        """Every sandbox users can see, on any team (creating, running, paused)."""
+        live = [s.value for s in LIVE_STATES]
         rows = self._db.query(
-            f"SELECT * FROM sandboxes WHERE state IN {_LIVE_SQL} ORDER BY created_at, sandbox_id"
+            f"SELECT * FROM sandboxes WHERE state IN ({_marks(live)})"
+            " ORDER BY created_at, sandbox_id",
+            live,
         )
-        return [_sandbox(r) for r in rows]
+        return [_record(r) for r in rows]
+
+    def list_unreleased_sandboxes(self) -> list[SandboxRecord]:
+        """Every sandbox that may still hold host resources: the live ones, and killed ones
+        whose teardown has not finished (the reconcile sweep's work list)."""
+        rows = self._db.query(
+            "SELECT * FROM sandboxes WHERE released = 0 ORDER BY created_at, sandbox_id"
+        )
+        return [_record(r) for r in rows]
 
     def allocate_slot(self, sandbox_id: str) -> int:
-        """Lowest slot >= 1 not held by another live sandbox, recorded on this sandbox.
+        """Lowest slot >= 1 not held by another unreleased sandbox, recorded on this one.
 
         Returns the sandbox's current slot if it already holds one. The sandbox must exist
-        and be live (RecordNotFound otherwise).
+        and be creating (RecordNotFound otherwise).
         """
         with self._db.write() as c:
             row = c.execute(
                 "SELECT state, slot FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,)
             ).fetchone()
-            if row is None or row["state"] not in LIVE_STATES:
-                raise RecordNotFound(f"live sandbox {sandbox_id} not found")
+            if row is None or row["state"] != SandboxState.CREATING.value:
+                raise RecordNotFound(f"creating sandbox {sandbox_id} not found")
             if row["slot"] is not None:
                 return int(row["slot"])
             taken = c.execute(
-                f"SELECT slot FROM sandboxes WHERE state IN {_LIVE_SQL}"
-                " AND slot IS NOT NULL ORDER BY slot"
+                "SELECT slot FROM sandboxes WHERE released = 0 AND slot IS NOT NULL ORDER BY slot"
             ).fetchall()
             slot = 1
             for (s,) in taken:
@@ -190,9 +207,10 @@ class Sandboxes(Repository):
         return slot
 
     def count_sandboxes_using(self, template_id: str) -> int:
+        live = [s.value for s in LIVE_STATES]
         row = self._db.query_one(
-            f"SELECT COUNT(*) FROM sandboxes WHERE template_id = ? AND state IN {_LIVE_SQL}",
-            (template_id,),
+            f"SELECT COUNT(*) FROM sandboxes WHERE template_id = ? AND state IN ({_marks(live)})",
+            (template_id, *live),
         )
         return int(row[0]) if row else 0
 
@@ -251,21 +269,25 @@ def parse_metadata_query(value: str) -> dict[str, str]:
     if not text:
         return {}
     if len(text) > _METADATA_QUERY_MAX:
-        raise BadRequest("metadata: filter too long")
+        raise InvalidInput("metadata", "filter too long")
     parsed: Any
     if text.startswith("{"):
         try:
             # literal_eval only builds literals; the length cap bounds its recursion.
             parsed = ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            raise BadRequest("metadata: expected a dict literal like {'key': 'value'}") from None
+            raise InvalidInput(
+                "metadata", "expected a dict literal like {'key': 'value'}"
+            ) from None
     else:
         try:
             parsed = dict(urllib.parse.parse_qsl(text, keep_blank_values=True, strict_parsing=True))
         except ValueError:
-            raise BadRequest("metadata: expected a dict literal like {'key': 'value'}") from None
+            raise InvalidInput(
+                "metadata", "expected a dict literal like {'key': 'value'}"
+            ) from None
     if not isinstance(parsed, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
     ):
-        raise BadRequest("metadata: must map strings to strings")
+        raise InvalidInput("metadata", "must map strings to strings")
     return parsed

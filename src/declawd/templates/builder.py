@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from declawd.host import stream
 from declawd.runtime import Limits, Mount, OciRuntime, build_spec, mount_overlay, unmount
 from declawd.templates.layers import LayerCache, LayerInfo
 from declawd.templates.plan import (
@@ -150,21 +151,7 @@ class Builder:
         if c["packages"]:
             cmd.append("--include=" + ",".join(c["packages"]))
         cmd += [c["suite"], str(target), c["mirror"]]
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        assert proc.stdout is not None
-        try:
-            async for raw in proc.stdout:
-                log(raw.decode(errors="replace").rstrip("\n"))
-            return await proc.wait()
-        finally:
-            if proc.returncode is None:  # cancelled: do not leave mmdebstrap running
-                proc.kill()
-                await proc.wait()
+        return await stream(*cmd, on_line=log)  # a cancelled build kills mmdebstrap
 
     async def _run_in_container(
         self, step: Step, key: str, tmp: Path, below: list[str], log: Log

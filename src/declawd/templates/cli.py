@@ -30,7 +30,11 @@ from rich.table import Table
 
 from declawd.config import Settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Build, list and delete the templates sandboxes start from.",
+)
 console = Console(stderr=True)
 
 
@@ -49,7 +53,7 @@ def ensure_builtin(
         bool, typer.Option("--verbose", "-v", help="print the full build log")
     ] = False,
 ) -> None:
-    """Build the built-in templates' layers into the templates dir (cached layers are reused)."""
+    """Build the built-in templates on this machine (no server needed; cached layers are reused)."""
     from declawd.templates.catalog import catalog_names
     from declawd.templates.local import build_builtin_layers
 
@@ -193,7 +197,7 @@ def build(
 
 @app.command("list")
 def list_templates() -> None:
-    """Templates visible to your API key, with size and build time."""
+    """List the templates your API key can use, with their size and build time."""
     with _client() as client:
         body = _check(client.get("/templates"))
     table = Table("id", "alias", "state", "size", "build", "created")
@@ -229,7 +233,7 @@ def gc(
     state_dir: Annotated[Path | None, typer.Option(help="state directory")] = None,
     templates_dir: Annotated[Path | None, typer.Option(help="templates directory")] = None,
 ) -> None:
-    """Remove layers no template references (run on the server's machine)."""
+    """Remove cached layers that no template uses (run on the server's machine)."""
     from declawd.store import Store
     from declawd.templates.service import TemplateService
 

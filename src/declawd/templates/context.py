@@ -17,7 +17,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from declawd.errors import BadRequest, PayloadTooLarge
+from declawd.errors import InvalidInput, TooLarge
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 MAX_EXTRACTED_BYTES = 1024 * 1024 * 1024
@@ -31,36 +31,34 @@ def _clean_name(name: str) -> str:
 
 
 def validate_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
-    """Check every member (pure over the archive's index); BadRequest names the first bad one."""
+    """Check every member (pure over the archive's index); InvalidInput names the first bad one."""
     members = tar.getmembers()
     if len(members) > MAX_MEMBERS:
-        raise PayloadTooLarge(f"context: more than {MAX_MEMBERS} entries")
+        raise TooLarge(f"context: more than {MAX_MEMBERS} entries")
     total = 0
     names: set[str] = set()
     for m in members:
         raw = m.name
         if raw.startswith("/") or "\x00" in raw:
-            raise BadRequest(f"context: absolute path {raw!r}")
+            raise InvalidInput("context", f"absolute path {raw!r}")
         name = _clean_name(raw)
         if name == ".." or name.startswith("../") or "/../" in f"/{raw}/":
-            raise BadRequest(f"context: path {raw!r} leaves the context")
+            raise InvalidInput("context", f"path {raw!r} leaves the context")
         if m.issym():
             target = m.linkname
             resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
             if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
-                raise BadRequest(f"context: symlink {raw!r} -> {target!r} leaves the context")
+                raise InvalidInput("context", f"symlink {raw!r} -> {target!r} leaves the context")
         elif m.islnk():
             if _clean_name(m.linkname) not in names:
-                raise BadRequest(
-                    f"context: hard link {raw!r} -> {m.linkname!r} is not to an earlier file"
+                raise InvalidInput(
+                    "context", f"hard link {raw!r} -> {m.linkname!r} is not to an earlier file"
                 )
         elif not (m.isfile() or m.isdir()):
-            raise BadRequest(f"context: {raw!r} is not a regular file, directory or link")
+            raise InvalidInput("context", f"{raw!r} is not a regular file, directory or link")
         total += m.size
         if total > MAX_EXTRACTED_BYTES:
-            raise PayloadTooLarge(
-                f"context: more than {MAX_EXTRACTED_BYTES // 2**20} MiB extracted"
-            )
+            raise TooLarge(f"context: more than {MAX_EXTRACTED_BYTES // 2**20} MiB extracted")
         names.add(name)
     return members
 
@@ -68,9 +66,9 @@ def validate_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
 def store_context(contexts_dir: Path, body: bytes) -> str:
     """Validate and extract an uploaded tar.gz; returns its context id (idempotent)."""
     if len(body) > MAX_UPLOAD_BYTES:
-        raise PayloadTooLarge(f"context: larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+        raise TooLarge(f"context: larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
     if not body:
-        raise BadRequest("context: empty body (expected a tar.gz archive)")
+        raise InvalidInput("context", "empty body (expected a tar.gz archive)")
     context_id = "ctx-" + hashlib.sha256(body).hexdigest()
     final = contexts_dir / context_id
     if (final / "files").is_dir():
@@ -90,7 +88,7 @@ def store_context(contexts_dir: Path, body: bytes) -> str:
             if not (final / "files").is_dir():
                 raise
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BadRequest(f"context: not a valid tar.gz archive ({exc})") from None
+        raise InvalidInput("context", f"not a valid tar.gz archive ({exc})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return context_id

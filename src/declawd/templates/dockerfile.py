@@ -2,7 +2,7 @@
 
 Pure. Invariant: the result means the same as the Dockerfile would under Docker for the
 supported instructions (ENV/WORKDIR/USER apply to the RUNs after them; CMD is the start
-command); anything outside the subset is a BadRequest naming the line.
+command); anything outside the subset is an InvalidInput naming the line.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput
 from declawd.templates.spec import (
     CopyOp,
     RunOp,
@@ -64,9 +64,9 @@ def _parse_env(arg: str, where: str) -> list[tuple[str, str]]:
     try:
         words = shlex.split(arg)
     except ValueError as exc:
-        raise BadRequest(f"{where}: {exc}") from None
+        raise InvalidInput(where, str(exc)) from None
     if not words:
-        raise BadRequest(f"{where}: ENV needs a name and a value")
+        raise InvalidInput(where, "ENV needs a name and a value")
     if "=" not in words[0]:
         # legacy form `ENV NAME value with spaces`
         name, _, value = arg.partition(" ")
@@ -75,14 +75,14 @@ def _parse_env(arg: str, where: str) -> list[tuple[str, str]]:
     for w in words:
         name, sep, value = w.partition("=")
         if not sep or not name:
-            raise BadRequest(f"{where}: expected NAME=value, got {w!r}")
+            raise InvalidInput(where, f"expected NAME=value, got {w!r}")
         pairs.append((name, value))
     return pairs
 
 
 def parse_dockerfile(text: str, *, field_name: str = "template.dockerfile") -> TemplateSpec:
     if len(text.encode()) > MAX_DOCKERFILE_BYTES:
-        raise BadRequest(f"{field_name}: larger than {MAX_DOCKERFILE_BYTES // 1024} KiB")
+        raise InvalidInput(field_name, f"larger than {MAX_DOCKERFILE_BYTES // 1024} KiB")
     spec = TemplateSpec()
     env: dict[str, str] = {}
     workdir = "/"
@@ -95,26 +95,26 @@ def parse_dockerfile(text: str, *, field_name: str = "template.dockerfile") -> T
         instr = word.upper()
         arg = arg.strip()
         if instr not in SUPPORTED:
-            raise BadRequest(
-                f"{where}: unsupported instruction {word!r}; supported: {', '.join(SUPPORTED)}"
+            raise InvalidInput(
+                where, f"unsupported instruction {word!r}; supported: {', '.join(SUPPORTED)}"
             )
         if not seen_from and instr != "FROM":
-            raise BadRequest(f"{where}: {instr} before FROM")
+            raise InvalidInput(where, f"{instr} before FROM")
         if instr == "FROM":
             if seen_from:
-                raise BadRequest(f"{where}: multi-stage builds (a second FROM) are not supported")
+                raise InvalidInput(where, "multi-stage builds (a second FROM) are not supported")
             words = arg.split()
             if len(words) == 3 and words[1].upper() == "AS":
                 words = words[:1]
             if len(words) != 1 or words[0].startswith("--"):
-                raise BadRequest(f"{where}: expected FROM <image> [AS <name>]")
+                raise InvalidInput(where, "expected FROM <image> [AS <name>]")
             spec.base_image = words[0]
             seen_from = True
         elif not arg:
-            raise BadRequest(f"{where}: {instr} needs an argument")
+            raise InvalidInput(where, f"{instr} needs an argument")
         elif instr == "RUN":
             if arg.startswith("--"):
-                raise BadRequest(f"{where}: RUN options ({arg.split()[0]}) are not supported")
+                raise InvalidInput(where, f"RUN options ({arg.split()[0]}) are not supported")
             spec.ops.append(
                 RunOp(
                     cmd=_json_or_shell(arg),
@@ -138,7 +138,7 @@ def parse_dockerfile(text: str, *, field_name: str = "template.dockerfile") -> T
         elif instr == "COPY":
             spec.ops.append(_parse_copy(arg, where, workdir))
     if not seen_from:
-        raise BadRequest(f"{field_name}: must contain FROM")
+        raise InvalidInput(field_name, "must contain FROM")
     spec.envs = env
     if user_set:
         spec.user = user
@@ -149,13 +149,13 @@ def parse_dockerfile(text: str, *, field_name: str = "template.dockerfile") -> T
 
 def _parse_copy(arg: str, where: str, workdir: str) -> CopyOp:
     if arg.startswith("--"):
-        raise BadRequest(f"{where}: COPY options ({arg.split()[0]}) are not supported")
+        raise InvalidInput(where, f"COPY options ({arg.split()[0]}) are not supported")
     items = json.loads(arg) if arg.startswith("[") else shlex.split(arg)
     if not isinstance(items, list) or len(items) != 2:
-        raise BadRequest(f"{where}: expected COPY <src> <dst> (one source)")
+        raise InvalidInput(where, "expected COPY <src> <dst> (one source)")
     src, dst = str(items[0]), str(items[1])
     if any(c in src for c in "*?["):
-        raise BadRequest(f"{where}: wildcards in COPY sources are not supported")
+        raise InvalidInput(where, "wildcards in COPY sources are not supported")
     src = src.removeprefix("./") or "."
     if src != ".":
         validate_rel_path(src, where)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SUITE = "bookworm"
@@ -42,14 +42,14 @@ class BaseImage:
     note: str
 
 
-def _unsupported(image: str) -> BadRequest:
-    return BadRequest(
-        f"base_image: unsupported image {image!r}; supported: " + "; ".join(SUPPORTED_FORMS)
+def _unsupported(image: str) -> InvalidInput:
+    return InvalidInput(
+        "base_image", f"unsupported image {image!r}; supported: " + "; ".join(SUPPORTED_FORMS)
     )
 
 
 def map_base_image(image: str) -> BaseImage:
-    """Map `image` (e.g. `ubuntu:22.04`) to a Debian base; BadRequest if unsupported."""
+    """Map `image` (e.g. `ubuntu:22.04`) to a Debian base; InvalidInput if unsupported."""
     raw = image
     name = image.strip().lower()
     for prefix in ("docker.io/library/", "docker.io/", "library/"):

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import hashlib
+import logging
 import secrets
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from declawd.config import Settings
-from declawd.errors import BadRequest, Conflict, NotFound
+from declawd.errors import Conflict, DeclawdError, InvalidInput, NotFound
+from declawd.store.errors import StoreError
 from declawd.templates.builder import Builder, StepFailed
 from declawd.templates.buildlog import BuildLog
 from declawd.templates.catalog import catalog_names, catalog_plan, catalog_spec
@@ -31,6 +33,8 @@ from declawd.templates.plan import BuildPlan, plan_spec
 from declawd.templates.spec import BuildRequest, parse_build_body, parse_spec
 
 _LOG_FLUSH_S = 1.0
+
+logger = logging.getLogger(__name__)
 
 
 def _new_id(prefix: str) -> str:
@@ -124,11 +128,11 @@ class TemplateService:
         if spec.context_id is None:
             return
         if not (self.contexts_dir / spec.context_id / "files").is_dir():
-            raise BadRequest(f"template.context_id: unknown build context {spec.context_id}")
+            raise InvalidInput("template.context_id", f"unknown build context {spec.context_id}")
         for i, op in enumerate(spec.copies):
             if not context_has(self.contexts_dir, spec.context_id, op.src):
-                raise BadRequest(
-                    f"template.copies[{i}].src: {op.src!r} is not in the build context"
+                raise InvalidInput(
+                    f"template.copies[{i}].src", f"{op.src!r} is not in the build context"
                 )
 
     async def build(self, team_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -225,8 +229,11 @@ class TemplateService:
             now = time.monotonic()
             if now - last_flush[0] >= _LOG_FLUSH_S:
                 last_flush[0] = now
-                with contextlib.suppress(Exception):  # the live log is in memory anyway
+                try:
                     self.store.update_build(build_id, logs=log.lines())
+                except (sqlite3.Error, StoreError) as exc:
+                    # the live log is in memory and the final flush retries: the build goes on
+                    logger.warning("build %s: could not save its log so far: %s", build_id, exc)
 
         status, fields = "failed", {}
         try:
@@ -384,8 +391,14 @@ class TemplateService:
         for keys in self._active_keys.values():
             keep.update(keys)
         for name in catalog_names():  # built-ins are expensive: keep them even unregistered
-            with contextlib.suppress(Exception):
+            try:
                 keep.update(catalog_plan(name).keys)
+            except (DeclawdError, KeyError, ValueError, OSError) as exc:
+                # an entry that cannot be planned cannot be built either; its layers are
+                # kept only if a registered template references them
+                logger.warning(
+                    "gc: built-in %r has no plan, its layers are not kept: %s", name, exc
+                )
         return keep
 
     def gc(

@@ -2,7 +2,7 @@
 
 Two wire forms arrive at `POST /templates/build` (declaw-api.md §11.1): the SDK's JSON spec
 (plus our extended keys) and `{"dockerfile": ...}`. Both become one `TemplateSpec` whose
-`ops` keep build order. Invariant: known keys with a wrong type are a BadRequest naming the
+`ops` keep build order. Invariant: known keys with a wrong type are an InvalidInput naming the
 field; unknown keys are ignored, as the reference server does.
 """
 
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from declawd.errors import BadRequest
+from declawd.errors import InvalidInput
 
 DEFAULT_USER = "user"
 DEFAULT_WORKDIR = "/home/user"
@@ -84,10 +84,10 @@ def _str(d: dict[str, Any], key: str, where: str, *, required: bool = False) -> 
     value = d.get(key)
     if value is None:
         if required:
-            raise BadRequest(f"{where}{key}: is required")
+            raise InvalidInput(f"{where}{key}", "is required")
         return None
     if not isinstance(value, str):
-        raise BadRequest(f"{where}{key}: must be a string")
+        raise InvalidInput(f"{where}{key}", "must be a string")
     return value
 
 
@@ -96,10 +96,10 @@ def _str_list(d: dict[str, Any], key: str, where: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise BadRequest(f"{where}{key}: must be a list of strings")
+        raise InvalidInput(f"{where}{key}", "must be a list of strings")
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise BadRequest(f"{where}{key}[{i}]: must be a string")
+            raise InvalidInput(f"{where}{key}[{i}]", "must be a string")
     return list(value)
 
 
@@ -108,35 +108,35 @@ def _positive_int(d: dict[str, Any], key: str, where: str, limit: int) -> int | 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{where}{key}: must be an integer")
+        raise InvalidInput(f"{where}{key}", "must be an integer")
     if not 0 < value <= limit:
-        raise BadRequest(f"{where}{key}: must be between 1 and {limit}")
+        raise InvalidInput(f"{where}{key}", f"must be between 1 and {limit}")
     return value
 
 
 def validate_packages(packages: list[str], field_name: str) -> list[str]:
     for i, p in enumerate(packages):
         if not _PACKAGE.match(p):
-            raise BadRequest(f"{field_name}[{i}]: invalid package name {p!r}")
+            raise InvalidInput(f"{field_name}[{i}]", f"invalid package name {p!r}")
     return packages
 
 
 def validate_user(user: str, field_name: str) -> str:
     if not _USER.match(user):
-        raise BadRequest(f"{field_name}: invalid user name {user!r}")
+        raise InvalidInput(field_name, f"invalid user name {user!r}")
     return user
 
 
 def validate_abs_path(path: str, field_name: str) -> str:
     if not path.startswith("/") or "\x00" in path or "\n" in path:
-        raise BadRequest(f"{field_name}: must be an absolute path")
+        raise InvalidInput(field_name, "must be an absolute path")
     return path
 
 
 def validate_rel_path(path: str, field_name: str) -> str:
     parts = path.replace("\\", "/").split("/")
     if not path or path.startswith("/") or ".." in parts or "\x00" in path:
-        raise BadRequest(f"{field_name}: must be a relative path inside the build context")
+        raise InvalidInput(field_name, "must be a relative path inside the build context")
     return path
 
 
@@ -144,29 +144,30 @@ def validate_envs(envs: object, field_name: str) -> dict[str, str]:
     if envs is None:
         return {}
     if not isinstance(envs, dict):
-        raise BadRequest(f"{field_name}: must be an object of strings")
+        raise InvalidInput(field_name, "must be an object of strings")
     for k, v in envs.items():
         if not isinstance(k, str) or not _ENV_NAME.match(k):
-            raise BadRequest(f"{field_name}: invalid variable name {k!r}")
+            raise InvalidInput(field_name, f"invalid variable name {k!r}")
         if not isinstance(v, str):
-            raise BadRequest(f"{field_name}.{k}: must be a string")
+            raise InvalidInput(f"{field_name}.{k}", "must be a string")
     return dict(envs)
 
 
 def validate_alias(alias: object) -> str:
     if not isinstance(alias, str):
-        raise BadRequest("alias: must be a string")
+        raise InvalidInput("alias", "must be a string")
     if not _ALIAS.match(alias) or alias.startswith(("tpl-", "bld-", "ctx-")):
-        raise BadRequest(
-            "alias: must be 1-63 characters of a-z, 0-9, '.', '_', '-', start with a letter "
-            "or digit, and not start with tpl-/bld-/ctx-"
+        raise InvalidInput(
+            "alias",
+            "must be 1-63 characters of a-z, 0-9, '.', '_', '-', start with a letter "
+            "or digit, and not start with tpl-/bld-/ctx-",
         )
     return alias
 
 
 def validate_runtime(runtime: str | None, field_name: str) -> str | None:
     if runtime is not None and runtime not in ("runc", "runsc"):
-        raise BadRequest(f"{field_name}: must be 'runc' or 'runsc'")
+        raise InvalidInput(field_name, "must be 'runc' or 'runsc'")
     return runtime
 
 
@@ -176,7 +177,7 @@ def validate_runtime(runtime: str | None, field_name: str) -> str | None:
 def parse_spec(raw: object, where: str = "template.") -> TemplateSpec:
     """Validate one SPEC object (JSON form or `{"dockerfile": ...}`) into a TemplateSpec."""
     if not isinstance(raw, dict):
-        raise BadRequest(f"{where.rstrip('.')}: must be an object")
+        raise InvalidInput(where.rstrip("."), "must be an object")
     dockerfile = _str(raw, "dockerfile", where)
     if dockerfile is not None:
         from declawd.templates.dockerfile import parse_dockerfile
@@ -184,7 +185,7 @@ def parse_spec(raw: object, where: str = "template.") -> TemplateSpec:
         spec = parse_dockerfile(dockerfile, field_name=f"{where}dockerfile")
         spec.context_id = _context_id(raw, where)
         if spec.copies and spec.context_id is None:
-            raise BadRequest(f"{where}dockerfile: COPY needs a build context (context_id)")
+            raise InvalidInput(f"{where}dockerfile", "COPY needs a build context (context_id)")
         return spec
     spec = TemplateSpec()
     base = _str(raw, "base_image", where)
@@ -203,12 +204,12 @@ def parse_spec(raw: object, where: str = "template.") -> TemplateSpec:
     copies = raw.get("copies")
     if copies is not None:
         if not isinstance(copies, list):
-            raise BadRequest(f"{where}copies: must be a list of objects")
+            raise InvalidInput(f"{where}copies", "must be a list of objects")
         for i, item in enumerate(copies):
             spec.ops.append(_parse_copy(item, f"{where}copies[{i}]"))
     for i, cmd in enumerate(_str_list(raw, "run_cmds", where)):
         if not cmd.strip():
-            raise BadRequest(f"{where}run_cmds[{i}]: must not be empty")
+            raise InvalidInput(f"{where}run_cmds[{i}]", "must not be empty")
         spec.ops.append(RunOp(cmd=cmd, env=env))
     user = _str(raw, "user", where)
     if user is not None:
@@ -221,43 +222,47 @@ def parse_spec(raw: object, where: str = "template.") -> TemplateSpec:
     rt = raw.get("ready_timeout")
     if rt is not None:
         if isinstance(rt, bool) or not isinstance(rt, int | float):
-            raise BadRequest(f"{where}ready_timeout: must be a number of seconds")
+            raise InvalidInput(f"{where}ready_timeout", "must be a number of seconds")
         if not 0 < rt <= MAX_READY_TIMEOUT:
-            raise BadRequest(f"{where}ready_timeout: must be between 0 and {MAX_READY_TIMEOUT:g}")
+            raise InvalidInput(
+                f"{where}ready_timeout", f"must be between 0 and {MAX_READY_TIMEOUT:g}"
+            )
         spec.ready_timeout = float(rt)
     spec.runtime = validate_runtime(_str(raw, "runtime", where), f"{where}runtime")
     spec.context_id = _context_id(raw, where)
     if spec.copies and spec.context_id is None:
-        raise BadRequest(f"{where}copies: need a build context (upload one, then set context_id)")
+        raise InvalidInput(
+            f"{where}copies", "need a build context (upload one, then set context_id)"
+        )
     return spec
 
 
 def _context_id(raw: dict[str, Any], where: str) -> str | None:
     cid = _str(raw, "context_id", where)
     if cid is not None and not _CONTEXT_ID.match(cid):
-        raise BadRequest(f"{where}context_id: not a context id")
+        raise InvalidInput(f"{where}context_id", "not a context id")
     return cid
 
 
 def _parse_copy(item: object, where: str) -> CopyOp:
     if not isinstance(item, dict):
-        raise BadRequest(f"{where}: must be an object with src and dst")
+        raise InvalidInput(where, "must be an object with src and dst")
     src = validate_rel_path(_str(item, "src", where + ".", required=True) or "", f"{where}.src")
     dst = validate_abs_path(_str(item, "dst", where + ".", required=True) or "", f"{where}.dst")
     mode = item.get("mode")
     if mode is not None and (
         isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777
     ):
-        raise BadRequest(f"{where}.mode: must be an integer file mode (0 to 0o7777)")
+        raise InvalidInput(f"{where}.mode", "must be an integer file mode (0 to 0o7777)")
     return CopyOp(src=src, dst=dst, mode=mode)
 
 
 def parse_build_body(body: object) -> BuildRequest:
     """Validate the whole `POST /templates/build` body."""
     if not isinstance(body, dict):
-        raise BadRequest("body: must be a JSON object")
+        raise InvalidInput("body", "must be a JSON object")
     if "template" not in body:
-        raise BadRequest("template: is required")
+        raise InvalidInput("template", "is required")
     spec = parse_spec(body["template"])
     alias = body.get("alias")
     return BuildRequest(

@@ -1,0 +1,72 @@
+"""How a sandbox record looks on the wire (declaw-api.md §2.3, plus the fields peers show).
+
+Pure functions of a `SandboxRecord`. The state is always one the SDK's `SandboxState`
+parses; environment values whose names match the sandbox's `env_security.mask_patterns`
+(the SDK's defaults when it sent none) read `***`, as `SecureEnvVar.to_safe_dict` does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from declawd.store import SandboxRecord
+
+MASK = "***"
+# The SDK's DEFAULT_SENSITIVE_PATTERNS (declaw/security/env.py), matched on the upper-cased
+# name with fnmatch, exactly as `EnvSecurityConfig.is_sensitive` does.
+DEFAULT_MASK_PATTERNS: tuple[str, ...] = (
+    "*_KEY",
+    "*_SECRET",
+    "*_TOKEN",
+    "*_PASSWORD",
+    "*_CREDENTIALS",
+    "API_KEY",
+    "SECRET_KEY",
+)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def mask_patterns(security: Mapping[str, Any] | None) -> Sequence[str]:
+    env_security = (security or {}).get("env_security")
+    if isinstance(env_security, Mapping):
+        patterns = env_security.get("mask_patterns")
+        if isinstance(patterns, list) and all(isinstance(p, str) for p in patterns):
+            return patterns
+    return DEFAULT_MASK_PATTERNS
+
+
+def is_sensitive(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatch(name.upper(), p) for p in patterns)
+
+
+def masked_envs(envs: Mapping[str, str], security: Mapping[str, Any] | None) -> dict[str, str]:
+    patterns = mask_patterns(security)
+    return {k: MASK if is_sensitive(k, patterns) else v for k, v in envs.items()}
+
+
+def sandbox_view(rec: SandboxRecord) -> dict[str, Any]:
+    return {
+        "sandbox_id": rec.sandbox_id,
+        "template_id": rec.template_id,
+        "name": rec.template_alias,
+        "alias": rec.template_alias,
+        "metadata": dict(rec.metadata),
+        "started_at": iso(rec.started_at or rec.created_at),
+        "end_at": iso(rec.end_at),
+        "timeout": rec.timeout,
+        "state": rec.state.value,
+        "cpu_count": rec.cpu_count,
+        "memory_mb": rec.memory_mb,
+        "runtime": rec.runtime,
+        "envs": masked_envs(rec.envs, rec.security),
+        "network": dict(rec.network),
+        "security": dict(rec.security) if rec.security is not None else None,
+    }

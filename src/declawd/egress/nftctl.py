@@ -1,0 +1,151 @@
+"""Apply nft scripts: libnftables through ctypes (default) or the `nft` binary, in any netns.
+
+A libnftables context talks netlink through a socket that belongs to the netns of the thread
+that opened it, so a context for another namespace lives on a `NetnsThread` there: no fork
+per transaction. The `nft` binary (`DECLAWD_NFT_BACKEND=nsenter`, or when the library is
+missing) runs under nsenter. Invariant: every script is applied as one transaction, and a
+refusal raises NftError carrying nft's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import functools
+import os
+import shutil
+import threading
+from typing import Any
+
+from declawd.errors import Internal
+from declawd.host import CommandFailed, NetnsThread, netns_path, run_sync
+
+_OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON
+# "lib" (default) or "nsenter" (fork `nft -f -` per transaction); see bench_datapath.
+BACKEND = os.environ.get("DECLAWD_NFT_BACKEND", "lib")
+
+
+class NftError(Internal):
+    """nftables refused a transaction (or could not be reached); nft's message says why."""
+
+
+@functools.cache
+def _library() -> Any:
+    """libnftables with its prototypes declared; loaded once per process (OSError if absent)."""
+    lib = ctypes.CDLL(ctypes.util.find_library("nftables") or "libnftables.so.1")
+    lib.nft_ctx_new.restype = ctypes.c_void_p
+    lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+    lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+    lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+    lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+    lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+class Libnftables:
+    """One libnftables context, in the caller's netns or (given `netns`) in that one.
+
+    Thread-safe: calls are serialised by a lock, and a context for another netns runs every
+    call on its own thread inside that netns. `inode` tells which namespace it was made for.
+    """
+
+    def __init__(self, netns: str | None = None) -> None:
+        self._lib = _library()
+        self._lock = threading.Lock()
+        self._thread = NetnsThread(netns) if netns is not None else None
+        self.inode = self._thread.inode if self._thread is not None else None
+        try:
+            ctx = self._call(self._new)
+        except BaseException:
+            if self._thread is not None:
+                self._thread.close()
+            raise
+        self._ctx: int | None = ctx
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        with self._lock:
+            return fn(*args) if self._thread is None else self._thread.call(fn, *args)
+
+    def _new(self) -> int:
+        ctx = self._lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
+        if not ctx:
+            raise OSError("nft_ctx_new failed")
+        self._lib.nft_ctx_buffer_output(ctx)
+        self._lib.nft_ctx_buffer_error(ctx)
+        return int(ctx)
+
+    def _run(self, script: str, json_out: bool) -> str:
+        lib, ctx = self._lib, self._ctx
+        if ctx is None:
+            raise NftError("nft context closed")
+        lib.nft_ctx_output_set_flags(ctx, _OUTPUT_JSON if json_out else 0)
+        rc = lib.nft_run_cmd_from_buffer(ctx, script.encode())
+        out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
+        err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+        if rc != 0:
+            raise NftError(err.strip() or f"nft failed (rc={rc})")
+        return out
+
+    def run(self, script: str, json_out: bool = False) -> str:
+        """Apply `script` as one transaction; its (JSON) output."""
+        return str(self._call(self._run, script, json_out))
+
+    def close(self) -> None:
+        """Idempotent."""
+        ctx, self._ctx = self._ctx, None
+        try:
+            if ctx is not None:
+                self._call(self._lib.nft_ctx_free, ctx)
+        finally:
+            if self._thread is not None:
+                self._thread.close()
+
+
+def nft_binary(script: str, *, netns: str | None = None, json_out: bool = False) -> str:
+    """`nft -f -` (one transaction), in `netns` when given; a fork per call."""
+    argv = [shutil.which("nft") or "/usr/sbin/nft", *(["-j"] if json_out else []), "-f", "-"]
+    try:
+        return run_sync(*argv, netns=netns, stdin=script).stdout
+    except CommandFailed as exc:
+        raise NftError(exc.stderr.strip() or str(exc)) from exc
+
+
+_contexts: dict[str, Libnftables] = {}
+_contexts_lock = threading.Lock()
+
+
+def _context(netns: str) -> Libnftables:
+    with _contexts_lock:
+        ctx = _contexts.get(netns)
+        if ctx is not None and ctx.inode != os.stat(netns_path(netns)).st_ino:
+            ctx.close()  # the namespace was deleted and made again under the same name
+            ctx = None
+        if ctx is None:
+            ctx = _contexts[netns] = Libnftables(netns)
+        return ctx
+
+
+def forget_netns(netns: str) -> None:
+    """Drop the cached nft context of a namespace that is being deleted."""
+    with _contexts_lock:
+        ctx = _contexts.pop(netns, None)
+    if ctx is not None:
+        ctx.close()
+
+
+def nft_sync(netns: str, script: str, *, json_out: bool = False, backend: str = "") -> str:
+    """Apply `script` as one transaction inside `netns` (blocking)."""
+    if (backend or BACKEND) == "nsenter":
+        return nft_binary(script, netns=netns, json_out=json_out)
+    return _context(netns).run(script, json_out)
+
+
+async def nft(netns: str, script: str, *, json_out: bool = False) -> str:
+    return await asyncio.to_thread(nft_sync, netns, script, json_out=json_out)

@@ -1,0 +1,244 @@
+"""Creating a sandbox, and undoing a create that failed halfway.
+
+Steps, in order: record → slot → [network → gateway] alongside [rootfs → spec] → container
+→ envd → start command. Every step that may have made something is undone when a later one
+fails (a failing branch first waits for the other), so a failed create leaves no netns,
+veth, nft chain, mount, cgroup or process; its record ends `killed` with the error, and
+`released` only once the undo removed everything (else the reconcile sweep finishes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from declawd.egress.policy import EgressPolicy
+from declawd.errors import DeclawdError, Internal, TimedOut
+from declawd.node.envd_client import EnvdClient, EnvdError
+from declawd.node.parts import NetworkPlan, NodeParts
+from declawd.node.release import release
+from declawd.node.spec import SpecInputs, sandbox_env, sandbox_spec
+from declawd.store import SandboxRecord, SandboxState
+from declawd.templates.model import Template, start_script
+
+log = logging.getLogger(__name__)
+
+ENVD_READY_TIMEOUT = 15.0
+
+
+@dataclass
+class CreateRequest:
+    team_id: str
+    template: Template  # resolved and ready
+    timeout: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    envs: dict[str, str] = field(default_factory=dict)
+    policy: EgressPolicy | None = None
+    security: Mapping[str, Any] | None = None
+    runtime: str | None = None
+
+
+def new_sandbox_id() -> str:
+    return "sbx-" + secrets.token_hex(6)
+
+
+def new_record(parts: NodeParts, req: CreateRequest, now: float) -> SandboxRecord:
+    tpl, settings = req.template, parts.settings
+    policy = req.policy or EgressPolicy.parse([], [])
+    return SandboxRecord(
+        sandbox_id=new_sandbox_id(),
+        team_id=req.team_id,
+        state=SandboxState.CREATING,
+        template_id=tpl.template_id,
+        template_alias=tpl.alias or tpl.template_id,
+        runtime=req.runtime or tpl.runtime or settings.runtime,
+        created_at=now,
+        timeout=req.timeout,
+        end_at=now + req.timeout,
+        metadata=dict(req.metadata),
+        envs={**(tpl.envs or {}), **req.envs},
+        network=policy.to_wire(),
+        security=dict(req.security) if req.security is not None else None,
+        cpu_count=float(tpl.cpu_count or settings.default_cpu_count),
+        memory_mb=int(tpl.memory_mb or settings.default_memory_mb),
+    )
+
+
+def envs_of(parts: NodeParts, rec: SandboxRecord) -> dict[str, str]:
+    """Environment every process in the sandbox gets (upstream + sandbox + platform)."""
+    return sandbox_env(rec.sandbox_id, rec.template_id, rec.envs, parts.upstream.sandbox_env())
+
+
+async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
+    store, faults, tpl = parts.store, parts.faults, req.template
+    rec = new_record(parts, req, time.time())
+    policy = req.policy or EgressPolicy.parse([], [])
+    sandbox_id = rec.sandbox_id
+    runtime = parts.runtimes[rec.runtime]
+    await asyncio.to_thread(store.insert_sandbox, rec)
+    plan: NetworkPlan | None = None
+
+    async def network(planned: NetworkPlan) -> None:
+        await parts.networks.create(planned, policy)
+        faults.point("create.after_network")
+        await asyncio.to_thread(
+            store.update_sandbox, sandbox_id, slot=planned.slot, address=planned.address
+        )
+        await parts.daemon.upsert(sandbox_id, planned.slot, planned.address, policy.to_wire())
+        faults.point("create.after_gateway")
+
+    async def rootfs(planned: NetworkPlan) -> None:
+        # Addresses and netns path follow from the slot alone (no I/O), so the rootfs can
+        # be made while the network branch is still creating them.
+        host = parts.host
+        await asyncio.to_thread(
+            host.prepare, sandbox_id, tpl.layer_paths, planned.address, planned.gateway_address
+        )
+        faults.point("create.after_rootfs")
+        spec = await asyncio.to_thread(_spec, parts, rec, planned)
+        await asyncio.to_thread(host.write_spec, sandbox_id, spec)
+
+    try:
+        faults.point("create.after_record")
+        slot = await asyncio.to_thread(store.allocate_slot, sandbox_id)
+        rec = rec.replace(slot=slot)
+        faults.point("create.after_slot")
+        plan = parts.networks.plan(sandbox_id, slot)
+        rec = rec.replace(address=plan.address)
+        await _all_settled(network(plan), rootfs(plan))
+        res = parts.host.resources(sandbox_id)
+        await runtime.run_detached(res.dir, sandbox_id, plan.netns_path, log_path=res.log_path)
+        faults.point("create.after_container")
+        client = parts.sessions.client(sandbox_id)
+        await _wait_envd(parts, client, sandbox_id)
+        faults.point("create.after_envd")
+        if tpl.start_cmd:
+            await _start_command(client, envs_of(parts, rec), tpl)
+        faults.point("create.after_start")
+    except BaseException as exc:
+        await _undo(parts, rec, exc)
+        if isinstance(exc, DeclawdError):
+            raise
+        if isinstance(exc, Exception):
+            raise Internal(f"sandbox create failed: {exc}") from exc
+        raise
+    started = time.time()
+    done = rec.replace(state=SandboxState.RUNNING, started_at=started)
+    await asyncio.to_thread(
+        store.update_sandbox, sandbox_id, state=SandboxState.RUNNING, started_at=started
+    )
+    return done
+
+
+async def _undo(parts: NodeParts, rec: SandboxRecord, exc: BaseException) -> None:
+    """Undo a failed create; the record ends `killed` with the error either way."""
+    error = str(exc)[:2000] or type(exc).__name__
+    failures = await release(parts, rec, fault_points=False)
+    if failures:
+        log.error("create of %s failed (%s); undo left: %s", rec.sandbox_id, error, failures)
+        error += "; undo incomplete: " + "; ".join(failures)
+    await asyncio.to_thread(
+        parts.store.update_sandbox,
+        rec.sandbox_id,
+        state=SandboxState.KILLED,
+        killed_at=time.time(),
+        error=error[:4000],
+        released=not failures,
+    )
+
+
+def _spec(parts: NodeParts, rec: SandboxRecord, plan: NetworkPlan) -> dict[str, Any]:
+    host, settings = parts.host, parts.settings
+    res = host.resources(rec.sandbox_id)
+    extra = list(parts.upstream.sandbox_mounts())
+    if rec.runtime == "runc":
+        # gVisor cannot use host cgroup files from inside; see docs/security.md
+        extra += host.command_cgroup_mounts(
+            rec.sandbox_id, rec.memory_mb << 20, settings.default_pids
+        )
+    return sandbox_spec(
+        SpecInputs(
+            sandbox_id=rec.sandbox_id,
+            runtime=rec.runtime,
+            rootfs=res.rootfs,
+            netns_path=plan.netns_path,
+            cgroups_path=res.cgroups_path,
+            envd_binary=host.envd_binary,
+            envd_dir=res.envd_dir,
+            memory_mb=rec.memory_mb,
+            cpu_count=rec.cpu_count,
+            pids=settings.default_pids,
+            extra_mounts=extra,
+            runsc_compat=host.runsc_compat() if rec.runtime == "runsc" else None,
+        )
+    )
+
+
+async def _wait_envd(parts: NodeParts, client: EnvdClient, sandbox_id: str) -> None:
+    deadline = time.monotonic() + ENVD_READY_TIMEOUT
+    delay = 0.001
+    socket = parts.host.resources(sandbox_id).envd_socket
+    while time.monotonic() < deadline:
+        if socket.exists():
+            try:
+                if await client.health():
+                    return
+            except (EnvdError, OSError):
+                pass  # not listening yet
+        await asyncio.sleep(delay)
+        # the socket shows up ~0-15 ms after `run --detach`; a short cap wastes little
+        delay = min(delay * 1.5, 0.01)
+    tail = parts.host.log_tail(sandbox_id)
+    raise Internal(f"envd did not come up within {ENVD_READY_TIMEOUT:.0f}s: {tail}")
+
+
+async def _start_command(client: EnvdClient, envs: dict[str, str], tpl: Template) -> None:
+    await client.start(
+        start_script(tpl.start_cmd) or "",
+        user=tpl.user or "user",
+        envs=envs,
+        cwd=tpl.workdir,
+        tag="start_cmd",
+    )
+    if not tpl.ready_cmd:
+        return
+    timeout = float(tpl.ready_timeout or 60)
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await client.run(
+            tpl.ready_cmd,
+            timeout=max(1.0, deadline - time.monotonic()),
+            user=tpl.user or "user",
+            envs=envs,
+            cwd=tpl.workdir,
+        )
+        if result.exit_code == 0:
+            return
+        if time.monotonic() >= deadline:
+            raise TimedOut(  # not 5xx: the SDK would retry the whole create
+                f"template start command not ready: ready_cmd {tpl.ready_cmd!r} still failing "
+                f"after {timeout:.0f}s (exit {result.exit_code})",
+                code="start_cmd_not_ready",
+            )
+        await asyncio.sleep(0.2)
+
+
+async def _all_settled(*coros: Coroutine[Any, Any, None]) -> None:
+    """Run create branches concurrently and return once every one has finished (also when
+    one fails or the caller is cancelled: blocking steps run in threads that cannot be
+    interrupted), so the undo sees everything they made; then raise the first failure."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        await asyncio.wait(tasks)  # not cancelled: let them finish, the undo follows
+        raise
+    for t in tasks:
+        exc = t.exception()
+        if exc is not None:
+            raise exc

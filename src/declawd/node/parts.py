@@ -1,0 +1,114 @@
+"""What a node is built from, as interfaces: runtimes, networks, the gateway daemon, the host.
+
+`Node` receives a `NodeParts` instead of building its collaborators, so create, undo and
+reconcile run in unit tests with fakes (tests/unit/test_node_*.py), and `build_parts` is
+the one place that wires the real ones (runc/runsc, nftables in the gateway netns, the
+gateway daemon, the host's mounts and cgroups, the chosen upstream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from declawd.config import Settings
+from declawd.egress.policy import EgressPolicy
+from declawd.node.faults import NO_FAULTS, Faults
+from declawd.node.sandbox import ContainerRuntime, SandboxHost
+from declawd.node.sessions import Sessions
+from declawd.store import Store
+from declawd.upstream import Upstream
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """A sandbox's addresses and netns, which follow from its slot alone (no I/O)."""
+
+    sandbox_id: str
+    slot: int
+    address: str
+    gateway_address: str
+    netns_path: str
+
+
+class Networks(Protocol):
+    """Sandbox networks and the gateway netns they hang off (egress/network.py)."""
+
+    def plan(self, sandbox_id: str, slot: int) -> NetworkPlan: ...
+
+    async def ensure_gateway(self) -> None: ...
+
+    async def teardown_gateway(self) -> None: ...
+
+    async def create(self, plan: NetworkPlan, policy: EgressPolicy) -> None: ...
+
+    async def destroy(self, sandbox_id: str, slot: int) -> None: ...
+
+    async def update_policy(self, sandbox_id: str, slot: int, policy: EgressPolicy) -> None: ...
+
+    async def sweep(self, keep: set[str]) -> list[str]: ...
+
+
+class GatewayHandle(Protocol):
+    """The node's handle on the gateway daemon (node/gatewayd.py)."""
+
+    restarts: int
+
+    def load(self) -> None: ...
+
+    async def start(self) -> None: ...
+
+    def supervise(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def upsert(
+        self, sandbox_id: str, slot: int, address: str, policy: dict[str, Any]
+    ) -> None: ...
+
+    async def remove(self, sandbox_id: str) -> None: ...
+
+    async def retain(self, keep: set[str]) -> None: ...
+
+
+@dataclass
+class NodeParts:
+    settings: Settings
+    store: Store
+    runtimes: Mapping[str, ContainerRuntime]
+    networks: Networks
+    daemon: GatewayHandle
+    upstream: Upstream
+    host: SandboxHost
+    sessions: Sessions
+    faults: Faults = field(default=NO_FAULTS)
+
+
+def build_parts(settings: Settings, store: Store) -> NodeParts:
+    """The real node on this machine."""
+    from declawd.node.gatewayd import GatewayDaemon
+    from declawd.node.network import NodeNetwork
+    from declawd.runtime import OciRuntime
+    from declawd.upstream import choose_upstream
+
+    upstream = choose_upstream(settings)
+    host = SandboxHost(settings)
+    return NodeParts(
+        settings=settings,
+        store=store,
+        runtimes={
+            "runc": OciRuntime("runc", settings.run_dir / "runc"),
+            "runsc": OciRuntime("runsc", settings.run_dir / "runsc"),
+        },
+        networks=NodeNetwork(settings, upstream),
+        daemon=GatewayDaemon(settings, upstream),
+        upstream=upstream,
+        host=host,
+        sessions=Sessions(lambda sid: host.resources(sid).envd_socket),
+        faults=Faults.from_spec(settings.faults),
+    )

@@ -1,0 +1,106 @@
+"""The timeout reaper: sandboxes past their deadline are killed, dead ones are reported.
+
+Once a second it kills every running sandbox whose `end_at` has passed, and probes each
+one's envd socket (cheap: a non-blocking connect); a sandbox whose container died on its
+own (under runsc an OOM or pids limit kills the whole gVisor sandbox) is killed with an
+error that says so, never shown as running. Teardowns that failed are retried here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from declawd.node.parts import NodeParts
+from declawd.node.release import release_and_record
+from declawd.store import SandboxRecord, SandboxState
+
+log = logging.getLogger(__name__)
+
+RETRY_RELEASE_AFTER_S = 60.0
+
+
+def envd_listening(path: Path) -> bool:
+    """Does anything accept on the sandbox's envd socket?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.setblocking(False)
+        try:
+            s.connect(str(path))
+        except (BlockingIOError, InterruptedError):
+            return True  # backlog full: alive but busy
+        except OSError:
+            return False
+    return True
+
+
+class Reaper:
+    def __init__(
+        self,
+        parts: NodeParts,
+        kill: Callable[[str, str | None], Awaitable[bool]],
+        spawn: Callable[[Coroutine[Any, Any, Any]], object],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.parts = parts
+        self._kill = kill
+        self._spawn = spawn
+        self._clock = clock
+        self._busy: set[str] = set()
+        self._retry_at: dict[str, float] = {}
+
+    async def run(self, interval: float = 1.0) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("reaper")
+            await asyncio.sleep(interval)
+
+    async def tick(self) -> None:
+        now = self._clock()
+        for rec in await asyncio.to_thread(self.parts.store.list_unreleased_sandboxes):
+            if rec.sandbox_id in self._busy:
+                continue
+            if rec.state is SandboxState.RUNNING and rec.end_at is not None and rec.end_at <= now:
+                log.info("sandbox %s reached its timeout", rec.sandbox_id)
+                self._start(rec.sandbox_id, self._kill(rec.sandbox_id, None))
+            elif rec.state is SandboxState.RUNNING and not envd_listening(
+                self.parts.host.resources(rec.sandbox_id).envd_socket
+            ):
+                self._start(rec.sandbox_id, self._reap_if_dead(rec))
+            elif rec.state is SandboxState.KILLED:
+                due = self._retry_at.setdefault(
+                    rec.sandbox_id, (rec.killed_at or now) + RETRY_RELEASE_AFTER_S
+                )
+                if now >= due:
+                    self._retry_at[rec.sandbox_id] = now + RETRY_RELEASE_AFTER_S
+                    self._start(rec.sandbox_id, release_and_record(self.parts, rec))
+
+    def _start(self, sandbox_id: str, work: Awaitable[object]) -> None:
+        self._busy.add(sandbox_id)
+
+        async def run() -> None:
+            try:
+                await work
+            finally:
+                self._busy.discard(sandbox_id)
+
+        self._spawn(run())
+
+    async def _reap_if_dead(self, rec: SandboxRecord) -> None:
+        runtime = self.parts.runtimes[rec.runtime]
+        state = await runtime.state(rec.sandbox_id)
+        if state == "running":
+            return
+        log.warning("sandbox %s died (runtime state %s); cleaning up", rec.sandbox_id, state)
+        await self._kill(
+            rec.sandbox_id,
+            f"sandbox died: its container is {state or 'gone'} "
+            "(out of memory or pids limit under runsc, or envd exited)",
+        )

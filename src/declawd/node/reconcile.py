@@ -1,0 +1,87 @@
+"""Reconcile: make the store, the runtimes, the mounts and the network agree.
+
+Runs at start, before any traffic (the reaper retries failed teardowns in between). The store is the source of truth for what should exist: a live sandbox whose
+container, rootfs or envd socket is gone is killed with an error saying so; anything on the
+host that no unreleased record accounts for (containers, sandbox directories, networks,
+gateway entries) is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from declawd.node.parts import NodeParts
+from declawd.node.release import release_and_record
+from declawd.store import SandboxRecord, SandboxState
+
+log = logging.getLogger(__name__)
+
+LOST = "lost during a server restart"
+
+
+async def is_whole(parts: NodeParts, rec: SandboxRecord) -> bool:
+    """A running sandbox whose container runs, rootfs is mounted and envd socket exists."""
+    if rec.state is not SandboxState.RUNNING:
+        return False
+    runtime = parts.runtimes.get(rec.runtime)
+    if runtime is None or await runtime.state(rec.sandbox_id) != "running":
+        return False
+    return await asyncio.to_thread(parts.host.is_ready, rec.sandbox_id)
+
+
+async def reconcile(parts: NodeParts) -> set[str]:
+    """Sweep everything; returns the ids of the sandboxes kept."""
+    store = parts.store
+    keep: set[str] = set()
+    for rec in await asyncio.to_thread(store.list_unreleased_sandboxes):
+        if rec.is_live and await is_whole(parts, rec):
+            keep.add(rec.sandbox_id)
+            continue
+        if rec.is_live:
+            log.warning(
+                "reconcile: %s is %s in the store but not whole on the host; killing it",
+                rec.sandbox_id,
+                rec.state,
+            )
+            rec = rec.replace(state=SandboxState.KILLED, killed_at=time.time(), error=LOST)
+            await asyncio.to_thread(
+                store.update_sandbox,
+                rec.sandbox_id,
+                state=SandboxState.KILLED,
+                killed_at=rec.killed_at,
+                error=LOST,
+            )
+        await release_and_record(parts, rec)
+    await sweep_strays(parts, keep)
+    return keep
+
+
+async def sweep_strays(parts: NodeParts, keep: set[str]) -> list[str]:
+    """Remove host resources of sandboxes not in `keep`; returns what failed."""
+    failed: list[str] = []
+    for name, runtime in parts.runtimes.items():
+        try:
+            ids = await runtime.list()
+        except Exception as exc:
+            failed.append(f"{name} list: {exc}")
+            continue
+        for cid in ids:
+            if cid not in keep:
+                log.warning("reconcile: removing stray %s container %s", name, cid)
+                try:
+                    await runtime.kill(cid)
+                except Exception as exc:
+                    failed.append(f"{name} container {cid}: {exc}")
+    for sandbox_id in await asyncio.to_thread(parts.host.present):
+        if sandbox_id not in keep:
+            failed += await parts.host.release(sandbox_id, None)
+    try:
+        await parts.networks.sweep(keep)
+    except Exception as exc:
+        failed.append(f"networks: {exc}")
+    await parts.daemon.retain(keep)
+    if failed:
+        log.error("reconcile: could not remove: %s", failed)
+    return failed
