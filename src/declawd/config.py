@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from declawd.addresses import DEFAULT_POOL
+
 _ENV_PREFIX = "DECLAWD_"
 
 
@@ -24,7 +26,7 @@ class Settings:
     runtime: str = "runc"
     default_timeout: int = 300
     max_timeout: int = 86400
-    pool: str = "10.77.0.0/16"
+    pool: str = DEFAULT_POOL
     lab: bool = False
     lab_config: Path | None = None
     upstream_dns: str = ""

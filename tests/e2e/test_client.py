@@ -17,11 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import typer
 from declaw import ALL_TRAFFIC, NetworkPolicy, Sandbox, SecurityPolicy
 from typer.testing import CliRunner
 
-from declawd import audit_cli
+from declawd import cli as declawd_cli
 from declawd.client import (
     AsyncDeclawdClient,
     AuditEvent,
@@ -208,8 +207,7 @@ def test_audit_stream_ends_with_the_sandbox_and_cli_follow(
     try:
         _lookup(s, "api.openai.com", "evil.com")
         _wait_events(client, s.sandbox_id, lambda ev: any(e.name == "evil.com" for e in ev))
-        cli = typer.Typer()
-        audit_cli.register(cli)  # as `declawd` registers it
+        cli = declawd_cli.app  # the real `declawd` command, audit registered as it ships
         runner = CliRunner()
         plain = runner.invoke(cli, ["audit", s.sandbox_id, "--verdict", "deny"])
         assert plain.exit_code == 0, plain.output

@@ -185,8 +185,8 @@ def _host_kill_envd(own: OwnServer, sandbox_id: str, runtime: str) -> None:
         from declawd.runtime import OciRuntime
 
         rt = OciRuntime("runsc", root)
-        rc, _, err = asyncio.run(rt._exec("kill", sandbox_id, "KILL", container_id=sandbox_id))
-        assert rc == 0, err
+        done = asyncio.run(rt._exec("kill", sandbox_id, "KILL", container_id=sandbox_id))
+        assert done.ok, done.stderr
 
 
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])

@@ -30,7 +30,7 @@ async def metrics(request: Request, team: Team = Depends(current_team)) -> Any:
     for rec in live:
         by_runtime[rec.runtime] = by_runtime.get(rec.runtime, 0) + 1
     lines = [
-        "# HELP declawd_sandboxes_live Sandboxes creating or running on this node.",
+        "# HELP declawd_sandboxes_live Sandboxes creating, running or paused on this node.",
         "# TYPE declawd_sandboxes_live gauge",
     ]
     for rt in ("runc", "runsc"):

@@ -253,7 +253,9 @@ async def kill_sandbox(
     sandbox_id: str, request: Request, team: Team = Depends(current_team)
 ) -> Any:
     node = services(request).node
-    await node.lookup(team.team_id, sandbox_id, Need.LIVE)
+    rec = await node.lookup(team.team_id, sandbox_id, Need.LIVE)
+    if rec.state is SandboxState.CREATING:
+        raise Busy(f"sandbox '{sandbox_id}' is still being created")
     wait = _wait(request)
     killed = await node.kill(sandbox_id, wait=wait)
     if not wait:

@@ -185,6 +185,7 @@ class GatewayDaemon:
             "resolved": self.resolved,
             "audit": self._on_proxy_audit,
             "extra_non_public": self.extra_ranges,
+            "non_public_exempt": self.exempt,
             "handshake_timeout": self.config.handshake_timeout,
         }
         if self.config.peek_timeout is not None:

@@ -34,6 +34,9 @@ from declawd.egress.sni import (
 )
 
 log = logging.getLogger(__name__)
+# How long the proxy waits for a client's first bytes before treating the stream as opaque
+# (server-first protocols such as SMTP or SSH wait this long for their banner).
+PEEK_TIMEOUT_S = 2.0
 
 SO_ORIGINAL_DST = 80
 _WRITE_HIGH_WATER = 512 * 1024
@@ -128,7 +131,7 @@ class SniProxy:
         lookup: Callable[[str], SandboxView | None],
         resolved: ResolvedNames,
         audit: Callable[[dict[str, Any]], None],
-        peek_timeout: float = 5.0,
+        peek_timeout: float = PEEK_TIMEOUT_S,
         handshake_timeout: float = 10.0,
         max_conns_per_sandbox: int = 512,
         max_conns: int = 8192,

@@ -20,15 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from declawd.config import Settings
+from declawd.egress.proxy import PEEK_TIMEOUT_S
 from declawd.errors import Unreachable
 from declawd.host import in_netns
 from declawd.upstream import Upstream
 
 log = logging.getLogger(__name__)
-
-# How long the proxy waits for a client's first bytes before treating the stream as opaque
-# (server-first protocols such as SMTP or SSH wait this long for their banner).
-PEEK_TIMEOUT_S = 2.0
 
 
 class GatewayDaemon:

@@ -1,7 +1,7 @@
 """What a node is built from, as interfaces: runtimes, networks, the gateway daemon, the host.
 
 `Node` receives a `NodeParts` instead of building its collaborators, so create, undo and
-reconcile run in unit tests with fakes (tests/unit/test_node_*.py), and `build_parts` is
+reconcile run in unit tests with fakes (tests/unit/node/), and `build_parts` is
 the one place that wires the real ones (runc/runsc, nftables in the gateway netns, the
 gateway daemon, the host's mounts and cgroups, the chosen upstream).
 """

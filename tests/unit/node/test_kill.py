@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,9 @@ from declawd.node.node import Need
 from declawd.node.reconcile import reconcile
 from declawd.runtime import cgroups
 from declawd.store import SandboxRecord, SandboxState
-from tests.unit.node_fakes import TEAM, NodeFakes, number_creates, record, sandbox_id, template
+from tests.unit.node.fakes import TEAM, NodeFakes, record, sandbox_id, template
 
 SID = sandbox_id(1)
-
-
-@pytest.fixture(autouse=True)
-def _numbered(monkeypatch: pytest.MonkeyPatch) -> None:
-    number_creates(monkeypatch)
-
-
-@pytest.fixture
-def fakes(tmp_path: Path) -> Iterator[NodeFakes]:
-    with NodeFakes.build(tmp_path) as f:
-        yield f
 
 
 async def _running(fakes: NodeFakes) -> SandboxRecord:

@@ -10,7 +10,7 @@ import pytest
 from declawd.errors import Busy, Conflict, NotFound
 from declawd.node.node import Need
 from declawd.store import SandboxState
-from tests.unit.node_fakes import TEAM, NodeFakes, record
+from tests.unit.node.fakes import TEAM, NodeFakes, record
 
 CREATING, RUNNING, PAUSED, KILLED = (
     SandboxState.CREATING,

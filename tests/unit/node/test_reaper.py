@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +14,9 @@ import pytest
 from declawd.node.create import CreateRequest
 from declawd.node.reaper import RETRY_RELEASE_AFTER_S, Reaper, envd_listening
 from declawd.store import SandboxRecord, SandboxState
-from tests.unit.node_fakes import TEAM, NodeFakes, number_creates, sandbox_id, template
+from tests.unit.node.fakes import TEAM, NodeFakes, sandbox_id, template
 
 SID = sandbox_id(1)
-
-
-@pytest.fixture(autouse=True)
-def _numbered(monkeypatch: pytest.MonkeyPatch) -> None:
-    number_creates(monkeypatch)
-
-
-@pytest.fixture
-def fakes(tmp_path: Path) -> Iterator[NodeFakes]:
-    with NodeFakes.build(tmp_path) as f:
-        yield f
 
 
 class Clock:

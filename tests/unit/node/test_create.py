@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,28 +17,16 @@ from declawd.node.node import Need
 from declawd.node.spec import ENVD_BIN_IN_SANDBOX, STATX_SHIM_IN_SANDBOX
 from declawd.store import SandboxState
 from declawd.templates.model import start_script
-from tests.unit.node_fakes import (
+from tests.unit.node.fakes import (
     CA_MOUNT,
     TEAM,
     UPSTREAM_ENV,
     NodeFakes,
-    number_creates,
     sandbox_id,
     template,
 )
 
 SID = sandbox_id(1)
-
-
-@pytest.fixture(autouse=True)
-def _numbered(monkeypatch: pytest.MonkeyPatch) -> None:
-    number_creates(monkeypatch)
-
-
-@pytest.fixture
-def fakes(tmp_path: Path) -> Iterator[NodeFakes]:
-    with NodeFakes.build(tmp_path) as f:
-        yield f
 
 
 def _request(**changes: object) -> CreateRequest:
