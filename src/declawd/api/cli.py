@@ -58,10 +58,14 @@ def register(app: typer.Typer) -> None:
         import asyncio
 
         from declawd.config import Settings
-        from declawd.node.node import Node
+        from declawd.node.node import UPSTREAM_FILE, Node
         from declawd.store import Store
 
         settings = Settings.from_env(state_dir=state_dir, instance=instance)
+        # Undo the upstream the gateway was made with, whatever this shell's settings say.
+        recorded = settings.gateway_dir / UPSTREAM_FILE
+        if recorded.exists():
+            settings.lab = recorded.read_text().strip() == "lab"
 
         async def run() -> int:
             node = Node.on_this_machine(settings, Store(settings.db_path))

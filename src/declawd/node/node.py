@@ -33,6 +33,7 @@ from declawd.store import SandboxRecord, SandboxState, Store
 log = logging.getLogger(__name__)
 
 KILLABLE = (SandboxState.RUNNING, SandboxState.PAUSED)
+UPSTREAM_FILE = "upstream"
 
 
 class Need(enum.Enum):
@@ -61,6 +62,8 @@ class Node:
         parts = self.parts
         await asyncio.to_thread(parts.host.prepare_node)
         self.settings.gateway_dir.mkdir(parents=True, exist_ok=True)
+        # `declawd down` reads which upstream the gateway was made with, to undo exactly it.
+        (self.settings.gateway_dir / UPSTREAM_FILE).write_text(parts.upstream.name + "\n")
         await parts.networks.ensure_gateway()
         parts.daemon.load()
         await reconcile(parts)
