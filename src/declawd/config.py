@@ -36,6 +36,11 @@ class Settings:
     default_pids: int = 1024
     # Per-sandbox disk quota (loop-mounted ext4 upper, runtime/quota.py); 0 disables it.
     disk_quota_mb: int = 10240
+    # Persistence: periodic snapshots every N s of each running sandbox (0: off), the
+    # metrics series' sampling interval, and the volume quota of each team (MiB).
+    snapshot_interval_s: int = 0
+    metrics_interval_s: float = 5.0
+    volume_quota_mb: int = 10240
     # Test-only: fault points for the e2e fault suite (node/faults.py), read once at start.
     faults: str = ""
     # Gateway proxy: time from a client's first byte to a complete ClientHello / request head.
@@ -71,6 +76,12 @@ class Settings:
             raise ValueError("disk_quota_mb: must be 0 (no quota) or a positive size in MiB")
         if not self.handshake_timeout > 0:
             raise ValueError("handshake_timeout: must be a positive number of seconds")
+        if self.snapshot_interval_s < 0:
+            raise ValueError("snapshot_interval_s: must be 0 (off) or a positive number of seconds")
+        if not self.metrics_interval_s > 0:
+            raise ValueError("metrics_interval_s: must be a positive number of seconds")
+        if self.volume_quota_mb <= 0:
+            raise ValueError("volume_quota_mb: must be a positive size in MiB")
 
     # Derived paths -----------------------------------------------------------------
     @property
@@ -84,6 +95,14 @@ class Settings:
     @property
     def sandboxes_dir(self) -> Path:
         return self.state_dir / "sandboxes"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.state_dir / "snapshots"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.state_dir / "volumes"
 
     @property
     def run_dir(self) -> Path:

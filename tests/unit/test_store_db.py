@@ -125,7 +125,7 @@ def test_migration_v1_to_v2_maps_states_and_released(tmp_path: Path) -> None:
             ],
         )
     with Store(db) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == len(MIGRATIONS)
         failed = store.get_sandbox("sbx-failed")
         running = store.get_sandbox("sbx-running")
         creating = store.get_sandbox("sbx-creating")

@@ -149,9 +149,78 @@ CREATE UNIQUE INDEX sandboxes_held_slot ON sandboxes (slot) WHERE released = 0;
 CREATE INDEX sandboxes_unreleased ON sandboxes (released) WHERE released = 0;
 """
 
+# v3: persistence. A paused sandbox keeps its remaining time (`paused_at`, `remaining_s`);
+# `lifecycle` is the create's {"on_timeout", "auto_resume"}. Snapshots, volumes and the
+# metrics series have tables of their own.
+_V3 = """
+ALTER TABLE sandboxes ADD COLUMN paused_at REAL;
+ALTER TABLE sandboxes ADD COLUMN remaining_s REAL;
+ALTER TABLE sandboxes ADD COLUMN lifecycle TEXT;
+CREATE TABLE snapshots (
+    snapshot_id TEXT PRIMARY KEY,
+    team_id TEXT NOT NULL,
+    sandbox_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    state TEXT NOT NULL,
+    template_id TEXT,
+    template_alias TEXT,
+    runtime TEXT,
+    network TEXT,
+    security TEXT,
+    envs TEXT,
+    metadata TEXT,
+    lifecycle TEXT,
+    timeout INTEGER,
+    cpu_count REAL,
+    memory_mb INTEGER,
+    fs_bytes INTEGER,
+    mem_bytes INTEGER,
+    pause_duration_ms INTEGER,
+    created_at REAL NOT NULL,
+    error TEXT
+);
+CREATE INDEX snapshots_sandbox ON snapshots (sandbox_id, created_at);
+CREATE INDEX snapshots_team ON snapshots (team_id, created_at, snapshot_id);
+CREATE TABLE volumes (
+    volume_id TEXT PRIMARY KEY,
+    team_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX volumes_team ON volumes (team_id, created_at, volume_id);
+CREATE TABLE volume_files (
+    volume_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    is_dir INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    mode INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    PRIMARY KEY (volume_id, path)
+);
+CREATE TABLE volume_locks (
+    volume_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    token TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (volume_id, path)
+);
+CREATE TABLE sandbox_metrics (
+    sandbox_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    cpu_usage_percent REAL NOT NULL,
+    memory_usage_mb REAL NOT NULL,
+    disk_usage_mb REAL NOT NULL,
+    PRIMARY KEY (sandbox_id, ts)
+);
+"""
+
 # Applied in order; migration i (0-based) brings the schema to user_version i + 1.
 # Append only: never edit a script that has shipped.
-MIGRATIONS: list[str] = [_V1, _V2]
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 
 
 def _rollback(c: sqlite3.Connection) -> None:

@@ -57,6 +57,19 @@ class SandboxRecord:
     killed_at: float | None = None
     error: str | None = None
     released: bool = False
+    # Persistence: while paused the timeout clock stops (`remaining_s` is what was left).
+    paused_at: float | None = None
+    remaining_s: float | None = None
+    # The create's lifecycle: {"on_timeout": "kill"|"pause", "auto_resume": bool}.
+    lifecycle: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def on_timeout(self) -> str:
+        return str(self.lifecycle.get("on_timeout") or "kill")
+
+    @property
+    def auto_resume(self) -> bool:
+        return bool(self.lifecycle.get("auto_resume"))
 
     @property
     def is_live(self) -> bool:
@@ -68,7 +81,7 @@ class SandboxRecord:
 
 # Columns of the sandboxes table that a record maps to (the rest are historical).
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SandboxRecord))
-JSON_FIELDS: tuple[str, ...] = ("metadata", "envs", "network", "security")
+JSON_FIELDS: tuple[str, ...] = ("metadata", "envs", "network", "security", "lifecycle")
 
 
 def record_from_row(row: Mapping[str, Any]) -> SandboxRecord:
@@ -76,7 +89,7 @@ def record_from_row(row: Mapping[str, Any]) -> SandboxRecord:
     values = {k: row[k] for k in RECORD_FIELDS if k in row}
     values["state"] = SandboxState(values["state"])
     values["released"] = bool(values.get("released"))
-    for name in ("metadata", "envs", "network"):
+    for name in ("metadata", "envs", "network", "lifecycle"):
         values[name] = values.get(name) or {}
     values["template_id"] = values.get("template_id") or ""
     values["template_alias"] = values.get("template_alias") or values["template_id"]
