@@ -47,8 +47,6 @@ async def metrics(request: Request, team: Team = Depends(current_team)) -> Any:
 
 
 _UNBUILT = [
-    ("POST", "/sandboxes/{sandbox_id}/pause", "pause"),
-    ("POST", "/sandboxes/{sandbox_id}/resume", "resume"),
     ("POST", "/sandboxes/{sandbox_id}/snapshot", "snapshots"),
     ("GET", "/sandboxes/{sandbox_id}/snapshots", "snapshots"),
     ("DELETE", "/sandboxes/{sandbox_id}/snapshots/{snapshot_id}", "snapshots"),

@@ -22,7 +22,9 @@ from declawd.api.views import iso, sandbox_view
 from declawd.egress.policy import EgressPolicy, PolicyError
 from declawd.errors import Busy, DeclawdError, InvalidInput, Mismatch, NotSupported
 from declawd.node.create import CreateRequest
+from declawd.node.metrics import parse_range, series
 from declawd.node.node import Need
+from declawd.node.pausing import AUTO_RESUME_MIN_S
 from declawd.store import SandboxState, parse_metadata_query
 
 router = APIRouter()
@@ -51,6 +53,18 @@ def parse_timeout(value: Any, settings: Any, label: str = "timeout") -> int:
     if value > settings.max_timeout:
         raise InvalidInput(label, f"at most {settings.max_timeout} seconds")
     return int(value)
+
+
+def parse_lifecycle(body: dict[str, Any]) -> dict[str, Any]:
+    """`{"on_timeout": "kill"|"pause", "auto_resume": bool}` (SandboxLifecycle.to_dict)."""
+    lifecycle = field(body, "lifecycle", dict)
+    if not lifecycle:
+        return {}
+    on_timeout = field(lifecycle, "on_timeout", str, default="kill", prefix="lifecycle.")
+    if on_timeout not in ("kill", "pause"):
+        raise InvalidInput("lifecycle.on_timeout", "must be 'kill' or 'pause'")
+    auto_resume = field(lifecycle, "auto_resume", bool, default=False, prefix="lifecycle.")
+    return {"on_timeout": on_timeout, "auto_resume": auto_resume}
 
 
 def parse_policy(body: dict[str, Any]) -> tuple[EgressPolicy, dict[str, Any] | None]:
@@ -125,15 +139,7 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         raise NotSupported("vault_refs: not implemented yet")
     if field(body, "volumes", list):
         raise NotSupported("volumes: not implemented yet")
-    lifecycle = field(body, "lifecycle", dict)
-    if lifecycle:
-        on_timeout = field(lifecycle, "on_timeout", str, default="kill", prefix="lifecycle.")
-        if on_timeout not in ("kill", "pause"):
-            raise InvalidInput("lifecycle.on_timeout", "must be 'kill' or 'pause'")
-        if on_timeout == "pause":
-            raise NotSupported("lifecycle.on_timeout: 'pause' is not implemented yet")
-        if field(lifecycle, "auto_resume", bool, prefix="lifecycle."):
-            raise NotSupported("lifecycle.auto_resume: not implemented yet")
+    lifecycle = parse_lifecycle(body)
     policy, sec_policy = parse_policy(body)
     runtime = metadata.get(RUNTIME_KEY)
     if runtime is not None and runtime not in ("runc", "runsc"):
@@ -169,6 +175,7 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         policy=policy,
         security=sec_policy,
         runtime=runtime,
+        lifecycle=lifecycle,
     )
     try:
         rec = await svc.node.create(req)
@@ -241,11 +248,37 @@ async def get_sandbox(sandbox_id: str, request: Request, team: Team = Depends(cu
     svc = services(request)
     rec = await svc.node.lookup(team.team_id, sandbox_id, Need.LIVE)
     timeout = request.query_params.get("timeout")
+    seconds = None
     if timeout is not None:
         seconds = int_query(timeout, "timeout", minimum=0, maximum=svc.settings.max_timeout)
-        if seconds:
-            rec = rec.replace(end_at=await svc.node.set_timeout(rec, seconds))
+    # `connect(id, timeout)` sends a timeout and means to use the sandbox: a paused one is
+    # resumed, as is one created with auto_resume on any connect. A plain GET (`get_info`,
+    # which the SDK cannot tell apart from `connect(id)`) never changes its state otherwise.
+    if rec.state is SandboxState.PAUSED and (timeout is not None or rec.auto_resume):
+        rec = await svc.node.resume(rec, at_least_s=AUTO_RESUME_MIN_S if rec.auto_resume else 0)
+    if seconds:
+        rec = rec.replace(end_at=await svc.node.set_timeout(rec, seconds))
     return sandbox_view(rec)
+
+
+@router.post("/sandboxes/{sandbox_id}/pause")
+async def pause_sandbox(
+    sandbox_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
+    node = services(request).node
+    rec = await node.lookup(team.team_id, sandbox_id, Need.LIVE)
+    rec = await node.pause(rec)
+    return {"sandbox_id": sandbox_id, "state": rec.state.value}
+
+
+@router.post("/sandboxes/{sandbox_id}/resume")
+async def resume_sandbox(
+    sandbox_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
+    node = services(request).node
+    rec = await node.lookup(team.team_id, sandbox_id, Need.LIVE)
+    rec = await node.resume(rec)
+    return {"sandbox_id": sandbox_id, "state": rec.state.value, "end_at": iso(rec.end_at)}
 
 
 @router.delete("/sandboxes/{sandbox_id}")
@@ -289,7 +322,19 @@ async def set_timeout(sandbox_id: str, request: Request, team: Team = Depends(cu
 async def sandbox_metrics(
     sandbox_id: str, request: Request, team: Team = Depends(current_team)
 ) -> Any:
-    node = services(request).node
-    rec = await node.lookup(team.team_id, sandbox_id, Need.RUNNING)
-    m = await asyncio.to_thread(node.metrics, rec)
-    return [{"timestamp": datetime.now(UTC).isoformat(), **m}]
+    """The series in [start, end] (ISO; naive is UTC), oldest first, plus a sample taken now
+    when the range includes now. Paused sandboxes read CPU 0; killed ones are 404."""
+    svc = services(request)
+    rec = await svc.node.lookup(team.team_id, sandbox_id, Need.LIVE)
+    start, end = parse_range(request.query_params.get("start"), request.query_params.get("end"))
+    now = datetime.now(UTC).timestamp()
+    samples = await asyncio.to_thread(series, svc.store, svc.node.metrics, rec, start, end, now)
+    return [
+        {
+            "timestamp": iso(s.ts),
+            "cpu_usage_percent": s.cpu_usage_percent,
+            "memory_usage_mb": s.memory_usage_mb,
+            "disk_usage_mb": s.disk_usage_mb,
+        }
+        for s in samples
+    ]

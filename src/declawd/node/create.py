@@ -13,17 +13,20 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from declawd.egress.policy import EgressPolicy
-from declawd.errors import DeclawdError, Internal, TimedOut
+from declawd.errors import Conflict, DeclawdError, Internal, TimedOut
 from declawd.node.envd_client import EnvdClient, EnvdError
 from declawd.node.parts import NetworkPlan, NodeParts
 from declawd.node.release import release
 from declawd.node.spec import SpecInputs, sandbox_env, sandbox_spec
+from declawd.runtime import Mount
 from declawd.store import SandboxRecord, SandboxState
+from declawd.store.model import record_to_row
 from declawd.templates.model import Template, start_script
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,15 @@ class CreateRequest:
     policy: EgressPolicy | None = None
     security: Mapping[str, Any] | None = None
     runtime: str | None = None
+    lifecycle: Mapping[str, Any] = field(default_factory=dict)
+    # Extra mounts (live volumes) and work to do through envd before the create answers
+    # (copied volumes); decided by the API layer, opaque here.
+    mounts: Sequence[Mount] = ()
+    after_start: Sequence[Callable[[EnvdClient], Awaitable[None]]] = ()
+    # Restore: bring back this (killed, released) sandbox under its own id, its writable
+    # layer filled by `prefill(upper_dir)` (blocking) before the overlay is mounted.
+    sandbox_id: str | None = None
+    prefill: Callable[[Path], None] | None = None
 
 
 def new_sandbox_id() -> str:
@@ -51,7 +63,7 @@ def new_record(parts: NodeParts, req: CreateRequest, now: float) -> SandboxRecor
     tpl, settings = req.template, parts.settings
     policy = req.policy or EgressPolicy.parse([], [])
     return SandboxRecord(
-        sandbox_id=new_sandbox_id(),
+        sandbox_id=req.sandbox_id or new_sandbox_id(),
         team_id=req.team_id,
         state=SandboxState.CREATING,
         template_id=tpl.template_id,
@@ -66,7 +78,31 @@ def new_record(parts: NodeParts, req: CreateRequest, now: float) -> SandboxRecor
         security=dict(req.security) if req.security is not None else None,
         cpu_count=float(tpl.cpu_count or settings.default_cpu_count),
         memory_mb=int(tpl.memory_mb or settings.default_memory_mb),
+        lifecycle=dict(req.lifecycle),
     )
+
+
+def _insert_or_revive(parts: NodeParts, rec: SandboxRecord) -> None:
+    """A new record, or (restore) the killed record of the same id made `creating` again."""
+    existing = parts.store.get_sandbox(rec.sandbox_id)
+    if existing is None:
+        parts.store.insert_sandbox(rec)
+        return
+    if existing.team_id != rec.team_id:
+        raise Conflict(f"sandbox '{rec.sandbox_id}' belongs to another team")
+    if not existing.released:
+        raise Conflict(f"sandbox '{rec.sandbox_id}' is still being torn down; retry")
+    fields = {
+        k: v for k, v in record_to_row(rec).items() if k not in ("sandbox_id", "team_id", "state")
+    }
+    fields.update(killed_at=None, error=None, started_at=None, paused_at=None, remaining_s=None)
+    if (
+        parts.store.transition(
+            rec.sandbox_id, [SandboxState.KILLED], SandboxState.CREATING, **fields
+        )
+        is None
+    ):
+        raise Conflict(f"sandbox '{rec.sandbox_id}' is running; restore needs a killed sandbox")
 
 
 def envs_of(parts: NodeParts, rec: SandboxRecord) -> dict[str, str]:
@@ -80,7 +116,7 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
     policy = req.policy or EgressPolicy.parse([], [])
     sandbox_id = rec.sandbox_id
     runtime = parts.runtimes[rec.runtime]
-    await asyncio.to_thread(store.insert_sandbox, rec)
+    await asyncio.to_thread(_insert_or_revive, parts, rec)
     plan: NetworkPlan | None = None
 
     async def network(planned: NetworkPlan) -> None:
@@ -97,10 +133,15 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
         # be made while the network branch is still creating them.
         host = parts.host
         await asyncio.to_thread(
-            host.prepare, sandbox_id, tpl.layer_paths, planned.address, planned.gateway_address
+            host.prepare,
+            sandbox_id,
+            tpl.layer_paths,
+            planned.address,
+            planned.gateway_address,
+            req.prefill,
         )
         faults.point("create.after_rootfs")
-        spec = await asyncio.to_thread(_spec, parts, rec, planned)
+        spec = await asyncio.to_thread(_spec, parts, rec, planned, req.mounts)
         await asyncio.to_thread(host.write_spec, sandbox_id, spec)
 
     try:
@@ -117,6 +158,8 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
         client = parts.sessions.client(sandbox_id)
         await _wait_envd(parts, client, sandbox_id)
         faults.point("create.after_envd")
+        for work in req.after_start:
+            await work(client)
         if tpl.start_cmd:
             await _start_command(client, envs_of(parts, rec), tpl)
         faults.point("create.after_start")
@@ -152,10 +195,12 @@ async def _undo(parts: NodeParts, rec: SandboxRecord, exc: BaseException) -> Non
     )
 
 
-def _spec(parts: NodeParts, rec: SandboxRecord, plan: NetworkPlan) -> dict[str, Any]:
+def _spec(
+    parts: NodeParts, rec: SandboxRecord, plan: NetworkPlan, mounts: Sequence[Mount] = ()
+) -> dict[str, Any]:
     host, settings = parts.host, parts.settings
     res = host.resources(rec.sandbox_id)
-    extra = list(parts.upstream.sandbox_mounts())
+    extra = [*parts.upstream.sandbox_mounts(), *mounts]
     if rec.runtime == "runc":
         # gVisor cannot use host cgroup files from inside; see docs/security.md
         extra += host.command_cgroup_mounts(

@@ -20,8 +20,10 @@ from declawd.config import Settings
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import Busy, Conflict, NotFound
 from declawd.node import create as creating
+from declawd.node import pausing
 from declawd.node.create import CreateRequest
 from declawd.node.envd_client import EnvdClient
+from declawd.node.metrics import MetricsSampler
 from declawd.node.parts import NodeParts, build_parts
 from declawd.node.reaper import Reaper
 from declawd.node.reconcile import reconcile
@@ -49,8 +51,11 @@ class Node:
         self.parts = parts
         self.settings = parts.settings
         self.store = parts.store
-        self._reaper = Reaper(parts, self._kill_with_error, self.background)
+        self._reaper = Reaper(
+            parts, self._kill_with_error, self.background, pause=self._timed_pause
+        )
         self._reaper_task: asyncio.Task[None] | None = None
+        self._metrics = MetricsSampler(parts, self.settings.metrics_interval_s, self.metrics)
         self._background: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -70,12 +75,14 @@ class Node:
         await parts.daemon.start()
         parts.daemon.supervise()
         self._reaper_task = asyncio.get_running_loop().create_task(self._reaper.run())
+        self._metrics.start()
 
     async def close(self) -> None:
         """Stop background work; sandboxes and the gateway daemon keep running."""
         if self._reaper_task is not None:
             self._reaper_task.cancel()
             await asyncio.gather(self._reaper_task, return_exceptions=True)
+        await self._metrics.stop()
         await self.parts.daemon.close()
         for t in list(self._background):
             t.cancel()
@@ -102,7 +109,13 @@ class Node:
             if rec.state is SandboxState.CREATING:
                 raise Busy(f"sandbox '{sandbox_id}' is still being created")
             if rec.state is SandboxState.PAUSED:
-                raise Conflict(f"sandbox '{sandbox_id}' is paused", code="sandbox_paused")
+                if rec.auto_resume:
+                    return await self.resume(rec, at_least_s=pausing.AUTO_RESUME_MIN_S)
+                raise Conflict(
+                    f"sandbox is paused: '{sandbox_id}' (resume it, or create it with"
+                    " lifecycle auto_resume)",
+                    code="sandbox_paused",
+                )
         return rec
 
     # lifecycle --------------------------------------------------------------------
@@ -134,8 +147,27 @@ class Node:
             self.background(release_and_record(self.parts, rec))
         return True
 
+    async def pause(self, rec: SandboxRecord) -> SandboxRecord:
+        """Freeze a running sandbox (no CPU; processes, files, PTYs and rules kept); its
+        timeout clock stops until it is resumed."""
+        return await pausing.pause(self.parts, rec)
+
+    async def resume(self, rec: SandboxRecord, *, at_least_s: float = 0.0) -> SandboxRecord:
+        """Thaw a paused sandbox with the time it had left (at least `at_least_s`)."""
+        return await pausing.resume(self.parts, rec, at_least_s=at_least_s)
+
+    async def _timed_pause(self, sandbox_id: str) -> None:
+        """The reaper's action at the deadline of a sandbox whose lifecycle says pause."""
+        rec = await asyncio.to_thread(self.store.get_sandbox, sandbox_id)
+        if rec is not None and rec.state is SandboxState.RUNNING:
+            await self.pause(rec)
+
     async def set_timeout(self, rec: SandboxRecord, seconds: int) -> float:
-        """The sandbox now ends `seconds` from now; returns the new end time."""
+        """The sandbox now ends `seconds` from now; returns the new end time. A paused sandbox
+        gets `seconds` of running time once it is resumed."""
+        if rec.state is SandboxState.PAUSED:
+            await asyncio.to_thread(self.store.update_sandbox, rec.sandbox_id, remaining_s=seconds)
+            return time.time() + seconds
         end_at = time.time() + seconds
         await asyncio.to_thread(self.store.update_sandbox, rec.sandbox_id, end_at=end_at)
         return end_at

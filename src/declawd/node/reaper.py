@@ -1,6 +1,7 @@
-"""The timeout reaper: sandboxes past their deadline are killed, dead ones are reported.
+"""The timeout reaper: sandboxes past their deadline are killed (or paused, when their
+lifecycle says so), dead ones are reported.
 
-Once a second it kills every running sandbox whose `end_at` has passed, and probes each
+Once a second it acts on every running sandbox whose `end_at` has passed, and probes each
 one's envd socket (cheap: a non-blocking connect); a sandbox whose container died on its
 own (under runsc an OOM or pids limit kills the whole gVisor sandbox) is killed with an
 error that says so, never shown as running. Teardowns that failed are retried here.
@@ -45,10 +46,12 @@ class Reaper:
         kill: Callable[[str, str | None], Awaitable[bool]],
         spawn: Callable[[Coroutine[Any, Any, Any]], object],
         *,
+        pause: Callable[[str], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.parts = parts
         self._kill = kill
+        self._pause = pause
         self._spawn = spawn
         self._clock = clock
         self._busy: set[str] = set()
@@ -68,8 +71,12 @@ class Reaper:
             if rec.sandbox_id in self._busy:
                 continue
             if rec.state is SandboxState.RUNNING and rec.end_at is not None and rec.end_at <= now:
-                log.info("sandbox %s reached its timeout", rec.sandbox_id)
-                self._start(rec.sandbox_id, self._kill(rec.sandbox_id, None))
+                if rec.on_timeout == "pause" and self._pause is not None:
+                    log.info("sandbox %s reached its timeout; pausing it", rec.sandbox_id)
+                    self._start(rec.sandbox_id, self._pause(rec.sandbox_id))
+                else:
+                    log.info("sandbox %s reached its timeout", rec.sandbox_id)
+                    self._start(rec.sandbox_id, self._kill(rec.sandbox_id, None))
             elif rec.state is SandboxState.RUNNING and not envd_listening(
                 self.parts.host.resources(rec.sandbox_id).envd_socket
             ):

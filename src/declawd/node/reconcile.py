@@ -13,6 +13,7 @@ import logging
 import time
 
 from declawd.node.parts import NodeParts
+from declawd.node.pausing import align_container
 from declawd.node.release import release_and_record
 from declawd.store import SandboxRecord, SandboxState
 
@@ -22,11 +23,14 @@ LOST = "lost during a server restart"
 
 
 async def is_whole(parts: NodeParts, rec: SandboxRecord) -> bool:
-    """A running sandbox whose container runs, rootfs is mounted and envd socket exists."""
-    if rec.state is not SandboxState.RUNNING:
+    """A running or paused sandbox whose container is there (running or frozen as its record
+    says, made so if a crash left it otherwise), rootfs mounted and envd socket present."""
+    if rec.state not in (SandboxState.RUNNING, SandboxState.PAUSED):
         return False
     runtime = parts.runtimes.get(rec.runtime)
-    if runtime is None or await runtime.state(rec.sandbox_id) != "running":
+    if runtime is None:
+        return False
+    if not await align_container(parts, rec, await runtime.state(rec.sandbox_id)):
         return False
     return await asyncio.to_thread(parts.host.is_ready, rec.sandbox_id)
 

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -172,6 +172,10 @@ class ContainerRuntime(Protocol):
 
     async def kill(self, container_id: str) -> None: ...
 
+    async def pause(self, container_id: str) -> None: ...
+
+    async def resume(self, container_id: str) -> None: ...
+
     async def state(self, container_id: str) -> str | None: ...
 
     async def list(self) -> list[str]: ...
@@ -214,11 +218,19 @@ class SandboxHost:
         return self._compat
 
     def prepare(
-        self, sandbox_id: str, layers: Sequence[Path], address: str, nameserver: str
+        self,
+        sandbox_id: str,
+        layers: Sequence[Path],
+        address: str,
+        nameserver: str,
+        prefill: Callable[[Path], None] | None = None,
     ) -> None:
-        """Quota disk, /etc network files in the upper dir, overlay + envd tmpfs (blocking)."""
+        """Quota disk, the upper dir (filled by `prefill` on a restore), /etc network files
+        in it, overlay + envd tmpfs (blocking)."""
         res = self.resources(sandbox_id)
         res.prepare_dirs()
+        if prefill is not None:
+            prefill(res.upper)
         res.write_network_files(sandbox_id, address, nameserver)
         res.mount(list(layers))
 

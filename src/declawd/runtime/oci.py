@@ -158,10 +158,22 @@ class OciRuntime:
             stop=lambda: self.kill(container_id),
         )
 
+    async def pause(self, container_id: str) -> None:
+        """Freeze every process of the container (cgroup freezer; gVisor stops its tasks)."""
+        await self._exec("pause", container_id, container_id=container_id, check=True)
+
+    async def resume(self, container_id: str) -> None:
+        """Thaw a paused container; its processes continue where they stopped."""
+        await self._exec("resume", container_id, container_id=container_id, check=True)
+
     async def kill(self, container_id: str) -> None:
         """SIGKILL the container, wait until it has stopped, then delete it (idempotent)."""
-        if await self.state(container_id) is None:
+        state = await self.state(container_id)
+        if state is None:
             return
+        if state == "paused":
+            # A frozen task cannot act on SIGKILL until it is thawed.
+            await self._exec("resume", container_id, container_id=container_id)
         await self._exec("kill", container_id, "KILL", container_id=container_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _STOP_WAIT_S

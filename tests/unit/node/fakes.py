@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +108,18 @@ class FakeRuntime:
         await self.steps.ahit(f"{self.name}.kill")
         self.containers.pop(container_id, None)
         self.netns.pop(container_id, None)
+
+    async def pause(self, container_id: str) -> None:
+        await self.steps.ahit(f"{self.name}.pause")
+        if self.containers.get(container_id) != "running":
+            raise RuntimeError(f"container {container_id} is not running")
+        self.containers[container_id] = "paused"
+
+    async def resume(self, container_id: str) -> None:
+        await self.steps.ahit(f"{self.name}.resume")
+        if self.containers.get(container_id) != "paused":
+            raise RuntimeError(f"container {container_id} is not paused")
+        self.containers[container_id] = "running"
 
     async def state(self, container_id: str) -> str | None:
         return self.containers.get(container_id)
@@ -232,10 +244,18 @@ class FakeHost(SandboxHost):
         return bindir / "statx-shim.so", bindir / "ld.so.preload"
 
     def prepare(
-        self, sandbox_id: str, layers: Sequence[Path], address: str, nameserver: str
+        self,
+        sandbox_id: str,
+        layers: Sequence[Path],
+        address: str,
+        nameserver: str,
+        prefill: Callable[[Path], None] | None = None,
     ) -> None:
         res = self.resources(sandbox_id)
         res.envd_dir.mkdir(parents=True, exist_ok=True)
+        if prefill is not None:
+            res.upper.mkdir(parents=True, exist_ok=True)
+            prefill(res.upper)
         self.rootfs.add(sandbox_id)
         self.prepared_with[sandbox_id] = (list(layers), address, nameserver)
         self.steps.hit("host.prepare")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from declawd.egress.policy import EgressPolicy
 from declawd.node.create import CreateRequest
 from declawd.node.reconcile import LOST, reconcile, sweep_strays
@@ -76,11 +78,27 @@ async def test_a_create_in_progress_at_start_is_killed(fakes: NodeFakes) -> None
     _assert_lost(fakes, SID)
 
 
-async def test_a_paused_sandbox_is_not_whole(fakes: NodeFakes) -> None:
+async def test_a_paused_sandbox_survives_a_restart(fakes: NodeFakes) -> None:
+    rec = await _running(fakes)
+    await fakes.node.pause(rec)
+    assert await reconcile(fakes.parts) == {SID}
+    assert fakes.get(SID).state is SandboxState.PAUSED
+    assert fakes.runtimes["runc"].containers[SID] == "paused"
+
+
+@pytest.mark.parametrize(
+    ("record", "container"),
+    [(SandboxState.PAUSED, "running"), (SandboxState.RUNNING, "paused")],
+)
+async def test_a_crash_between_record_and_freeze_is_aligned_to_the_record(
+    fakes: NodeFakes, record: SandboxState, container: str
+) -> None:
     await _running(fakes)
-    fakes.store.update_sandbox(SID, state=SandboxState.PAUSED)
-    await reconcile(fakes.parts)
-    _assert_lost(fakes, SID)
+    fakes.store.update_sandbox(SID, state=record)
+    fakes.runtimes["runc"].containers[SID] = container
+    assert await reconcile(fakes.parts) == {SID}
+    assert fakes.get(SID).state is record
+    assert fakes.runtimes["runc"].containers[SID] == record.value
 
 
 async def test_a_killed_sandbox_not_yet_released_is_released(fakes: NodeFakes) -> None:
