@@ -47,11 +47,6 @@ async def metrics(request: Request, team: Team = Depends(current_team)) -> Any:
 
 
 _UNBUILT = [
-    ("POST", "/sandboxes/{sandbox_id}/snapshot", "snapshots"),
-    ("GET", "/sandboxes/{sandbox_id}/snapshots", "snapshots"),
-    ("DELETE", "/sandboxes/{sandbox_id}/snapshots/{snapshot_id}", "snapshots"),
-    ("POST", "/sandboxes/{sandbox_id}/restore", "restore"),
-    ("GET", "/snapshots", "snapshots"),
     ("GET", "/sandboxes/{sandbox_id}/ports/{port}", "port forwarding (/ports/{port})"),
     ("POST", "/sandboxes/{sandbox_id}/volumes/snapshot", "volumes"),
     ("POST", "/sandboxes/{sandbox_id}/volumes/{volume_id}/commit", "volumes"),

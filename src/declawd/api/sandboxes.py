@@ -20,7 +20,15 @@ from declawd.api.app import Team, current_team, services
 from declawd.api.body import field, int_query, json_body, str_list, str_map
 from declawd.api.views import iso, sandbox_view
 from declawd.egress.policy import EgressPolicy, PolicyError
-from declawd.errors import Busy, DeclawdError, InvalidInput, Mismatch, NotSupported
+from declawd.errors import (
+    Busy,
+    Conflict,
+    DeclawdError,
+    InvalidInput,
+    Mismatch,
+    NotFound,
+    NotSupported,
+)
 from declawd.node.create import CreateRequest
 from declawd.node.metrics import parse_range, series
 from declawd.node.node import Need
@@ -269,6 +277,36 @@ async def pause_sandbox(
     rec = await node.lookup(team.team_id, sandbox_id, Need.LIVE)
     rec = await node.pause(rec)
     return {"sandbox_id": sandbox_id, "state": rec.state.value}
+
+
+@router.post("/sandboxes/{sandbox_id}/restore")
+async def restore_sandbox(
+    sandbox_id: str, request: Request, team: Team = Depends(current_team)
+) -> Any:
+    """Bring a killed sandbox back under its id (the SDK connects to the same id next)."""
+    svc = services(request)
+    rec = await svc.node.lookup(team.team_id, sandbox_id, Need.RECORD)
+    if rec.is_live:
+        raise Conflict(
+            f"sandbox '{sandbox_id}' is {rec.state.value}; restore needs a killed sandbox"
+        )
+    wanted = request.query_params.get("snapshot_id")
+    if wanted:
+        snap = await asyncio.to_thread(svc.store.get_snapshot, wanted, team.team_id)
+        if snap is None or snap.sandbox_id != sandbox_id or not snap.is_ready:
+            raise NotFound(f"snapshot '{wanted}' not found for sandbox '{sandbox_id}'")
+    else:
+        snap = await asyncio.to_thread(svc.store.latest_snapshot, team.team_id, sandbox_id)
+        if snap is None:
+            raise NotFound(f"sandbox '{sandbox_id}' has no snapshot to restore")
+    tpl = await _resolve_template(request, team, snap.template_id)
+    restored = await svc.node.restore(rec, snap, tpl)
+    return {
+        "sandbox_id": restored.sandbox_id,
+        "snapshot_id": snap.snapshot_id,
+        "node_id": svc.settings.instance,
+        "state": restored.state.value,
+    }
 
 
 @router.post("/sandboxes/{sandbox_id}/resume")

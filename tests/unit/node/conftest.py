@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ def _numbered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def fakes(tmp_path: Path) -> Iterator[NodeFakes]:
+async def fakes(tmp_path: Path) -> AsyncIterator[NodeFakes]:
     with NodeFakes.build(tmp_path) as f:
         yield f
+        await f.settle()  # background work (teardowns, pause snapshots) ends with the test
