@@ -19,6 +19,7 @@ import bench_create
 import bench_datapath
 import bench_egress
 import bench_memory
+import bench_persistence
 import bench_resolver
 import harness
 from common import RESULTS_DIR, Report
@@ -29,6 +30,7 @@ SERVER_BENCHES: dict[str, Callable[[harness.Server, bool], Report]] = {
     "memory": bench_memory.main,
     "egress": bench_egress.main,
     "resolver": bench_resolver.main,
+    "persistence": bench_persistence.main,
 }
 ALL = ("datapath", *SERVER_BENCHES)
 

@@ -37,7 +37,7 @@ CASES: list[tuple[str, str, str, Any, int, str]] = [
     ('create-lifecycle-str', 'POST', '/sandboxes', {'lifecycle': 'kill'}, 400, 'lifecycle: must be an object'),
     ('create-runtime-bad', 'POST', '/sandboxes', {'metadata': {'declaw.runtime': 'kvm'}}, 400, "metadata.declaw.runtime: must be 'runc' or 'runsc'"),
     ('create-unknown-template', 'POST', '/sandboxes', {'template': 'nope'}, 404, "template 'nope' not found"),
-    ('create-volumes', 'POST', '/sandboxes', {'volumes': [{'a': 'b'}]}, 501, 'volumes: not implemented yet'),
+    ('create-volumes-no-id', 'POST', '/sandboxes', {'volumes': [{'a': 'b'}]}, 400, 'volumes[0].volume_id: is required'),
     ('create-lifecycle-bad', 'POST', '/sandboxes', {'lifecycle': {'on_timeout': 'sleep'}}, 400, "lifecycle.on_timeout: must be 'kill' or 'pause'"),
     ('create-lifecycle-resume-str', 'POST', '/sandboxes', {'lifecycle': {'auto_resume': 'yes'}}, 400, 'lifecycle.auto_resume: must be a boolean'),
     ('create-invalid-utf8', 'POST', '/sandboxes', b'{"template": "\xff\xfe"}', 400, "request body: malformed JSON ('utf-8' codec can't decode byte 0xff in position 14: invalid start byte)"),

@@ -31,10 +31,12 @@ MAKE_FILES = (
     " && head -c 3000000 /dev/urandom > blob.bin && echo hello > sub/a.txt"
     " && ln -s sub/a.txt link && chmod 640 sub/a.txt && truncate -s 50M sparse.img"
     " && rm -f /etc/motd"  # a deletion of a template file is captured too (a whiteout)
+    " && echo in-tmp > /tmp/t"
 )
 HASHES = (
     "cd /home/user/work && sha256sum blob.bin sub/a.txt sparse.img && stat -c '%a %U %N' sub/a.txt link"
     " && (test -e /etc/motd && echo motd-present || echo motd-gone)"
+    " && sha256sum /tmp/t && stat -c '%a' /tmp"
 )
 PROBE = """
 import socket

@@ -131,8 +131,17 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
             {"message": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500
         )
 
-    from declawd.api import commands, files, misc, network, sandboxes, templates
+    from declawd.api import (
+        commands,
+        files,
+        misc,
+        network,
+        sandboxes,
+        snapshots,
+        templates,
+        volumes,
+    )
 
-    for module in (sandboxes, commands, files, network, templates, misc):
+    for module in (sandboxes, commands, files, network, snapshots, volumes, templates, misc):
         app.include_router(module.router)
     return app

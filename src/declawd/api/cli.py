@@ -60,6 +60,7 @@ def register(app: typer.Typer) -> None:
         from declawd.config import Settings
         from declawd.node.node import UPSTREAM_FILE, Node
         from declawd.store import Store
+        from declawd.volumes.host import unprotect
 
         settings = Settings.from_env(state_dir=state_dir, instance=instance)
         # Undo the upstream the gateway was made with, whatever this shell's settings say.
@@ -69,6 +70,9 @@ def register(app: typer.Typer) -> None:
 
         async def run() -> int:
             node = Node.on_this_machine(settings, Store(settings.db_path))
-            return await node.destroy_all()
+            killed = await node.destroy_all()
+            # The volumes directory's own guard mount (volumes/host.py) goes last.
+            unprotect(settings.volumes_dir)
+            return killed
 
         typer.echo(f"killed {asyncio.run(run())} sandboxes; gateway removed")

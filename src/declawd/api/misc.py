@@ -48,17 +48,6 @@ async def metrics(request: Request, team: Team = Depends(current_team)) -> Any:
 
 _UNBUILT = [
     ("GET", "/sandboxes/{sandbox_id}/ports/{port}", "port forwarding (/ports/{port})"),
-    ("POST", "/sandboxes/{sandbox_id}/volumes/snapshot", "volumes"),
-    ("POST", "/sandboxes/{sandbox_id}/volumes/{volume_id}/commit", "volumes"),
-    ("GET", "/volumes", "volumes"),
-    ("POST", "/volumes", "volumes"),
-    ("POST", "/volumes/empty", "volumes"),
-    ("POST", "/volumes/ingest", "volumes"),
-    ("GET", "/volumes/{rest:path}", "volumes"),
-    ("PUT", "/volumes/{rest:path}", "volumes"),
-    ("POST", "/volumes/{rest:path}", "volumes"),
-    ("PATCH", "/volumes/{rest:path}", "volumes"),
-    ("DELETE", "/volumes/{rest:path}", "volumes"),
     ("GET", "/teams", "vault"),
     ("POST", "/teams", "vault"),
     ("GET", "/teams/{rest:path}", "vault"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse
 from declawd.api.app import Team, current_team, services
 from declawd.api.body import field, int_query, json_body, str_list, str_map
 from declawd.api.views import iso, sandbox_view
+from declawd.api.volumes import volume_service
 from declawd.egress.policy import EgressPolicy, PolicyError
 from declawd.errors import (
     Busy,
@@ -30,10 +32,18 @@ from declawd.errors import (
     NotSupported,
 )
 from declawd.node.create import CreateRequest
+from declawd.node.envd_client import EnvdClient
 from declawd.node.metrics import parse_range, series
 from declawd.node.node import Need
 from declawd.node.pausing import AUTO_RESUME_MIN_S
 from declawd.store import SandboxState, parse_metadata_query
+from declawd.volumes.attach import (
+    Attachment,
+    attachment_mounts,
+    copy_into_sandbox,
+    record_attachments,
+    resolve_attachments,
+)
 
 router = APIRouter()
 
@@ -145,14 +155,17 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
     envs = str_map(body, "envs")
     if field(body, "vault_refs", dict):
         raise NotSupported("vault_refs: not implemented yet")
-    if field(body, "volumes", list):
-        raise NotSupported("volumes: not implemented yet")
     lifecycle = parse_lifecycle(body)
     policy, sec_policy = parse_policy(body)
     runtime = metadata.get(RUNTIME_KEY)
     if runtime is not None and runtime not in ("runc", "runsc"):
         raise InvalidInput(f"metadata.{RUNTIME_KEY}", "must be 'runc' or 'runsc'")
     tpl = await _resolve_template(request, team, template)
+    attachments: list[Attachment] = []
+    if field(body, "volumes", list):
+        volumes = volume_service(request)
+        await volumes.start()
+        attachments = await resolve_attachments(volumes, team.team_id, body["volumes"])
 
     idem_key = request.headers.get("idempotency-key")
     if idem_key:
@@ -184,9 +197,13 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         security=sec_policy,
         runtime=runtime,
         lifecycle=lifecycle,
+        mounts=attachment_mounts(attachments),
+        after_start=[_copier(a, tpl.user or "user") for a in attachments if not a.live],
     )
     try:
         rec = await svc.node.create(req)
+        if attachments:
+            await record_attachments(volume_service(request), rec.sandbox_id, attachments)
     except BaseException:
         if idem_key:
             await asyncio.to_thread(svc.store.idempotency_finish, team.team_id, idem_key, None)
@@ -196,6 +213,13 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
             svc.store.idempotency_finish, team.team_id, idem_key, rec.sandbox_id
         )
     return JSONResponse(sandbox_view(rec), status_code=201)
+
+
+def _copier(att: Attachment, user: str) -> Callable[[EnvdClient], Awaitable[None]]:
+    async def copy(client: EnvdClient) -> None:
+        await copy_into_sandbox(client, att, user)
+
+    return copy
 
 
 _LIST_STATES = {
@@ -300,6 +324,8 @@ async def restore_sandbox(
         if snap is None:
             raise NotFound(f"sandbox '{sandbox_id}' has no snapshot to restore")
     tpl = await _resolve_template(request, team, snap.template_id)
+    # Volumes are not part of a snapshot: the restored sandbox attaches none.
+    await record_attachments(volume_service(request), sandbox_id, [])
     restored = await svc.node.restore(rec, snap, tpl)
     return {
         "sandbox_id": restored.sandbox_id,

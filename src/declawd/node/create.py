@@ -95,7 +95,15 @@ def _insert_or_revive(parts: NodeParts, rec: SandboxRecord) -> None:
     fields = {
         k: v for k, v in record_to_row(rec).items() if k not in ("sandbox_id", "team_id", "state")
     }
-    fields.update(killed_at=None, error=None, started_at=None, paused_at=None, remaining_s=None)
+    # started_at stays the last start until this one succeeds: a restore that fails (or a
+    # crash in it) leaves a sandbox that can still be found and restored again.
+    fields.update(
+        killed_at=None,
+        error=None,
+        started_at=existing.started_at,
+        paused_at=None,
+        remaining_s=None,
+    )
     if (
         parts.store.transition(
             rec.sandbox_id, [SandboxState.KILLED], SandboxState.CREATING, **fields

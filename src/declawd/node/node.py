@@ -18,9 +18,10 @@ from typing import Any
 
 from declawd.config import Settings
 from declawd.egress.policy import EgressPolicy
-from declawd.errors import Busy, Conflict, NotFound
+from declawd.errors import Busy, Conflict, DeclawdError, NotFound
 from declawd.node import create as creating
 from declawd.node import pausing
+from declawd.node import snapshots as snapshotting
 from declawd.node.create import CreateRequest
 from declawd.node.envd_client import EnvdClient
 from declawd.node.metrics import MetricsSampler
@@ -31,6 +32,8 @@ from declawd.node.release import release_and_record
 from declawd.runtime import cgroups as cg
 from declawd.runtime import dir_size
 from declawd.store import SandboxRecord, SandboxState, Store
+from declawd.store.snapshots import SnapshotRecord
+from declawd.templates.model import Template
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,11 @@ class Node:
             parts, self._kill_with_error, self.background, pause=self._timed_pause
         )
         self._reaper_task: asyncio.Task[None] | None = None
+        self._periodic_task: asyncio.Task[None] | None = None
         self._metrics = MetricsSampler(parts, self.settings.metrics_interval_s, self.metrics)
         self._background: set[asyncio.Task[Any]] = set()
+        # The pause snapshot being written of each paused sandbox (a resume cancels it).
+        self._pause_snapshots: dict[str, asyncio.Task[Any]] = {}
 
     @classmethod
     def on_this_machine(cls, settings: Settings, store: Store) -> Node:
@@ -72,9 +78,13 @@ class Node:
         await parts.networks.ensure_gateway()
         parts.daemon.load()
         await reconcile(parts)
+        await snapshotting.recover(parts)
         await parts.daemon.start()
         parts.daemon.supervise()
         self._reaper_task = asyncio.get_running_loop().create_task(self._reaper.run())
+        if self.settings.snapshot_interval_s > 0:
+            periodic = snapshotting.PeriodicSnapshots(parts, self.settings.snapshot_interval_s)
+            self._periodic_task = asyncio.get_running_loop().create_task(periodic.run())
         self._metrics.start()
 
     async def close(self) -> None:
@@ -82,6 +92,9 @@ class Node:
         if self._reaper_task is not None:
             self._reaper_task.cancel()
             await asyncio.gather(self._reaper_task, return_exceptions=True)
+        if self._periodic_task is not None:
+            self._periodic_task.cancel()
+            await asyncio.gather(self._periodic_task, return_exceptions=True)
         await self._metrics.stop()
         await self.parts.daemon.close()
         for t in list(self._background):
@@ -140,7 +153,9 @@ class Node:
         if before is None:
             return False
         rec = before.replace(state=SandboxState.KILLED, **fields)
+        await self._cancel_pause_snapshot(sandbox_id)
         await self.parts.sessions.drop(sandbox_id)
+        self.parts.locks.forget(sandbox_id)
         if wait:
             await release_and_record(self.parts, rec)
         else:
@@ -149,18 +164,82 @@ class Node:
 
     async def pause(self, rec: SandboxRecord) -> SandboxRecord:
         """Freeze a running sandbox (no CPU; processes, files, PTYs and rules kept); its
-        timeout clock stops until it is resumed."""
-        return await pausing.pause(self.parts, rec)
+        timeout clock stops until it is resumed. Returns once it is frozen; its pause
+        snapshot is written in the background afterwards."""
+        paused = await pausing.pause(self.parts, rec)
+        task = self.background(self._pause_snapshot(paused))
+        self._pause_snapshots[rec.sandbox_id] = task
+        task.add_done_callback(lambda _t: self._forget_pause_snapshot(rec.sandbox_id, task))
+        return paused
+
+    async def _pause_snapshot(self, rec: SandboxRecord) -> None:
+        try:
+            await snapshotting.capture(self.parts, rec, "pause", already_frozen=True)
+        except DeclawdError as exc:  # e.g. another snapshot still being written
+            log.warning("pause snapshot of %s not taken: %s", rec.sandbox_id, exc.message)
+
+    def _forget_pause_snapshot(self, sandbox_id: str, task: asyncio.Task[Any]) -> None:
+        if self._pause_snapshots.get(sandbox_id) is task:
+            del self._pause_snapshots[sandbox_id]
+
+    async def _cancel_pause_snapshot(self, sandbox_id: str) -> None:
+        task = self._pause_snapshots.pop(sandbox_id, None)
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def resume(self, rec: SandboxRecord, *, at_least_s: float = 0.0) -> SandboxRecord:
-        """Thaw a paused sandbox with the time it had left (at least `at_least_s`)."""
+        """Thaw a paused sandbox with the time it had left (at least `at_least_s`); a pause
+        snapshot still being written is cancelled (the sandbox is about to change)."""
+        await self._cancel_pause_snapshot(rec.sandbox_id)
         return await pausing.resume(self.parts, rec, at_least_s=at_least_s)
+
+    async def snapshot(
+        self, rec: SandboxRecord, source: str = "manual"
+    ) -> snapshotting.SnapshotRecord:
+        """Capture the filesystem of a running (frozen for the copy) or paused sandbox."""
+        return await snapshotting.take(self.parts, rec, source)
+
+    async def delete_snapshot(self, rec: SandboxRecord, snapshot_id: str) -> bool:
+        """Delete one of the sandbox's snapshots; False when it has none of that id."""
+        return await snapshotting.delete(self.parts, rec, snapshot_id)
 
     async def _timed_pause(self, sandbox_id: str) -> None:
         """The reaper's action at the deadline of a sandbox whose lifecycle says pause."""
         rec = await asyncio.to_thread(self.store.get_sandbox, sandbox_id)
         if rec is not None and rec.state is SandboxState.RUNNING:
             await self.pause(rec)
+
+    async def restore(
+        self, rec: SandboxRecord, snap: SnapshotRecord, template: Template
+    ) -> SandboxRecord:
+        """Bring a killed sandbox back under its own id from one of its snapshots: the
+        snapshot's template, policy (never a wider one than it had), envs, metadata,
+        lifecycle and timeout, and its files exactly as captured."""
+        from declawd.node.snapshots import materialize
+
+        if rec.is_live:
+            raise Conflict(
+                f"sandbox '{rec.sandbox_id}' is {rec.state.value}; restore needs a killed sandbox"
+            )
+        if snap.sandbox_id != rec.sandbox_id or not snap.is_ready:
+            raise NotFound(f"snapshot '{snap.snapshot_id}' not found")
+        settings = self.settings
+        req = CreateRequest(
+            team_id=rec.team_id,
+            template=template,
+            timeout=snap.timeout or settings.default_timeout,
+            metadata=dict(snap.metadata),
+            envs=dict(snap.envs),
+            policy=EgressPolicy.from_wire(dict(snap.network)),
+            security=snap.security,
+            runtime=snap.runtime,
+            lifecycle=dict(snap.lifecycle),
+            sandbox_id=rec.sandbox_id,
+            prefill=lambda upper: materialize(settings, snap, upper),
+        )
+        self.parts.faults.point("restore.before_create")
+        return await creating.create(self.parts, req)
 
     async def set_timeout(self, rec: SandboxRecord, seconds: int) -> float:
         """The sandbox now ends `seconds` from now; returns the new end time. A paused sandbox

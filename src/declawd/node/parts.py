@@ -8,6 +8,7 @@ gateway daemon, the host's mounts and cgroups, the chosen upstream).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -76,6 +77,25 @@ class GatewayHandle(Protocol):
     async def retain(self, keep: set[str]) -> None: ...
 
 
+class SandboxLocks:
+    """One lock per sandbox, held by whatever freezes or thaws its container (pause,
+    resume, a snapshot's copy), so two of them never race on the same freezer."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def of(self, sandbox_id: str) -> asyncio.Lock:
+        lock = self._locks.get(sandbox_id)
+        if lock is None:
+            lock = self._locks[sandbox_id] = asyncio.Lock()
+        return lock
+
+    def forget(self, sandbox_id: str) -> None:
+        lock = self._locks.get(sandbox_id)
+        if lock is not None and not lock.locked():
+            del self._locks[sandbox_id]
+
+
 @dataclass
 class NodeParts:
     settings: Settings
@@ -87,6 +107,7 @@ class NodeParts:
     host: SandboxHost
     sessions: Sessions
     faults: Faults = field(default=NO_FAULTS)
+    locks: SandboxLocks = field(default_factory=SandboxLocks)
 
 
 def build_parts(settings: Settings, store: Store) -> NodeParts:

@@ -25,6 +25,11 @@ AUTO_RESUME_MIN_S = 300.0
 
 async def pause(parts: NodeParts, rec: SandboxRecord) -> SandboxRecord:
     """Freeze a running sandbox; returns once it uses no CPU."""
+    async with parts.locks.of(rec.sandbox_id):
+        return await _pause(parts, rec)
+
+
+async def _pause(parts: NodeParts, rec: SandboxRecord) -> SandboxRecord:
     sandbox_id = rec.sandbox_id
     if rec.state is SandboxState.PAUSED:
         raise Conflict(f"sandbox '{sandbox_id}' is already paused")
@@ -38,11 +43,16 @@ async def pause(parts: NodeParts, rec: SandboxRecord) -> SandboxRecord:
     )
     if before is None:
         raise Conflict(f"sandbox '{sandbox_id}' is not running")
+    runtime = parts.runtimes[rec.runtime]
+    frozen = False
     try:
         parts.faults.point("pause.before_freeze")
-        await parts.runtimes[rec.runtime].pause(sandbox_id)
+        await runtime.pause(sandbox_id)
+        frozen = True
         parts.faults.point("pause.after_freeze")
     except BaseException:
+        if frozen:
+            await asyncio.shield(runtime.resume(sandbox_id))
         await asyncio.to_thread(
             parts.store.transition,
             sandbox_id,
@@ -65,7 +75,14 @@ def remaining_after_resume(rec: SandboxRecord, at_least_s: float) -> float:
 
 
 async def resume(parts: NodeParts, rec: SandboxRecord, *, at_least_s: float = 0.0) -> SandboxRecord:
-    """Thaw a paused sandbox; its processes continue where they stopped."""
+    """Thaw a paused sandbox; its processes continue where they stopped (after a snapshot
+    still copying it, if one holds its freezer)."""
+    async with parts.locks.of(rec.sandbox_id):
+        fresh = await asyncio.to_thread(parts.store.get_sandbox, rec.sandbox_id)
+        return await _resume(parts, fresh or rec, at_least_s)
+
+
+async def _resume(parts: NodeParts, rec: SandboxRecord, at_least_s: float) -> SandboxRecord:
     sandbox_id = rec.sandbox_id
     if rec.state is not SandboxState.PAUSED:
         raise Conflict(f"sandbox '{sandbox_id}' is not paused")

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from declawd.config import Settings
-from declawd.errors import Busy, Conflict, Internal
+from declawd.errors import Busy, Conflict, Internal, NotFound
 from declawd.host import run, run_sync
 from declawd.node.parts import NodeParts
 from declawd.store import SandboxRecord, SandboxState
@@ -46,6 +46,10 @@ TAR_FLAGS: tuple[str, ...] = (
     "--sparse",
 )
 PERIODIC_TICK_S = 5.0
+# How long a snapshot on request waits for one being written (the pause snapshot of a
+# sandbox paused a moment ago takes about as long as its layer takes to read).
+WAIT_S = 60.0
+_WAIT_POLL_S = 0.2
 
 
 def snapshot_dir(settings: Settings, snapshot_id: str) -> Path:
@@ -156,6 +160,37 @@ async def capture(
     return snap.replace(**ready)
 
 
+async def take(
+    parts: NodeParts, rec: SandboxRecord, source: str = "manual", *, wait_s: float = WAIT_S
+) -> SnapshotRecord:
+    """A snapshot on request of a running or paused sandbox. While another snapshot of it
+    is being written (typically its pause snapshot, right after a pause) this waits up to
+    `wait_s` for it, then captures the sandbox as it is by then (paused or not)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        if rec.state is SandboxState.CREATING:
+            raise Busy(f"sandbox '{rec.sandbox_id}' is still being created")
+        if not rec.is_live:
+            raise NotFound(f"sandbox '{rec.sandbox_id}' not found")
+        try:
+            async with parts.locks.of(rec.sandbox_id):
+                # Under the freezer's lock the state cannot change: re-read it.
+                now = await asyncio.to_thread(parts.store.get_sandbox, rec.sandbox_id)
+                if now is None or not now.is_live:
+                    raise NotFound(f"sandbox '{rec.sandbox_id}' not found")
+                frozen = now.state is SandboxState.PAUSED
+                return await capture(parts, now, source, already_frozen=frozen)
+        except Busy:
+            if loop.time() >= deadline:
+                raise
+        await asyncio.sleep(_WAIT_POLL_S)
+        fresh = await asyncio.to_thread(parts.store.get_sandbox, rec.sandbox_id, rec.team_id)
+        if fresh is None:
+            raise NotFound(f"sandbox '{rec.sandbox_id}' not found")
+        rec = fresh
+
+
 def _make_dir(parent: Path, directory: Path) -> None:
     # Blobs hold whatever the sandbox wrote, secrets included: root only.
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -183,6 +218,10 @@ async def _archive_consistently(
 async def _thaw(parts: NodeParts, rec: SandboxRecord) -> None:
     """Thaw what `_archive_consistently` froze, unless the sandbox was paused meanwhile (the
     pause owns the freeze now) or killed (the kill's teardown owns the container)."""
+    now = await asyncio.to_thread(parts.store.get_sandbox, rec.sandbox_id)
+    if now is not None and now.state is SandboxState.PAUSED:
+        log.info("snapshot of %s: left frozen, it was paused meanwhile", rec.sandbox_id)
+        return
     try:
         await parts.runtimes[rec.runtime].resume(rec.sandbox_id)
     except Exception:
@@ -224,7 +263,11 @@ Take = Callable[[NodeParts, SandboxRecord, str], Awaitable[SnapshotRecord]]
 
 
 async def _take_periodic(parts: NodeParts, rec: SandboxRecord, source: str) -> SnapshotRecord:
-    return await capture(parts, rec, source, already_frozen=False)
+    async with parts.locks.of(rec.sandbox_id):
+        now = await asyncio.to_thread(parts.store.get_sandbox, rec.sandbox_id)
+        if now is None or now.state is not SandboxState.RUNNING:
+            raise NotFound(f"sandbox '{rec.sandbox_id}' is not running")
+        return await capture(parts, now, source, already_frozen=False)
 
 
 class PeriodicSnapshots:

@@ -53,6 +53,11 @@ def sandbox_mounts(i: SpecInputs) -> list[Mount]:
         shim, preload = i.runsc_compat
         mounts.append(Mount(STATX_SHIM_IN_SANDBOX, str(shim), "bind", list(_RO)))
         mounts.append(Mount("/etc/ld.so.preload", str(preload), "bind", list(_RO)))
+        # gVisor puts an in-memory tmpfs on an empty /tmp the spec does not mount; bind the
+        # rootfs's own /tmp instead, so /tmp lives in the writable layer (snapshots see it).
+        mounts.append(
+            Mount("/tmp", str(i.rootfs / "tmp"), "bind", ["bind", "rw", "nosuid", "nodev"])
+        )
     mounts.extend(i.extra_mounts)
     return mounts
 

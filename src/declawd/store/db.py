@@ -187,6 +187,7 @@ CREATE TABLE volumes (
     name TEXT NOT NULL,
     size_bytes INTEGER NOT NULL DEFAULT 0,
     metadata TEXT,
+    version_seq INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -198,7 +199,9 @@ CREATE TABLE volume_files (
     size INTEGER NOT NULL DEFAULT 0,
     mode INTEGER NOT NULL,
     version INTEGER NOT NULL,
-    mtime REAL NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
     PRIMARY KEY (volume_id, path)
 );
 CREATE TABLE volume_locks (
@@ -208,6 +211,15 @@ CREATE TABLE volume_locks (
     expires_at REAL NOT NULL,
     PRIMARY KEY (volume_id, path)
 );
+CREATE TABLE volume_attachments (
+    sandbox_id TEXT NOT NULL,
+    volume_id TEXT NOT NULL,
+    mount_path TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    subpath TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (sandbox_id, mount_path)
+);
+CREATE INDEX volume_attachments_volume ON volume_attachments (volume_id);
 CREATE TABLE sandbox_metrics (
     sandbox_id TEXT NOT NULL,
     ts REAL NOT NULL,
