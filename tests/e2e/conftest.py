@@ -39,6 +39,18 @@ def _env() -> dict[str, str]:
     return env
 
 
+def new_team_key(team: str) -> str:
+    """An API key of another team (created with `declawd keys create`), for tenancy tests."""
+    out = subprocess.run(
+        [str(BIN / "declawd"), "keys", "create", "--team", team],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return next(w for w in out.stdout.split() if w.startswith("dcw_"))
+
+
 def _down() -> None:
     subprocess.run([str(BIN / "declawd"), "down"], env=_env(), capture_output=True, timeout=120)
 

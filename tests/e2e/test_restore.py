@@ -22,6 +22,7 @@ from declaw import (
     SecurityPolicy,
 )
 
+from tests.e2e.conftest import new_team_key
 from tests.e2e.leaks import eventually
 
 pytestmark = pytest.mark.e2e
@@ -145,3 +146,28 @@ def test_restore_refuses_what_it_cannot_do(api: httpx.Client) -> None:
     r = api.post(f"/sandboxes/{sandbox_id}/restore", params={"snapshot_id": "snap-000000000000"})
     assert r.status_code == 404 and "snap-000000000000" in r.json()["message"]
     assert api.post("/sandboxes/sbx-000000000000/restore").status_code == 404
+
+
+def test_another_teams_snapshot_cannot_be_restored(
+    api: httpx.Client, server: dict[str, str]
+) -> None:
+    sbx = Sandbox.create(template="base", timeout=60)
+    sandbox_id = sbx.sandbox_id
+    snap = sbx.snapshot()
+    sbx.kill(wait=True)
+    other = {"X-API-Key": new_team_key("restore-b")}
+    with httpx.Client(base_url=server["url"], headers=other, timeout=60) as h:
+        # Neither the sandbox nor its snapshot exists for another team.
+        r = h.post(f"/sandboxes/{sandbox_id}/restore", params={"snapshot_id": snap.snapshot_id})
+        assert r.status_code == 404, r.text
+        assert h.post(f"/sandboxes/{sandbox_id}/restore").status_code == 404
+    # A snapshot of another sandbox (even the team's own) does not restore this one.
+    mine = Sandbox.create(template="base", timeout=60)
+    try:
+        mine.kill(wait=True)
+        r = api.post(
+            f"/sandboxes/{mine.sandbox_id}/restore", params={"snapshot_id": snap.snapshot_id}
+        )
+        assert r.status_code == 404
+    finally:
+        api.delete(f"/sandboxes/{mine.sandbox_id}")

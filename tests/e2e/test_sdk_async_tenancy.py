@@ -10,6 +10,8 @@ import httpx
 import pytest
 from declaw import AsyncSandbox, NotFoundException, Sandbox
 
+from tests.e2e.conftest import new_team_key
+
 pytestmark = pytest.mark.e2e
 
 
@@ -31,22 +33,9 @@ async def test_async_sandbox_roundtrip(server: dict[str, str], runtime: str) -> 
         assert await s.kill(wait=True)
 
 
-def _new_team_key(team: str) -> str:
-    from tests.e2e.conftest import _env
-
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "declawd"), "keys", "create", "--team", team],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return next(w for w in out.stdout.split() if w.startswith("dcw_"))
-
-
 def test_other_team_cannot_see_or_touch(server: dict[str, str]) -> None:
     mine = Sandbox.create(template="base")
-    other_key = _new_team_key("tenancy-b")
+    other_key = new_team_key("tenancy-b")
     try:
         url = server["url"]
         oh = {"X-API-Key": other_key}

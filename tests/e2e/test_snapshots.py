@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from declaw import (
 )
 from declaw.api.client import get_shared_client
 
-from tests.e2e.conftest import STATE_DIR, _env
+from tests.e2e.conftest import STATE_DIR, new_team_key
 
 pytestmark = pytest.mark.e2e
 
@@ -53,17 +52,6 @@ def _extract(snapshot_id: str, into: Path) -> Path:
         check=True,
     )
     return into
-
-
-def _new_team_key(team: str) -> str:
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "declawd"), "keys", "create", "--team", team],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return next(w for w in out.stdout.split() if w.startswith("dcw_"))
 
 
 def test_snapshots_hold_the_files_as_they_were_and_outlive_the_sandbox(
@@ -170,7 +158,7 @@ def test_snapshots_are_the_teams_own_and_need_a_live_sandbox(
     sbx = Sandbox.create(template="base", timeout=120)
     sid = sbx.sandbox_id
     snap = sbx.snapshot()
-    other = {"X-API-Key": _new_team_key("snapshots-b")}
+    other = {"X-API-Key": new_team_key("snapshots-b")}
     url = server["url"]
     try:
         assert httpx.post(f"{url}/sandboxes/{sid}/snapshot", headers=other).status_code == 404

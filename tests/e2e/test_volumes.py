@@ -31,6 +31,7 @@ from declaw import (
     Volumes,
 )
 
+from tests.e2e.conftest import new_team_key
 from tests.e2e.leaks import OwnServer
 
 pytestmark = pytest.mark.e2e
@@ -81,19 +82,6 @@ def _names_in(targz: bytes) -> dict[str, bytes | None]:
 
 def _sandbox(runtime: str = "runc", **kw: object) -> Sandbox:
     return Sandbox.create(template="base", timeout=180, metadata={"declaw.runtime": runtime}, **kw)  # type: ignore[arg-type]
-
-
-def _other_team_key(team: str) -> str:
-    from tests.e2e.conftest import _env
-
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "declawd"), "keys", "create", "--team", team],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return next(w for w in out.stdout.split() if w.startswith("dcw_"))
 
 
 # API only ----------------------------------------------------------------------------
@@ -242,7 +230,7 @@ def test_locks_held_renew_release(vol: str) -> None:
 
 def test_another_teams_volume_is_404(server: dict[str, str], vol: str) -> None:
     Volumes.files(vol).write("/secret", b"mine")
-    other = _other_team_key("volumes-b")
+    other = new_team_key("volumes-b")
     with pytest.raises(NotFoundException):
         Volumes.get(vol, api_key=other)
     with pytest.raises(NotFoundException):
