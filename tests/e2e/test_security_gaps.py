@@ -309,7 +309,9 @@ RUNSC_RW = {
     "/dev": "tmpfs",
     "/dev/pts": "devpts",
     "/dev/shm": "tmpfs",
-    "/tmp": "tmpfs",  # gVisor's in-sandbox tmpfs (memory)
+    # the rootfs's own /tmp (the same overlay, bound so /tmp lands in the writable layer
+    # that snapshots capture, instead of gVisor's in-memory tmpfs): no host path
+    "/tmp": "9p",
     "/run/declawd": "9p",  # the same per-sandbox 1 MiB host tmpfs, through the gofer
 }
 RO_BINDS = {
