@@ -126,6 +126,15 @@ def _wait_for(cond, timeout: float) -> None:  # type: ignore[no-untyped-def]
         time.sleep(0.1)
 
 
+@pytest.fixture(scope="module")
+def api(server: dict[str, str]) -> Iterator[httpx.Client]:
+    """Raw HTTP to the session server with the dev key (for what the SDK does not expose)."""
+    with httpx.Client(
+        base_url=server["url"], headers={"X-API-Key": server["key"]}, timeout=120
+    ) as c:
+        yield c
+
+
 @pytest.fixture(params=RUNTIMES)
 def runtime(request: pytest.FixtureRequest) -> str:
     return str(request.param)

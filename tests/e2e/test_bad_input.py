@@ -98,14 +98,6 @@ CASES: list[tuple[str, str, str, Any, int, str]] = [
 
 
 @pytest.fixture(scope="module")
-def api(server: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=server["url"], headers={"X-API-Key": server["key"]}, timeout=60
-    ) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def sid(api: httpx.Client) -> Iterator[str]:
     r = api.post("/sandboxes", json={"template": "base", "timeout": 600})
     assert r.status_code == 201, r.text

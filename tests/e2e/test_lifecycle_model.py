@@ -9,7 +9,6 @@ had no `timeout`, `envs` or security policy.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -25,14 +24,6 @@ from declaw import (
 from declaw.security.env import EnvSecurityConfig
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def api(server: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=server["url"], headers={"X-API-Key": server["key"]}, timeout=60
-    ) as c:
-        yield c
 
 
 def _listed(sandbox_id: str) -> bool:

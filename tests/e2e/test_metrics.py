@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -16,14 +15,6 @@ from declaw import NotFoundException, Sandbox, SandboxMetrics
 pytestmark = pytest.mark.e2e
 
 INTERVAL_S = 5.0  # the session server runs with the default metrics_interval_s
-
-
-@pytest.fixture
-def api(server: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=server["url"], headers={"X-API-Key": server["key"]}, timeout=60
-    ) as c:
-        yield c
 
 
 def _strictly_increasing(series: list[SandboxMetrics]) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -29,31 +28,13 @@ from declaw import (
 
 from tests.e2e.conftest import INSTANCE
 from tests.e2e.leaks import eventually
+from tests.e2e.probes import EGRESS_PROBE
 
 pytestmark = pytest.mark.e2e
 
 COUNTER = (
     'i=0; while true; do i=$((i+1)); echo "$i $(date +%s.%N)" >> /tmp/counter; sleep 0.05; done'
 )
-PROBE = """
-import socket, sys
-for host in ("api.openai.com", "evil.com"):
-    s = socket.socket(); s.settimeout(5)
-    try:
-        s.connect((host, 443)); print(host, "REACH")
-    except OSError as e:
-        print(host, type(e).__name__)
-    finally:
-        s.close()
-"""
-
-
-@pytest.fixture
-def api(server: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=server["url"], headers={"X-API-Key": server["key"]}, timeout=60
-    ) as c:
-        yield c
 
 
 def _ticks(sbx: Sandbox) -> list[tuple[int, float]]:
@@ -141,7 +122,7 @@ def test_pause_freezes_and_resume_continues(api: httpx.Client, runtime: str) -> 
         moved = _end_at(api, sbx.sandbox_id) - end_before
         assert 1.5 < moved < 30, moved
         # The egress rules are in force after resume: allowed reaches, denied is refused.
-        sbx.files.write("/tmp/probe.py", PROBE)
+        sbx.files.write("/tmp/probe.py", EGRESS_PROBE)
         got = sbx.commands.run("python3 /tmp/probe.py").stdout.split("\n")
         assert got[:2] == ["api.openai.com REACH", "evil.com ConnectionRefusedError"]
         with pytest.raises(ConflictException):

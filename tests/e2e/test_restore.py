@@ -8,7 +8,6 @@ its files exactly as captured (checked by hash); a running sandbox cannot be res
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -24,6 +23,7 @@ from declaw import (
 
 from tests.e2e.conftest import new_team_key
 from tests.e2e.leaks import eventually
+from tests.e2e.probes import EGRESS_PROBE
 
 pytestmark = pytest.mark.e2e
 
@@ -39,25 +39,6 @@ HASHES = (
     " && (test -e /etc/motd && echo motd-present || echo motd-gone)"
     " && sha256sum /tmp/t && stat -c '%a' /tmp"
 )
-PROBE = """
-import socket
-for host in ("api.openai.com", "evil.com"):
-    s = socket.socket(); s.settimeout(5)
-    try:
-        s.connect((host, 443)); print(host, "REACH")
-    except OSError as e:
-        print(host, type(e).__name__)
-    finally:
-        s.close()
-"""
-
-
-@pytest.fixture
-def api(server: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=server["url"], headers={"X-API-Key": server["key"]}, timeout=120
-    ) as c:
-        yield c
 
 
 def test_restore_brings_a_killed_sandbox_back_under_its_id(api: httpx.Client, runtime: str) -> None:
@@ -102,7 +83,7 @@ def test_restore_brings_a_killed_sandbox_back_under_its_id(api: httpx.Client, ru
         assert rec["security"] == json.loads(json.dumps(policy.to_dict()))
         assert rec["runtime"] == runtime
         # The policy is enforced again, not only recorded.
-        back.files.write("/tmp/probe.py", PROBE)
+        back.files.write("/tmp/probe.py", EGRESS_PROBE)
         got = back.commands.run("python3 /tmp/probe.py").stdout.split("\n")
         assert got[:2] == ["api.openai.com REACH", "evil.com ConnectionRefusedError"]
     finally:

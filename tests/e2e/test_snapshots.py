@@ -11,7 +11,6 @@ import hashlib
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -31,14 +30,6 @@ from declaw.api.client import get_shared_client
 from tests.e2e.conftest import STATE_DIR, new_team_key
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def api(server: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=server["url"], headers={"X-API-Key": server["key"]}, timeout=60
-    ) as c:
-        yield c
 
 
 def _blob(snapshot_id: str) -> Path:

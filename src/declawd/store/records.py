@@ -92,3 +92,19 @@ class Repository:
     def __init__(self, db: Database, clock: Clock = time.time) -> None:
         self._db = db
         self._clock = clock
+
+
+def valid_time_id_token(v: Any) -> bool:
+    """A page token of the (created_at, id) orderings: `[number, str]`."""
+    return (
+        isinstance(v, list)
+        and len(v) == 2
+        and isinstance(v[0], int | float)
+        and not isinstance(v[0], bool)
+        and isinstance(v[1], str)
+    )
+
+
+def placeholders(values: Collection[Any]) -> str:
+    """`?, ?, ?` for an SQL `IN (...)` of these values."""
+    return ", ".join("?" for _ in values)

@@ -32,8 +32,10 @@ from declawd.store.records import (
     encode_token,
     encode_values,
     insert_row,
+    placeholders,
     row_to_dict,
     update_row,
+    valid_time_id_token,
 )
 
 IDEMPOTENCY_TTL = 24 * 3600.0
@@ -51,20 +53,6 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
     if "released" in fields:
         fields["released"] = int(bool(fields["released"]))
     return encode_values("sandboxes", fields, RECORD_FIELDS, JSON_FIELDS)
-
-
-def _valid_sandbox_token(v: Any) -> bool:
-    return (
-        isinstance(v, list)
-        and len(v) == 2
-        and isinstance(v[0], int | float)
-        and not isinstance(v[0], bool)
-        and isinstance(v[1], str)
-    )
-
-
-def _marks(values: Iterable[Any]) -> str:
-    return ", ".join("?" for _ in values)
 
 
 class Sandboxes(Repository):
@@ -105,7 +93,7 @@ class Sandboxes(Repository):
         sets = ", ".join(f"{k} = ?" for k in values)
         with self._db.write() as c:
             row = c.execute(
-                f"SELECT * FROM sandboxes WHERE sandbox_id = ? AND state IN ({_marks(allowed)})",
+                f"SELECT * FROM sandboxes WHERE sandbox_id = ? AND state IN ({placeholders(allowed)})",
                 (sandbox_id, *allowed),
             ).fetchone()
             if row is None:
@@ -136,7 +124,7 @@ class Sandboxes(Repository):
         wanted = [SandboxState(s).value for s in (LIVE_STATES if states is None else states)]
         where = [
             "team_id = ?",
-            f"state IN ({_marks(wanted)})",
+            f"state IN ({placeholders(wanted)})",
             "(started_at IS NOT NULL OR state = 'creating')",
         ]
         params: list[Any] = [team_id, *wanted]
@@ -147,7 +135,7 @@ class Sandboxes(Repository):
             )
             params.extend([key, value])
         if next_token:
-            created_at, last_id = decode_token(next_token, _valid_sandbox_token)
+            created_at, last_id = decode_token(next_token, valid_time_id_token)
             where.append("(created_at > ? OR (created_at = ? AND sandbox_id > ?))")
             params.extend([created_at, created_at, last_id])
         rows = self._db.query(
@@ -166,7 +154,7 @@ class Sandboxes(Repository):
         """Every sandbox users can see, on any team (creating, running, paused)."""
         live = [s.value for s in LIVE_STATES]
         rows = self._db.query(
-            f"SELECT * FROM sandboxes WHERE state IN ({_marks(live)})"
+            f"SELECT * FROM sandboxes WHERE state IN ({placeholders(live)})"
             " ORDER BY created_at, sandbox_id",
             live,
         )
@@ -209,7 +197,7 @@ class Sandboxes(Repository):
     def count_sandboxes_using(self, template_id: str) -> int:
         live = [s.value for s in LIVE_STATES]
         row = self._db.query_one(
-            f"SELECT COUNT(*) FROM sandboxes WHERE template_id = ? AND state IN ({_marks(live)})",
+            f"SELECT COUNT(*) FROM sandboxes WHERE template_id = ? AND state IN ({placeholders(live)})",
             (template_id, *live),
         )
         return int(row[0]) if row else 0

@@ -25,8 +25,10 @@ from declawd.store.records import (
     encode_token,
     encode_values,
     insert_row,
+    placeholders,
     row_to_dict,
     update_row,
+    valid_time_id_token,
 )
 
 MAX_LIST_LIMIT = 1000
@@ -144,20 +146,6 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
     return encode_values("snapshots", fields, FIELDS, JSON_FIELDS)
 
 
-def _valid_token(v: Any) -> bool:
-    return (
-        isinstance(v, list)
-        and len(v) == 2
-        and isinstance(v[0], int | float)
-        and not isinstance(v[0], bool)
-        and isinstance(v[1], str)
-    )
-
-
-def _marks(values: Iterable[Any]) -> str:
-    return ", ".join("?" for _ in values)
-
-
 _NEWEST_FIRST = "ORDER BY created_at DESC, snapshot_id DESC"
 
 
@@ -183,7 +171,7 @@ class Snapshots(Repository):
                     retry_after=2.0,
                 )
             c.execute(
-                f"INSERT INTO snapshots ({', '.join(values)}) VALUES ({_marks(values)})",
+                f"INSERT INTO snapshots ({', '.join(values)}) VALUES ({placeholders(values)})",
                 list(values.values()),
             )
 
@@ -221,11 +209,11 @@ class Snapshots(Repository):
         where, params = ["team_id = ?", "sandbox_id = ?"], [team_id, sandbox_id]
         if sources is not None:
             wanted = [SnapshotSource(s).value for s in sources]
-            where.append(f"source IN ({_marks(wanted)})")
+            where.append(f"source IN ({placeholders(wanted)})")
             params.extend(wanted)
         if states is not None:
             wanted = [SnapshotState(s).value for s in states]
-            where.append(f"state IN ({_marks(wanted)})")
+            where.append(f"state IN ({placeholders(wanted)})")
             params.extend(wanted)
         rows = self._db.query(
             f"SELECT * FROM snapshots WHERE {' AND '.join(where)} {_NEWEST_FIRST}", params
@@ -253,7 +241,7 @@ class Snapshots(Repository):
             where.append("sandbox_id = ?")
             params.append(sandbox_id)
         if next_token:
-            created_at, last_id = decode_token(next_token, _valid_token)
+            created_at, last_id = decode_token(next_token, valid_time_id_token)
             where.append("(created_at < ? OR (created_at = ? AND snapshot_id < ?))")
             params.extend([created_at, created_at, last_id])
         rows = self._db.query(
