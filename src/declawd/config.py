@@ -45,6 +45,10 @@ class Settings:
     faults: str = ""
     # Gateway proxy: time from a client's first byte to a complete ClientHello / request head.
     handshake_timeout: float = 10.0
+    # Gateway resolver: a sandbox is answered REFUSED only above this many queries/s
+    # sustained over this window (a client asking in a loop is never refused).
+    dns_flood_qps: float = 2000.0
+    dns_flood_window_s: float = 5.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -76,6 +80,10 @@ class Settings:
             raise ValueError("disk_quota_mb: must be 0 (no quota) or a positive size in MiB")
         if not self.handshake_timeout > 0:
             raise ValueError("handshake_timeout: must be a positive number of seconds")
+        if not self.dns_flood_qps > 0:
+            raise ValueError("dns_flood_qps: must be a positive number of queries per second")
+        if not self.dns_flood_window_s > 0:
+            raise ValueError("dns_flood_window_s: must be a positive number of seconds")
         if self.snapshot_interval_s < 0:
             raise ValueError("snapshot_interval_s: must be 0 (off) or a positive number of seconds")
         if not self.metrics_interval_s > 0:

@@ -23,13 +23,13 @@ from declaw import ALL_TRAFFIC, NetworkPolicy, Sandbox, SecurityPolicy
 
 from declawd.client import AuditEvent, DeclawdClient
 from tests.e2e.conftest import INSTANCE, STATE_DIR
+from tests.e2e.leaks import OwnServer
 
 pytestmark = pytest.mark.e2e
 
 USERS = ["user", "root"]
 API = "203.0.113.10"  # api.openai.com in the lab; TLS on 443
 PROXY_CAP = 512  # SniProxy.max_conns_per_sandbox (egress/proxy.py)
-DNS_BURST = 400  # resolver.RATE_BURST: the bucket's size per sandbox
 NAMESPACES = ("pid", "mnt", "uts", "ipc", "cgroup", "net")
 
 # Runs inside the sandbox (and, for the ICMP control, on the host): JSON on stdout.
@@ -498,23 +498,78 @@ def test_idle_clients_capped_per_sandbox_and_closed_at_peek_timeout(
 # --- resolver rate limit ----------------------------------------------------------------------
 
 
-def test_dns_burst_refused_beyond_bucket(
-    pair: tuple[Sandbox, Sandbox], client: DeclawdClient
-) -> None:
-    a, b = pair
-    # A denied name: answered by the node (sink) without forwarding, so only the bucket
-    # limits the answers.
-    rcodes = probe(a, 'dns_burst("evil.com", 3000)', timeout=120)
-    assert isinstance(rcodes, list)
-    answered = [r for r in rcodes if r is not None]
-    refused = answered.count(5)
-    print(f"\nDNS burst: {len(answered)} answered, {refused} REFUSED")
-    assert set(answered) <= {0, 5}, set(answered)
-    assert rcodes[: DNS_BURST // 2] == [0] * (DNS_BURST // 2)  # the bucket starts full
-    assert refused > 0
-    events = _events(client, a.sandbox_id, kind="dns", verdict="deny")
-    assert "rate_limited" in {e.reason for e in events}
-    # A second sandbox still resolves at once (positive control) ...
-    assert probe(b, 'resolve("api.openai.com")') == [API]
-    # ... and a itself again once its bucket has refilled.
-    assert _eventually(lambda: probe(a, 'resolve("api.openai.com")') == [API], 30)
+def test_dns_burst_of_legitimate_lookups_is_all_answered(pair: tuple[Sandbox, Sandbox]) -> None:
+    """500 lookups in a row, as fast as they are answered, is normal use: never REFUSED
+    (the old per-sandbox bucket refused this)."""
+    a, _ = pair
+    rcodes = probe(a, 'dns_burst("evil.com", 500)', timeout=120)
+    assert rcodes == [0] * 500
+
+
+# A flood is above `dns_flood_qps` sustained over `dns_flood_window_s` (defaults 2000/s
+# over 5 s): a server of its own with a low limit lets one sandbox's client exceed it.
+FLOOD_QPS, FLOOD_WINDOW_S = 50, 2
+FLOOD_LIMIT = FLOOD_QPS * FLOOD_WINDOW_S  # answers in any window
+
+
+@pytest.fixture(scope="module")
+def flood_server() -> Iterator[OwnServer]:
+    srv = OwnServer()
+    base_env = srv.env
+
+    def env(**extra: str) -> dict[str, str]:
+        return base_env(
+            DECLAWD_DNS_FLOOD_QPS=str(FLOOD_QPS),
+            DECLAWD_DNS_FLOOD_WINDOW_S=str(FLOOD_WINDOW_S),
+            **extra,
+        )
+
+    srv.env = env  # type: ignore[method-assign]
+    srv.down()
+    srv.start_lab()
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_dns_flood_refused_beyond_the_limit(flood_server: OwnServer, runtime: str) -> None:
+    opts = flood_server.sdk_opts()
+    security = SecurityPolicy(
+        network=NetworkPolicy(allow_out=["api.openai.com"], deny_out=[ALL_TRAFFIC])
+    )
+    made = [
+        Sandbox.create(
+            template="python",
+            timeout=300,
+            metadata={"declaw.runtime": runtime},
+            security=security,
+            **opts,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for s in made:
+            s.files.write("/tmp/gaps.py", PROBE)
+        a, b = made
+        # A denied name: answered by the node (sink) without forwarding, so only the
+        # flood limit stops the answers.
+        rcodes = probe(a, 'dns_burst("evil.com", 3000)', timeout=120)
+        assert isinstance(rcodes, list)
+        answered = [r for r in rcodes if r is not None]
+        refused = answered.count(5)
+        print(f"\nDNS flood: {len(answered)} answered, {refused} REFUSED")
+        assert set(answered) <= {0, 5}, set(answered)
+        assert rcodes[: FLOOD_LIMIT // 2] == [0] * (FLOOD_LIMIT // 2)  # below the limit: all
+        assert refused > 0
+        with DeclawdClient(api_key=opts["api_key"], domain=opts["domain"]) as client:
+            events = _events(client, a.sandbox_id, kind="dns", verdict="deny")
+        assert "rate_limited" in {e.reason for e in events}
+        # A second sandbox still resolves at once (positive control) ...
+        assert probe(b, 'resolve("api.openai.com")') == [API]
+        # ... and the flooder itself again once its window has passed.
+        assert _eventually(lambda: probe(a, 'resolve("api.openai.com")') == [API], 30)
+    finally:
+        for s in made:
+            s.kill(wait=True)

@@ -25,10 +25,12 @@ from hypothesis import strategies as st
 from declawd.addresses import SINK_ADDRESS
 from declawd.egress.dnsfilter import (
     Action,
-    TokenBucket,
+    FloodMeter,
+    build_answer,
     decide_query,
     encode,
     filter_answer,
+    pack_answer,
     parse_upstream,
     upstream_query,
 )
@@ -317,11 +319,37 @@ def test_edns_raises_the_udp_limit() -> None:
     assert DNSRecord.parse(encode(f.response, d.client_limit)).header.tc == 0
 
 
-def test_token_bucket_refuses_beyond_burst_then_refills() -> None:
-    bucket = TokenBucket(rate=10, burst=20, now=0.0)
-    assert sum(bucket.take(0.0) for _ in range(50)) == 20
-    assert bucket.take(0.05) is False
-    assert bucket.take(0.2) is True
+def test_flood_meter_lets_bursts_through_and_refuses_only_beyond_the_window_budget() -> None:
+    meter = FloodMeter(qps=2000, window_s=5, now=0.0)
+    # 10 000 at once is still within 2000/s over 5 s; the next one is not.
+    assert sum(meter.take(0.0) for _ in range(10_000)) == 10_000
+    assert meter.take(0.0) is False
+    assert meter.take(4.9) is False  # still inside the window
+    # At 5 s the first 0.5 s bin leaves the window: room again.
+    assert meter.take(5.0) is True
+
+
+def test_flood_meter_counts_only_the_last_window() -> None:
+    meter = FloodMeter(qps=10, window_s=1, now=0.0)  # 10 per second, bins of 0.1 s
+    assert sum(meter.take(0.05) for _ in range(6)) == 6
+    assert sum(meter.take(0.55) for _ in range(10)) == 4
+    assert sum(meter.take(1.05) for _ in range(10)) == 6  # the 6 of the first bin left
+    assert sum(meter.take(100.0) for _ in range(20)) == 10  # a long pause empties every bin
+
+
+def test_flood_meter_refuses_a_bad_limit() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        FloodMeter(qps=0, window_s=5, now=0.0)
+
+
+def test_build_answer_rebuilds_chain_with_the_clients_spelling() -> None:
+    request = DNSRecord.parse(query("CnAmE.Example"))
+    answer = build_answer(request, 0, ["cname.example", "api.openai.com"], ["203.0.113.10"], 7)
+    assert answer.header.id == 4242 and answer.header.rcode == 0
+    assert [(str(rr.rname), QTYPE[rr.rtype], str(rr.rdata), rr.ttl) for rr in answer.rr] == [
+        ("CnAmE.Example.", "CNAME", "api.openai.com.", 7),
+        ("api.openai.com.", "A", "203.0.113.10", 7),
+    ]
 
 
 def test_resolved_names_expire_after_clamped_ttl_plus_grace() -> None:
@@ -337,6 +365,37 @@ def test_resolved_names_expire_after_clamped_ttl_plus_grace() -> None:
     now[0] = admitted_lifetime(1) + 0.1
     assert not names.resolved_for("sbx-1", "api.openai.com", "203.0.113.10")
     assert admitted_lifetime(10**6) == 3600 + 30
+
+
+def test_resolved_names_remaining_for_reports_the_latest_live_pair_of_each_address() -> None:
+    now = [0.0]
+    names = ResolvedNames(clock=lambda: now[0])
+    names.record("sbx-1", "a.lab", ["203.0.113.1", "203.0.113.2"], ttl_s=60)
+    names.record("sbx-1", "b.lab", ["203.0.113.1"], ttl_s=600)
+    now[0] = 10.0
+    assert names.remaining_for("sbx-1", ["203.0.113.1", "203.0.113.2", "203.0.113.3"]) == {
+        "203.0.113.1": 620.0,
+        "203.0.113.2": 80.0,
+    }
+    assert names.remaining_for("sbx-2", ["203.0.113.1"]) == {}
+    now[0] = 91.0
+    assert names.remaining_for("sbx-1", ["203.0.113.2"]) == {}
+
+
+def test_resolved_names_stay_bounded_per_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("declawd.egress.resolved.MAX_PAIRS_PER_SANDBOX", 10)
+    now = [0.0]
+    names = ResolvedNames(clock=lambda: now[0])
+    for i in range(11):
+        now[0] = float(i)
+        names.record("sbx-1", f"n{i}.lab", ["203.0.113.1"], ttl_s=60)
+    # Over the bound: the newest half is kept.
+    kept = [i for i in range(11) if names.resolved_for("sbx-1", f"n{i}.lab", "203.0.113.1")]
+    assert kept == [6, 7, 8, 9, 10]
+    names.record("sbx-1", "n10.lab", ["203.0.113.1"], ttl_s=60)  # known pair: no new count
+    names.record("sbx-1", "x.lab", ["203.0.113.1"], ttl_s=60)
+    assert names.any_allowed_name_for("sbx-1", "203.0.113.1") == "n10.lab"
+    assert names.resolved_for("sbx-1", "n6.lab", "203.0.113.1")
 
 
 # Fuzzing -------------------------------------------------------------------------------
@@ -410,3 +469,38 @@ def test_fuzz_wellformed_upstream_replies_only_public_a_records(rrs: list[RR], r
     for ip in addresses(out):
         assert not is_non_public(ip, POOL) and ip in f.admit
     assert out.auth == [] and all(rr.rtype == QTYPE.OPT for rr in out.ar)
+
+
+@pytest.mark.parametrize("name", ["api.openai.com", "a-b_c.x.lab", "x" * 63 + ".lab"])
+def test_hand_packed_upstream_query_is_what_dnslib_would_send(name: str) -> None:
+    built = DNSRecord(DNSHeader(id=777, rd=1), q=None)
+    built.add_question(DNSQuestion(name, QTYPE.CNAME))
+    built.add_ar(EDNS0(udp_len=1232))
+    assert upstream_query(name, QTYPE.CNAME, 777) == built.pack()
+
+
+@pytest.mark.parametrize("edns", [None, 1232])
+@pytest.mark.parametrize(
+    ("chain", "addresses"),
+    [
+        (["api.openai.com"], ["203.0.113.10"]),
+        (["api.openai.com"], []),
+        (["cname.example", "a.example.org", "api.openai.com"], ["203.0.113.10", "198.51.100.7"]),
+        (["api.openai.com"], [f"203.0.113.{i}" for i in range(1, 60)]),  # truncated over UDP
+    ],
+)
+@pytest.mark.parametrize("limit", [512, None])
+def test_hand_packed_answer_means_what_the_dnslib_one_says(
+    edns: int | None, chain: list[str], addresses: list[str], limit: int | None
+) -> None:
+    request = DNSRecord.parse(query("ApI.OpenAI.com", edns=edns))
+    request.q.qname = DNSLabel(chain[0].upper())  # the client's own spelling is kept
+    request.header.rd = 0
+    ours = pack_answer(request, RCODE.NXDOMAIN, chain, addresses, 42, limit)
+    theirs = encode(build_answer(request, RCODE.NXDOMAIN, chain, addresses, 42), limit)
+    mine, ref = DNSRecord.parse(ours), DNSRecord.parse(theirs)
+    assert str(mine.header) == str(ref.header)
+    assert [str(x) for x in mine.questions] == [str(x) for x in ref.questions]
+    assert [str(x) for x in mine.rr] == [str(x) for x in ref.rr]
+    assert [str(x) for x in mine.ar] == [str(x) for x in ref.ar]
+    assert len(ours) <= len(theirs)

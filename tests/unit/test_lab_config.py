@@ -91,6 +91,11 @@ def test_host_for_address_only_matches_served_hosts() -> None:
         ({"default_ttl": True}, "default_ttl"),
         ({"txt": {"t.lab": ["x" * 256]}}, "txt.t.lab"),
         ({"txt": {"a.lab": "x"}, "cnames": {"a.lab": "b.lab"}}, "txt.a.lab"),
+        ({"hosts": [_host(name="a.*.lab")]}, "hosts[0].name"),
+        ({"hosts": [_host(name="*")]}, "hosts[0].name"),
+        ({"hosts": [_host(name="*x.lab")]}, "hosts[0].name"),
+        ({"cnames": {"*.a.lab": "b.lab"}}, "cnames.*.a.lab"),
+        ({"txt": {"*.t.lab": "x"}}, "txt.*.t.lab"),
     ],
 )
 def test_invalid_config_names_the_field(data: object, field: str) -> None:
@@ -122,3 +127,35 @@ def test_load_config_reports_bad_json_and_missing_file(tmp_path: Path) -> None:
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"hosts": [_host()]}))
     assert load_config(good).hosts[0].name == "h.lab"
+
+
+def test_default_config_has_a_served_wildcard_zone() -> None:
+    c = load_config()
+    wild = c.host("n123.wild.lab")
+    assert wild is not None and wild.name == "*.wild.lab"
+    assert [str(a) for a in wild.addresses] == ["203.0.113.70"] and wild.https
+    assert c.host("a.b.wild.lab") is wild  # any depth below the zone
+    assert c.host("wild.lab") is None  # the zone itself is not covered
+    assert c.host_for_address("203.0.113.70") is wild
+    assert "203.0.113.70" in {str(a) for a in c.bound_addresses()}
+    assert c.names_for_host(wild) == ["*.wild.lab"]  # the certificate's SAN
+
+
+def test_existing_names_and_closer_wildcards_win_over_a_wildcard() -> None:
+    c = parse_config(
+        {
+            "hosts": [
+                _host(name="*.z.lab", addresses=["203.0.113.91"]),
+                _host(name="*.deep.z.lab", addresses=["203.0.113.92"]),
+                _host(name="exact.z.lab", addresses=["203.0.113.93"]),
+            ],
+            "cnames": {"alias.z.lab": "exact.z.lab"},
+            "txt": {"text.z.lab": "t"},
+            "ttl": {"*.z.lab": 7},
+        }
+    )
+    assert c.host("exact.z.lab").name == "exact.z.lab"  # type: ignore[union-attr]
+    assert c.host("x.deep.z.lab").name == "*.deep.z.lab"  # type: ignore[union-attr]
+    assert c.host("x.z.lab").name == "*.z.lab"  # type: ignore[union-attr]
+    assert c.host("alias.z.lab") is None and c.host("text.z.lab") is None
+    assert c.ttl_for("*.z.lab") == 7

@@ -57,6 +57,17 @@ def test_dangling_cname_is_nxdomain_with_the_chain() -> None:
     assert _rdata(r, "CNAME") == ["nowhere.lab."]
 
 
+def test_wildcard_zone_answers_every_name_below_it_under_the_name_asked() -> None:
+    for name in ("n1.wild.lab", "N2.Wild.Lab", "a.b.wild.lab"):
+        r = _ask(name)
+        assert r.header.rcode == RCODE.NOERROR and r.header.aa == 1
+        assert [(str(rr.rname), str(rr.rdata), rr.ttl) for rr in r.rr] == [
+            (name.lower() + ".", "203.0.113.70", 60)
+        ]
+    assert _ask("n1.wild.lab", "AAAA").rr == []
+    assert _ask("wild.lab").header.rcode == RCODE.NXDOMAIN
+
+
 def test_unknown_name_is_nxdomain() -> None:
     r = _ask("nothing-here.example")
     assert r.header.rcode == RCODE.NXDOMAIN and not r.rr
@@ -140,3 +151,12 @@ def test_read_filters_by_time(tmp_path: Path) -> None:
     assert [e["name"] for e in read(settings)] == ["a", "b"]
     assert [e["name"] for e in read(settings, since=15.0)] == ["b"]
     assert read(Settings(state_dir=tmp_path / "none")) == []
+
+
+def test_wildcard_answers_take_the_wildcards_ttl() -> None:
+    from declawd.lab.config import parse_config
+
+    host = {"name": "*.z.lab", "addresses": ["203.0.113.91"]}
+    config = parse_config({"hosts": [host], "ttl": {"*.z.lab": 7}})
+    r = answer(config, DNSRecord.question("x.z.lab"))
+    assert [(str(rr.rdata), rr.ttl) for rr in r.rr] == [("203.0.113.91", 7)]

@@ -30,6 +30,12 @@ def serve(
     handshake_timeout: float = typer.Option(
         10.0, "--handshake-timeout", help="proxy: finish ClientHello/request head, s"
     ),
+    dns_flood_qps: float = typer.Option(
+        2000.0, "--dns-flood-qps", help="resolver: refuse a sandbox above this rate, queries/s"
+    ),
+    dns_flood_window: float = typer.Option(
+        5.0, "--dns-flood-window", help="resolver: window that rate is measured over, s"
+    ),
     pool: str = typer.Option(DEFAULT_POOL, "--pool", help="sandbox address pool"),
     exempt: list[str] = typer.Option([], "--exempt", help="operator floor exemption (CIDR)"),
     dns_port: int = typer.Option(RESOLVER_PORT, "--dns-port", help="DNS port (UDP and TCP)"),
@@ -61,6 +67,8 @@ def serve(
         proxy_port=proxy_port,
         peek_timeout=peek_timeout,
         handshake_timeout=handshake_timeout,
+        dns_flood_qps=dns_flood_qps,
+        dns_flood_window_s=dns_flood_window,
         pool=pool,
         exempt=exempt,
         nflog=not no_nflog,

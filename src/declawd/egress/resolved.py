@@ -39,6 +39,7 @@ class ResolvedNames:
         self._clock = clock
         # sandbox_id -> address -> name -> expiry (monotonic seconds)
         self._by_address: dict[str, dict[str, dict[str, float]]] = {}
+        self._pairs: dict[str, int] = {}  # sandbox_id -> number of (address, name) pairs
 
     @property
     def grace_s(self) -> float:
@@ -51,11 +52,15 @@ class ResolvedNames:
         expiry = self._clock() + admitted_lifetime(ttl_s, self._grace_s)
         name = normalize_name(name)
         table = self._by_address.setdefault(sandbox_id, {})
+        pairs = self._pairs.get(sandbox_id, 0)
         for address in addresses:
             names = table.setdefault(address, {})
+            known = names.get(name)
+            pairs += known is None
             # Never shorten: the resolver installs max(new, remaining) in nft too, so both agree.
-            names[name] = max(expiry, names.get(name, 0.0))
-        if sum(len(n) for n in table.values()) > MAX_PAIRS_PER_SANDBOX:
+            names[name] = expiry if known is None else max(expiry, known)
+        self._pairs[sandbox_id] = pairs
+        if pairs > MAX_PAIRS_PER_SANDBOX:
             self._prune(sandbox_id, force=True)
 
     def resolved_for(self, sandbox_id: str, name: str, address: str) -> bool:
@@ -93,10 +98,12 @@ class ResolvedNames:
                 del names[name]
             if not names:
                 del table[address]
+        self._count(sandbox_id)
 
     def forget(self, sandbox_id: str) -> None:
         """Drop everything known about a sandbox (removed, or its slot reused). Idempotent."""
         self._by_address.pop(sandbox_id, None)
+        self._pairs.pop(sandbox_id, None)
 
     def addresses(self, sandbox_id: str) -> dict[str, float]:
         """Live address → latest expiry for a sandbox (used to re-seed nft sets after restart)."""
@@ -112,6 +119,19 @@ class ResolvedNames:
         """Live address → seconds until its latest pair expires."""
         now = self._clock()
         return {a: e - now for a, e in self.addresses(sandbox_id).items()}
+
+    def remaining_for(self, sandbox_id: str, addresses: list[str]) -> dict[str, float]:
+        """Like `remaining`, for these addresses only (the resolver's hot path)."""
+        table = self._by_address.get(sandbox_id)
+        if not table:
+            return {}
+        now = self._clock()
+        out: dict[str, float] = {}
+        for address in addresses:
+            latest = max(table.get(address, {}).values(), default=0.0)
+            if latest > now:
+                out[address] = latest - now
+        return out
 
     def sandboxes(self) -> list[str]:
         return list(self._by_address)
@@ -135,6 +155,12 @@ class ResolvedNames:
                 del table[address][name]
                 if not table[address]:
                     del table[address]
+        self._count(sandbox_id)
+
+    def _count(self, sandbox_id: str) -> None:
+        table = self._by_address.get(sandbox_id)
+        if table is not None:
+            self._pairs[sandbox_id] = sum(len(names) for names in table.values())
 
     def prune(self) -> None:
         """Drop expired pairs for every sandbox (called periodically by the daemon)."""

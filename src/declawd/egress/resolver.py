@@ -3,9 +3,10 @@
 Every port-53 packet from a sandbox is redirected here; the sandbox is identified by the
 packet's source address (the datapath drops spoofed sources). Allowed answers are filtered,
 their addresses admitted into the sandbox's nft set and recorded in ResolvedNames *before*
-the answer is released, so the client's next connect() already passes. Invariants: a denied
-name never leaves the node; an upstream reply is accepted only from the upstream's address
-and only if its id and question match ours; every decision is audited.
+the answer is released, so the client's next connect() already passes; an answer from the
+sandbox's cache is released only once its admission is proven or renewed. Invariants: a
+denied name never leaves the node; an upstream reply is accepted only from the upstream's
+address and only if its id and question match ours; every decision is audited.
 """
 
 from __future__ import annotations
@@ -23,25 +24,33 @@ from dnslib import DNSRecord
 
 from declawd.addresses import DNS_PORT, RESOLVER_PORT
 from declawd.egress.audit import AuditEvent
+from declawd.egress.dnscache import AnswerCache, CachedAnswer
 from declawd.egress.dnsfilter import (
+    TTL_CAP,
     Action,
     AuditNote,
+    FilteredAnswer,
+    FloodMeter,
     QueryDecision,
-    TokenBucket,
     decide_query,
     encode,
     filter_answer,
-    parse_upstream,
+    pack_answer,
     servfail,
-    upstream_query,
 )
+from declawd.egress.dnsupstream import UpstreamError, ask_upstream
 from declawd.egress.policy import EgressPolicy, IPNetwork
 from declawd.egress.resolved import ResolvedNames, admitted_lifetime
 
 log = logging.getLogger(__name__)
 
-RATE_QPS = 200.0
-RATE_BURST = 400.0
+# A sandbox is refused only above FLOOD_QPS sustained for FLOOD_WINDOW_S (Settings
+# dns_flood_qps / dns_flood_window_s); a client asking in a loop never gets there.
+FLOOD_QPS = 2000.0
+FLOOD_WINDOW_S = 5.0
+# A hit is released without a new admit only when the elements outlive the answer's TTL by
+# the grace a fresh answer gets; this slack absorbs float rounding, nothing more.
+_PROOF_SLACK_S = 1e-3
 UPSTREAM_TIMEOUT_S = 1.5  # per attempt; two attempts, then SERVFAIL
 MAX_INFLIGHT = 2048
 MAX_INFLIGHT_PER_SANDBOX = 256
@@ -60,13 +69,25 @@ class SandboxEntry:
     policy: EgressPolicy
 
 
+@dataclass(frozen=True)
+class _Query:
+    """One allowed query on its way: who asked, what, over what (`limit`: UDP payload)."""
+
+    entry: SandboxEntry
+    decision: QueryDecision
+    data: bytes
+    source: str
+    protocol: str
+    limit: int | None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.decision.name, self.decision.qtype
+
+
 Lookup = Callable[[str], SandboxEntry | None]
 Admit = Callable[[int, dict[str, float]], Awaitable[None]]
 Emit = Callable[[AuditEvent], None]
-
-
-class UpstreamError(Exception):
-    pass
 
 
 class Resolver:
@@ -80,11 +101,13 @@ class Resolver:
         emit: Emit,
         extra_ranges: Sequence[IPNetwork] = (),
         exempt: Sequence[IPNetwork] = (),
-        rate_qps: float = RATE_QPS,
-        rate_burst: float = RATE_BURST,
+        flood_qps: float = FLOOD_QPS,
+        flood_window_s: float = FLOOD_WINDOW_S,
         upstream_timeout_s: float = UPSTREAM_TIMEOUT_S,
+        cache: AnswerCache | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        FloodMeter(flood_qps, flood_window_s, 0.0)  # refuse a bad limit at construction
         self.lookup = lookup
         self.upstream = upstream
         self._admit = admit
@@ -92,11 +115,12 @@ class Resolver:
         self._emit = emit
         self.extra_ranges = tuple(extra_ranges)
         self.exempt = tuple(exempt)
-        self.rate_qps = rate_qps
-        self.rate_burst = rate_burst
+        self.flood_qps = flood_qps
+        self.flood_window_s = flood_window_s
         self.upstream_timeout_s = upstream_timeout_s
+        self.cache = cache if cache is not None else AnswerCache()
         self._clock = clock
-        self._buckets: dict[str, TokenBucket] = {}
+        self._meters: dict[str, FloodMeter] = {}
         self._rate_audit_at: dict[str, float] = {}
         self._inflight: dict[str, int] = {}
         self._inflight_total = 0
@@ -104,7 +128,13 @@ class Resolver:
         self._tasks: set[asyncio.Task[None]] = set()
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
-        self.stats: dict[str, int] = {"queries": 0, "forwarded": 0, "refused": 0, "servfail": 0}
+        self.stats: dict[str, int] = {
+            "queries": 0,
+            "forwarded": 0,
+            "cached": 0,
+            "refused": 0,
+            "servfail": 0,
+        }
 
     # Lifecycle -------------------------------------------------------------------------
     async def start(self, host: str = "0.0.0.0", port: int = RESOLVER_PORT) -> None:
@@ -146,17 +176,23 @@ class Resolver:
                 log.warning("dns tcp listener still had connections after 2 s; left to close")
 
     def forget(self, sandbox_id: str) -> None:
-        """Drop per-sandbox counters (sandbox removed)."""
-        self._buckets.pop(sandbox_id, None)
+        """Drop per-sandbox counters and answers (sandbox removed)."""
+        self._meters.pop(sandbox_id, None)
         self._rate_audit_at.pop(sandbox_id, None)
+        self.cache.drop(sandbox_id)
+
+    def forget_answers(self, sandbox_id: str) -> None:
+        """Drop a sandbox's cached answers: its policy, hence its nft set, was rewritten."""
+        self.cache.drop(sandbox_id)
 
     # Core ------------------------------------------------------------------------------
     def _rate_ok(self, sandbox_id: str) -> bool:
         now = self._clock()
-        bucket = self._buckets.get(sandbox_id)
-        if bucket is None:
-            bucket = self._buckets[sandbox_id] = TokenBucket(self.rate_qps, self.rate_burst, now)
-        if not bucket.take(now):
+        meter = self._meters.get(sandbox_id)
+        if meter is None:
+            meter = FloodMeter(self.flood_qps, self.flood_window_s, now)
+            self._meters[sandbox_id] = meter
+        if not meter.take(now):
             return False
         busy = self._inflight.get(sandbox_id, 0)
         return busy < MAX_INFLIGHT_PER_SANDBOX and self._inflight_total < MAX_INFLIGHT
@@ -197,61 +233,146 @@ class Resolver:
                 self.stats["refused"] += 1
         return entry, decision
 
-    async def resolve(
-        self, entry: SandboxEntry, decision: QueryDecision, data: bytes, source: str, protocol: str
-    ) -> DNSRecord:
-        """Forward an allowed query, filter the reply, admit its addresses, return the answer."""
-        sid = entry.sandbox_id
+    # Cache -----------------------------------------------------------------------------
+    def answer_cached(self, q: _Query) -> bytes | None:
+        """A hit whose admission is proven (nothing to renew), released now; else None."""
+        hit = self.cache.get(q.entry.sandbox_id, q.entry.policy, q.key, self._clock())
+        if hit is None or self._renewal(q.entry, hit) is not None:
+            return None
+        return self._release(q, hit)
+
+    def _renewal(self, entry: SandboxEntry, hit: CachedAnswer) -> dict[str, float] | None:
+        """None when the hit's addresses surely stay admitted for its TTL + grace, else the
+        element timeouts to admit first (never shorter than what is there)."""
+        if not (entry.policy.domains_enforced and hit.addresses):
+            return None
+        now = self._clock()
+        needed = admitted_lifetime(hit.ttl_left(now), self.resolved.grace_s)
+        if hit.admitted_until - now >= needed - _PROOF_SLACK_S:
+            return None
+        left = self.resolved.remaining_for(entry.sandbox_id, list(hit.addresses))
+        return {a: max(needed, left.get(a, 0.0)) for a in hit.addresses}
+
+    def _release(self, q: _Query, hit: CachedAnswer) -> bytes:
+        request = q.decision.request
+        assert request is not None
+        ttl = max(0, hit.ttl_left(self._clock()))
+        if q.entry.policy.domains_enforced and hit.addresses:
+            for name in hit.chain:
+                self.resolved.record(q.entry.sandbox_id, name, list(hit.addresses), ttl)
+        self.stats["cached"] += 1
+        self._audit(q.entry, hit.audit, q.protocol)
+        return pack_answer(request, hit.rcode, hit.chain, hit.addresses, ttl, q.limit)
+
+    def _store(
+        self, q: _Query, entry: SandboxEntry, filtered: FilteredAnswer, at: float, until: float
+    ) -> None:
+        note = filtered.audit
+        if filtered.rcode != 0 or filtered.ttl < 1 or note is None:
+            return  # errors, negative answers and TTL 0 are not kept
+        expires = at + min(filtered.ttl, TTL_CAP)
+        answer = CachedAnswer(0, tuple(filtered.names), tuple(filtered.admit), note, expires, until)
+        self.cache.put(entry.sandbox_id, entry.policy, q.key, answer)
+
+    # Forwarding ------------------------------------------------------------------------
+    async def resolve(self, q: _Query) -> bytes:
+        """Answer an allowed query: from the cache (admission renewed if need be), else from
+        upstream, filtered, its addresses admitted; returns the wire answer."""
+        sid = q.entry.sandbox_id
         self._inflight[sid] = self._inflight.get(sid, 0) + 1
         self._inflight_total += 1
         try:
-            self.stats["forwarded"] += 1
-            qid = secrets.randbits(16)
-            try:
-                reply = await self._ask_upstream(decision.name, decision.qtype, qid)
-            except (OSError, UpstreamError, TimeoutError) as exc:
-                log.info("upstream failed for %s: %s", decision.name, exc)
-                self.stats["servfail"] += 1
-                self._audit(entry, AuditNote("allow", "upstream_error", decision.name), protocol)
-                return servfail(decision)
-            # The policy may have changed while we waited: judge again under the current one.
-            current = self.lookup(source)
-            if current is None or current.sandbox_id != sid:
-                self._audit(entry, AuditNote("deny", "sandbox_gone", decision.name), protocol)
-                return servfail(decision)
-            if current.policy is not entry.policy:
-                again = decide_query(data, current.policy)
-                if again.action is not Action.FORWARD:
-                    self._audit(current, again.audit, protocol)
-                    assert again.response is not None
-                    return again.response
-            filtered = filter_answer(
-                decision, reply, extra_ranges=self.extra_ranges, exempt=self.exempt
-            )
-            policy = current.policy
-            if policy.domains_enforced and filtered.admit:
-                left = self.resolved.remaining(sid)
-                lifetime = admitted_lifetime(filtered.ttl, self.resolved.grace_s)
-                timeouts = {a: max(lifetime, left.get(a, 0.0)) for a in filtered.admit}
-                try:
-                    await self._admit(current.slot, timeouts)
-                except Exception as exc:
-                    # Fail closed: an answer whose address the datapath lacks would only mislead.
-                    log.error("admitting %s for %s failed: %s", timeouts, sid, exc)
-                    self.stats["servfail"] += 1
-                    self._audit(
-                        current, AuditNote("allow", "datapath_error", decision.name), protocol
-                    )
-                    return servfail(decision)
-                for name in filtered.names:
-                    self.resolved.record(sid, name, list(filtered.admit), filtered.ttl)
-            self._audit(current, filtered.audit, protocol)
-            return filtered.response
+            hit = self.cache.get(sid, q.entry.policy, q.key, self._clock())
+            if hit is not None:
+                return await self._renew_and_release(q, hit)
+            return await self._forward(q)
         finally:
             self._inflight[sid] -= 1
             if self._inflight[sid] <= 0:
                 del self._inflight[sid]
             self._inflight_total -= 1
+
+    async def _renew_and_release(self, q: _Query, hit: CachedAnswer) -> bytes:
+        timeouts = self._renewal(q.entry, hit)
+        if timeouts is not None:
+            at = self._clock()
+            try:
+                await self._admit(q.entry.slot, timeouts)
+            except Exception as exc:
+                self.cache.discard(q.entry.sandbox_id, q.key)
+                return encode(self._datapath_failed(q, q.entry, timeouts, exc), q.limit)
+            hit.admitted_until = at + min(timeouts.values())
+            verdict = self._judged_again(q)
+            if verdict is not None:
+                return encode(verdict, q.limit)
+        return self._release(q, hit)
+
+    def _judged_again(self, q: _Query) -> DNSRecord | None:
+        """After an await: the answer to send instead if the sandbox is gone or its current
+        policy no longer forwards this query; None to go on."""
+        current = self.lookup(q.source)
+        if current is None or current.sandbox_id != q.entry.sandbox_id:
+            self._audit(q.entry, AuditNote("deny", "sandbox_gone", q.decision.name), q.protocol)
+            return servfail(q.decision)
+        if current.policy is q.entry.policy:
+            return None
+        again = decide_query(q.data, current.policy)
+        if again.action is Action.FORWARD:
+            return None
+        self._audit(current, again.audit, q.protocol)
+        assert again.response is not None
+        return again.response
+
+    def _datapath_failed(
+        self, q: _Query, entry: SandboxEntry, timeouts: dict[str, float], exc: Exception
+    ) -> DNSRecord:
+        # Fail closed: an answer whose address the datapath lacks would only mislead.
+        log.error("admitting %s for %s failed: %s", timeouts, entry.sandbox_id, exc)
+        self.stats["servfail"] += 1
+        self._audit(entry, AuditNote("allow", "datapath_error", q.decision.name), q.protocol)
+        return servfail(q.decision)
+
+    async def _forward(self, q: _Query) -> bytes:
+        decision, sid = q.decision, q.entry.sandbox_id
+        self.stats["forwarded"] += 1
+        qid = secrets.randbits(16)
+        try:
+            reply = await ask_upstream(
+                self.upstream, decision.name, decision.qtype, qid, self.upstream_timeout_s
+            )
+        except (OSError, UpstreamError, TimeoutError) as exc:
+            log.info("upstream failed for %s: %s", decision.name, exc)
+            self.stats["servfail"] += 1
+            self._audit(q.entry, AuditNote("allow", "upstream_error", decision.name), q.protocol)
+            return encode(servfail(decision), q.limit)
+        # The policy may have changed while we waited: judge again under the current one.
+        verdict = self._judged_again(q)
+        if verdict is not None:
+            return encode(verdict, q.limit)
+        current = self.lookup(q.source)
+        assert current is not None
+        filtered = filter_answer(
+            decision, reply, extra_ranges=self.extra_ranges, exempt=self.exempt
+        )
+        # Taken before the admit: the kernel starts the elements' timers later, so this
+        # bounds their expiry from below (what a later hit relies on).
+        at = self._clock()
+        admitted_until = 0.0
+        if current.policy.domains_enforced and filtered.admit:
+            addresses = list(filtered.admit)
+            left = self.resolved.remaining_for(sid, addresses)
+            lifetime = admitted_lifetime(filtered.ttl, self.resolved.grace_s)
+            timeouts = {a: max(lifetime, left.get(a, 0.0)) for a in addresses}
+            try:
+                await self._admit(current.slot, timeouts)
+            except Exception as exc:
+                return encode(self._datapath_failed(q, current, timeouts, exc), q.limit)
+            admitted_until = at + min(timeouts.values())
+            for name in filtered.names:
+                self.resolved.record(sid, name, addresses, filtered.ttl)
+        self._store(q, current, filtered, at, admitted_until)
+        self._audit(current, filtered.audit, q.protocol)
+        return filtered.wire(q.limit)
 
     async def handle(self, data: bytes, source: str, protocol: str) -> bytes | None:
         """Full handling of one message; returns the wire answer (None = no answer)."""
@@ -263,54 +384,8 @@ class Resolver:
             assert decision.response is not None
             return encode(decision.response, limit)
         assert entry is not None
-        response = await self.resolve(entry, decision, data, source, protocol)
-        return encode(response, limit)
-
-    # Upstream --------------------------------------------------------------------------
-    async def _ask_upstream(self, name: str, qtype: int, qid: int) -> DNSRecord:
-        query = upstream_query(name, qtype, qid)
-        loop = asyncio.get_running_loop()
-        replies: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
-        # A connected UDP socket per query: the kernel delivers only datagrams from the
-        # upstream's address, and its random source port makes off-path spoofing harder.
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UpstreamClient(replies), remote_addr=self.upstream
-        )
-        try:
-            for _attempt in range(2):
-                transport.sendto(query)
-                deadline = loop.time() + self.upstream_timeout_s
-                while (remaining := deadline - loop.time()) > 0:
-                    try:
-                        data = await asyncio.wait_for(replies.get(), remaining)
-                    except TimeoutError:
-                        break
-                    reply = parse_upstream(data, qid, name, qtype)
-                    if reply is None:
-                        continue  # not ours (stale or forged): keep waiting
-                    if reply.header.tc:
-                        return await self._ask_upstream_tcp(query, qid, name, qtype)
-                    return reply
-        finally:
-            transport.close()
-        raise UpstreamError("no answer from upstream")
-
-    async def _ask_upstream_tcp(self, query: bytes, qid: int, name: str, qtype: int) -> DNSRecord:
-        async with asyncio.timeout(self.upstream_timeout_s * 2):
-            reader, writer = await asyncio.open_connection(*self.upstream)
-            try:
-                writer.write(struct.pack("!H", len(query)) + query)
-                await writer.drain()
-                length = struct.unpack("!H", await reader.readexactly(2))[0]
-                data = await reader.readexactly(length)
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-        reply = parse_upstream(data, qid, name, qtype)
-        if reply is None:
-            raise UpstreamError("mismatched TCP reply from upstream")
-        return reply
+        q = _Query(entry, decision, data, source, protocol, limit)
+        return self.answer_cached(q) or await self.resolve(q)
 
     # Transports ------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -328,10 +403,15 @@ class Resolver:
             self._send_udp(encode(decision.response, decision.client_limit), addr)
             return
         assert entry is not None
+        q = _Query(entry, decision, data, source, "udp", decision.client_limit)
+        cached = self.answer_cached(q)
+        if cached is not None:
+            # A proven hit needs no task: answered from this callback.
+            self._send_udp(cached, addr)
+            return
 
         async def run() -> None:
-            response = await self.resolve(entry, decision, data, source, "udp")
-            self._send_udp(encode(response, decision.client_limit), addr)
+            self._send_udp(await self.resolve(q), addr)
 
         self._spawn(run())
 
@@ -388,16 +468,3 @@ class _UdpServer(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)
-
-
-class _UpstreamClient(asyncio.DatagramProtocol):
-    def __init__(self, replies: asyncio.Queue[bytes]) -> None:
-        self.replies = replies
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self.replies.put_nowait(data)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP unreachable etc.: the attempt will time out; nothing to do here.
-        log.debug("upstream udp error: %s", exc)

@@ -1,7 +1,8 @@
 """Lab configuration: the simulated internet's hosts, aliases, TTLs and TXT records.
 
 Pure parsing and validation of the JSON config into a frozen `LabConfig`. Invariants it
-guards: every name is a valid DNS name in lowercase without a trailing dot; a served
+guards: every name is a valid DNS name in lowercase without a trailing dot (a host may be a
+wildcard `*.zone`, answering every name below the zone that exists nowhere else); a served
 address belongs to exactly one host and is never a non-public or reserved lab address
 (DNS-only hosts may point anywhere, so the resolver's stripping can be tested); CNAME
 chains are acyclic and end within 8 hops.
@@ -83,8 +84,19 @@ class LabConfig:
     txt: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def host(self, name: str) -> LabHost | None:
+        """The host answering `name`: its own, else the closest wildcard `*.zone` above it
+        (a name that is an alias or holds TXT exists, so no wildcard stands in for it)."""
         wanted = name.lower().rstrip(".")
-        return next((h for h in self.hosts if h.name == wanted), None)
+        exact = next((h for h in self.hosts if h.name == wanted), None)
+        if exact is not None or wanted in self.cnames or wanted in self.txt:
+            return exact
+        labels = wanted.split(".")
+        for i in range(1, len(labels)):
+            pattern = "*." + ".".join(labels[i:])
+            found = next((h for h in self.hosts if h.name == pattern), None)
+            if found is not None:
+                return found
+        return None
 
     def host_for_address(self, address: str) -> LabHost | None:
         try:
@@ -116,11 +128,15 @@ class LabConfig:
         return chain
 
 
-def normalize_name(raw: object, field_name: str) -> str:
+def normalize_name(raw: object, field_name: str, *, wildcard: bool = False) -> str:
+    """Lower case without the trailing dot; `wildcard` admits one leading `*.` label."""
     if not isinstance(raw, str) or not raw:
         raise LabConfigError(field_name, "must be a non-empty DNS name")
     name = raw.lower().rstrip(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+    labels = name.split(".")
+    if wildcard and labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]
+    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
         raise LabConfigError(field_name, f"not a valid DNS name: {raw!r}")
     return name
 
@@ -158,7 +174,7 @@ def _parse_host(raw: object, where: str) -> LabHost:
     unknown = set(raw) - _HOST_KEYS
     if unknown:
         raise LabConfigError(where, f"unknown keys {sorted(unknown)}")
-    name = normalize_name(raw.get("name"), f"{where}.name")
+    name = normalize_name(raw.get("name"), f"{where}.name", wildcard=True)
     raw_addrs = raw.get("addresses")
     if not isinstance(raw_addrs, list) or not raw_addrs:
         raise LabConfigError(f"{where}.addresses", "must be a non-empty list of IP addresses")
@@ -275,7 +291,7 @@ def parse_config(data: object) -> LabConfig:
         raise LabConfigError("ttl", 'must be an object {"name": seconds}')
     known = seen | set(cnames) | set(txt)
     for name_raw, value in raw_ttl.items():
-        name = normalize_name(name_raw, f"ttl.{name_raw}")
+        name = normalize_name(name_raw, f"ttl.{name_raw}", wildcard=True)
         if name not in known:
             raise LabConfigError(f"ttl.{name_raw}", "names no configured host, alias or TXT")
         config.ttl[name] = _parse_ttl(value, f"ttl.{name_raw}")

@@ -1,9 +1,10 @@
 """The lab's authoritative DNS server for the configured names (198.51.100.53:53, UDP+TCP).
 
 `answer()` is pure: request in, reply out, from the `LabConfig` alone. It answers A/AAAA
-(empty NOERROR when a name has none), follows CNAME chains (chain + final records),
-serves TXT (so tests can prove TXT never reaches sandboxes) and NXDOMAIN for unknown
-names. The servers around it log every query to the query log *before* replying.
+(empty NOERROR when a name has none; a wildcard host's records under the name asked),
+follows CNAME chains (chain + final records), serves TXT (so tests can prove TXT never
+reaches sandboxes) and NXDOMAIN for unknown names. The servers around it log every query
+to the query log *before* replying.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def answer(config: LabConfig, request: DNSRecord) -> DNSRecord:
     if host is None and final not in config.txt:
         reply.header.rcode = RCODE.NXDOMAIN
         return reply
-    ttl = config.ttl_for(final)
+    # A wildcard's records take its TTL; the owner stays the name asked (RFC 4592).
+    ttl = config.ttl_for(host.name if host is not None else final)
     want_any = q.qtype == QTYPE.ANY
     if host is not None:
         for ip in host.addresses:
