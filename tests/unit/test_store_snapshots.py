@@ -249,3 +249,11 @@ def test_the_sweep_finds_unfinished_snapshots_of_every_team(store: Store) -> Non
         "snap-000000000001",
         "snap-000000000002",
     ]
+
+
+def test_snapshots_using_a_template_count_unless_failed(store: Store) -> None:
+    assert store.count_snapshots_using("tpl-000000000001") == 0
+    store.insert_snapshot(_snap(1))
+    store.insert_snapshot(_snap(2, sandbox="sbx-000000000002", state=FAILED))
+    assert store.count_snapshots_using("tpl-000000000001") == 1
+    assert store.count_snapshots_using("tpl-000000000009") == 0

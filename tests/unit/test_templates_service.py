@@ -221,3 +221,15 @@ async def test_gc_logs_a_built_in_it_cannot_plan_and_goes_on(svc, monkeypatch, c
         "gc: built-in 'node' has no plan, its layers are not kept: "
         "catalog node: base_image: unsupported image 'x'"
     ]
+
+
+async def test_delete_refuses_while_snapshots_need_its_layers(svc, monkeypatch):
+    team = svc.store.create_team("t")
+    svc.fake.release.set()
+    info = await svc.build(team, {"template": SPEC, "alias": "mine"})
+    await svc.wait(info["build_id"])
+    monkeypatch.setattr(svc.store, "count_snapshots_using", lambda tid: 3)
+    with pytest.raises(Conflict, match="used by 3 snapshot"):
+        svc.delete(team, "mine")
+    monkeypatch.setattr(svc.store, "count_snapshots_using", lambda tid: 0)
+    svc.delete(team, "mine")

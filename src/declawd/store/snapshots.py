@@ -255,6 +255,14 @@ class Snapshots(Repository):
             token = encode_token([last.created_at, last.snapshot_id])
         return page, token
 
+    def count_snapshots_using(self, template_id: str) -> int:
+        """Snapshots a restore would mount this template's layers under (not failed ones)."""
+        row = self._db.query_one(
+            "SELECT COUNT(*) FROM snapshots WHERE template_id = ? AND state != 'failed'",
+            (template_id,),
+        )
+        return int(row[0]) if row else 0
+
     def latest_snapshot(self, team_id: str, sandbox_id: str) -> SnapshotRecord | None:
         """What a restore without a snapshot id uses: the newest ready snapshot of the best
         source in `RESTORE_PREFERENCE` (pause > periodic > manual); None when there is none."""

@@ -324,6 +324,10 @@ class TemplateService:
         n = self.store.count_sandboxes_using(tid)
         if n > 0:
             raise Conflict(f"template {tid} is used by {n} sandbox(es)")
+        # A snapshot is restored over its template's layers: keep them while one exists.
+        n = self.store.count_snapshots_using(tid)
+        if n > 0:
+            raise Conflict(f"template {tid} is used by {n} snapshot(s); delete them first")
         self.store.delete_template(tid)
 
     def upload_context(self, team_id: str, body: bytes) -> dict[str, str]:
