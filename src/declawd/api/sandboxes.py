@@ -31,7 +31,7 @@ from declawd.errors import (
     NotFound,
     NotSupported,
 )
-from declawd.node.create import CreateRequest
+from declawd.node.create import CreateRequest, new_sandbox_id
 from declawd.node.envd_client import EnvdClient
 from declawd.node.metrics import parse_range, series
 from declawd.node.node import Need
@@ -201,9 +201,12 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         after_start=[_copier(a, tpl.user or "user") for a in attachments if not a.live],
     )
     try:
-        rec = await svc.node.create(req)
         if attachments:
-            await record_attachments(volume_service(request), rec.sandbox_id, attachments)
+            # Recorded before the container mounts them, so a delete of a volume that races
+            # this create is refused (a failed create's record is released: no longer counts).
+            req.sandbox_id = new_sandbox_id()
+            await record_attachments(volume_service(request), req.sandbox_id, attachments)
+        rec = await svc.node.create(req)
     except BaseException:
         if idem_key:
             await asyncio.to_thread(svc.store.idempotency_finish, team.team_id, idem_key, None)

@@ -49,7 +49,8 @@ class CreateRequest:
     # (copied volumes); decided by the API layer, opaque here.
     mounts: Sequence[Mount] = ()
     after_start: Sequence[Callable[[EnvdClient], Awaitable[None]]] = ()
-    # Restore: bring back this (killed, released) sandbox under its own id, its writable
+    # An id chosen by the caller (one that records things about the sandbox first); for a
+    # restore, a killed and released sandbox's own id, which is brought back, its writable
     # layer filled by `prefill(upper_dir)` (blocking) before the overlay is mounted.
     sandbox_id: str | None = None
     prefill: Callable[[Path], None] | None = None
