@@ -15,14 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from declawd.config import Settings
 from declawd.egress import gateway
 from declawd.egress.proxy import SniProxy
 from declawd.egress.resolved import ResolvedNames
-from declawd.node.gatewayd import GatewayDaemon
-from declawd.upstream import choose_upstream
+from tests.unit.gateway_cli import gateway_argv, parsed_config
 from tests.unit.test_egress_proxy import (
     OPENAI,
     SBX,
@@ -200,24 +198,9 @@ def test_budget_flows_from_env_to_the_gateway_config(
     monkeypatch.setenv("DECLAWD_HANDSHAKE_TIMEOUT", "3.5")
     settings = Settings.from_env(state_dir=tmp_path, upstream_dns="192.0.2.53")
     assert settings.handshake_timeout == 3.5
-    argv = GatewayDaemon(settings, choose_upstream(settings))._command_line()
+    argv = gateway_argv(settings)
     assert argv[argv.index("--handshake-timeout") + 1] == "3.5"
-
-    configs: list[gateway.GatewayConfig] = []
-
-    class Captured:
-        def __init__(self, config: gateway.GatewayConfig) -> None:
-            configs.append(config)
-
-        async def run(self) -> None:
-            return None
-
-    monkeypatch.setattr(gateway, "GatewayDaemon", Captured)
-    from declawd.cli import app
-
-    result = CliRunner().invoke(app, argv[argv.index("gateway") :])
-    assert result.exit_code == 0, result.output
-    assert [c.handshake_timeout for c in configs] == [3.5]
+    assert parsed_config(argv, monkeypatch).handshake_timeout == 3.5
 
 
 def test_budget_defaults_to_ten_seconds_and_must_be_a_positive_number(

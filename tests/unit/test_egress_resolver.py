@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
-from typer.testing import CliRunner
 
 from declawd.config import Settings
 from declawd.egress import gateway
@@ -20,8 +19,7 @@ from declawd.egress.dnsfilter import AuditNote
 from declawd.egress.policy import EgressPolicy
 from declawd.egress.resolved import ResolvedNames
 from declawd.egress.resolver import Resolver, SandboxEntry
-from declawd.node.gatewayd import GatewayDaemon
-from declawd.upstream import choose_upstream
+from tests.unit.gateway_cli import gateway_argv, parsed_config
 
 POLICY = EgressPolicy.parse(["api.openai.com", "*.wild.lab"], ["0.0.0.0/0"])
 ZONE = {"api.openai.com": "203.0.113.10", "*.wild.lab": "203.0.113.70"}
@@ -259,25 +257,11 @@ def test_flood_limit_flows_from_env_to_the_gateway_config(
     monkeypatch.setenv("DECLAWD_DNS_FLOOD_WINDOW_S", "2.5")
     settings = Settings.from_env(state_dir=tmp_path, upstream_dns="192.0.2.53")
     assert (settings.dns_flood_qps, settings.dns_flood_window_s) == (300.0, 2.5)
-    argv = GatewayDaemon(settings, choose_upstream(settings))._command_line()
+    argv = gateway_argv(settings)
     assert argv[argv.index("--dns-flood-qps") + 1] == "300.0"
     assert argv[argv.index("--dns-flood-window") + 1] == "2.5"
-
-    configs: list[gateway.GatewayConfig] = []
-
-    class Captured:
-        def __init__(self, config: gateway.GatewayConfig) -> None:
-            configs.append(config)
-
-        async def run(self) -> None:
-            return None
-
-    monkeypatch.setattr(gateway, "GatewayDaemon", Captured)
-    from declawd.cli import app
-
-    result = CliRunner().invoke(app, argv[argv.index("gateway") :])
-    assert result.exit_code == 0, result.output
-    assert [(c.dns_flood_qps, c.dns_flood_window_s) for c in configs] == [(300.0, 2.5)]
+    config = parsed_config(argv, monkeypatch)
+    assert (config.dns_flood_qps, config.dns_flood_window_s) == (300.0, 2.5)
 
 
 def test_flood_limit_defaults_and_must_be_positive(

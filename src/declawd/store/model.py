@@ -89,6 +89,13 @@ def record_from_row(row: Mapping[str, Any]) -> SandboxRecord:
     values = {k: row[k] for k in RECORD_FIELDS if k in row}
     values["state"] = SandboxState(values["state"])
     values["released"] = bool(values.get("released"))
+    normalize_sandbox_config(values)
+    return SandboxRecord(**values)
+
+
+def normalize_sandbox_config(values: dict[str, Any]) -> None:
+    """Defaults for a row's sandbox configuration columns (NULL in rows of older schemas),
+    shared by sandbox and snapshot records: they carry the same configuration."""
     for name in ("metadata", "envs", "network", "lifecycle"):
         values[name] = values.get(name) or {}
     values["template_id"] = values.get("template_id") or ""
@@ -97,7 +104,6 @@ def record_from_row(row: Mapping[str, Any]) -> SandboxRecord:
     values["timeout"] = int(values.get("timeout") or 0)
     values["cpu_count"] = float(values.get("cpu_count") or 1)
     values["memory_mb"] = int(values.get("memory_mb") or 0)
-    return SandboxRecord(**values)
 
 
 def record_to_row(rec: SandboxRecord) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from declawd.errors import Busy, InvalidInput
 from declawd.store.errors import RecordNotFound
-from declawd.store.model import SandboxRecord
+from declawd.store.model import SandboxRecord, normalize_sandbox_config
 from declawd.store.records import (
     Repository,
     decode_token,
@@ -124,14 +124,7 @@ def _record(row: Any) -> SnapshotRecord:
     values = {k: values[k] for k in FIELDS if k in values}
     values["source"] = SnapshotSource(values["source"])
     values["state"] = SnapshotState(values["state"])
-    for name in ("network", "envs", "metadata", "lifecycle"):
-        values[name] = values.get(name) or {}
-    values["template_id"] = values.get("template_id") or ""
-    values["template_alias"] = values.get("template_alias") or values["template_id"]
-    values["runtime"] = values.get("runtime") or "runc"
-    values["timeout"] = int(values.get("timeout") or 0)
-    values["cpu_count"] = float(values.get("cpu_count") or 1)
-    values["memory_mb"] = int(values.get("memory_mb") or 0)
+    normalize_sandbox_config(values)
     return SnapshotRecord(**values)
 
 
