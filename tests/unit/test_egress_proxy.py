@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import struct
@@ -49,6 +50,13 @@ class Harness:
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
+    async with running_harness(peek_timeout=0.3) as h:
+        yield h
+
+
+@contextlib.asynccontextmanager
+async def running_harness(**timeouts: float) -> AsyncIterator[Harness]:
+    """A started proxy whose sandbox resolved api.openai.com and other.example.org."""
     resolved = ResolvedNames()
     resolved.record(SBX, "api.openai.com", [OPENAI], 300)
     resolved.record(SBX, "other.example.org", [OTHER], 300)
@@ -65,9 +73,9 @@ async def harness() -> AsyncIterator[Harness]:
         lookup=lambda ip: h.view if ip == "127.0.0.1" else None,
         resolved=resolved,
         audit=events.append,
-        peek_timeout=0.3,
         original_dst=original_dst,
         upstream_address=upstream,
+        **timeouts,
     )
     h = Harness(proxy, resolved, events)
     await proxy.start("127.0.0.1", 0)

@@ -9,27 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from declawd.config import Settings
 from declawd.egress import gateway
-from declawd.egress.proxy import SniProxy
-from declawd.egress.resolved import ResolvedNames
 from tests.unit.gateway_cli import gateway_argv, parsed_config
 from tests.unit.test_egress_proxy import (
     OPENAI,
-    SBX,
     Harness,
     banner_handler,
     expect_reset,
     http_server,
     read_response,
     real_hello,
+    running_harness,
     serve,
 )
 
@@ -42,32 +38,8 @@ HEAD = b"GET / HTTP/1.1\r\nHost: api.openai.com\r\nUser-Agent: slow-link/1.0\r\n
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    resolved = ResolvedNames()
-    resolved.record(SBX, "api.openai.com", [OPENAI], 300)
-    events: list[dict[str, Any]] = []
-    h: Harness
-
-    def original_dst(sock: socket.socket) -> tuple[str, int]:
-        return h.next_dst
-
-    def upstream(ip: str, port: int) -> tuple[str, int]:
-        return "127.0.0.1", h.routes[(ip, port)]
-
-    proxy = SniProxy(
-        lookup=lambda ip: h.view if ip == "127.0.0.1" else None,
-        resolved=resolved,
-        audit=events.append,
-        peek_timeout=PEEK_S,
-        handshake_timeout=BUDGET_S,
-        original_dst=original_dst,
-        upstream_address=upstream,
-    )
-    h = Harness(proxy, resolved, events)
-    await proxy.start("127.0.0.1", 0)
-    try:
+    async with running_harness(peek_timeout=PEEK_S, handshake_timeout=BUDGET_S) as h:
         yield h
-    finally:
-        await proxy.stop()
 
 
 async def trickle(writer: asyncio.StreamWriter, data: bytes, piece: int, gap: float) -> None:
