@@ -18,6 +18,7 @@ import bench_command
 import bench_create
 import bench_datapath
 import bench_egress
+import bench_inspect
 import bench_memory
 import bench_persistence
 import bench_resolver
@@ -29,6 +30,7 @@ SERVER_BENCHES: dict[str, Callable[[harness.Server, bool], Report]] = {
     "command": bench_command.main,
     "memory": bench_memory.main,
     "egress": bench_egress.main,
+    "inspect": bench_inspect.main,
     "resolver": bench_resolver.main,
     "persistence": bench_persistence.main,
 }

@@ -1,4 +1,5 @@
-"""`declawd audit SANDBOX`: a sandbox's network audit events, one line each.
+"""`declawd audit SANDBOX`: a sandbox's audit events (DNS, connections, inspected requests), one
+line each.
 
 A thin shell over `declawd.client`: the paged route, or with `--follow` the SSE stream from
 the first event on (no gap, no repeat) until Ctrl-C or the sandbox ends. Connection settings come
@@ -15,8 +16,29 @@ import typer
 from declawd.client import AuditEvent, DeclawdClient, DeclawdError
 
 
+def _http_line(e: AuditEvent) -> str:
+    """An inspected request: method, URL (secrets already masked), status, what was done."""
+    counters = [
+        f"{label}={n}"
+        for label, n in (
+            ("transformations", e.transformations_applied),
+            ("vault", e.vault_injections),
+            ("pii", e.pii_redactions),
+            ("injection_blocks", e.injection_blocks),
+        )
+        if n
+    ]
+    status = str(e.status_code) if e.status_code else "-"
+    return " ".join([f"{e.method or '-'} {e.url or e.name or '-'}", status, *counters])
+
+
 def format_event(e: AuditEvent) -> str:
     """One plain line: time, kind, verdict, destination, reason (pure, for tests)."""
+    if e.kind == "http":
+        return (
+            f"{e.time.isoformat(timespec='milliseconds')}  {e.kind:<10} {e.verdict:<5} "
+            f"{_http_line(e)}  {e.reason or ''}".rstrip()
+        )
     dest = e.name or ""
     if e.address:
         dest = f"{dest} {e.address}".strip()
@@ -57,14 +79,17 @@ def audit(
         False, "--follow", "-f", help="from the first event on, keep printing new ones"
     ),
     verdict: str | None = typer.Option(None, help="only allow or only deny"),
-    kind: str | None = typer.Option(None, help="only dns or only connection events"),
+    kind: str | None = typer.Option(
+        None, help="only dns, only connection or only http (inspected request) events"
+    ),
     since: str | None = typer.Option(None, help="only from this ISO-8601 time or unix timestamp"),
     domain: str | None = typer.Option(None, help="server (default: $DECLAW_DOMAIN)"),
     api_key: str | None = typer.Option(None, help="API key (default: $DECLAW_API_KEY)"),
 ) -> None:
-    """Print a sandbox's network audit events (DNS answers and connections), one per line.
+    """Print a sandbox's audit events (DNS answers, connections, inspected requests), one per line.
 
-    Each line shows the time, kind, verdict (allow or deny), destination and reason.
+    Each line shows the time, kind, verdict (allow or deny), destination and reason; an
+    inspected request shows its method, URL, status and what was changed in it.
     With --follow the command keeps streaming new events until Ctrl-C or the sandbox ends.
     """
     with DeclawdClient(api_key=api_key, domain=domain) as client:

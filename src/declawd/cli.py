@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from declawd import audit_cli
+from declawd import audit_cli, security_cli
 from declawd.api import cli as server_cli
 from declawd.egress.cli import app as gateway_app
 from declawd.lab.cli import app as lab_app
@@ -30,6 +30,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(template_app, name="template")
 app.add_typer(lab_app, name="lab")
 app.add_typer(gateway_app, name="gateway")
+app.add_typer(security_cli.app, name="sandbox")
 
 
 def main() -> None:

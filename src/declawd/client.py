@@ -12,10 +12,10 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +34,7 @@ __all__ = [
     "PayloadTooLarge",
     "ServerError",
     "SseDecoder",
+    "SupportsToDict",
     "TemplateInfo",
     "TransportError",
     "Unauthorized",
@@ -130,17 +131,38 @@ class NetworkPolicyModel(BaseModel):
 
 
 class AuditEvent(BaseModel):
+    """One audit event. `http` events (an inspected request) also carry the SDK's
+    `AuditEntry` fields (`timestamp` ... `direction`) and ours (`vault_injections`,
+    `bytes_out`, `bytes_in`); other kinds leave them None."""
+
     model_config = ConfigDict(extra="allow")
 
     time: datetime
     sandbox_id: str
-    kind: Literal["dns", "connection"] | str
+    kind: Literal["dns", "connection", "http"] | str
     verdict: Literal["allow", "deny"] | str
     reason: str | None = None
     name: str | None = None
     address: str | None = None
     port: int | None = None
     protocol: str | None = None
+    timestamp: datetime | None = None
+    method: str | None = None
+    url: str | None = None
+    status_code: int | None = None
+    direction: str | None = None
+    pii_redactions: int | None = None
+    injection_blocks: int | None = None
+    transformations_applied: int | None = None
+    vault_injections: int | None = None
+    bytes_out: int | None = None
+    bytes_in: int | None = None
+
+
+class SupportsToDict(Protocol):
+    """The SDK's `SecurityPolicy` (anything with its `to_dict()`)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 class TemplateInfo(BaseModel):
@@ -228,6 +250,13 @@ def _audit_params(
     if limit:
         params["limit"] = str(limit)
     return params
+
+
+def _policy_body(policy: Mapping[str, Any] | SupportsToDict) -> dict[str, Any]:
+    """A PUT /security body: a SecurityPolicy's `to_dict()`, or the dict itself."""
+    if isinstance(policy, Mapping):
+        return dict(policy)
+    return dict(policy.to_dict())
 
 
 def _context_body(context: bytes | str | Path) -> bytes:
@@ -327,6 +356,20 @@ class DeclawdClient:
         return NetworkPolicyModel.model_validate(
             self._call("PUT", f"/sandboxes/{sandbox_id}/network", json=body)
         )
+
+    # security policy
+    def get_security(self, sandbox_id: str) -> dict[str, Any]:
+        """The sandbox's SecurityPolicy as `SecurityPolicy.to_dict()` JSON (defaults
+        filled, `network` = the egress policy in force)."""
+        return dict(self._call("GET", f"/sandboxes/{sandbox_id}/security"))
+
+    def set_security(
+        self, sandbox_id: str, policy: Mapping[str, Any] | SupportsToDict
+    ) -> dict[str, Any]:
+        """Replace the sections `policy` carries (a `SecurityPolicy` or its dict), live; a
+        policy without `network` leaves the egress policy as it is. Returns the new one."""
+        body = _policy_body(policy)
+        return dict(self._call("PUT", f"/sandboxes/{sandbox_id}/security", json=body))
 
     # audit
     def audit(
@@ -466,6 +509,15 @@ class AsyncDeclawdClient:
         return NetworkPolicyModel.model_validate(
             await self._call("PUT", f"/sandboxes/{sandbox_id}/network", json=body)
         )
+
+    async def get_security(self, sandbox_id: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/sandboxes/{sandbox_id}/security"))
+
+    async def set_security(
+        self, sandbox_id: str, policy: Mapping[str, Any] | SupportsToDict
+    ) -> dict[str, Any]:
+        body = _policy_body(policy)
+        return dict(await self._call("PUT", f"/sandboxes/{sandbox_id}/security", json=body))
 
     async def audit(
         self,

@@ -49,6 +49,10 @@ class Settings:
     # sustained over this window (a client asking in a loop is never refused).
     dns_flood_qps: float = 2000.0
     dns_flood_window_s: float = 5.0
+    # Content inspection (docs/inspection.md): bodies above this size pass unscanned (with an
+    # audit note); vault secrets go over plain HTTP only if the operator allows it.
+    inspect_buffer_limit_mb: float = 8.0
+    vault_plain_http: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -90,6 +94,8 @@ class Settings:
             raise ValueError("metrics_interval_s: must be a positive number of seconds")
         if self.volume_quota_mb <= 0:
             raise ValueError("volume_quota_mb: must be a positive size in MiB")
+        if not self.inspect_buffer_limit_mb > 0:
+            raise ValueError("inspect_buffer_limit_mb: must be a positive size in MiB")
 
     # Derived paths -----------------------------------------------------------------
     @property

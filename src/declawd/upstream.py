@@ -2,16 +2,16 @@
 
 An `Upstream` is chosen once, at start (`choose_upstream`), and handed to the gateway and
 the node; nothing on a production path asks whether it runs in lab mode. It owns the
-gateway's way out (one interface, its route), the resolver's upstream DNS server, and what
-a sandbox needs to trust that upstream (mounts and environment variables).
+gateway's way out (one interface, its route), the resolver's upstream DNS server, and the
+CAs its servers are signed by (what the gateway and every sandbox trust).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from declawd.config import Settings
-from declawd.runtime import Mount
 
 
 class Upstream(Protocol):
@@ -33,12 +33,10 @@ class Upstream(Protocol):
         """`ip` or `ip:port` of the DNS server the resolver forwards allowed names to."""
         ...
 
-    def sandbox_mounts(self) -> list[Mount]:
-        """Read-only mounts every sandbox gets (e.g. the lab CA as the trust bundle)."""
-        ...
-
-    def sandbox_env(self) -> dict[str, str]:
-        """Environment every process in a sandbox gets by default (e.g. `SSL_CERT_FILE`)."""
+    def ca_bundle(self) -> Path | None:
+        """The CAs that sign this upstream's servers, as one PEM file (the lab's: system
+        CAs + lab CA), or None for the system's own trust store. The gateway verifies
+        intercepted upstreams against it, and every sandbox's trust bundle starts with it."""
         ...
 
 

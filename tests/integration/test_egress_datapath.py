@@ -476,3 +476,47 @@ def test_netlink_admit_feeds_the_datapath_and_reports_errors(
         sets.close()  # idempotent
     with pytest.raises(NftError, match="closed"):
         sets.admit(21, {GOOD: 60})
+
+
+# Content inspection: all TCP to the proxy, QUIC refused (issue 9) ------------------------
+
+
+def test_inspection_sends_all_tcp_to_the_proxy_and_refuses_quic(
+    env: Env, sandboxes: list[SandboxNetwork]
+) -> None:
+    pol = EgressPolicy.open()
+    sbx = asyncio.run(
+        SandboxNetwork.create(env.settings, "sbx-000000000030", 30, pol, inspect=True)
+    )
+    sandboxes.append(sbx)
+    tcp, floor, quic, udp = probe(
+        sbx,
+        ["tcp", GOOD, 8080],
+        ["tcp", "10.1.2.3", 80],
+        ["udp", GOOD, 443, "quic"],
+        ["udp", GOOD, 9999, "plain-udp"],
+    )
+    assert tcp == f"ok:proxy:{GOOD}:8080"  # an open destination: the proxy judges it
+    assert floor == "refused"  # the floor stays the kernel's
+    assert quic == "oserror:EHOSTUNREACH"
+    assert udp == "ok:udp:plain-udp"
+    asyncio.run(sbx.update_policy(pol))  # inspection off: exactly today's rules
+    assert probe(sbx, ["tcp", GOOD, 8080]) == [f"ok:lab:{GOOD}"]
+
+
+def test_turning_inspection_on_cuts_flows_that_bypass_the_proxy(
+    env: Env, sandboxes: list[SandboxNetwork]
+) -> None:
+    pol = EgressPolicy.parse([f"{GOOD}/32"], ["0.0.0.0/0"])
+    sandboxes.append(sbx := env.sandbox("sbx-000000000031", 31, pol))
+    holder = start(sbx.netns, HOLD, GOOD)
+    try:
+        asyncio.run(sbx.update_policy(pol, inspect=True))
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        out = json.loads(holder.stdout.readline())
+    finally:
+        stop(holder)
+    assert out[GOOD] == "reset"  # an established L4 flow would have skipped the proxy
+    assert probe(sbx, ["tcp", GOOD, 8080]) == [f"ok:proxy:{GOOD}:8080"]

@@ -118,3 +118,79 @@ def test_base_script_never_touches_sandbox_objects() -> None:
     assert "_1" not in s and "flush map" not in s
     assert 'oifname "lab0" masquerade' in s
     assert "policy drop" in s
+
+
+# Content inspection: an active InspectionPolicy changes the sandbox's nat and fwd chains --
+
+
+def test_inspection_sends_all_tcp_but_the_floor_to_the_proxy_under_an_open_policy() -> None:
+    rules = nft.sandbox_rules(1, ADDR, EgressPolicy.open(), inspect=True)
+    assert rules["nat_1"] == [
+        "meta l4proto { tcp, udp } th dport 53 redirect to :5353",
+        "ip daddr @floor4 return",
+        "meta l4proto tcp redirect to :15001",
+    ]
+    assert rules["fwd_1"] == [
+        f'ip daddr @floor4 {nft.LOG_LIMIT} log prefix "deny:1:floor" group 7',
+        "ip daddr @floor4 meta l4proto tcp reject with tcp reset",
+        "ip daddr @floor4 reject with icmpx admin-prohibited",
+        f'udp dport 443 {nft.LOG_LIMIT} log prefix "deny:1:udp_quic_inspect" group 7',
+        "udp dport 443 reject with icmpx admin-prohibited",
+        f'{nft.LOG_LIMIT} log prefix "allow:1:open" group 7',
+        "accept",
+    ]
+
+
+def test_inspection_under_a_domain_policy_redirects_cidr_allowed_tcp_too() -> None:
+    p = EgressPolicy.parse(["203.0.113.10", "x.com"], ["0.0.0.0/0"])
+    rules = nft.sandbox_rules(1, ADDR, p, inspect=True)
+    assert rules["nat_1"] == [
+        "meta l4proto { tcp, udp } th dport 53 redirect to :5353",
+        "ip daddr @floor4 return",
+        "meta l4proto tcp redirect to :15001",
+    ]
+    reasons = [r.split('prefix "')[1].split('"')[0] for r in rules["fwd_1"] if "log prefix" in r]
+    assert reasons == [
+        "deny:1:floor",
+        "deny:1:udp_quic_inspect",
+        "allow:1:cidr",
+        "deny:1:udp_dns_only",
+        "deny:1:default",
+    ]
+    # QUIC is refused before the CIDR accept could let it through.
+    assert index(rules["fwd_1"], "udp dport 443 reject") < index(rules["fwd_1"], "@a4_1 accept")
+
+
+def test_inspection_with_denied_cidrs_keeps_them_refused_at_l4() -> None:
+    p = EgressPolicy.parse([], ["203.0.113.66"])
+    rules = nft.sandbox_rules(1, ADDR, p, inspect=True)
+    assert rules["nat_1"][-1] == "meta l4proto tcp redirect to :15001"
+    assert "ip daddr @d4_1 reject with icmpx admin-prohibited" in rules["fwd_1"]
+    assert rules["fwd_1"][-1] == "accept"
+
+
+def test_without_inspection_the_rules_are_the_policys_alone() -> None:
+    for p in (
+        EgressPolicy.open(),
+        EgressPolicy.parse(["203.0.113.10", "x.com"], ["0.0.0.0/0"]),
+        EgressPolicy.parse(["10.0.0.0/8"], ["203.0.113.66"]),
+    ):
+        plain = nft.sandbox_rules(1, ADDR, p, inspect=False)
+        assert plain == nft.sandbox_rules(1, ADDR, p)
+        assert not any("udp_quic_inspect" in r for r in plain["fwd_1"])
+        assert "meta l4proto tcp redirect to :15001" not in plain["nat_1"]
+        # pre and in chains never depend on inspection
+        inspected = nft.sandbox_rules(1, ADDR, p, inspect=True)
+        assert (plain["pre_1"], plain["in_1"]) == (inspected["pre_1"], inspected["in_1"])
+
+
+def test_add_and_update_scripts_carry_the_inspection_rules() -> None:
+    add = nft.sandbox_add_script(2, ADDR, EgressPolicy.open(), inspect=True)
+    update = nft.sandbox_update_script(2, ADDR, EgressPolicy.open(), inspect=True)
+    for script in (add, update):
+        assert "add rule inet declawd nat_2 meta l4proto tcp redirect to :15001" in script
+        assert "add rule inet declawd fwd_2 udp dport 443 reject with icmpx admin-prohibited" in (
+            script
+        )
+    back = nft.sandbox_update_script(2, ADDR, EgressPolicy.open())
+    assert "redirect to :15001" not in back and "udp dport 443" not in back

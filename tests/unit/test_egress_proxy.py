@@ -1,4 +1,8 @@
-"""SniProxy on loopback: a stub original destination stands in for iptables REDIRECT."""
+"""SniProxy on loopback: a stub original destination stands in for iptables REDIRECT.
+
+Passthrough end to end through the asyncio adapter; the machine alone is replayed in
+`tests/unit/proxy/`, the pure verdicts are in `tests/unit/proxy/test_decide.py`.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,8 @@ from typing import Any
 import pytest
 import trustme
 
-from declawd.egress.httpsniff import RequestHead
 from declawd.egress.policy import EgressPolicy
-from declawd.egress.proxy import SandboxView, SniProxy, decide_http, decide_opaque
+from declawd.egress.proxy import SandboxView, SniProxy
 from declawd.egress.resolved import ResolvedNames
 
 pytestmark = pytest.mark.timeout(30)
@@ -55,8 +58,9 @@ async def harness() -> AsyncIterator[Harness]:
 
 
 @contextlib.asynccontextmanager
-async def running_harness(**timeouts: float) -> AsyncIterator[Harness]:
-    """A started proxy whose sandbox resolved api.openai.com and other.example.org."""
+async def running_harness(**options: Any) -> AsyncIterator[Harness]:
+    """A started proxy whose sandbox resolved api.openai.com and other.example.org;
+    `options` are more SniProxy keyword arguments (clocks, interception)."""
     resolved = ResolvedNames()
     resolved.record(SBX, "api.openai.com", [OPENAI], 300)
     resolved.record(SBX, "other.example.org", [OTHER], 300)
@@ -75,7 +79,7 @@ async def running_harness(**timeouts: float) -> AsyncIterator[Harness]:
         audit=events.append,
         original_dst=original_dst,
         upstream_address=upstream,
-        **timeouts,
+        **options,
     )
     h = Harness(proxy, resolved, events)
     await proxy.start("127.0.0.1", 0)
@@ -429,22 +433,3 @@ async def test_cut_resets_only_connections_no_longer_allowed(harness: Harness) -
         assert harness.proxy.stats()["active"] == 1
         w2.close()
     assert ("deny", "policy_changed") in harness.reasons()
-
-
-# Decisions (pure) --------------------------------------------------------------------
-
-
-def test_cidr_allowed_destination_needs_no_name() -> None:
-    policy = EgressPolicy.parse(["203.0.113.0/24", "api.openai.com"], ["0.0.0.0/0"])
-    view = SandboxView(SBX, policy)
-    head = RequestHead("GET", "/", "HTTP/1.1", host=None)
-    assert decide_http(head, view, ResolvedNames(), OPENAI).reason == "cidr_allowed"
-    assert decide_opaque(view, ResolvedNames(), OPENAI).allowed
-    assert not decide_opaque(view, ResolvedNames(), "198.51.100.7").allowed
-
-
-def test_opaque_requires_a_name_still_allowed() -> None:
-    resolved = ResolvedNames()
-    resolved.record(SBX, "evil.com", [OPENAI], 60)
-    view = SandboxView(SBX, POLICY)
-    assert decide_opaque(view, resolved, OPENAI).reason == "opaque_not_resolved"

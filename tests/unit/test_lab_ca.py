@@ -6,6 +6,7 @@ import ssl
 import stat
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from declawd.config import Settings
@@ -72,3 +73,20 @@ def test_leaf_is_cached_and_reissued_for_a_new_ca(tmp_path: Path) -> None:
     assert new_ca.cert != ca.cert
     reissued = x509.load_pem_x509_certificate(new_ca.leaf(["api.openai.com"])[0].read_bytes())
     reissued.verify_directly_issued_by(new_ca.cert)
+
+
+def test_self_signed_leaf_chains_to_no_ca_and_is_cached(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    ca = ensure_ca(s)
+    cert_path, key_path = ca.self_signed(["untrusted.example.net"])
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    leaf = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert leaf.issuer == leaf.subject
+    leaf.verify_directly_issued_by(leaf)
+    with pytest.raises(ValueError):  # its issuer is not the lab CA
+        leaf.verify_directly_issued_by(ca.cert)
+    assert cert_path.read_bytes().count(b"BEGIN CERTIFICATE") == 1  # no lab CA in the chain
+    again = ca.self_signed(["untrusted.example.net"])
+    assert again == (cert_path, key_path)
+    assert x509.load_pem_x509_certificate(again[0].read_bytes()) == leaf  # reused, not reissued
+    assert ca.leaf(["untrusted.example.net"])[0] != cert_path  # the lab-CA leaf is another file

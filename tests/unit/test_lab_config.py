@@ -96,6 +96,13 @@ def test_host_for_address_only_matches_served_hosts() -> None:
         ({"hosts": [_host(name="*x.lab")]}, "hosts[0].name"),
         ({"cnames": {"*.a.lab": "b.lab"}}, "cnames.*.a.lab"),
         ({"txt": {"*.t.lab": "x"}}, "txt.*.t.lab"),
+        ({"hosts": [_host(h2="yes")]}, "hosts[0].h2"),
+        ({"hosts": [_host(h2=True)]}, "hosts[0].h2"),
+        ({"hosts": [_host(https=True, cert_issuer="acme")]}, "hosts[0].cert_issuer"),
+        ({"hosts": [_host(cert_issuer="self-signed")]}, "hosts[0].cert_issuer"),
+        ({"hosts": [_host(https=True, cert_names="a.lab")]}, "hosts[0].cert_names"),
+        ({"hosts": [_host(https=True, cert_names=["a b"])]}, "hosts[0].cert_names[0]"),
+        ({"hosts": [_host(cert_names=["a.lab"])]}, "hosts[0].cert_names"),
     ],
 )
 def test_invalid_config_names_the_field(data: object, field: str) -> None:
@@ -159,3 +166,35 @@ def test_existing_names_and_closer_wildcards_win_over_a_wildcard() -> None:
     assert c.host("x.z.lab").name == "*.z.lab"  # type: ignore[union-attr]
     assert c.host("alias.z.lab") is None and c.host("text.z.lab") is None
     assert c.ttl_for("*.z.lab") == 7
+
+
+def test_default_config_has_h2_and_bad_certificate_hosts() -> None:
+    c = load_config()
+    served = {h.name: h for h in c.hosts if h.serves}
+    assert {n for n, h in served.items() if h.h2} == {"api.anthropic.com", "example.com"}
+    assert not served["api.openai.com"].h2  # the h1-only side of h1<->h2 translation
+    assert [str(a) for a in served["api.anthropic.com"].addresses] == ["203.0.113.11"]
+    assert served["api.github.com"].https
+    untrusted, wrongname = served["untrusted.example.net"], served["wrongname.example.net"]
+    assert (untrusted.cert_issuer, [str(a) for a in untrusted.addresses]) == (
+        "self-signed",
+        ["203.0.113.80"],
+    )
+    assert c.certificate_names(untrusted) == ["untrusted.example.net"]
+    assert (wrongname.cert_issuer, [str(a) for a in wrongname.addresses]) == (
+        "lab",
+        ["203.0.113.81"],
+    )
+    assert c.certificate_names(wrongname) == ["example.com"]
+    assert c.names_for_host(wrongname) == ["wrongname.example.net"]  # SNI still picks it
+
+
+def test_tls_keys_parse() -> None:
+    c = parse_config(
+        {"hosts": [_host(https=True, h2=True, cert_issuer="self-signed", cert_names=["X.lab"])]}
+    )
+    h = c.hosts[0]
+    assert (h.h2, h.cert_issuer, h.cert_names) == (True, "self-signed", ("x.lab",))
+    plain = parse_config({"hosts": [_host(https=True)]}).hosts[0]
+    assert (plain.h2, plain.cert_issuer, plain.cert_names) == (False, "lab", ())
+    assert parse_config({"hosts": [_host(h2=False)]}).hosts[0].h2 is False

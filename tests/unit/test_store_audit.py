@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from declawd.egress.audit import AuditEvent, AuditWriter
 from declawd.errors import InvalidInput
 from declawd.store import AUDIT_EVENTS_SCHEMA, Store
 
@@ -170,3 +171,90 @@ def test_rows_written_directly_by_the_gateway_are_read(tmp_path: Path) -> None:
                 "protocol": "tcp",
             }
         ]
+
+
+HTTP_DETAIL = {
+    "timestamp": "2023-11-14T22:13:20+00:00",
+    "method": "POST",
+    "url": "https://api.openai.com/v1/chat?key=***",
+    "status_code": 200,
+    "direction": "outbound",
+    "pii_redactions": 0,
+    "injection_blocks": 0,
+    "transformations_applied": 2,
+    "vault_injections": 1,
+    "bytes_out": 120,
+    "bytes_in": 800,
+}
+
+
+def test_an_http_events_detail_is_merged_into_the_event(store: Store) -> None:
+    store.insert_audit_events(
+        [
+            _ev(1.0, kind="dns"),
+            {
+                **_ev(2.0, kind="http"),
+                "reason": "inspected",
+                "name": "api.openai.com",
+                "port": 443,
+                "detail": HTTP_DETAIL,
+            },
+        ]
+    )
+    events, _ = store.query_audit("sbx-1", kind="http")
+    assert events == [
+        {
+            "time": "1970-01-01T00:00:02+00:00",
+            "sandbox_id": "sbx-1",
+            "kind": "http",
+            "verdict": "allow",
+            "reason": "inspected",
+            "name": "api.openai.com",
+            "port": 443,
+            **HTTP_DETAIL,
+        }
+    ]
+    assert [e["kind"] for _, e in store.audit_after("sbx-1", 0)] == ["dns", "http"]
+    assert store.audit_after("sbx-1", 0)[1][1]["transformations_applied"] == 2
+    assert "method" not in store.query_audit("sbx-1", kind="dns")[0][0]
+
+
+def test_a_column_wins_over_a_detail_key_of_the_same_name(store: Store) -> None:
+    store.insert_audit_events([{**_ev(1.0, kind="http"), "detail": {"verdict": "x", "a": 1}}])
+    event = store.query_audit("sbx-1")[0][0]
+    assert event["verdict"] == "allow" and event["a"] == 1
+
+
+def test_a_detail_that_is_not_a_mapping_is_refused_with_the_whole_batch(store: Store) -> None:
+    with pytest.raises(ValueError, match="detail"):
+        store.insert_audit_events([_ev(1.0), {**_ev(2.0), "detail": "nope"}])
+    assert store.query_audit("sbx-1")[0] == []
+
+
+async def test_http_events_the_gateway_writes_are_read_with_their_detail(tmp_path: Path) -> None:
+    db = tmp_path / "declawd.db"
+    with Store(db) as store:
+        writer = AuditWriter(db)
+        await writer.start()
+        writer.emit(AuditEvent("sbx-7", "connection", "allow", "policy", time=1.0))
+        writer.emit(AuditEvent("sbx-7", "http", "allow", "inspected", time=2.0, detail=HTTP_DETAIL))
+        await writer.stop()
+        events, _ = store.query_audit("sbx-7")
+        assert [e["kind"] for e in events] == ["connection", "http"]
+        assert "url" not in events[0]
+        assert {k: events[1][k] for k in HTTP_DETAIL} == HTTP_DETAIL
+
+
+def test_a_malformed_detail_row_does_not_break_reading(tmp_path: Path) -> None:
+    db = tmp_path / "declawd.db"
+    with Store(db) as store:
+        store.insert_audit_events([_ev(1.0, kind="http")])
+        event_id = store.last_audit_id("sbx-1")
+        gw = sqlite3.connect(db, isolation_level=None)
+        try:
+            gw.execute(
+                "INSERT INTO audit_details (event_id, detail) VALUES (?, '{oops')", (event_id,)
+            )
+        finally:
+            gw.close()
+        assert store.query_audit("sbx-1")[0][0]["kind"] == "http"

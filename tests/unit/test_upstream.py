@@ -12,7 +12,6 @@ from declawd.egress.network import HostUpstream
 from declawd.errors import Unavailable
 from declawd.lab.ca import ca_bundle_path
 from declawd.lab.upstream import LabUpstream
-from declawd.runtime import Mount
 from declawd.upstream import Upstream, choose_upstream
 
 
@@ -27,27 +26,17 @@ def test_choose_upstream_follows_the_lab_setting(tmp_path: Path) -> None:
     assert isinstance(host, HostUpstream) and (host.name, host.uplink) == ("host", "host0")
 
 
-def test_lab_upstream_makes_sandboxes_trust_the_lab_ca(tmp_path: Path) -> None:
+def test_lab_upstream_is_verified_against_the_lab_ca(tmp_path: Path) -> None:
     settings = _settings(tmp_path, lab=True)
     up = LabUpstream(settings)
-    bundle = str(ca_bundle_path(settings))
-    opts = ["bind", "ro", "nosuid", "nodev", "noexec"]
-    assert up.sandbox_mounts() == [
-        Mount("/etc/declawd/ca-bundle.pem", bundle, "bind", opts),
-        Mount("/etc/ssl/certs/ca-certificates.crt", bundle, "bind", opts),
-    ]
-    assert up.sandbox_env() == {
-        "SSL_CERT_FILE": "/etc/declawd/ca-bundle.pem",
-        "REQUESTS_CA_BUNDLE": "/etc/declawd/ca-bundle.pem",
-        "CURL_CA_BUNDLE": "/etc/declawd/ca-bundle.pem",
-        "NODE_EXTRA_CA_CERTS": "/etc/declawd/ca-bundle.pem",
-    }
+    # The gateway verifies against it; each sandbox's own bundle starts with it.
+    assert up.ca_bundle() == ca_bundle_path(settings)
     assert up.dns_server() == "198.51.100.53"
 
 
-def test_host_upstream_adds_nothing_to_sandboxes(tmp_path: Path) -> None:
+def test_host_upstream_is_verified_against_the_system_store(tmp_path: Path) -> None:
     up = HostUpstream(_settings(tmp_path, lab=False))
-    assert up.sandbox_mounts() == [] and up.sandbox_env() == {}
+    assert up.ca_bundle() is None
     assert up.host_if == "dcunit-up"
 
 

@@ -137,11 +137,24 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
         misc,
         network,
         sandboxes,
+        security,
         snapshots,
         templates,
+        vault,
         volumes,
     )
 
-    for module in (sandboxes, commands, files, network, snapshots, volumes, templates, misc):
+    for module in (
+        sandboxes,
+        commands,
+        files,
+        network,
+        security,
+        snapshots,
+        volumes,
+        templates,
+        vault,
+        misc,
+    ):
         app.include_router(module.router)
     return app

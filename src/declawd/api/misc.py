@@ -48,12 +48,6 @@ async def metrics(request: Request, team: Team = Depends(current_team)) -> Any:
 
 _UNBUILT = [
     ("GET", "/sandboxes/{sandbox_id}/ports/{port}", "port forwarding (/ports/{port})"),
-    ("GET", "/teams", "vault"),
-    ("POST", "/teams", "vault"),
-    ("GET", "/teams/{rest:path}", "vault"),
-    ("POST", "/teams/{rest:path}", "vault"),
-    ("DELETE", "/teams/{rest:path}", "vault"),
-    ("GET", "/vault/presets", "vault"),
     ("GET", "/accounts/{rest:path}", "accounts"),
     ("GET", "/governance/packs", "governance"),
     ("GET", "/governance/packs/{name}", "governance"),

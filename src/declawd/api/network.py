@@ -62,8 +62,8 @@ async def audit(sandbox_id: str, request: Request, team: Team = Depends(current_
     verdict, kind = q.get("verdict") or None, q.get("kind") or None
     if verdict not in (None, "allow", "deny"):
         raise InvalidInput("verdict", "must be 'allow' or 'deny'")
-    if kind not in (None, "dns", "connection"):
-        raise InvalidInput("kind", "must be 'dns' or 'connection'")
+    if kind not in (None, "dns", "connection", "http"):
+        raise InvalidInput("kind", "must be 'dns', 'connection' or 'http'")
     events, token = await asyncio.to_thread(
         svc.store.query_audit,
         sandbox_id,

@@ -1,8 +1,8 @@
 """Sandbox lifecycle routes (declaw-api.md §2): create, connect, list, kill, timeout, metrics.
 
 Create validates the whole request before anything is allocated (template, timeout,
-network policy, unbuilt features → 4xx/501), and honours `Idempotency-Key` so the SDK's
-retries never create a second sandbox.
+network and security policy, vault refs, unbuilt features → 4xx/501), and honours
+`Idempotency-Key` so the SDK's retries never create a second sandbox.
 """
 
 from __future__ import annotations
@@ -31,12 +31,15 @@ from declawd.errors import (
     NotFound,
     NotSupported,
 )
+from declawd.inspect.model import PLACEHOLDER, VaultBinding
+from declawd.inspect.policy import SecuritySpec, parse_security
 from declawd.node.create import CreateRequest, new_sandbox_id
 from declawd.node.envd_client import EnvdClient
 from declawd.node.metrics import parse_range, series
 from declawd.node.node import Need
 from declawd.node.pausing import AUTO_RESUME_MIN_S
 from declawd.store import SandboxState, parse_metadata_query
+from declawd.vault import resolve_vault_refs
 from declawd.volumes.attach import (
     Attachment,
     attachment_mounts,
@@ -48,15 +51,6 @@ from declawd.volumes.attach import (
 router = APIRouter()
 
 RUNTIME_KEY = "declaw.runtime"
-UNBUILT_FEATURES = (
-    "pii",
-    "injection_defense",
-    "toxicity",
-    "code_security",
-    "invisible_text",
-    "content_gate",
-    "custom_policy",
-)
 
 
 def parse_timeout(value: Any, settings: Any, label: str = "timeout") -> int:
@@ -85,30 +79,49 @@ def parse_lifecycle(body: dict[str, Any]) -> dict[str, Any]:
     return {"on_timeout": on_timeout, "auto_resume": auto_resume}
 
 
-def parse_policy(body: dict[str, Any]) -> tuple[EgressPolicy, dict[str, Any] | None]:
-    """Top-level `network` wins; else the `network` inside security.policy_json (§11.3)."""
+def parse_policy(body: dict[str, Any]) -> tuple[EgressPolicy, SecuritySpec | None]:
+    """Top-level `network` wins; else the `network` inside security.policy_json (§11.3).
+    The security policy is validated whole (parse_security); None when none was sent."""
     security = field(body, "security", dict)
-    sec_policy: dict[str, Any] | None = None
+    spec: SecuritySpec | None = None
     if security is not None:
         raw = field(security, "policy_json", (str, dict), prefix="security.")
+        sec_policy: Any = raw
         if isinstance(raw, str):
             try:
                 sec_policy = json.loads(raw) if raw.strip() else {}
             except ValueError as exc:
                 raise InvalidInput("security.policy_json", f"malformed JSON ({exc})") from exc
-        else:
-            sec_policy = raw
         if sec_policy is not None and not isinstance(sec_policy, dict):
             raise InvalidInput("security.policy_json", "must be a JSON object")
-        if sec_policy:
-            check_unbuilt_features(sec_policy)
+        if sec_policy is not None:
+            spec = parse_security(sec_policy, "security.policy_json")
     network = field(body, "network", dict)
     prefix = "network."
-    if network is None and sec_policy and isinstance(sec_policy.get("network"), dict):
-        network, prefix = sec_policy["network"], "security.policy_json.network."
+    if network is None and spec is not None and spec.network is not None:
+        network, prefix = dict(spec.network), "security.policy_json.network."
     if network is None:
-        return EgressPolicy.parse([], []), sec_policy
-    return policy_from(network, prefix), sec_policy
+        return EgressPolicy.parse([], []), spec
+    return policy_from(network, prefix), spec
+
+
+async def parse_vault_refs(
+    request: Request, team: Team, body: dict[str, Any], envs: dict[str, str]
+) -> tuple[VaultBinding, ...]:
+    """`vault_refs: {"ENV": "vault://<team>/<env>/<name>"}` resolved to the team's secrets;
+    each ENV then holds the placeholder inside the sandbox (declaw-api.md §12.2)."""
+    refs = field(body, "vault_refs", dict)
+    if not refs:
+        return ()
+    for env in refs:
+        if env in envs:
+            raise InvalidInput(f"vault_refs.{env}", "also set in envs")
+    store = services(request).store
+    bindings: tuple[VaultBinding, ...] = await asyncio.to_thread(
+        resolve_vault_refs, store, team.team_id, refs
+    )
+    envs.update({b.env: PLACEHOLDER for b in bindings})
+    return bindings
 
 
 def policy_from(network: dict[str, Any], prefix: str = "network.") -> EgressPolicy:
@@ -125,20 +138,6 @@ def policy_from(network: dict[str, Any], prefix: str = "network.") -> EgressPoli
         raise exc.renamed(prefix + exc.field.removeprefix("network.")) from exc
 
 
-def check_unbuilt_features(policy: dict[str, Any]) -> None:
-    for name in UNBUILT_FEATURES:
-        value = policy.get(name)
-        enabled = (
-            value
-            if isinstance(value, bool)
-            else isinstance(value, dict) and bool(value.get("enabled"))
-        )
-        if enabled:
-            raise NotSupported(f"security.{name}: not implemented yet")
-    if policy.get("transformations"):
-        raise NotSupported("security.transformations: not implemented yet")
-
-
 async def _resolve_template(request: Request, team: Team, name: str) -> Any:
     svc = services(request)
     return await asyncio.to_thread(svc.templates.resolve, team.team_id, name)
@@ -153,14 +152,13 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
     field(body, "secure", bool)
     metadata = str_map(body, "metadata")
     envs = str_map(body, "envs")
-    if field(body, "vault_refs", dict):
-        raise NotSupported("vault_refs: not implemented yet")
     lifecycle = parse_lifecycle(body)
-    policy, sec_policy = parse_policy(body)
+    policy, spec = parse_policy(body)
     runtime = metadata.get(RUNTIME_KEY)
     if runtime is not None and runtime not in ("runc", "runsc"):
         raise InvalidInput(f"metadata.{RUNTIME_KEY}", "must be 'runc' or 'runsc'")
     tpl = await _resolve_template(request, team, template)
+    vault = await parse_vault_refs(request, team, body, envs)
     attachments: list[Attachment] = []
     if field(body, "volumes", list):
         volumes = volume_service(request)
@@ -194,11 +192,12 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         metadata=metadata,
         envs=envs,
         policy=policy,
-        security=sec_policy,
+        security=spec.to_dict() if spec is not None else None,
         runtime=runtime,
         lifecycle=lifecycle,
         mounts=attachment_mounts(attachments),
         after_start=[_copier(a, tpl.user or "user") for a in attachments if not a.live],
+        vault=vault,
     )
     try:
         if attachments:

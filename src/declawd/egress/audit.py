@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from declawd.store.db import AUDIT_EVENTS_SCHEMA
+from declawd.store.db import AUDIT_DETAILS_SCHEMA, AUDIT_EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)
 
 # One definition of the table, shared with the store (whichever process starts first
 # creates it).
 SCHEMA = AUDIT_EVENTS_SCHEMA
+DETAILS_SCHEMA = AUDIT_DETAILS_SCHEMA
 
 _INSERT = (
     "INSERT INTO audit_events (time, sandbox_id, kind, verdict, reason, name, address, port,"
@@ -34,7 +38,7 @@ _INSERT = (
 @dataclass(frozen=True)
 class AuditEvent:
     sandbox_id: str
-    kind: str  # "dns" | "connection"
+    kind: str  # "dns" | "connection" | "http"
     verdict: str  # "allow" | "deny"
     reason: str
     name: str | None = None
@@ -42,6 +46,9 @@ class AuditEvent:
     port: int | None = None
     protocol: str | None = None
     time: float = 0.0
+    # More than the columns hold (an inspected request: method, url, status, counters):
+    # stored as JSON in `audit_details`, keyed by the event's id.
+    detail: Mapping[str, Any] | None = None
 
     def row(self) -> tuple[object, ...]:
         return (
@@ -65,6 +72,7 @@ def open_db(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(SCHEMA)
+        conn.executescript(DETAILS_SCHEMA)
     except BaseException:
         conn.close()
         raise
@@ -142,17 +150,32 @@ class AuditWriter:
                 AuditEvent(sbx, "dns", "deny", f"audit_overflow:{n}", time=time.time())
                 for sbx, n in self._dropped.items()
             ]
-            rows = [e.row() for e in batch + summaries]
-            await asyncio.to_thread(self._write, rows)
+            events = batch + summaries
+            await asyncio.to_thread(self._write, events)
             del self._pending[: len(batch)]
             for e in summaries:
                 self._dropped.pop(e.sandbox_id, None)
-            self.written += len(rows)
+            self.written += len(events)
 
-    def _write(self, rows: list[tuple[object, ...]]) -> None:
+    def _write(self, events: list[AuditEvent]) -> None:
         conn = self._conn
         if conn is None:
             raise sqlite3.ProgrammingError("audit db closed")
         with conn:
             conn.execute("BEGIN")
-            conn.executemany(_INSERT, rows)
+            # In order, so ids follow emission; runs without details go in one executemany.
+            run: list[tuple[object, ...]] = []
+            for e in events:
+                if e.detail is None:
+                    run.append(e.row())
+                    continue
+                if run:
+                    conn.executemany(_INSERT, run)
+                    run = []
+                cur = conn.execute(_INSERT, e.row())
+                conn.execute(
+                    "INSERT INTO audit_details (event_id, detail) VALUES (?, ?)",
+                    (cur.lastrowid, json.dumps(dict(e.detail), separators=(",", ":"))),
+                )
+            if run:
+                conn.executemany(_INSERT, run)

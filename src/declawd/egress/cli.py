@@ -42,6 +42,12 @@ def serve(
     proxy_port: int = typer.Option(PROXY_PORT, "--proxy-port", help="proxy port"),
     db_path: Path | None = typer.Option(None, "--db", help="audit db (default STATE/declawd.db)"),
     no_nflog: bool = typer.Option(False, "--no-nflog", help="do not read NFLOG group 7"),
+    upstream_ca: Path | None = typer.Option(
+        None, "--upstream-ca", help="CA bundle inspected upstreams are verified against"
+    ),
+    vault_key: Path | None = typer.Option(
+        None, "--vault-key", help="vault master key (default STATE/keys/vault.key)"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log debug messages"),
 ) -> None:
     """Serve sandbox DNS, the egress proxy, audit and the control socket in this netns."""
@@ -73,5 +79,7 @@ def serve(
         exempt=exempt,
         nflog=not no_nflog,
         db_path=db_path,
+        upstream_ca=upstream_ca,
+        vault_key=vault_key,
     )
     asyncio.run(GatewayDaemon(config).run())

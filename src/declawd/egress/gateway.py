@@ -1,10 +1,11 @@
 """The gateway daemon: resolver + L7 proxy + nflog audit reader + control socket, one asyncio loop.
 
 Runs inside the gateway netns (`declawd gateway serve`, launched and supervised by the node).
-Its view of the sandboxes is `gateway/state.json`, re-read on `reload` over the control
-socket; the node starts a sandbox only after `ok`. Invariant: fail closed by construction —
-the datapath redirects DNS and name-only TCP to our ports, so without this process those
-connections find no listener, and a state file we cannot read leaves the previous state.
+Its view of the sandboxes is `gateway/state.json` (egress policy, inspection policy, CA),
+re-read on `reload` over the control socket; the node starts a sandbox only after `ok`.
+Invariant: fail closed by construction — the datapath redirects DNS and proxied TCP to our
+ports, so without this process those connections find no listener; a state file we cannot
+read leaves the previous state, and an entry we cannot read never loosens a sandbox.
 """
 
 from __future__ import annotations
@@ -12,93 +13,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
-from declawd.addresses import (
-    DEFAULT_POOL,
-    DNS_PORT,
-    HOST_LINK,
-    LAB_DNS_ADDRESS,
-    LAB_LINK,
-    PROXY_PORT,
-    RESOLVER_PORT,
-)
+from declawd.addresses import HOST_LINK, LAB_LINK
 from declawd.egress.audit import AuditEvent, AuditWriter
+from declawd.egress.gatewaystate import (
+    DENY_ALL,
+    GatewayConfig,
+    load_state,
+    parse_upstream,
+    upstream_context,
+)
 from declawd.egress.nflog import NflogReader, NflogRecord, parse_packet, parse_prefix
 from declawd.egress.nftsets import NftSets
-from declawd.egress.policy import EgressPolicy, IPNetwork, PolicyError, is_non_public
+from declawd.egress.policy import IPNetwork, is_non_public
 from declawd.egress.proxy import SandboxView, SniProxy
 from declawd.egress.resolved import ResolvedNames
 from declawd.egress.resolver import Resolver, SandboxEntry
+from declawd.inspect.ca import CaRef, LeafContexts
+from declawd.inspect.http import HttpInspector
+from declawd.inspect.model import HttpAudit, HttpLayer, InspectContext, InspectionPolicy
+from declawd.vault.reader import VaultReader
+
+# Re-exported: the CLI and tests reach the daemon's inputs through this module.
+__all__ = ["DENY_ALL", "GatewayConfig", "GatewayDaemon", "load_state", "parse_upstream"]
 
 log = logging.getLogger(__name__)
-
-DENY_ALL = EgressPolicy.parse([], ["0.0.0.0/0"])
-
-
-def load_state(path: Path) -> dict[str, SandboxEntry]:
-    """Parse state.json. A sandbox whose policy does not parse gets deny-all (fail closed)."""
-    raw = json.loads(path.read_text())
-    sandboxes = raw.get("sandboxes", {}) if isinstance(raw, dict) else {}
-    out: dict[str, SandboxEntry] = {}
-    for sandbox_id, item in sandboxes.items():
-        try:
-            slot = int(item["slot"])
-            address = str(ipaddress.IPv4Address(item["address"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error("state.json: sandbox %s skipped: %s", sandbox_id, exc)
-            continue
-        try:
-            policy = EgressPolicy.from_wire(item.get("policy"))
-        except (PolicyError, AttributeError, TypeError) as exc:
-            log.error(
-                "state.json: sandbox %s has an invalid policy (%s): deny-all", sandbox_id, exc
-            )
-            policy = DENY_ALL
-        out[str(sandbox_id)] = SandboxEntry(str(sandbox_id), slot, address, policy)
-    return out
-
-
-@dataclass
-class GatewayConfig:
-    state_dir: Path
-    instance: str = "declawd"
-    upstream_dns: tuple[str, int] = (LAB_DNS_ADDRESS, DNS_PORT)
-    listen_host: str = "0.0.0.0"
-    dns_port: int = RESOLVER_PORT
-    proxy_port: int = PROXY_PORT
-    peek_timeout: float | None = None
-    handshake_timeout: float = 10.0
-    dns_flood_qps: float = 2000.0
-    dns_flood_window_s: float = 5.0
-    pool: str = DEFAULT_POOL
-    exempt: Sequence[str] = ()
-    nflog: bool = True
-    db_path: Path | None = None
-    extra_ranges: list[IPNetwork] = field(default_factory=list)
-
-    @property
-    def gateway_dir(self) -> Path:
-        return self.state_dir / "gateway"
-
-    @property
-    def state_path(self) -> Path:
-        return self.gateway_dir / "state.json"
-
-    @property
-    def control_path(self) -> Path:
-        return self.gateway_dir / "control.sock"
-
-    @property
-    def audit_db(self) -> Path:
-        return self.db_path or self.state_dir / "declawd.db"
 
 
 class GatewayDaemon:
@@ -117,6 +62,8 @@ class GatewayDaemon:
         self._by_slot: dict[int, SandboxEntry] = {}
         self.resolved = ResolvedNames()
         self.audit = AuditWriter(config.audit_db)
+        self.leaves = LeafContexts(self._ca_of, config.leaves_dir)
+        self.vault = VaultReader(config.audit_db, config.vault_key_path)
         self.resolver: Resolver | None = None
         self.proxy: SniProxy | None = None
         self.nflog: NflogReader | None = None
@@ -127,6 +74,10 @@ class GatewayDaemon:
     # Views -----------------------------------------------------------------------------
     def lookup(self, address: str) -> SandboxEntry | None:
         return self._by_address.get(address)
+
+    def _ca_of(self, sandbox_id: str) -> CaRef | None:
+        entry = self.sandboxes.get(sandbox_id)
+        return None if entry is None else entry.ca
 
     def emit(self, event: AuditEvent) -> None:
         self.audit.emit(event)
@@ -188,7 +139,12 @@ class GatewayDaemon:
     async def _start_proxy(self) -> None:
         def view(address: str) -> SandboxView | None:
             entry = self.lookup(address)
-            return None if entry is None else SandboxView(entry.sandbox_id, entry.policy)
+            if entry is None:
+                return None
+            return SandboxView(entry.sandbox_id, entry.policy, entry.inspection)
+
+        def http_layer(ctx: InspectContext, policy: InspectionPolicy) -> HttpLayer:
+            return HttpInspector(ctx, policy, secrets=self.vault)
 
         kwargs: dict[str, Any] = {
             "lookup": view,
@@ -197,6 +153,10 @@ class GatewayDaemon:
             "extra_non_public": self.extra_ranges,
             "non_public_exempt": self.exempt,
             "handshake_timeout": self.config.handshake_timeout,
+            "leaf_contexts": self.leaves,
+            "upstream_tls": upstream_context(self.config.upstream_ca),
+            "http_layer": http_layer,
+            "audit_http": self._on_http_audit,
         }
         if self.config.peek_timeout is not None:
             kwargs["peek_timeout"] = self.config.peek_timeout
@@ -232,6 +192,7 @@ class GatewayDaemon:
             resolver, self.resolver = self.resolver, None
             await resolver.stop()
         await self.audit.stop()
+        self.vault.close()
         if self.nft is not None:
             self.nft.close()
             self.nft = None
@@ -252,39 +213,54 @@ class GatewayDaemon:
     # State -----------------------------------------------------------------------------
     def _read_state(self) -> dict[str, SandboxEntry] | None:
         try:
-            return load_state(self.config.state_path)
+            return load_state(self.config.state_path, self.sandboxes)
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
             log.error("cannot read %s: %s", self.config.state_path, exc)
             return None
 
-    def _apply(self, new: dict[str, SandboxEntry]) -> list[SandboxEntry]:
-        """Install a new sandbox table; returns the entries whose policy changed."""
+    def _apply(self, new: dict[str, SandboxEntry]) -> tuple[list[SandboxEntry], list[str]]:
+        """Install a new sandbox table; returns the entries whose egress policy changed and
+        the ids whose inspection policy changed."""
         old = self.sandboxes
         changed: list[SandboxEntry] = []
+        inspection_changed: list[str] = []
         for sid, entry in old.items():
             fresh = new.get(sid)
+            if fresh is None or fresh.ca != entry.ca:
+                # Gone, or a new CA under the same id (a restore): no leaf of the old one.
+                self.leaves.forget(sid)
             if fresh is None or fresh.slot != entry.slot or fresh.address != entry.address:
                 self.resolved.forget(sid)
                 if self.resolver is not None:
                     self.resolver.forget(sid)
                 if self.proxy is not None:
                     self.proxy.cut(sid, lambda *_: False)
-            elif fresh.policy.to_wire() != entry.policy.to_wire():
+                continue
+            if fresh.policy.to_wire() != entry.policy.to_wire():
                 changed.append(fresh)
+            if fresh.inspection != entry.inspection or fresh.ca != entry.ca:
+                inspection_changed.append(sid)
         self.sandboxes = new
         self._by_address = {e.address: e for e in new.values()}
         self._by_slot = {e.slot: e for e in new.values()}
-        return changed
+        return changed, inspection_changed
 
     async def reload(self) -> None:
         async with self._reload_lock:
             new = self._read_state()
             if new is None:
                 raise ValueError("state.json unreadable; previous state kept")
-            for entry in self._apply(new):
+            changed, inspection_changed = self._apply(new)
+            for entry in changed:
                 await self._policy_changed(entry)
+            if self.proxy is not None:
+                for sid in inspection_changed:
+                    # A connection keeps the inspection it started with (passthrough, or an
+                    # HTTP layer built from the old policy): reset them all, so every
+                    # connection from now on is handled under the new one.
+                    self.proxy.cut(sid, lambda *_: False)
 
     async def _policy_changed(self, entry: SandboxEntry) -> None:
         sid, policy = entry.sandbox_id, entry.policy
@@ -371,6 +347,29 @@ class GatewayDaemon:
             )
         )
 
+    def _on_http_audit(self, sandbox_id: str, address: str, port: int, audit: HttpAudit) -> None:
+        """An inspected request, as an audit event of kind `http` (its fields in `detail`);
+        none at all for a sandbox whose policy says `audit.enabled = false`."""
+        entry = self.sandboxes.get(sandbox_id)
+        if entry is not None and not entry.inspection.audit_enabled:
+            return
+        record = dict(audit.record)
+        url = urlsplit(str(record.get("url") or ""))
+        scheme = url.scheme if url.scheme in ("http", "https") else None
+        self.emit(
+            AuditEvent(
+                sandbox_id=sandbox_id,
+                kind="http",
+                verdict=audit.verdict,
+                reason=audit.reason,
+                name=str(record.get("host") or url.hostname or "") or None,
+                address=address,
+                port=port,
+                protocol=scheme or ("https" if port == 443 else "http"),
+                detail=record,
+            )
+        )
+
     def _on_nflog(self, record: NflogRecord) -> None:
         prefix = parse_prefix(record.prefix)
         if prefix is None:
@@ -396,11 +395,3 @@ class GatewayDaemon:
         while True:
             await asyncio.sleep(60)
             self.resolved.prune()
-
-
-def parse_upstream(value: str) -> tuple[str, int]:
-    """`198.51.100.53` or `198.51.100.53:5300` → (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if sep and host and "]" not in port and host.count(":") == 0:
-        return str(ipaddress.ip_address(host)), int(port)
-    return str(ipaddress.ip_address(value.strip("[]"))), DNS_PORT

@@ -45,10 +45,11 @@ from declawd.host import (
     sysctls,
     undo_all,
 )
-from declawd.runtime import Mount
 from declawd.upstream import Upstream
 
 HOST_NFT_TABLE = "ip declawd_host"
+# A policy that accepts no address at L4: "cut every flow that is not redirected".
+_CUT_ALL = EgressPolicy.parse([], ["0.0.0.0/0"])
 RESOLV_CONF = Path("/etc/resolv.conf")
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
@@ -185,11 +186,9 @@ class HostUpstream:
                 return parts[1]
         raise Unavailable("no upstream DNS server: set DECLAWD_UPSTREAM_DNS (or use --lab)")
 
-    def sandbox_mounts(self) -> list[Mount]:
-        return []
-
-    def sandbox_env(self) -> dict[str, str]:
-        return {}
+    def ca_bundle(self) -> Path | None:
+        """The host's own trust store verifies the internet's servers."""
+        return None
 
 
 async def _drop_host_nat() -> None:
@@ -226,17 +225,24 @@ class SandboxNetwork:
 
     @classmethod
     async def create(
-        cls, settings: Settings, sandbox_id: str, slot: int, policy: EgressPolicy
+        cls,
+        settings: Settings,
+        sandbox_id: str,
+        slot: int,
+        policy: EgressPolicy,
+        *,
+        inspect: bool = False,
     ) -> SandboxNetwork:
+        """`inspect`: the sandbox's content inspection is active (nft.sandbox_rules)."""
         self = cls.attach(settings, sandbox_id, slot)
         try:
-            await self._create(policy)
+            await self._create(policy, inspect)
         except BaseException:
             await self.destroy()
             raise
         return self
 
-    async def _create(self, policy: EgressPolicy) -> None:
+    async def _create(self, policy: EgressPolicy, inspect: bool) -> None:
         gw, sbx, s = self.settings.gateway_netns, self.netns, self.ifname
         if not netns_exists(gw):
             raise Unavailable(f"gateway netns {gw} is missing (Gateway.ensure first)")
@@ -262,7 +268,7 @@ class SandboxNetwork:
             sysctls(
                 sbx, {f"net.ipv6.conf.{d}.disable_ipv6": "1" for d in ("all", "default", "eth0")}
             ),
-            nft(gw, nftc.sandbox_add_script(self.slot, self.address, policy)),
+            nft(gw, nftc.sandbox_add_script(self.slot, self.address, policy, inspect)),
             run("ip", "-n", gw, "-batch", "-", stdin=gw_batch),
             run("ip", "-n", sbx, "-batch", "-", stdin=sbx_batch),
             return_exceptions=True,
@@ -271,11 +277,17 @@ class SandboxNetwork:
             if isinstance(result, BaseException):
                 raise result
 
-    async def update_policy(self, policy: EgressPolicy) -> None:
-        """Replace rules and CIDR sets in one transaction, then cut disallowed flows."""
+    async def update_policy(self, policy: EgressPolicy, *, inspect: bool = False) -> None:
+        """Replace rules and CIDR sets in one transaction, then cut disallowed flows.
+
+        Under inspection every flow that is not already the proxy's is cut: an established
+        L4 flow would otherwise keep bypassing it (TCP) or carry QUIC (UDP 443); what the
+        new rules still allow is simply judged again on its next packet.
+        """
         gw = self.settings.gateway_netns
-        await nft(gw, nftc.sandbox_update_script(self.slot, self.address, policy))
-        await conntrack.cut_disallowed(gw, self.address, policy, node_ranges(self.settings))
+        await nft(gw, nftc.sandbox_update_script(self.slot, self.address, policy, inspect))
+        judge = _CUT_ALL if inspect else policy
+        await conntrack.cut_disallowed(gw, self.address, judge, node_ranges(self.settings))
 
     async def destroy(self) -> None:
         """Idempotent; also for a half-created sandbox and from a fresh process. Every step

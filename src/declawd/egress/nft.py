@@ -124,8 +124,16 @@ def _accept(slot: int, reason: str, match: str = "") -> list[str]:
     return [_log(slot, "allow", reason, match), f"{m}accept"]
 
 
-def sandbox_rules(slot: int, address: str, policy: EgressPolicy) -> dict[str, list[str]]:
-    """Rule bodies of the four per-sandbox chains, in evaluation order."""
+def sandbox_rules(
+    slot: int, address: str, policy: EgressPolicy, inspect: bool = False
+) -> dict[str, list[str]]:
+    """Rule bodies of the four per-sandbox chains, in evaluation order.
+
+    `inspect` (the sandbox's InspectionPolicy is active): all its non-floor TCP goes to the
+    proxy, whatever the policy (the proxy then gives the L4 verdict too), and its UDP to
+    port 443 is refused so QUIC clients fall back to TCP through the proxy. Without it the
+    rules are exactly those of the egress policy alone.
+    """
     r4, a4, d4 = set_names(slot)
     pre = [
         _log(slot, "deny", "ipv6", "meta nfproto ipv6"),
@@ -135,14 +143,24 @@ def sandbox_rules(slot: int, address: str, policy: EgressPolicy) -> dict[str, li
     ]
     nat = [f"meta l4proto {{ tcp, udp }} th dport {DNS_PORT} redirect to :{RESOLVER_PORT}"]
     fwd = _refuse(slot, "floor", "ip daddr @floor4")
+    domains = policy.domains_enforced and policy.allow_domains
+    if inspect:
+        # Floor destinations stay on the L4 path, refused below; CIDR-allowed ones do not.
+        nat += ["ip daddr @floor4 return", f"meta l4proto tcp redirect to :{PROXY_PORT}"]
+        # Before any accept: a CIDR-allowed or open destination must not carry QUIC either.
+        fwd += [
+            _log(slot, "deny", "udp_quic_inspect", "udp dport 443"),
+            "udp dport 443 reject with icmpx admin-prohibited",
+        ]
     if policy.allow_cidrs_v4:
         fwd += _accept(slot, "cidr", f"ip daddr @{a4}")
-    if policy.domains_enforced and policy.allow_domains:
+    if domains and not inspect:
         # Floor and CIDR-allowed destinations never reach the proxy (L4 path).
         nat.append("ip daddr @floor4 return")
         if policy.allow_cidrs_v4:
             nat.append(f"ip daddr @{a4} return")
         nat.append(f"ip daddr @{r4} meta l4proto tcp redirect to :{PROXY_PORT}")
+    if domains:
         # UDP (QUIC) to name-only destinations is refused so clients fall back to TCP.
         fwd += _refuse(slot, "udp_dns_only", f"ip daddr @{r4}")
     if policy.deny_cidrs_v4:
@@ -184,7 +202,7 @@ def _map_elements(slot: int) -> list[tuple[str, str]]:
     return list(zip(MAPS, chain_names(slot), strict=True))
 
 
-def sandbox_add_script(slot: int, address: str, policy: EgressPolicy) -> str:
+def sandbox_add_script(slot: int, address: str, policy: EgressPolicy, inspect: bool = False) -> str:
     """Install one sandbox (replacing any stale leftovers of the same slot)."""
     t = TABLE
     r4, a4, d4 = set_names(slot)
@@ -192,7 +210,7 @@ def sandbox_add_script(slot: int, address: str, policy: EgressPolicy) -> str:
     lines += [f"flush chain {t} {c}" for c in chain_names(slot)]
     lines += [f"flush set {t} {s}" for s in (r4, a4, d4)]
     lines += _set_content(slot, policy)
-    for chain, rules in sandbox_rules(slot, address, policy).items():
+    for chain, rules in sandbox_rules(slot, address, policy, inspect).items():
         lines += [f"add rule {t} {chain} {r}" for r in rules]
     # Map elements last: the interface is dispatched only to complete chains.
     lines += [
@@ -201,7 +219,9 @@ def sandbox_add_script(slot: int, address: str, policy: EgressPolicy) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sandbox_update_script(slot: int, address: str, policy: EgressPolicy) -> str:
+def sandbox_update_script(
+    slot: int, address: str, policy: EgressPolicy, inspect: bool = False
+) -> str:
     """Replace a sandbox's rules and CIDR sets atomically; resolved addresses survive
     unless names no longer matter under the new policy."""
     t = TABLE
@@ -212,7 +232,7 @@ def sandbox_update_script(slot: int, address: str, policy: EgressPolicy) -> str:
     if not (policy.domains_enforced and policy.allow_domains):
         lines.append(f"flush set {t} {r4}")
     lines += _set_content(slot, policy)
-    for chain, rules in sandbox_rules(slot, address, policy).items():
+    for chain, rules in sandbox_rules(slot, address, policy, inspect).items():
         lines += [f"add rule {t} {chain} {r}" for r in rules]
     return "\n".join(lines) + "\n"
 

@@ -18,7 +18,7 @@ import secrets
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dnslib import DNSRecord
 
@@ -41,6 +41,8 @@ from declawd.egress.dnsfilter import (
 from declawd.egress.dnsupstream import UpstreamError, ask_upstream
 from declawd.egress.policy import EgressPolicy, IPNetwork
 from declawd.egress.resolved import ResolvedNames, admitted_lifetime
+from declawd.inspect.ca import CaRef
+from declawd.inspect.model import InspectionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,15 @@ MAX_TCP_PER_SANDBOX = 32
 
 @dataclass(frozen=True)
 class SandboxEntry:
-    """One sandbox as the gateway knows it (from state.json)."""
+    """One sandbox as the gateway knows it (from state.json): its egress policy, what the
+    proxy inspects, and where its CA is (None: it has none, nothing is minted for it)."""
 
     sandbox_id: str
     slot: int
     address: str
     policy: EgressPolicy
+    inspection: InspectionPolicy = field(default_factory=InspectionPolicy)
+    ca: CaRef | None = None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The lab: a simulated internet (named hosts with HTTP/HTTPS from a lab CA, authoritative
-DNS with a query log) in its own netns, for tests, benchmarks and the demo.
+"""The lab: a simulated internet (named hosts with HTTP/1.1 and HTTP/2 over TLS from a lab
+CA, authoritative DNS with a query log, a request log per host) in its own netns, for
+tests, benchmarks and the demo.
 
 Invariant: everything the lab creates lives in `<instance>-lab` and `<state_dir>/lab`; the
 lab never routes anywhere but back to the gateway, so nothing it does reaches a real network.
@@ -14,6 +15,7 @@ from declawd.lab.config import (
     parse_config,
 )
 from declawd.lab.process import LabError, LabProcess, lab_down
+from declawd.lab.requestlog import read_requests
 from declawd.lab.topology import ensure_lab_netns, remove_lab_netns
 from declawd.lab.upstream import LabUpstream
 
@@ -32,5 +34,6 @@ __all__ = [
     "lab_down",
     "load_config",
     "parse_config",
+    "read_requests",
     "remove_lab_netns",
 ]

@@ -4,7 +4,8 @@
 and `declawd lab serve` never race into two different CAs, and (re)writes
 `lab/ca-bundle.pem` = system CAs + lab CA, which lab-mode sandboxes trust. Leaf certificates
 are cached in `lab/certs/` and reissued when they no longer chain to the current CA, no
-longer cover the wanted names, or are near expiry.
+longer cover the wanted names, or are near expiry; self-signed leaves (bad-certificate hosts)
+are cached beside them and never chain to the lab CA.
 """
 
 from __future__ import annotations
@@ -56,23 +57,39 @@ class LabCA:
 
     def leaf(self, names: Sequence[str]) -> tuple[Path, Path]:
         """(cert chain path, key path) for a leaf covering `names` (first is the CN)."""
+        return self._cached(names, prefix="", self_signed=False)
+
+    def self_signed(self, names: Sequence[str]) -> tuple[Path, Path]:
+        """(cert path, key path) for a self-signed leaf covering `names`: it chains to no CA,
+        so a client trusting the lab CA still fails verification (bad-certificate hosts)."""
+        return self._cached(names, prefix="self-signed-", self_signed=True)
+
+    def _cached(self, names: Sequence[str], *, prefix: str, self_signed: bool) -> tuple[Path, Path]:
         tag = hashlib.sha256(",".join(names).encode()).hexdigest()[:12]
-        cert_path = self.certs_dir / f"{names[0]}-{tag}.pem"
-        key_path = self.certs_dir / f"{names[0]}-{tag}.key"
-        if not self._leaf_current(cert_path, key_path, names):
-            cert_pem, key_pem = self._issue(names)
-            _write_private(key_path, key_pem)
-            _write_atomic(cert_path, cert_pem + self.cert_pem, 0o644)
+        cert_path = self.certs_dir / f"{prefix}{names[0]}-{tag}.pem"
+        key_path = self.certs_dir / f"{prefix}{names[0]}-{tag}.key"
+        if not self._leaf_current(cert_path, key_path, names, self_signed):
+            key = ec.generate_private_key(ec.SECP256R1())
+            if self_signed:
+                cert = _leaf(names, key, issuer=_cn(names[0]), signer=key)
+                chain = cert.public_bytes(serialization.Encoding.PEM)
+            else:
+                cert = _leaf(names, key, issuer=self.cert.subject, signer=self.key)
+                chain = cert.public_bytes(serialization.Encoding.PEM) + self.cert_pem
+            _write_private(key_path, _key_pem(key))
+            _write_atomic(cert_path, chain, 0o644)
         return cert_path, key_path
 
-    def _leaf_current(self, cert_path: Path, key_path: Path, names: Sequence[str]) -> bool:
+    def _leaf_current(
+        self, cert_path: Path, key_path: Path, names: Sequence[str], self_signed: bool
+    ) -> bool:
         try:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             key_path.stat()
         except (OSError, ValueError):
             return False
         try:
-            cert.verify_directly_issued_by(self.cert)
+            cert.verify_directly_issued_by(cert if self_signed else self.cert)
         except Exception:  # any verification failure means "reissue"
             return False
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -80,40 +97,49 @@ class LabCA:
             return False
         return cert.not_valid_after_utc - _now() > _RENEW_BEFORE
 
-    def _issue(self, names: Sequence[str]) -> tuple[bytes, bytes]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = _now()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=_LEAF_DAYS))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
-            )
-            .sign(self.key, hashes.SHA256())
+
+def _cn(name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+
+
+def _leaf(
+    names: Sequence[str],
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    issuer: x509.Name,
+    signer: ec.EllipticCurvePrivateKey,
+) -> x509.Certificate:
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_cn(names[0]))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=_LEAF_DAYS))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            True,
         )
-        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), False
+        )
+        .sign(signer, hashes.SHA256())
+    )
 
 
 def ensure_ca(settings: Settings) -> LabCA:

@@ -1,4 +1,5 @@
-"""`declawd lab`: run the simulated internet (`serve`), tear it down (`down`), show the CA.
+"""`declawd lab`: run the simulated internet (`serve`), tear it down (`down`), show the CA
+(`ca-path`) and what its hosts received (`requests`).
 
 Thin typer commands over `declawd.lab.process`; settings come from the same DECLAWD_* env
 vars as the server, with `--instance` and `--state-dir` overrides.
@@ -6,7 +7,9 @@ vars as the server, with `--instance` and `--state-dir` overrides.
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -74,3 +77,54 @@ def ca_path(
     settings = _settings(instance, state_dir)
     ensure_ca(settings)
     typer.echo(str(ca_bundle_path(settings) if bundle else ca_cert_path(settings)))
+
+
+def _epoch(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise typer.BadParameter(
+            "must be an ISO-8601 time or a unix timestamp", param_hint="--since"
+        ) from None
+
+
+def format_request(entry: dict) -> str:
+    """One plain line: time, host, client, method, target, status, body size (pure)."""
+    at = datetime.fromtimestamp(float(entry.get("time", 0))).isoformat(timespec="milliseconds")
+    size = entry.get("body_size")
+    return (
+        f"{at}  {entry.get('host', '-'):<24} {entry.get('client', '-'):<15} "
+        f"{entry.get('http_version', '-'):<8} {entry.get('method', '-'):<6} "
+        f"{entry.get('target', '-')}  {entry.get('status', '-')}  "
+        f"{'-' if size is None else size} B"
+    )
+
+
+@app.command()
+def requests(
+    host: str | None = typer.Option(None, "--host", help="only this lab host (its config name)"),
+    since: str | None = typer.Option(
+        None, "--since", help="only from this ISO-8601 time or unix timestamp"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON array of the entries"),
+    instance: str | None = _INSTANCE,
+    state_dir: Path | None = _STATE_DIR,
+) -> None:
+    """Print the requests lab hosts received (the request log), oldest first."""
+    from declawd.lab.config import LabConfigError
+    from declawd.lab.requestlog import read_requests
+
+    settings = _settings(instance, state_dir)
+    try:
+        entries = read_requests(settings, host, _epoch(since) if since else None)
+    except LabConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--host") from None
+    if as_json:
+        typer.echo(json.dumps(entries, indent=1))
+        return
+    for entry in entries:
+        typer.echo(format_request(entry))

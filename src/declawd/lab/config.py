@@ -40,7 +40,11 @@ _HOST_KEYS = {
     "banner_ports",
     "tcp_echo_ports",
     "udp_echo_ports",
+    "h2",
+    "cert_issuer",
+    "cert_names",
 }
+CERT_ISSUERS = ("lab", "self-signed")
 _TOP_KEYS = {"hosts", "cnames", "ttl", "default_ttl", "txt"}
 
 
@@ -62,6 +66,9 @@ class LabHost:
     banner_ports: dict[int, str] = field(default_factory=dict)
     tcp_echo_ports: tuple[int, ...] = ()
     udp_echo_ports: tuple[int, ...] = ()
+    h2: bool = False  # HTTPS also offers HTTP/2 by ALPN (h2, then http/1.1)
+    cert_issuer: str = "lab"  # "self-signed": a leaf no CA vouches for (verification fails)
+    cert_names: tuple[str, ...] = ()  # names the leaf covers instead of the host's own
 
     @property
     def serves(self) -> bool:
@@ -120,6 +127,10 @@ class LabConfig:
                 names.append(alias)
         return names
 
+    def certificate_names(self, host: LabHost) -> list[str]:
+        """The SANs of the host's leaf: `cert_names` when set (a wrong-name host), else its own."""
+        return list(host.cert_names) or self.names_for_host(host)
+
     def cname_chain(self, name: str) -> list[str]:
         """`name` followed by every CNAME target it leads to (validated acyclic)."""
         chain = [name]
@@ -160,6 +171,18 @@ def _bool(raw: object, field_name: str) -> bool:
     if not isinstance(raw, bool):
         raise LabConfigError(field_name, f"must be true or false, not {raw!r}")
     return raw
+
+
+def _cert_issuer(raw: object, field_name: str) -> str:
+    if raw not in CERT_ISSUERS:
+        raise LabConfigError(field_name, f"must be one of {list(CERT_ISSUERS)}, not {raw!r}")
+    return str(raw)
+
+
+def _cert_names(raw: object, field_name: str) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        raise LabConfigError(field_name, "must be a list of DNS names")
+    return tuple(normalize_name(n, f"{field_name}[{i}]", wildcard=True) for i, n in enumerate(raw))
 
 
 def _servable(ip: IPAddress) -> bool:
@@ -203,7 +226,18 @@ def _parse_host(raw: object, where: str) -> LabHost:
         banner_ports=banners,
         tcp_echo_ports=_ports(raw.get("tcp_echo_ports", []), f"{where}.tcp_echo_ports"),
         udp_echo_ports=_ports(raw.get("udp_echo_ports", []), f"{where}.udp_echo_ports"),
+        h2=_bool(raw.get("h2", False), f"{where}.h2"),
+        cert_issuer=_cert_issuer(raw.get("cert_issuer", "lab"), f"{where}.cert_issuer"),
+        cert_names=_cert_names(raw.get("cert_names", []), f"{where}.cert_names"),
     )
+    tls_only = {
+        "h2": host.h2,
+        "cert_issuer": host.cert_issuer != "lab",
+        "cert_names": host.cert_names,
+    }
+    for key, used in tls_only.items():
+        if used and not host.https:
+            raise LabConfigError(f"{where}.{key}", 'needs "https": true')
     tcp = [80] * host.http + [443] * host.https + list(banners) + list(host.tcp_echo_ports)
     if len(set(tcp)) != len(tcp):
         raise LabConfigError(where, f"a TCP port is used twice: {sorted(tcp)}")

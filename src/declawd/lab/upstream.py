@@ -2,7 +2,8 @@
 
 `LabUpstream` is what `declawd.upstream.choose_upstream` returns in lab mode. It links the
 gateway netns to the lab netns (veth `lab0`↔`up0`, see `declawd.addresses`), routes the
-gateway out through it, and gives every sandbox the lab CA bundle as its trust store.
+gateway out through it, and names the lab CA bundle that the gateway and every sandbox
+trust (each sandbox's own bundle adds its CA: node/trust.py).
 Invariant: nothing on the lab link leads anywhere but the lab; `teardown` removes the link
 (both ends) and nothing else.
 """
@@ -10,6 +11,7 @@ Invariant: nothing on the lab link leads anywhere but the lab; `teardown` remove
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from declawd.addresses import (
     LAB_DNS_ADDRESS,
@@ -22,12 +24,7 @@ from declawd.addresses import (
 from declawd.config import Settings
 from declawd.host import add_netns, delete_link, link_exists, netns_exists, run
 from declawd.lab.ca import ca_bundle_path, ensure_ca
-from declawd.runtime import Mount
 
-CA_BUNDLE_IN_SANDBOX = "/etc/declawd/ca-bundle.pem"
-SYSTEM_BUNDLE_IN_SANDBOX = "/etc/ssl/certs/ca-certificates.crt"
-CA_BUNDLE_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
-_MOUNT_OPTIONS = ("bind", "ro", "nosuid", "nodev", "noexec")
 _PREFIX = LAB_LINK.prefixlen
 
 
@@ -86,13 +83,6 @@ class LabUpstream:
     def dns_server(self) -> str:
         return LAB_DNS_ADDRESS
 
-    def sandbox_mounts(self) -> list[Mount]:
-        """The lab CA bundle (system CAs + lab CA), read-only, where TLS clients look."""
-        bundle = str(ca_bundle_path(self.settings))
-        return [
-            Mount(CA_BUNDLE_IN_SANDBOX, bundle, "bind", list(_MOUNT_OPTIONS)),
-            Mount(SYSTEM_BUNDLE_IN_SANDBOX, bundle, "bind", list(_MOUNT_OPTIONS)),
-        ]
-
-    def sandbox_env(self) -> dict[str, str]:
-        return dict.fromkeys(CA_BUNDLE_ENV, CA_BUNDLE_IN_SANDBOX)
+    def ca_bundle(self) -> Path:
+        """System CAs + lab CA (written by `ensure`): the lab's hosts are signed by the lab CA."""
+        return ca_bundle_path(self.settings)

@@ -1,10 +1,11 @@
 """Creating a sandbox, and undoing a create that failed halfway.
 
-Steps, in order: record → slot → [network → gateway] alongside [rootfs → spec] → container
-→ envd → start command. Every step that may have made something is undone when a later one
-fails (a failing branch first waits for the other), so a failed create leaves no netns,
-veth, nft chain, mount, cgroup or process; its record ends `killed` with the error, and
-`released` only once the undo removed everything (else the reconcile sweep finishes it).
+Steps, in order: record → slot → vault refs, CA → [network → gateway] alongside [rootfs →
+trust bundle → spec] → container → envd → start command. Every step that may have made
+something is undone when a later one fails (a failing branch first waits for the other), so
+a failed create leaves no netns, veth, nft chain, mount, cgroup, CA or process; its record
+ends `killed` with the error, and `released` only once the undo removed everything (else
+the reconcile sweep finishes it).
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ from typing import Any
 
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import Conflict, DeclawdError, Internal, TimedOut
+from declawd.inspect.ca import CaRef
+from declawd.inspect.model import PLACEHOLDER, VaultBinding
+from declawd.node import trust
 from declawd.node.envd_client import EnvdClient, EnvdError
-from declawd.node.parts import NetworkPlan, NodeParts
+from declawd.node.inspection import inspection_of, stored_inspection
+from declawd.node.parts import GatewayEntry, NetworkPlan, NodeParts
 from declawd.node.release import release
 from declawd.node.spec import SpecInputs, sandbox_env, sandbox_spec
 from declawd.runtime import Mount
 from declawd.store import SandboxRecord, SandboxState
 from declawd.store.model import record_to_row
 from declawd.templates.model import Template, start_script
+from declawd.vault import attach
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,9 @@ class CreateRequest:
     # layer filled by `prefill(upper_dir)` (blocking) before the overlay is mounted.
     sandbox_id: str | None = None
     prefill: Callable[[Path], None] | None = None
+    # Vault secrets (resolved `vault_refs`, or a restored sandbox's own): each `env` holds
+    # the placeholder inside, the proxy adds the value in flight.
+    vault: tuple[VaultBinding, ...] = ()
 
 
 def new_sandbox_id() -> str:
@@ -74,7 +83,7 @@ def new_record(parts: NodeParts, req: CreateRequest, now: float) -> SandboxRecor
         timeout=req.timeout,
         end_at=now + req.timeout,
         metadata=dict(req.metadata),
-        envs={**(tpl.envs or {}), **req.envs},
+        envs={**(tpl.envs or {}), **req.envs, **{b.env: PLACEHOLDER for b in req.vault}},
         network=policy.to_wire(),
         security=dict(req.security) if req.security is not None else None,
         cpu_count=float(tpl.cpu_count or settings.default_cpu_count),
@@ -115,26 +124,32 @@ def _insert_or_revive(parts: NodeParts, rec: SandboxRecord) -> None:
 
 
 def envs_of(parts: NodeParts, rec: SandboxRecord) -> dict[str, str]:
-    """Environment every process in the sandbox gets (upstream + sandbox + platform)."""
-    return sandbox_env(rec.sandbox_id, rec.template_id, rec.envs, parts.upstream.sandbox_env())
+    """Environment every process in the sandbox gets (trust bundle + sandbox + platform)."""
+    return sandbox_env(rec.sandbox_id, rec.template_id, rec.envs, trust.trust_env())
 
 
 async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
     store, faults, tpl = parts.store, parts.faults, req.template
     rec = new_record(parts, req, time.time())
     policy = req.policy or EgressPolicy.parse([], [])
+    # Before anything exists: a security JSON that does not parse fails the create cleanly.
+    inspection = await asyncio.to_thread(
+        inspection_of, parts.settings, rec.security, req.vault, rec.envs
+    )
     sandbox_id = rec.sandbox_id
     runtime = parts.runtimes[rec.runtime]
     await asyncio.to_thread(_insert_or_revive, parts, rec)
     plan: NetworkPlan | None = None
+    ca: CaRef | None = None
 
     async def network(planned: NetworkPlan) -> None:
-        await parts.networks.create(planned, policy)
+        await parts.networks.create(planned, policy, inspect=inspection.active)
         faults.point("create.after_network")
         await asyncio.to_thread(
             store.update_sandbox, sandbox_id, slot=planned.slot, address=planned.address
         )
-        await parts.daemon.upsert(sandbox_id, planned.slot, planned.address, policy.to_wire())
+        entry = GatewayEntry(planned.slot, planned.address, policy, inspection, ca)
+        await parts.daemon.upsert(sandbox_id, entry)
         faults.point("create.after_gateway")
 
     async def rootfs(planned: NetworkPlan) -> None:
@@ -150,7 +165,12 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
             req.prefill,
         )
         faults.point("create.after_rootfs")
-        spec = await asyncio.to_thread(_spec, parts, rec, planned, req.mounts)
+        bundle = parts.upstream.ca_bundle()
+        rootfs_dir = host.resources(sandbox_id).rootfs
+        trusted = await asyncio.to_thread(
+            trust.prepare_trust, parts.settings, sandbox_id, bundle, rootfs_dir
+        )
+        spec = await asyncio.to_thread(_spec, parts, rec, planned, trusted, req.mounts)
         await asyncio.to_thread(host.write_spec, sandbox_id, spec)
 
     try:
@@ -158,6 +178,14 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
         slot = await asyncio.to_thread(store.allocate_slot, sandbox_id)
         rec = rec.replace(slot=slot)
         faults.point("create.after_slot")
+        # Recorded even when empty: a restore replaces whatever its id had.
+        await asyncio.to_thread(attach, store, sandbox_id, req.vault)
+        if req.vault:
+            # The secrets' scopes as they are now (one may have changed since the refs
+            # were resolved); a refresh skips sandboxes still creating.
+            inspection = await asyncio.to_thread(stored_inspection, parts, rec)
+        ca = await asyncio.to_thread(trust.create_ca, parts.settings, sandbox_id)
+        faults.point("create.after_ca")
         plan = parts.networks.plan(sandbox_id, slot)
         rec = rec.replace(address=plan.address)
         await _all_settled(network(plan), rootfs(plan))
@@ -205,11 +233,15 @@ async def _undo(parts: NodeParts, rec: SandboxRecord, exc: BaseException) -> Non
 
 
 def _spec(
-    parts: NodeParts, rec: SandboxRecord, plan: NetworkPlan, mounts: Sequence[Mount] = ()
+    parts: NodeParts,
+    rec: SandboxRecord,
+    plan: NetworkPlan,
+    trusted: trust.SandboxTrust,
+    mounts: Sequence[Mount] = (),
 ) -> dict[str, Any]:
     host, settings = parts.host, parts.settings
     res = host.resources(rec.sandbox_id)
-    extra = [*parts.upstream.sandbox_mounts(), *mounts]
+    extra = [*trusted.mounts(), *mounts]
     if rec.runtime == "runc":
         # gVisor cannot use host cgroup files from inside; see docs/security.md
         extra += host.command_cgroup_mounts(

@@ -3,7 +3,8 @@
 The node owns the daemon's input, `gateway/state.json`, and its lifecycle: it starts the
 daemon detached (so it outlives server restarts), restarts it when it dies, and only lets a
 sandbox start after the daemon has acknowledged a reload that includes that sandbox.
-Invariant: state.json on disk always holds every live sandbox's policy, written atomically.
+Invariant: state.json on disk always holds every live sandbox's policy and inspection,
+written atomically and readable by root alone (it holds masked env values, never a secret).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,9 @@ from declawd.config import Settings
 from declawd.egress.proxy import PEEK_TIMEOUT_S
 from declawd.errors import Unreachable
 from declawd.host import in_netns
+from declawd.node.parts import GatewayEntry
 from declawd.upstream import Upstream
+from declawd.vault.crypto import master_key_path
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +59,34 @@ class GatewayDaemon:
     def _write(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"sandboxes": self._entries}, sort_keys=True))
+        data = json.dumps({"sandboxes": self._entries}, sort_keys=True).encode()
+        # Created 0600 (not chmod'ed after): the masked values are never briefly readable.
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
         os.replace(tmp, self.state_path)
 
-    async def upsert(
-        self, sandbox_id: str, slot: int, address: str, policy: dict[str, Any]
-    ) -> None:
+    def entry(self, sandbox_id: str) -> dict[str, Any] | None:
+        item = self._entries.get(sandbox_id)
+        return dict(item) if isinstance(item, dict) else None
+
+    async def upsert(self, sandbox_id: str, entry: GatewayEntry) -> None:
         async with self._lock:
-            self._entries[sandbox_id] = {"slot": slot, "address": address, "policy": policy}
+            self._entries[sandbox_id] = entry.to_wire()
             self._write()
             await self._reload()
+
+    async def sync(self, entries: Mapping[str, GatewayEntry]) -> None:
+        async with self._lock:
+            for sandbox_id, entry in entries.items():
+                self._entries[sandbox_id] = entry.to_wire()
+            self._write()
+            if self.alive():
+                await self._reload()
 
     async def remove(self, sandbox_id: str) -> None:
         async with self._lock:
@@ -156,9 +178,19 @@ class GatewayDaemon:
                 "--pool",
                 self.settings.pool,
                 *[arg for r in self.settings.exempt_ranges for arg in ("--exempt", r)],
+                *self._inspection_args(),
             ],
             self.settings.gateway_netns,
         )
+
+    def _inspection_args(self) -> list[str]:
+        """Where the daemon finds what inspected connections need: the CAs the upstream's
+        servers are verified against (none given: the system's store) and the vault key."""
+        args = ["--vault-key", str(master_key_path(self.settings.keys_dir))]
+        bundle = self.upstream.ca_bundle()
+        if bundle is not None:
+            args += ["--upstream-ca", str(bundle)]
+        return args
 
     async def start(self) -> None:
         if self.alive():

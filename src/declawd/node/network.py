@@ -29,14 +29,21 @@ class NodeNetwork:
     async def teardown_gateway(self) -> None:
         await self.gateway.teardown()
 
-    async def create(self, plan: NetworkPlan, policy: EgressPolicy) -> None:
-        await SandboxNetwork.create(self.settings, plan.sandbox_id, plan.slot, policy)
+    async def create(
+        self, plan: NetworkPlan, policy: EgressPolicy, *, inspect: bool = False
+    ) -> None:
+        await SandboxNetwork.create(
+            self.settings, plan.sandbox_id, plan.slot, policy, inspect=inspect
+        )
 
     async def destroy(self, sandbox_id: str, slot: int) -> None:
         await SandboxNetwork.attach(self.settings, sandbox_id, slot).destroy()
 
-    async def update_policy(self, sandbox_id: str, slot: int, policy: EgressPolicy) -> None:
-        await SandboxNetwork.attach(self.settings, sandbox_id, slot).update_policy(policy)
+    async def update_policy(
+        self, sandbox_id: str, slot: int, policy: EgressPolicy, *, inspect: bool = False
+    ) -> None:
+        net = SandboxNetwork.attach(self.settings, sandbox_id, slot)
+        await net.update_policy(policy, inspect=inspect)
 
     async def sweep(self, keep: set[str]) -> list[str]:
         return await sweep(self.settings, keep)

@@ -13,13 +13,14 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 from declawd.config import Settings
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import Busy, Conflict, DeclawdError, NotFound
 from declawd.node import create as creating
+from declawd.node import inspection as inspecting
 from declawd.node import pausing
 from declawd.node import snapshots as snapshotting
 from declawd.node.create import CreateRequest
@@ -34,6 +35,7 @@ from declawd.runtime import dir_size
 from declawd.store import SandboxRecord, SandboxState, Store
 from declawd.store.snapshots import SnapshotRecord
 from declawd.templates.model import Template
+from declawd.vault import bindings_for
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,9 @@ class Node:
         self._background: set[asyncio.Task[Any]] = set()
         # The pause snapshot being written of each paused sandbox (a resume cancels it).
         self._pause_snapshots: dict[str, asyncio.Task[Any]] = {}
+        # Policy, security and inspection changes: one at a time, so two of them never
+        # interleave their store, nft and gateway writes.
+        self._policy_lock = asyncio.Lock()
 
     @classmethod
     def on_this_machine(cls, settings: Settings, store: Store) -> Node:
@@ -77,7 +82,8 @@ class Node:
         (self.settings.gateway_dir / UPSTREAM_FILE).write_text(parts.upstream.name + "\n")
         await parts.networks.ensure_gateway()
         parts.daemon.load()
-        await reconcile(parts)
+        keep = await reconcile(parts)
+        await inspecting.resync(parts, keep)
         await snapshotting.recover(parts)
         await parts.daemon.start()
         parts.daemon.supervise()
@@ -237,6 +243,8 @@ class Node:
             lifecycle=dict(snap.lifecycle),
             sandbox_id=rec.sandbox_id,
             prefill=lambda upper: materialize(settings, snap, upper),
+            # Its own secrets again, with their scopes as they are now (a new CA, though).
+            vault=await asyncio.to_thread(bindings_for, self.store, rec.sandbox_id),
         )
         self.parts.faults.point("restore.before_create")
         return await creating.create(self.parts, req)
@@ -255,10 +263,82 @@ class Node:
         """Replace the egress policy atomically; flows no longer allowed are cut."""
         if rec.slot is None or rec.address is None:
             raise Busy(f"sandbox '{rec.sandbox_id}' has no network yet")
-        wire = policy.to_wire()
-        await asyncio.to_thread(self.store.update_sandbox, rec.sandbox_id, network=wire)
-        await self.parts.networks.update_policy(rec.sandbox_id, rec.slot, policy)
-        await self.parts.daemon.upsert(rec.sandbox_id, rec.slot, rec.address, wire)
+        async with self._policy_lock:
+            inspection = await asyncio.to_thread(inspecting.stored_inspection, self.parts, rec)
+            await asyncio.to_thread(
+                self.store.update_sandbox, rec.sandbox_id, network=policy.to_wire()
+            )
+            await inspecting.apply(self.parts, rec, policy, inspection, network_changed=True)
+
+    async def update_security(
+        self,
+        team_id: str,
+        sandbox_id: str,
+        security: Mapping[str, Any],
+        *,
+        network: EgressPolicy | None = None,
+    ) -> SandboxRecord:
+        """Replace the sections of the sandbox's SecurityPolicy that `security` carries (the
+        SDK's `to_dict()` shape, validated by the caller) and apply it live. With a
+        `network` section (or `network` given, already parsed) the egress policy changes
+        exactly as with `update_policy`; without, it stays as it is."""
+        rec = await self.lookup(team_id, sandbox_id, Need.RUNNING)
+        if rec.slot is None or rec.address is None:
+            raise Busy(f"sandbox '{sandbox_id}' has no network yet")
+        raw_network = security.get("network")
+        if network is None and isinstance(raw_network, Mapping):
+            network = EgressPolicy.parse(
+                raw_network.get("allow_out") or [], raw_network.get("deny_out") or []
+            )
+        merged = {**(rec.security or {}), **security}
+        if network is not None:
+            merged["network"] = network.to_wire()
+        async with self._policy_lock:
+            # Computed before anything is stored: a section that does not parse changes nothing.
+            inspection = await asyncio.to_thread(
+                inspecting.stored_inspection, self.parts, rec, merged
+            )
+            policy = network or EgressPolicy.from_wire(dict(rec.network))
+            fields: dict[str, Any] = {"security": merged}
+            if network is not None:
+                fields["network"] = network.to_wire()
+            await asyncio.to_thread(self.store.update_sandbox, sandbox_id, **fields)
+            await inspecting.apply(
+                self.parts, rec, policy, inspection, network_changed=network is not None
+            )
+        return await asyncio.to_thread(self._get, sandbox_id)
+
+    async def refresh_inspection(self, sandbox_ids: Sequence[str]) -> None:
+        """Recompute and apply the inspection of these sandboxes (their vault secrets' scopes
+        changed, or a secret was deleted); ids that are not live with a network are skipped.
+        Every sandbox is tried; the first failure is raised afterwards."""
+        failures: list[tuple[str, Exception]] = []
+        for sandbox_id in dict.fromkeys(sandbox_ids):
+            try:
+                async with self._policy_lock:
+                    rec = await asyncio.to_thread(self.store.get_sandbox, sandbox_id)
+                    if rec is None or not rec.is_live or rec.slot is None:
+                        continue
+                    if rec.state is SandboxState.CREATING:
+                        continue  # its create reads the bindings once they are attached
+                    inspection = await asyncio.to_thread(
+                        inspecting.stored_inspection, self.parts, rec
+                    )
+                    policy = EgressPolicy.from_wire(dict(rec.network))
+                    await inspecting.apply(
+                        self.parts, rec, policy, inspection, network_changed=False
+                    )
+            except Exception as exc:
+                log.error("inspection of %s not refreshed: %s", sandbox_id, exc)
+                failures.append((sandbox_id, exc))
+        if failures:
+            raise failures[0][1]
+
+    def _get(self, sandbox_id: str) -> SandboxRecord:
+        rec = self.store.get_sandbox(sandbox_id)
+        if rec is None:
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
+        return rec
 
     # sessions ---------------------------------------------------------------------
     def envd(self, rec: SandboxRecord) -> EnvdClient:

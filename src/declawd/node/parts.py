@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 from declawd.config import Settings
 from declawd.egress.policy import EgressPolicy
+from declawd.inspect.ca import CaRef
+from declawd.inspect.model import InspectionPolicy
 from declawd.node.faults import NO_FAULTS, Faults
 from declawd.node.sandbox import ContainerRuntime, SandboxHost
 from declawd.node.sessions import Sessions
@@ -42,13 +44,40 @@ class Networks(Protocol):
 
     async def teardown_gateway(self) -> None: ...
 
-    async def create(self, plan: NetworkPlan, policy: EgressPolicy) -> None: ...
+    async def create(
+        self, plan: NetworkPlan, policy: EgressPolicy, *, inspect: bool = False
+    ) -> None: ...
 
     async def destroy(self, sandbox_id: str, slot: int) -> None: ...
 
-    async def update_policy(self, sandbox_id: str, slot: int, policy: EgressPolicy) -> None: ...
+    async def update_policy(
+        self, sandbox_id: str, slot: int, policy: EgressPolicy, *, inspect: bool = False
+    ) -> None: ...
 
     async def sweep(self, keep: set[str]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class GatewayEntry:
+    """One sandbox as the gateway daemon sees it (an item of gateway/state.json): where it
+    is, its egress policy, what the proxy inspects, and where its CA is. Never a secret
+    value: vault bindings name secrets by id only."""
+
+    slot: int
+    address: str
+    policy: EgressPolicy
+    inspection: InspectionPolicy = field(default_factory=InspectionPolicy)
+    ca: CaRef | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "address": self.address,
+            "policy": self.policy.to_wire(),
+            "inspection": self.inspection.to_wire(),
+            "ca_dir": str(self.ca.dir) if self.ca else "",
+            "ca_fingerprint": self.ca.fingerprint if self.ca else "",
+        }
 
 
 class GatewayHandle(Protocol):
@@ -68,9 +97,16 @@ class GatewayHandle(Protocol):
 
     async def ping(self) -> bool: ...
 
-    async def upsert(
-        self, sandbox_id: str, slot: int, address: str, policy: dict[str, Any]
-    ) -> None: ...
+    def entry(self, sandbox_id: str) -> dict[str, Any] | None:
+        """The sandbox's item as last written to state.json (None: it has none)."""
+        ...
+
+    async def upsert(self, sandbox_id: str, entry: GatewayEntry) -> None: ...
+
+    async def sync(self, entries: Mapping[str, GatewayEntry]) -> None:
+        """Rewrite the items of these sandboxes at once; reload the daemon if it runs
+        (never starts it)."""
+        ...
 
     async def remove(self, sandbox_id: str) -> None: ...
 

@@ -1,4 +1,5 @@
-"""Releasing what a sandbox holds on the node: session, container, mounts, gateway entry, network.
+"""Releasing what a sandbox holds on the node: session, container, mounts, CA, gateway entry,
+network.
 
 One function for the undo of a failed create, a kill and the reconcile sweep. Every step
 runs even when an earlier one failed (each is idempotent and independent), the network goes
@@ -14,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from declawd.node.parts import NodeParts
+from declawd.node.trust import remove_trust
 from declawd.store import SandboxRecord
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ async def release(parts: NodeParts, rec: SandboxRecord, *, fault_points: bool = 
     runtime = parts.runtimes.get(rec.runtime)
     await step("host", lambda: parts.host.release(sandbox_id, runtime))
     point("kill.after_runtime")
+    # Also when the host step left the sandbox's directory behind: its CA key goes now.
+    # Vault refs stay with the record: a restore of this id gets the same secrets.
+    await step("trust", lambda: asyncio.to_thread(remove_trust, parts.settings, sandbox_id))
     await step("gateway", lambda: parts.daemon.remove(sandbox_id))
     point("kill.after_gateway")
     if rec.slot is not None:

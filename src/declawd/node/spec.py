@@ -36,7 +36,7 @@ class SpecInputs:
     memory_mb: int
     cpu_count: float
     pids: int
-    # Mounts decided elsewhere: the upstream's (trust bundle), the commands' cgroup files.
+    # Mounts decided elsewhere: the trust bundle (node/trust.py), the commands' cgroup files.
     extra_mounts: Sequence[Mount] = field(default_factory=tuple)
     # runsc only: (statx shim, ld.so.preload file) on the host.
     runsc_compat: tuple[Path, Path] | None = None
@@ -91,11 +91,12 @@ def sandbox_env(
     sandbox_id: str,
     template_id: str,
     envs: Mapping[str, str],
-    upstream_env: Mapping[str, str],
+    defaults: Mapping[str, str],
 ) -> dict[str, str]:
-    """The environment of every process in the sandbox: the upstream's defaults, then the
-    sandbox's own variables (template's, then the request's), then the platform's."""
-    out = dict(upstream_env)
+    """The environment of every process in the sandbox: the node's defaults (where the trust
+    bundle is), then the sandbox's own variables (template's, then the request's), then the
+    platform's."""
+    out = dict(defaults)
     out.update(envs)
     out.update(platform_env(sandbox_id, template_id))
     return out

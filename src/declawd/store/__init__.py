@@ -5,7 +5,7 @@ user_version`. Sandboxes travel as frozen `SandboxRecord`s; the other tables as 
 with JSON columns decoded. See docs/store.md.
 """
 
-from declawd.store.db import AUDIT_EVENTS_SCHEMA
+from declawd.store.db import AUDIT_DETAILS_SCHEMA, AUDIT_EVENTS_SCHEMA
 from declawd.store.errors import (
     AmbiguousKey,
     Duplicate,
@@ -18,6 +18,7 @@ from declawd.store.sandboxes import parse_metadata_query
 from declawd.store.store import Store
 
 __all__ = [
+    "AUDIT_DETAILS_SCHEMA",
     "AUDIT_EVENTS_SCHEMA",
     "LIVE_STATES",
     "AmbiguousKey",

@@ -1,14 +1,17 @@
-"""Network audit events: batch insert, filtered paging, and tailing for the live stream.
+"""Audit events (network, and inspected requests): batch insert, filtered pages, live tailing.
 
-The gateway daemon (another process) also inserts into `audit_events` directly, so rows
-are the contract: `time` is epoch seconds (REAL); the API shape (ISO-8601 UTC time, None
-fields omitted) is produced here on the way out. Event ids only grow, so (sandbox_id, id)
+The gateway daemon (another process) also inserts into `audit_events` and `audit_details`
+directly, so rows are the contract: `time` is epoch seconds (REAL), a detail is a JSON object
+keyed by its event's id; the API shape (ISO-8601 UTC time, None fields omitted, the detail's
+keys merged in) is produced here on the way out. Event ids only grow, so (sandbox_id, id)
 gives a stable page order and a resumable cursor for the stream.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +21,11 @@ from declawd.store.records import Repository, decode_token, encode_token
 REQUIRED_FIELDS = ("sandbox_id", "kind", "verdict")
 AUDIT_FIELDS = ("sandbox_id", "kind", "verdict", "reason", "name", "address", "port", "protocol")
 MAX_AUDIT_LIMIT = 1000
+# Every event with the detail row it may have (an `http` event's request fields).
+_SELECT = (
+    "SELECT e.*, d.detail AS detail FROM audit_events e"
+    " LEFT JOIN audit_details d ON d.event_id = e.id"
+)
 
 
 def _epoch(value: Any) -> float:
@@ -30,11 +38,22 @@ def _epoch(value: Any) -> float:
 
 
 def event_from_row(row: sqlite3.Row) -> dict[str, Any]:
-    """The API's event shape (declaw-api.md §11.4)."""
+    """The API's event shape (declaw-api.md §11.4) from a `_SELECT` row: the columns, then
+    the detail's keys (an `http` event: the SDK's AuditEntry fields and ours); a column
+    wins a clash."""
     out: dict[str, Any] = {"time": datetime.fromtimestamp(row["time"], tz=UTC).isoformat()}
     for f in AUDIT_FIELDS:
         if row[f] is not None:
             out[f] = row[f]
+    raw = row["detail"]
+    if raw:
+        try:
+            detail = json.loads(raw)
+        except ValueError:
+            detail = None
+        if isinstance(detail, dict):
+            for k, v in detail.items():
+                out.setdefault(k, v)
     return out
 
 
@@ -45,13 +64,18 @@ def _valid_audit_token(v: Any) -> bool:
 class Audit(Repository):
     def insert_audit_events(self, events: list[dict[str, Any]]) -> None:
         """Insert all or none. `sandbox_id`, `kind`, `verdict` are required (ValueError);
-        `time` (epoch float, datetime or ISO string) defaults to now; other keys ignored."""
+        `time` (epoch float, datetime or ISO string) defaults to now; `detail` (a mapping)
+        goes to `audit_details`; other keys ignored."""
         if not events:
             return
         for e in events:
             missing = [f for f in REQUIRED_FIELDS if not e.get(f)]
             if missing:
-                raise ValueError(f"audit event without {', '.join(missing)}: {e!r}")
+                # The columns only: a detail may be long, and is nobody's business in a log.
+                columns = {k: e.get(k) for k in AUDIT_FIELDS}
+                raise ValueError(f"audit event without {', '.join(missing)}: {columns!r}")
+            if e.get("detail") is not None and not isinstance(e["detail"], Mapping):
+                raise ValueError("audit event detail: must be a mapping")
         rows = [
             (
                 _epoch(e["time"]) if e.get("time") is not None else self._clock(),
@@ -60,11 +84,17 @@ class Audit(Repository):
             for e in events
         ]
         with self._db.write() as c:
-            c.executemany(
-                "INSERT INTO audit_events (time, sandbox_id, kind, verdict, reason, name,"
-                " address, port, protocol) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            for e, row in zip(events, rows, strict=True):
+                cur = c.execute(
+                    "INSERT INTO audit_events (time, sandbox_id, kind, verdict, reason, name,"
+                    " address, port, protocol) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+                if e.get("detail") is not None:
+                    c.execute(
+                        "INSERT INTO audit_details (event_id, detail) VALUES (?, ?)",
+                        (cur.lastrowid, json.dumps(dict(e["detail"]), separators=(",", ":"))),
+                    )
 
     def query_audit(
         self,
@@ -81,22 +111,22 @@ class Audit(Repository):
         if limit < 1:
             raise InvalidInput("limit", "must be at least 1")
         limit = min(limit, MAX_AUDIT_LIMIT)
-        where = ["sandbox_id = ?"]
+        where = ["e.sandbox_id = ?"]
         params: list[Any] = [sandbox_id]
         for clause, value in (
-            ("time >= ?", since),
-            ("time < ?", until),
-            ("verdict = ?", verdict),
-            ("kind = ?", kind),
+            ("e.time >= ?", since),
+            ("e.time < ?", until),
+            ("e.verdict = ?", verdict),
+            ("e.kind = ?", kind),
         ):
             if value is not None:
                 where.append(clause)
                 params.append(value)
         if next_token:
-            where.append("id > ?")
+            where.append("e.id > ?")
             params.append(decode_token(next_token, _valid_audit_token))
         rows = self._db.query(
-            f"SELECT * FROM audit_events WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY e.id LIMIT ?",
             [*params, limit + 1],
         )
         page = rows[:limit]
@@ -108,7 +138,7 @@ class Audit(Repository):
     ) -> list[tuple[int, dict[str, Any]]]:
         """Events with id > last_id, oldest first (pass 0 to start from the beginning)."""
         rows = self._db.query(
-            "SELECT * FROM audit_events WHERE sandbox_id = ? AND id > ? ORDER BY id LIMIT ?",
+            f"{_SELECT} WHERE e.sandbox_id = ? AND e.id > ? ORDER BY e.id LIMIT ?",
             (sandbox_id, last_id, limit),
         )
         return [(int(r["id"]), event_from_row(r)) for r in rows]

@@ -40,6 +40,15 @@ CREATE TABLE IF NOT EXISTS audit_events (
 CREATE INDEX IF NOT EXISTS audit_events_sandbox ON audit_events (sandbox_id, id);
 """
 
+# Details of an audit event that has more than the columns above (an inspected HTTP request:
+# method, url, status, counters), as JSON. Same rule as above: the gateway creates it too.
+AUDIT_DETAILS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_details (
+    event_id INTEGER PRIMARY KEY,
+    detail TEXT NOT NULL
+);
+"""
+
 _V1 = (
     """
 CREATE TABLE teams (
@@ -230,9 +239,47 @@ CREATE TABLE sandbox_metrics (
 );
 """
 
+# v4: content inspection. Vault secrets (values AES-GCM encrypted under the node master key,
+# never readable back), the environments they live in, the secrets each sandbox was created
+# with (`vault_refs`), and the detail rows of `http` audit events.
+_V4 = (
+    """
+CREATE TABLE vault_environments (
+    team_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (team_id, name)
+);
+CREATE TABLE vault_secrets (
+    secret_id TEXT PRIMARY KEY,
+    team_id TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    name TEXT NOT NULL,
+    provider TEXT,
+    scopes TEXT NOT NULL,
+    ciphertext BLOB NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    rotation_interval_days INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    rotated_at REAL,
+    UNIQUE (team_id, environment, name)
+);
+CREATE TABLE sandbox_vault_refs (
+    sandbox_id TEXT NOT NULL,
+    env TEXT NOT NULL,
+    secret_id TEXT NOT NULL,
+    ref TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (sandbox_id, env)
+);
+CREATE INDEX sandbox_vault_refs_secret ON sandbox_vault_refs (secret_id);
+"""
+    + AUDIT_DETAILS_SCHEMA
+)
+
 # Applied in order; migration i (0-based) brings the schema to user_version i + 1.
 # Append only: never edit a script that has shipped.
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 
 
 def _rollback(c: sqlite3.Connection) -> None:

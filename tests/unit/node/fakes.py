@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from declawd.node import create as create_module
 from declawd.node.envd_client import ProcessResult
 from declawd.node.faults import Faults
 from declawd.node.node import Node
-from declawd.node.parts import NetworkPlan, NodeParts
+from declawd.node.parts import GatewayEntry, NetworkPlan, NodeParts
 from declawd.node.sandbox import ContainerRuntime, SandboxHost
 from declawd.node.sessions import Sessions
 from declawd.node.spec import ENVD_SOCKET_NAME
@@ -35,8 +35,7 @@ from declawd.store import SandboxRecord, SandboxState, Store
 from declawd.templates.model import Template
 
 TEAM = "team-a"
-CA_MOUNT = Mount("/etc/ssl/certs/declawd-test-ca.pem", "/srv/test-ca.pem", "bind", ["bind", "ro"])
-UPSTREAM_ENV = {"SSL_CERT_FILE": "/etc/ssl/certs/declawd-test-ca.pem"}
+UPSTREAM_CA = b"-----BEGIN CERTIFICATE-----\nupstream CA (fake)\n-----END CERTIFICATE-----\n"
 
 
 class StepFailed(RuntimeError):
@@ -136,6 +135,8 @@ class FakeNetworks:
         self.steps = steps
         self.networks: dict[str, NetworkPlan] = {}
         self.policies: dict[str, EgressPolicy] = {}
+        # Whether each sandbox's rules redirect all its TCP (content inspection active).
+        self.inspect: dict[str, bool] = {}
         self.gateway_up = False
 
     def plan(self, sandbox_id: str, slot: int) -> NetworkPlan:
@@ -155,19 +156,26 @@ class FakeNetworks:
         await self.steps.ahit("networks.teardown_gateway")
         self.gateway_up = False
 
-    async def create(self, plan: NetworkPlan, policy: EgressPolicy) -> None:
+    async def create(
+        self, plan: NetworkPlan, policy: EgressPolicy, *, inspect: bool = False
+    ) -> None:
         self.networks[plan.sandbox_id] = plan
         self.policies[plan.sandbox_id] = policy
+        self.inspect[plan.sandbox_id] = inspect
         await self.steps.ahit("networks.create")
 
     async def destroy(self, sandbox_id: str, slot: int) -> None:
         await self.steps.ahit("networks.destroy")
         self.networks.pop(sandbox_id, None)
         self.policies.pop(sandbox_id, None)
+        self.inspect.pop(sandbox_id, None)
 
-    async def update_policy(self, sandbox_id: str, slot: int, policy: EgressPolicy) -> None:
+    async def update_policy(
+        self, sandbox_id: str, slot: int, policy: EgressPolicy, *, inspect: bool = False
+    ) -> None:
         await self.steps.ahit("networks.update_policy")
         self.policies[sandbox_id] = policy
+        self.inspect[sandbox_id] = inspect
 
     async def sweep(self, keep: set[str]) -> list[str]:
         await self.steps.ahit("networks.sweep")
@@ -179,12 +187,12 @@ class FakeNetworks:
 
 
 class FakeGateway:
-    """The gateway daemon's table: sandbox id → (slot, address, policy)."""
+    """The gateway daemon's table: sandbox id → its entry (what state.json would hold)."""
 
     def __init__(self, steps: Steps) -> None:
         self.steps = steps
         self.restarts = 0
-        self.entries: dict[str, tuple[int, str, dict[str, Any]]] = {}
+        self.entries: dict[str, GatewayEntry] = {}
         self.loaded = self.running = self.supervised = False
 
     def load(self) -> None:
@@ -206,11 +214,17 @@ class FakeGateway:
     async def ping(self) -> bool:
         return self.running
 
-    async def upsert(
-        self, sandbox_id: str, slot: int, address: str, policy: dict[str, Any]
-    ) -> None:
-        self.entries[sandbox_id] = (slot, address, policy)
+    def entry(self, sandbox_id: str) -> dict[str, Any] | None:
+        entry = self.entries.get(sandbox_id)
+        return None if entry is None else entry.to_wire()
+
+    async def upsert(self, sandbox_id: str, entry: GatewayEntry) -> None:
+        self.entries[sandbox_id] = entry
         await self.steps.ahit("gateway.upsert")
+
+    async def sync(self, entries: Mapping[str, GatewayEntry]) -> None:
+        self.entries.update(entries)
+        await self.steps.ahit("gateway.sync")
 
     async def remove(self, sandbox_id: str) -> None:
         await self.steps.ahit("gateway.remove")
@@ -256,6 +270,10 @@ class FakeHost(SandboxHost):
         if prefill is not None:
             res.upper.mkdir(parents=True, exist_ok=True)
             prefill(res.upper)
+        # The merged view: the layers that exist on disk (tests make some), copied.
+        for layer in layers:
+            if layer.is_dir():
+                shutil.copytree(layer, res.rootfs, symlinks=True, dirs_exist_ok=True)
         self.rootfs.add(sandbox_id)
         self.prepared_with[sandbox_id] = (list(layers), address, nameserver)
         self.steps.hit("host.prepare")
@@ -295,8 +313,9 @@ class FakeUpstream:
     name = "fake"
     uplink = "fake0"
 
-    def __init__(self) -> None:
+    def __init__(self, bundle: Path) -> None:
         self.up = False
+        self.bundle = bundle
 
     async def ensure(self) -> None:
         self.up = True
@@ -307,11 +326,8 @@ class FakeUpstream:
     def dns_server(self) -> str:
         return "192.0.2.53"
 
-    def sandbox_mounts(self) -> list[Mount]:
-        return [CA_MOUNT]
-
-    def sandbox_env(self) -> dict[str, str]:
-        return dict(UPSTREAM_ENV)
+    def ca_bundle(self) -> Path:
+        return self.bundle
 
 
 class FakeEnvd:
@@ -434,7 +450,10 @@ class NodeFakes:
         store = Store(settings.db_path)
         runtimes = {"runc": FakeRuntime("runc", steps), "runsc": FakeRuntime("runsc", steps)}
         networks, gateway = FakeNetworks(steps), FakeGateway(steps)
-        host, upstream, envd = FakeHost(settings, steps), FakeUpstream(), EnvdFactory(steps)
+        bundle = tmp_path / "upstream-ca.pem"
+        bundle.write_bytes(UPSTREAM_CA)
+        host, envd = FakeHost(settings, steps), EnvdFactory(steps)
+        upstream = FakeUpstream(bundle)
         host.prepare_node()
         parts = NodeParts(
             settings=settings,
@@ -469,6 +488,7 @@ class NodeFakes:
             "container": [n for n, r in self.runtimes.items() if sandbox_id in r.containers],
             "network": self.networks.networks.get(sandbox_id),
             "gateway entry": self.gateway.entries.get(sandbox_id),
+            "CA": (self.host.resources(sandbox_id).dir / "ca").exists(),
             "rootfs": sandbox_id in self.host.rootfs,
             "cgroup": sandbox_id in self.host.cgroups,
             "directory": self.host.resources(sandbox_id).dir.exists(),

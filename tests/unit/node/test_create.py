@@ -10,17 +10,17 @@ import pytest
 
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import Busy, DeclawdError, Internal, NotFound, TimedOut
+from declawd.inspect.model import InspectionPolicy
 from declawd.node import create as create_module
 from declawd.node.create import CreateRequest
 from declawd.node.faults import Faults
 from declawd.node.node import Need
 from declawd.node.spec import ENVD_BIN_IN_SANDBOX, STATX_SHIM_IN_SANDBOX
+from declawd.node.trust import CA_BUNDLE_IN_SANDBOX, SYSTEM_BUNDLE_IN_SANDBOX, trust_env
 from declawd.store import SandboxState
 from declawd.templates.model import start_script
 from tests.unit.node.fakes import (
-    CA_MOUNT,
     TEAM,
-    UPSTREAM_ENV,
     NodeFakes,
     sandbox_id,
     template,
@@ -60,7 +60,11 @@ async def test_create_ends_running_with_everything_made(fakes: NodeFakes) -> Non
     plan = fakes.networks.networks[SID]
     assert (plan.slot, plan.address) == (1, "10.77.1.2")
     assert fakes.networks.policies[SID] == policy
-    assert fakes.gateway.entries[SID] == (1, "10.77.1.2", policy.to_wire())
+    entry = fakes.gateway.entries[SID]
+    assert (entry.slot, entry.address, entry.policy) == (1, "10.77.1.2", policy)
+    assert entry.inspection == InspectionPolicy()  # nothing to inspect: all passthrough
+    assert fakes.networks.inspect[SID] is False
+    assert entry.ca is not None and entry.ca.dir == fakes.host.resources(SID).dir / "ca"
     assert fakes.host.prepared_with[SID] == (
         template().layer_paths,
         "10.77.1.2",
@@ -72,11 +76,18 @@ async def test_create_ends_running_with_everything_made(fakes: NodeFakes) -> Non
     assert fakes.envd.of(SID).started == []  # the template has no start command
 
 
-async def test_spec_has_the_upstreams_mounts_and_the_sandboxes_netns(fakes: NodeFakes) -> None:
+async def test_spec_has_the_trust_bundle_mounts_and_the_sandboxes_netns(fakes: NodeFakes) -> None:
     await fakes.node.create(_request())
     spec = fakes.host.specs[SID]
     mounts = spec["mounts"]
-    assert CA_MOUNT.to_oci() in mounts
+    bundle = str(fakes.host.resources(SID).dir / "trust" / "ca-bundle.pem")
+    for target in (CA_BUNDLE_IN_SANDBOX, SYSTEM_BUNDLE_IN_SANDBOX):
+        assert {
+            "destination": target,
+            "type": "bind",
+            "source": bundle,
+            "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+        } in mounts
     assert any(m["destination"] == ENVD_BIN_IN_SANDBOX for m in mounts)
     assert any(m["destination"] == "/run/declawd/cgroup/memory.tasks" for m in mounts)  # runc
     netns = [n for n in spec["linux"]["namespaces"] if n["type"] == "network"]
@@ -94,7 +105,7 @@ async def test_runsc_sandbox_gets_compat_mounts_and_no_command_cgroups(
     assert fakes.runtime.containers == {}
     destinations = [m["destination"] for m in fakes.host.specs[SID]["mounts"]]
     assert STATX_SHIM_IN_SANDBOX in destinations and "/etc/ld.so.preload" in destinations
-    assert CA_MOUNT.destination in destinations
+    assert CA_BUNDLE_IN_SANDBOX in destinations and SYSTEM_BUNDLE_IN_SANDBOX in destinations
     assert "/run/declawd/cgroup/memory.tasks" not in destinations
     assert fakes.host.cgroups == set()
 
@@ -113,7 +124,7 @@ async def test_envs_and_the_start_command(fakes: NodeFakes) -> None:
     rec = await fakes.node.create(req)
     envs = fakes.node.envs(rec)
     assert envs == {
-        **UPSTREAM_ENV,
+        **trust_env(),
         "FROM_TEMPLATE": "t",
         "SHARED": "request",
         "DECLAW_SANDBOX": "true",

@@ -6,6 +6,7 @@ import pytest
 
 from declawd.egress.policy import EgressPolicy
 from declawd.node.create import CreateRequest
+from declawd.node.parts import GatewayEntry
 from declawd.node.reconcile import LOST, reconcile, sweep_strays
 from declawd.store import SandboxRecord, SandboxState
 from tests.unit.node.fakes import TEAM, NodeFakes, record, sandbox_id, template
@@ -34,6 +35,7 @@ async def test_a_whole_running_sandbox_is_kept(fakes: NodeFakes) -> None:
         "container",
         "network",
         "gateway entry",
+        "CA",
         "rootfs",
         "cgroup",
         "directory",
@@ -137,7 +139,7 @@ async def test_strays_no_record_accounts_for_are_removed(fakes: NodeFakes) -> No
     stray_dir = fakes.settings.sandbox_dir("sbx-straydir0000")
     (stray_dir / "rootfs").mkdir(parents=True)
     fakes.networks.networks["sbx-straynet0000"] = fakes.networks.plan("sbx-straynet0000", 9)
-    fakes.gateway.entries["sbx-straygw00000"] = (8, "10.77.8.2", {})
+    fakes.gateway.entries["sbx-straygw00000"] = GatewayEntry(8, "10.77.8.2", EgressPolicy.open())
     # a record that is released holds nothing either
     fakes.insert(record("sbx-released0000", SandboxState.KILLED, released=True, slot=7))
     fakes.networks.networks["sbx-released0000"] = fakes.networks.plan("sbx-released0000", 7)

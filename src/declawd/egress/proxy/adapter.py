@@ -1,0 +1,288 @@
+"""The asyncio side of one proxied connection: its two transports, its timer and its dial,
+driving one `machine.Connection`. Events are queued and handled one at a time (a write inside
+a command may report back-pressure at once); commands run in the order returned.
+
+Invariant: it dials the ADDRESS the machine names (the original destination, never a name
+re-resolved), and a connection it drops is reset on both sides (SO_LINGER {1, 0}).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections import deque
+from typing import TYPE_CHECKING
+
+from declawd.egress.proxy import commands as cmd
+from declawd.egress.proxy.decide import Verdict
+from declawd.egress.proxy.machine import Connection
+
+if TYPE_CHECKING:
+    from declawd.egress.proxy.server import SniProxy
+
+log = logging.getLogger(__name__)
+
+WRITE_HIGH_WATER = 512 * 1024
+
+
+def reset_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Close so the peer sees a TCP reset (SO_LINGER {1, 0}), not a FIN."""
+    if not isinstance(transport, asyncio.Transport):
+        return
+    if not transport.is_closing():
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class ProxiedConnection(asyncio.Protocol):
+    """One accepted connection (this protocol is its client side) and its machine."""
+
+    def __init__(self, proxy: SniProxy) -> None:
+        self.proxy = proxy
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.peer_ip: str | None = None
+        self.sandbox_id: str | None = None
+        self.dst_ip = ""
+        self.dst_port = 0
+        self.machine: Connection | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._dial_task: asyncio.Task[None] | None = None
+        self._queue: deque[cmd.Event] = deque()
+        self._busy = False
+        self._done = False
+
+    # Events in ------------------------------------------------------------------------
+
+    def feed(self, event: cmd.Event) -> bool:
+        """Hand an event to the machine; True if it ended the connection right then."""
+        if self._done or self.machine is None:
+            return False
+        self._queue.append(event)
+        if self._busy:
+            return False
+        self._busy = True
+        try:
+            while self._queue and not self._done:
+                try:
+                    commands = self.machine.handle(self._queue.popleft())
+                except Exception:
+                    log.exception("connection machine failed for %s", self.sandbox_id)
+                    commands = [cmd.ResetBoth()]
+                self._execute(commands)
+        finally:
+            self._busy = False
+        return self._done
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.client = transport
+        reason = self.proxy.admit(self, transport.get_extra_info("socket"))
+        if reason is not None:
+            self.proxy.audit(self, Verdict(False, reason))
+            self._teardown()
+            reset_transport(transport)
+            return
+        assert self.sandbox_id is not None
+        self.machine = Connection(
+            sandbox_id=self.sandbox_id,
+            dst_ip=self.dst_ip,
+            dst_port=self.dst_port,
+            view=lambda: self.proxy.view_for(self),
+            resolved=self.proxy.resolved,
+            peek_timeout=self.proxy.peek_timeout,
+            handshake_timeout=self.proxy.handshake_timeout,
+            interception=self.proxy.interception,
+        )
+        self._execute(self.machine.start())
+
+    def data_received(self, data: bytes) -> None:
+        self.feed(cmd.ClientData(data))
+
+    def eof_received(self) -> bool:
+        self.feed(cmd.ClientEof())
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.feed(cmd.ClientClosed() if exc is None else cmd.ClientReset())
+        self._teardown()
+
+    def pause_writing(self) -> None:
+        self.feed(cmd.ClientWriteBlocked())
+
+    def resume_writing(self) -> None:
+        self.feed(cmd.ClientWriteDrained())
+
+    def upstream_made(self, transport: asyncio.Transport) -> None:
+        if self._done:
+            reset_transport(transport)
+            return
+        assert self.client is not None
+        self.upstream = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.client.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.feed(cmd.UpstreamConnected())
+
+    # Commands out ---------------------------------------------------------------------
+
+    def _execute(self, commands: list[cmd.Command]) -> None:
+        for command in commands:
+            if self._done:
+                return
+            match command:
+                case cmd.SendClient(data=data):
+                    if self.client is not None:
+                        self.client.write(data)
+                        self.proxy.count("bytes_down", len(data))
+                case cmd.SendUpstream(data=data):
+                    if self.upstream is not None:
+                        self.upstream.write(data)
+                        self.proxy.count("bytes_up", len(data))
+                case cmd.SendClientEof():
+                    if self.client is not None and self.client.can_write_eof():
+                        self.client.write_eof()
+                case cmd.SendUpstreamEof():
+                    if self.upstream is not None and self.upstream.can_write_eof():
+                        self.upstream.write_eof()
+                case cmd.Dial(ip=ip, port=port):
+                    loop = asyncio.get_running_loop()
+                    self._dial_task = loop.create_task(self._dial(ip, port))
+                case cmd.DropUpstream():
+                    upstream, self.upstream = self.upstream, None
+                    if upstream is not None:
+                        upstream.close()
+                case cmd.ArmTimer(kind=kind, delay=delay):
+                    self._cancel_timer()
+                    self._timer = asyncio.get_running_loop().call_later(delay, self._fire, kind)
+                case cmd.CancelTimer():
+                    self._cancel_timer()
+                case cmd.PauseClient():
+                    _set_reading(self.client, False)
+                case cmd.ResumeClient():
+                    _set_reading(self.client, True)
+                case cmd.PauseUpstream():
+                    _set_reading(self.upstream, False)
+                case cmd.ResumeUpstream():
+                    _set_reading(self.upstream, True)
+                case cmd.Audit(verdict=verdict):
+                    self.proxy.audit(self, verdict)
+                case cmd.AuditHttp(audit=audit):
+                    self.proxy.audit_http(self, audit)
+                case cmd.CloseBoth():
+                    self.close()
+                case cmd.ResetBoth():
+                    self.reset()
+
+    def _fire(self, kind: str) -> None:
+        self._timer = None
+        self.feed(cmd.TimerFired(kind))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def _dial(self, ip: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        host, mapped_port = self.proxy.upstream_address(ip, port)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            # An address, never a name: the validated destination is the one dialled.
+            await asyncio.wait_for(
+                loop.sock_connect(sock, (host, mapped_port)), self.proxy.dial_timeout
+            )
+            await loop.create_connection(lambda: UpstreamProtocol(self), sock=sock)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            log.info("dial %s:%s for %s failed: %r", host, mapped_port, self.sandbox_id, exc)
+            self.feed(cmd.UpstreamFailed(_dial_error(exc)))
+        except BaseException:
+            sock.close()
+            raise
+
+    # Teardown (idempotent) ------------------------------------------------------------
+
+    def _teardown(self) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        self._queue.clear()
+        self._cancel_timer()
+        if self._dial_task is not None and not self._dial_task.done():
+            self._dial_task.cancel()
+        self.proxy.forget(self)
+        return True
+
+    def reset(self) -> None:
+        """Abort both sides with RST (denial, cut, or a peer that reset)."""
+        if self._teardown():
+            reset_transport(self.client)
+            reset_transport(self.upstream)
+
+    def close(self) -> None:
+        """Graceful close of both sides: queued bytes are still delivered."""
+        if self._teardown():
+            for transport in (self.client, self.upstream):
+                if transport is not None:
+                    transport.close()
+
+
+def _set_reading(transport: asyncio.Transport | None, on: bool) -> None:
+    if transport is None or transport.is_closing():
+        return
+    if on:
+        transport.resume_reading()
+    else:
+        transport.pause_reading()
+
+
+def _dial_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return type(exc).__name__
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    def __init__(self, conn: ProxiedConnection) -> None:
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.conn.upstream_made(transport)
+
+    def _current(self) -> bool:
+        """False once the machine dropped this upstream: it reports nothing more."""
+        return self.transport is not None and self.conn.upstream is self.transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._current():
+            self.conn.feed(cmd.UpstreamData(data))
+
+    def eof_received(self) -> bool:
+        if self._current():
+            self.conn.feed(cmd.UpstreamEof())
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._current():
+            self.conn.feed(cmd.UpstreamClosed() if exc is None else cmd.UpstreamReset())
+
+    def pause_writing(self) -> None:
+        if self._current():
+            self.conn.feed(cmd.UpstreamWriteBlocked())
+
+    def resume_writing(self) -> None:
+        if self._current():
+            self.conn.feed(cmd.UpstreamWriteDrained())

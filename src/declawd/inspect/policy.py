@@ -1,0 +1,238 @@
+"""A sandbox's SecurityPolicy (the SDK's `to_dict()` JSON) as our model, and its InspectionPolicy.
+
+`parse_security` validates a policy as the request carries it (every error names the field
+under the caller's prefix) and normalises it to the SDK's shape with its defaults filled;
+`inspection_policy` turns it, the sandbox's vault bindings and envs into what the proxy
+enforces. Invariant: a section we do not build yet is refused when enabled, never ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from declawd.config import Settings
+from declawd.errors import InvalidInput, NotSupported
+from declawd.inspect.model import (
+    DEFAULT_MASK_PATTERNS,
+    PLACEHOLDER,
+    InspectionPolicy,
+    TransformRule,
+    VaultBinding,
+)
+from declawd.inspect.rules import compile_rules
+
+# The SDK's defaults of the sections issue 10 builds (declaw-api.md §6.3), so a stored policy
+# reads back as `SecurityPolicy.from_dict(...).to_dict()` would.
+PII_TYPES = (
+    "ssn",
+    "credit_card",
+    "email",
+    "phone",
+    "person_name",
+    "api_key",
+    "address",
+    "ip_address",
+)
+UNBUILT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pii": {
+        "enabled": False,
+        "types": list(PII_TYPES),
+        "action": "redact",
+        "rehydrate_response": True,
+    },
+    "injection_defense": {
+        "enabled": False,
+        "action": "log_only",
+        "sensitivity": "medium",
+        "threshold": 0.95,
+    },
+    "toxicity": {"enabled": False, "threshold": 0.9, "action": "block"},
+    "code_security": {"enabled": False, "threshold": 0.6, "action": "log_only"},
+    "invisible_text": {"enabled": False, "action": "strip"},
+    "content_gate": {"enabled": False},
+    "custom_policy": {
+        "enabled": False,
+        "inline_rego": None,
+        "policy_ref": None,
+        "default_deny": False,
+    },
+}
+# Always in `to_dict()`; the others only when the policy has them.
+ALWAYS = ("pii", "injection_defense", "transformations", "audit", "env_security")
+OPTIONAL = ("network", "toxicity", "code_security", "invisible_text", "content_gate")
+SECTIONS = (*ALWAYS, *OPTIONAL, "custom_policy")
+
+
+@dataclass(frozen=True)
+class SecuritySpec:
+    """A validated SecurityPolicy. `policy` is its JSON in the SDK's shape with defaults
+    filled, without `network` (the egress policy lives in the record's own column);
+    `network` is that section as sent (the API parses it as an egress policy); `carried`
+    names the sections the request had (a PUT replaces those only)."""
+
+    transformations: tuple[TransformRule, ...] = ()
+    audit_enabled: bool = True
+    mask_patterns: tuple[str, ...] = DEFAULT_MASK_PATTERNS
+    auto_mask_in_audit: bool = True
+    network: Mapping[str, Any] | None = None
+    carried: frozenset[str] = frozenset()
+    policy: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.policy) if self.policy else parse_security({}).to_dict()
+
+    def carried_sections(self) -> dict[str, Any]:
+        """The normalised sections the request carried (without `network`)."""
+        return {k: v for k, v in self.to_dict().items() if k in self.carried}
+
+
+def _label(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _bool(raw: Mapping[str, Any], name: str, default: bool, label: str) -> bool:
+    value = raw.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidInput(label, "must be a boolean")
+    return value
+
+
+def _unbuilt(name: str, value: Any, label: str) -> dict[str, Any]:
+    """An issue-10 section: its shape checked, its defaults filled; enabled → NotSupported."""
+    if isinstance(value, bool):
+        value = {"enabled": value}
+    if not isinstance(value, Mapping):
+        raise InvalidInput(label, "must be an object")
+    enabled = _bool(value, "enabled", False, f"{label}.enabled")
+    if enabled:
+        raise NotSupported(f"security.{name}: not implemented yet")
+    return {**copy.deepcopy(UNBUILT_DEFAULTS[name]), **value, "enabled": False}
+
+
+def _transformations(value: Any, label: str) -> tuple[TransformRule, ...]:
+    if not isinstance(value, list):
+        raise InvalidInput(label, "must be an array")
+    rules: list[TransformRule] = []
+    for i, item in enumerate(value):
+        where = f"{label}[{i}]"
+        if not isinstance(item, Mapping):
+            raise InvalidInput(where, "must be an object")
+        for key in ("match", "replace"):
+            if item.get(key) is None:
+                raise InvalidInput(f"{where}.{key}", "is required")
+        direction = item.get("direction")
+        # Types are checked by compile_rules, which names the same fields.
+        rules.append(
+            TransformRule(
+                item["match"], item["replace"], "outbound" if direction is None else direction
+            )
+        )
+    compile_rules(rules, label)
+    return tuple(rules)
+
+
+def _audit(value: Any, label: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidInput(label, "must be a boolean or an object")
+    return _bool(value, "enabled", True, f"{label}.enabled")
+
+
+def _env_security(value: Any, label: str) -> tuple[tuple[str, ...], bool]:
+    if not isinstance(value, Mapping):
+        raise InvalidInput(label, "must be an object")
+    patterns = value.get("mask_patterns")
+    if patterns is None:
+        patterns = list(DEFAULT_MASK_PATTERNS)
+    if not isinstance(patterns, list):
+        raise InvalidInput(f"{label}.mask_patterns", "must be an array")
+    for i, p in enumerate(patterns):
+        if not isinstance(p, str):
+            raise InvalidInput(f"{label}.mask_patterns[{i}]", "must be a string")
+    auto = _bool(value, "auto_mask_in_audit", True, f"{label}.auto_mask_in_audit")
+    return tuple(patterns), auto
+
+
+def parse_security(raw: Mapping[str, Any] | None, field: str = "security") -> SecuritySpec:
+    """Validate a SecurityPolicy JSON object; `field` is where it sits in the request
+    (`security.policy_json` at create, "" for a PUT body). Unknown keys are ignored, as the
+    reference server does; an absent or null section takes the SDK's default."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(field or "request body", "must be a JSON object")
+    carried = frozenset(k for k in SECTIONS if raw.get(k) is not None)
+    policy: dict[str, Any] = {}
+    for name in ("pii", "injection_defense"):
+        default: Any = False if name == "injection_defense" else {}
+        value = raw.get(name)
+        policy[name] = _unbuilt(name, default if value is None else value, _label(field, name))
+    value = raw.get("transformations")
+    rules = _transformations([] if value is None else value, _label(field, "transformations"))
+    policy["transformations"] = [
+        {"match": r.match, "replace": r.replace, "direction": r.direction} for r in rules
+    ]
+    value = raw.get("audit")
+    audit = _audit(True if value is None else value, _label(field, "audit"))
+    policy["audit"] = {"enabled": audit}
+    value = raw.get("env_security")
+    patterns, auto = _env_security({} if value is None else value, _label(field, "env_security"))
+    policy["env_security"] = {"mask_patterns": list(patterns), "auto_mask_in_audit": auto}
+    network = raw.get("network")
+    if network is not None and not isinstance(network, Mapping):
+        raise InvalidInput(_label(field, "network"), "must be an object")
+    for name in ("toxicity", "code_security", "invisible_text", "content_gate", "custom_policy"):
+        if raw.get(name) is not None:
+            policy[name] = _unbuilt(name, raw[name], _label(field, name))
+    return SecuritySpec(
+        transformations=rules,
+        audit_enabled=audit,
+        mask_patterns=patterns,
+        auto_mask_in_audit=auto,
+        network=network,
+        carried=carried,
+        policy=policy,
+    )
+
+
+def is_sensitive(name: str, patterns: Sequence[str]) -> bool:
+    """The SDK's `EnvSecurityConfig.is_sensitive`: fnmatch of the upper-cased name."""
+    return any(fnmatch.fnmatch(name.upper(), p) for p in patterns)
+
+
+def masked_values(spec: SecuritySpec, envs: Mapping[str, str]) -> tuple[str, ...]:
+    """Values of the envs whose names are sensitive, longest first (so a masker replaces a
+    value before any shorter one inside it); never empty, never the vault placeholder."""
+    if not spec.auto_mask_in_audit:
+        return ()
+    values = {
+        v for k, v in envs.items() if v and v != PLACEHOLDER and is_sensitive(k, spec.mask_patterns)
+    }
+    return tuple(sorted(values, key=lambda v: (-len(v), v)))
+
+
+def inspection_policy(
+    spec: SecuritySpec | None,
+    vault: Sequence[VaultBinding],
+    envs: Mapping[str, str],
+    settings: Settings,
+) -> InspectionPolicy:
+    """What the proxy enforces for a sandbox (None: a sandbox created without a policy)."""
+    spec = spec or SecuritySpec()
+    return InspectionPolicy(
+        transformations=spec.transformations,
+        vault=tuple(vault),
+        audit_enabled=spec.audit_enabled,
+        mask_patterns=spec.mask_patterns,
+        auto_mask_in_audit=spec.auto_mask_in_audit,
+        masked_values=masked_values(spec, envs),
+        buffer_limit=int(settings.inspect_buffer_limit_mb * 1024 * 1024),
+        vault_plain_http=settings.vault_plain_http,
+    )

@@ -1,0 +1,257 @@
+"""The gateway daemon's inspection plumbing without root: state.json from the node to the
+daemon (inspection policy, CA), failing closed on entries it cannot read, leaf contexts
+dropped when a sandbox goes or gets a new CA, http audit events, and its command line."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from declawd.config import Settings
+from declawd.egress import gateway
+from declawd.egress.audit import AuditEvent
+from declawd.egress.gatewaystate import DENY_ALL, load_state, upstream_context
+from declawd.egress.policy import EgressPolicy
+from declawd.egress.resolver import SandboxEntry
+from declawd.inspect.ca import SandboxCA
+from declawd.inspect.model import (
+    HttpAudit,
+    InspectionPolicy,
+    TransformRule,
+    VaultBinding,
+    VaultScope,
+)
+from declawd.lab.ca import ca_bundle_path
+from declawd.node.gatewayd import GatewayDaemon as NodeGateway
+from declawd.node.parts import GatewayEntry
+from declawd.upstream import choose_upstream
+from tests.unit.gateway_cli import gateway_argv, parsed_config
+
+POLICY = EgressPolicy.parse(["api.openai.com"], ["0.0.0.0/0"])
+INSPECTION = InspectionPolicy(
+    transformations=(TransformRule("secret-word", "[gone]", "both"),),
+    vault=(
+        VaultBinding(
+            "OPENAI_API_KEY",
+            "sec-1",
+            "vault://default/prod/openai",
+            (VaultScope(r"api\.openai\.com", "header", header_name="x-api-key"),),
+        ),
+    ),
+    masked_values=("hunter2-masked",),
+)
+
+
+class FakeSets:
+    def admit(self, slot: int, timeouts: Mapping[str, float]) -> None:
+        pass
+
+    def replace(self, slot: int, timeouts: Mapping[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _settings(tmp_path: Path, *, lab: bool = True) -> Settings:
+    return Settings(
+        state_dir=tmp_path / "state", instance="dcunit", lab=lab, upstream_dns="192.0.2.53"
+    )
+
+
+async def _write(settings: Settings, entries: Mapping[str, GatewayEntry]) -> Path:
+    """What the node writes (no daemon runs, so nothing is reloaded)."""
+    node_side = NodeGateway(settings, choose_upstream(settings))
+    await node_side.sync(entries)
+    return node_side.state_path
+
+
+# state.json ---------------------------------------------------------------------------
+
+
+async def test_state_json_carries_inspection_and_ca_from_the_node_to_the_gateway(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    ca = SandboxCA.create(tmp_path / "sbx-1" / "ca", "sbx-1")
+    path = await _write(
+        settings, {"sbx-1": GatewayEntry(3, "10.77.0.14", POLICY, INSPECTION, ca.ref)}
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "hunter2-masked" in path.read_text()  # masked values go; secret values never exist
+    assert load_state(path) == {
+        "sbx-1": SandboxEntry("sbx-1", 3, "10.77.0.14", POLICY, INSPECTION, ca.ref)
+    }
+
+
+async def test_an_entry_written_before_inspection_existed_inspects_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.json"
+    item = {"slot": 2, "address": "10.77.0.10", "policy": POLICY.to_wire()}
+    path.write_text(json.dumps({"sandboxes": {"sbx-old": item}}))
+    assert load_state(path) == {"sbx-old": SandboxEntry("sbx-old", 2, "10.77.0.10", POLICY)}
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"inspection": {"transformations": [{"replace": "no match"}]}},
+        {"inspection": {"vault": [{"secret_id": "sec-1"}]}},
+        {"inspection": {"buffer_limit": "lots"}},
+        {"ca_dir": ["not", "a", "path"]},
+    ],
+)
+def test_an_unreadable_inspection_keeps_the_previous_entry_or_denies_all(
+    tmp_path: Path, broken: dict[str, Any]
+) -> None:
+    path = tmp_path / "state.json"
+    item = {"slot": 2, "address": "10.77.0.10", "policy": EgressPolicy.open().to_wire(), **broken}
+    path.write_text(json.dumps({"sandboxes": {"sbx-1": item}}))
+    before = SandboxEntry("sbx-1", 2, "10.77.0.10", POLICY, INSPECTION)
+    assert load_state(path, {"sbx-1": before}) == {"sbx-1": before}
+    # Not the same place (or never seen): nothing to keep, so nothing passes.
+    elsewhere = SandboxEntry("sbx-1", 5, "10.77.0.22", POLICY, INSPECTION)
+    for previous in ({"sbx-1": elsewhere}, None):
+        assert load_state(path, previous) == {
+            "sbx-1": SandboxEntry("sbx-1", 2, "10.77.0.10", DENY_ALL)
+        }
+
+
+def test_an_unusable_upstream_bundle_trusts_nothing(tmp_path: Path) -> None:
+    broken = tmp_path / "bundle.pem"
+    broken.write_text("not a certificate\n")
+    context = upstream_context(broken)
+    assert context.cert_store_stats()["x509_ca"] == 0
+    assert context.verify_mode.name == "CERT_REQUIRED" and context.check_hostname
+
+
+# The running daemon -------------------------------------------------------------------
+
+
+class RecordingDaemon(gateway.GatewayDaemon):
+    """The daemon with its audit events kept in a list instead of the database."""
+
+    events: list[AuditEvent]
+
+    def emit(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[RecordingDaemon]:
+    config = gateway.GatewayConfig(
+        state_dir=tmp_path / "state",
+        upstream_dns=("127.0.0.1", 9),
+        listen_host="127.0.0.1",
+        dns_port=0,
+        proxy_port=0,
+        nflog=False,
+    )
+    d = RecordingDaemon(config, nft=FakeSets())
+    d.events = []
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+async def _reload(d: gateway.GatewayDaemon, entries: Mapping[str, GatewayEntry]) -> None:
+    settings = Settings(state_dir=d.config.state_dir, instance="dcunit", lab=True)
+    await _write(settings, entries)
+    await d.reload()
+
+
+async def test_the_proxy_sees_the_inspection_and_leaves_follow_the_ca(
+    tmp_path: Path, daemon: RecordingDaemon
+) -> None:
+    ca = SandboxCA.create(tmp_path / "sbx-1" / "ca", "sbx-1")
+    await _reload(daemon, {"sbx-1": GatewayEntry(3, "10.77.0.14", POLICY, INSPECTION, ca.ref)})
+    assert daemon.proxy is not None
+    view = daemon.proxy.lookup("10.77.0.14")
+    assert view is not None and (view.sandbox_id, view.inspection) == ("sbx-1", INSPECTION)
+    first = daemon.leaves.server_context("sbx-1", "api.openai.com")
+    assert daemon.leaves.server_context("sbx-1", "api.openai.com") is first
+
+    # A restore: the same id and directory, a new CA. No leaf of the old one survives.
+    ca2 = SandboxCA.create(tmp_path / "sbx-1" / "ca", "sbx-1")
+    await _reload(daemon, {"sbx-1": GatewayEntry(3, "10.77.0.14", POLICY, INSPECTION, ca2.ref)})
+    assert len(daemon.leaves) == 0
+    assert daemon.leaves.server_context("sbx-1", "api.openai.com") is not first
+
+    # Gone: its contexts go with it, and nothing can be minted for it any more.
+    daemon.config.state_path.write_text(json.dumps({"sandboxes": {}}))
+    await daemon.reload()
+    assert len(daemon.leaves) == 0
+    with pytest.raises(LookupError, match="has no CA"):
+        daemon.leaves.server_context("sbx-1", "api.openai.com")
+
+
+async def test_http_audit_events_carry_the_request_record(daemon: RecordingDaemon) -> None:
+    await _reload(daemon, {"sbx-1": GatewayEntry(3, "10.77.0.14", POLICY, INSPECTION)})
+    record = {"method": "GET", "url": "https://api.openai.com/v1/models", "status_code": 200}
+    daemon._on_http_audit("sbx-1", "203.0.113.10", 443, HttpAudit(record))
+    daemon._on_http_audit(
+        "sbx-1", "203.0.113.11", 8080, HttpAudit({"url": "/x"}, verdict="deny", reason="blocked")
+    )
+    assert daemon.events == [
+        AuditEvent(
+            "sbx-1",
+            "http",
+            "allow",
+            "inspected",
+            name="api.openai.com",
+            address="203.0.113.10",
+            port=443,
+            protocol="https",
+            detail=record,
+        ),
+        AuditEvent(
+            "sbx-1",
+            "http",
+            "deny",
+            "blocked",
+            name=None,
+            address="203.0.113.11",
+            port=8080,
+            protocol="http",
+            detail={"url": "/x"},
+        ),
+    ]
+
+
+async def test_no_http_audit_when_the_sandbox_turned_audit_off(
+    daemon: RecordingDaemon,
+) -> None:
+    quiet = InspectionPolicy(transformations=INSPECTION.transformations, audit_enabled=False)
+    await _reload(daemon, {"sbx-1": GatewayEntry(3, "10.77.0.14", POLICY, quiet)})
+    daemon._on_http_audit("sbx-1", "203.0.113.10", 443, HttpAudit({"url": "https://x.com/"}))
+    assert daemon.events == []
+
+
+# Command line -------------------------------------------------------------------------
+
+
+def test_the_node_tells_the_daemon_the_lab_bundle_and_the_vault_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path)
+    argv = gateway_argv(settings)
+    config = parsed_config(argv, monkeypatch)
+    assert config.upstream_ca == ca_bundle_path(settings)
+    assert config.vault_key_path == settings.keys_dir / "vault.key"
+    assert config.leaves_dir == settings.gateway_dir / "leaves"
+
+
+def test_in_host_mode_upstreams_are_verified_against_the_system_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = gateway_argv(_settings(tmp_path, lab=False))
+    assert "--upstream-ca" not in argv
+    assert parsed_config(argv, monkeypatch).upstream_ca is None
