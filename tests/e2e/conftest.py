@@ -55,9 +55,21 @@ def _down() -> None:
     subprocess.run([str(BIN / "declawd"), "down"], env=_env(), capture_output=True, timeout=120)
 
 
+def _stop_stale(pattern: str) -> None:
+    if subprocess.run(["pkill", "-f", pattern], capture_output=True).returncode == 0:
+        _wait_for(
+            lambda: subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode,
+            30,
+        )
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Path]:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    # A server or lab of an earlier run killed without its fixtures' cleanup would answer in
+    # place of ours, with older code: stop them first (this instance's only).
+    _stop_stale(f"declawd server --lab --port {PORT}$")
+    subprocess.run([str(BIN / "declawd"), "lab", "down"], env=_env(), capture_output=True)
     log = open(STATE_DIR / "lab.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [str(BIN / "declawd"), "lab", "serve"],

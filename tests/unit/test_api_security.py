@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from declawd.api import security
+from declawd.api import security, views
 from declawd.api.errors import body_of, status_of
 from declawd.api.sandboxes import parse_policy
 from declawd.egress.policy import EgressPolicy
@@ -99,7 +99,7 @@ def test_get_answers_the_sdks_shape_with_the_network_in_force(client: TestClient
 
 
 def test_get_of_a_sandbox_created_without_a_policy_is_the_defaults() -> None:
-    view = security.security_view(record(security=None))
+    view = views.security_view(record(security=None))
     assert view == SecurityPolicy().to_dict()
 
 

@@ -15,27 +15,11 @@ from fastapi import APIRouter, Depends, Request
 from declawd.api.app import Team, current_team, services
 from declawd.api.body import json_body
 from declawd.api.sandboxes import policy_from
-from declawd.errors import DeclawdError
+from declawd.api.views import security_view
 from declawd.inspect.policy import parse_security
 from declawd.node.node import Need
-from declawd.store import SandboxRecord
 
 router = APIRouter()
-
-
-def security_view(rec: SandboxRecord) -> dict[str, Any]:
-    """The record's policy as `SecurityPolicy.to_dict()` would write it (pure)."""
-    stored = {k: v for k, v in (rec.security or {}).items() if k != "network"}
-    try:
-        policy = parse_security(stored).to_dict()
-    except DeclawdError:
-        # A record from before this policy was validated on create: shown as it was sent.
-        policy = stored
-    # The SDK's NetworkPolicy.to_dict(): empty lists left out, no key for an open policy.
-    network = {k: list(v) for k, v in rec.network.items() if v}
-    if network:
-        policy["network"] = network
-    return policy
 
 
 @router.get("/sandboxes/{sandbox_id}/security")

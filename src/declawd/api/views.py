@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from declawd.errors import DeclawdError
+from declawd.inspect.policy import parse_security
 from declawd.store import SandboxRecord
 
 MASK = "***"
@@ -68,5 +70,20 @@ def sandbox_view(rec: SandboxRecord) -> dict[str, Any]:
         "runtime": rec.runtime,
         "envs": masked_envs(rec.envs, rec.security),
         "network": dict(rec.network),
-        "security": dict(rec.security) if rec.security is not None else None,
+        "security": security_view(rec) if rec.security is not None else None,
     }
+
+
+def security_view(rec: SandboxRecord) -> dict[str, Any]:
+    """The record's policy as `SecurityPolicy.to_dict()` would write it (pure)."""
+    stored = {k: v for k, v in (rec.security or {}).items() if k != "network"}
+    try:
+        policy = parse_security(stored).to_dict()
+    except DeclawdError:
+        # A record from before this policy was validated on create: shown as it was sent.
+        policy = stored
+    # The SDK's NetworkPolicy.to_dict(): empty lists left out, no key for an open policy.
+    network = {k: list(v) for k, v in rec.network.items() if v}
+    if network:
+        policy["network"] = network
+    return policy

@@ -7,21 +7,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 import trustme
 
-from declawd.egress.proxy import SandboxView, SniProxy
+from declawd.egress.proxy import Interception, SandboxView, SniProxy
 from declawd.egress.resolved import ResolvedNames
-from declawd.inspect.model import HttpAudit, InspectionPolicy
+from declawd.inspect.model import HttpAudit, HttpCommand, InspectContext, InspectionPolicy
 from tests.unit.proxy.support import (
     ALPN,
     OPENAI,
     POLICY,
     SBX,
     TRANSFORM,
+    FakeLayer,
     LayerFactory,
     Leaves,
     client_ctx,
@@ -191,3 +193,49 @@ def test_the_upstream_context_is_given_alpn() -> None:
     with pytest.raises(ssl.SSLWantReadError):
         obj.do_handshake()
     assert b"\x02h2\x08http/1.1" in out.read()
+
+
+async def test_a_slow_rewrite_runs_off_the_loop_so_other_connections_are_served(
+    sandbox_ca: trustme.CA, upstream_ca: trustme.CA
+) -> None:
+    """The layer of connection 1 blocks (a rewrite that takes long) until connection 2 has
+    been refused: had it run on the event loop, connection 2 could not be decided and the
+    layer's wait would time out."""
+    gate = threading.Event()
+    waited: list[bool] = []
+
+    class SlowFactory(LayerFactory):
+        def __call__(self, context: InspectContext, policy: InspectionPolicy) -> FakeLayer:
+            layer = super().__call__(context, policy)
+            fast = layer.client_data
+
+            def slow(data: bytes) -> list[HttpCommand]:
+                waited.append(gate.wait(10))
+                return fast(data)
+
+            layer.client_data = slow  # type: ignore[method-assign]
+            return layer
+
+    async def http_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(head) + head)
+        await writer.drain()
+        writer.close()
+
+    server, port = await serve(http_once)
+    async with server, intercepting(sandbox_ca, upstream_ca) as it:
+        it.harness.proxy.interception = Interception(None, None, SlowFactory())
+        it.harness.routes[(OPENAI, 80)] = port
+        r1, w1 = await it.harness.connect((OPENAI, 80))
+        w1.write(b"GET / HTTP/1.1\r\nHost: api.openai.com\r\nX-Say: hello\r\n\r\n")
+        r2, w2 = await it.harness.connect((OPENAI, 80))
+        w2.write(b"GET / HTTP/1.1\r\nHost: evil.com\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):
+            assert await r2.read() == b""
+        gate.set()
+        answer = await r1.read()
+        w1.close()
+        w2.close()
+    assert waited == [True]
+    assert answer.endswith(b"X-Say: HELLO\r\n\r\n")
+    assert ("deny", "host_not_allowed") in it.harness.reasons()

@@ -1,6 +1,9 @@
 """The asyncio side of one proxied connection: its two transports, its timer and its dial,
 driving one `machine.Connection`. Events are queued and handled one at a time (a write inside
-a command may report back-pressure at once); commands run in the order returned.
+a command may report back-pressure at once); commands run in the order returned. Data of an
+inspected connection is handled on the proxy's worker threads (bodies are rewritten there),
+so one sandbox's slow rewrite never stalls the loop that serves every other sandbox; while
+that runs, the side that sent more is paused.
 
 Invariant: it dials the ADDRESS the machine names (the original destination, never a name
 re-resolved), and a connection it drops is reset on both sides (SO_LINGER {1, 0}).
@@ -57,6 +60,9 @@ class ProxiedConnection(asyncio.Protocol):
         self._queue: deque[cmd.Event] = deque()
         self._busy = False
         self._done = False
+        # Reading as the machine wants it, and sides paused while a worker handles data.
+        self._want_reading = {"client": True, "upstream": True}
+        self._throttled: set[str] = set()
 
     # Events in ------------------------------------------------------------------------
 
@@ -66,19 +72,69 @@ class ProxiedConnection(asyncio.Protocol):
             return False
         self._queue.append(event)
         if self._busy:
+            self._throttle(event)
             return False
         self._busy = True
+        handed_off = False
         try:
             while self._queue and not self._done:
-                try:
-                    commands = self.machine.handle(self._queue.popleft())
-                except Exception:
-                    log.exception("connection machine failed for %s", self.sandbox_id)
-                    commands = [cmd.ResetBoth()]
+                if self._offloads(self._queue[0]):
+                    asyncio.get_running_loop().create_task(self._drain())
+                    handed_off = True
+                    return False
+                self._execute(self._handle(self._queue.popleft()))
+        finally:
+            if not handed_off:
+                self._busy = False
+        return self._done
+
+    def _handle(self, event: cmd.Event) -> list[cmd.Command]:
+        assert self.machine is not None
+        try:
+            return self.machine.handle(event)
+        except Exception:
+            log.exception("connection machine failed for %s", self.sandbox_id)
+            return [cmd.ResetBoth()]
+
+    def _offloads(self, event: cmd.Event) -> bool:
+        """Every event of an inspected connection may reach its HTTP layer (an EOF can end a
+        buffered body, the dial's end releases a held request), so all go to a worker;
+        a policy cut stays on the loop (its caller counts what it cut)."""
+        machine = self.machine
+        return (
+            self.proxy.workers is not None
+            and machine is not None
+            and (machine.session is not None or machine.plan != "passthrough")
+            and not isinstance(event, cmd.PolicyCut)
+        )
+
+    async def _drain(self) -> None:
+        """Handle the queue in order, an inspected connection's events on a worker thread (one
+        at a time: the machine is never entered from two threads)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue and not self._done:
+                event = self._queue.popleft()
+                if self._offloads(event):
+                    commands = await loop.run_in_executor(self.proxy.workers, self._handle, event)
+                else:
+                    commands = self._handle(event)
                 self._execute(commands)
         finally:
             self._busy = False
-        return self._done
+            self._throttled.clear()
+            self._apply_reading()
+
+    def _throttle(self, event: cmd.Event) -> None:
+        """More data while a worker is busy with this connection: stop reading that side."""
+        side = {cmd.ClientData: "client", cmd.UpstreamData: "upstream"}.get(type(event))
+        if side is not None and side not in self._throttled:
+            self._throttled.add(side)
+            self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        for side, transport in (("client", self.client), ("upstream", self.upstream)):
+            _set_reading(transport, self._want_reading[side] and side not in self._throttled)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -163,13 +219,17 @@ class ProxiedConnection(asyncio.Protocol):
                 case cmd.CancelTimer():
                     self._cancel_timer()
                 case cmd.PauseClient():
-                    _set_reading(self.client, False)
+                    self._want_reading["client"] = False
+                    self._apply_reading()
                 case cmd.ResumeClient():
-                    _set_reading(self.client, True)
+                    self._want_reading["client"] = True
+                    self._apply_reading()
                 case cmd.PauseUpstream():
-                    _set_reading(self.upstream, False)
+                    self._want_reading["upstream"] = False
+                    self._apply_reading()
                 case cmd.ResumeUpstream():
-                    _set_reading(self.upstream, True)
+                    self._want_reading["upstream"] = True
+                    self._apply_reading()
                 case cmd.Audit(verdict=verdict):
                     self.proxy.audit(self, verdict)
                 case cmd.AuditHttp(audit=audit):

@@ -16,6 +16,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from declawd.addresses import PROXY_PORT
@@ -69,6 +70,7 @@ class SniProxy:
         upstream_tls: ssl.SSLContext | None = None,
         http_layer: LayerFactory | None = None,
         audit_http: HttpAuditSink | None = None,
+        inspect_workers: int = 2,
     ) -> None:
         self.lookup = lookup
         self.resolved = resolved
@@ -87,6 +89,10 @@ class SniProxy:
         if upstream_tls is not None:
             upstream_tls.set_alpn_protocols(ALPN)  # whatever the upstream offers, we translate
         self.interception = Interception(leaf_contexts, upstream_tls, http_layer)
+        # Inspected connections' data is handled here, off the loop (adapter.py); 0 = inline.
+        self.workers: ThreadPoolExecutor | None = None
+        if http_layer is not None and inspect_workers > 0:
+            self.workers = ThreadPoolExecutor(inspect_workers, thread_name_prefix="inspect")
         self._server: asyncio.Server | None = None
         self._conns: set[ProxiedConnection] = set()
         self._by_sandbox: dict[str, set[ProxiedConnection]] = {}
@@ -123,6 +129,8 @@ class SniProxy:
             conn.reset()
         if server is not None:
             await server.wait_closed()
+        if self.workers is not None:
+            self.workers.shutdown(wait=False, cancel_futures=True)
 
     def cut(self, sandbox_id: str, still_allowed: Callable[[str | None, str, int], bool]) -> int:
         """Reset this sandbox's established connections that the new policy no longer allows."""
