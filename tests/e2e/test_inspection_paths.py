@@ -205,3 +205,30 @@ def test_upstream_with_bad_certificate_is_502_audited_and_never_reached(
             plain.kill(wait=True)
     finally:
         inspected.kill(wait=True)
+
+
+@pytest.mark.parametrize("runtime", c.RUNTIMES)
+def test_the_sandbox_ca_key_is_nowhere_inside_the_sandbox(
+    server: dict[str, str], runtime: str
+) -> None:
+    """SECURITY.md: the CA's private key lives outside every sandbox. Its base64 body is
+    searched for over the sandbox's whole filesystem as root; the CA certificate, which the
+    sandbox must trust, is found the same way (the search works)."""
+    s = create(runtime, security=inspecting(ALLOWED))
+    try:
+        ca = settings().sandbox_dir(s.sandbox_id) / "ca"
+        key_line = (ca / "ca.key").read_text().splitlines()[1]
+        cert_line = (ca / "ca.pem").read_text().splitlines()[1]
+
+        def found(needle: str) -> list[str]:
+            cmd = (
+                "grep -rlsF --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev "
+                f"-e {needle!r} / || true"
+            )
+            return s.commands.run(cmd, user="root", timeout=300).stdout.split()
+
+        # Control: the trusted certificate is found in the bundle the sandbox reads.
+        assert "/etc/declawd/ca-bundle.pem" in found(cert_line)
+        assert found(key_line) == []  # the key: in no file anywhere
+    finally:
+        s.kill(wait=True)
