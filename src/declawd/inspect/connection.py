@@ -20,7 +20,7 @@ from declawd.inspect.http1 import H1Client, H1Server
 from declawd.inspect.http2 import H2Client, H2Server
 from declawd.inspect.messages import SideEvent
 from declawd.inspect.model import HttpCommand, InspectContext, InspectionPolicy, SecretSource
-from declawd.inspect.pipeline import Pipeline
+from declawd.inspect.pipeline import BodyPipe, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,17 @@ class InspectedConnection:
     def pipeline(self) -> Pipeline:
         """The stages this connection runs (issue 10 adds its own to the lists)."""
         return self._pipeline
+
+    @property
+    def scanning(self) -> bool:
+        """Whether a body of an open exchange is being buffered or streamed through the
+        pipeline: its next bytes may cost real CPU (the proxy then hands this connection's
+        events to a worker thread, off the event loop)."""
+        return any(
+            (x.req_pipe is not None and type(x.req_pipe) is not BodyPipe)
+            or (x.resp_pipe is not None and type(x.resp_pipe) is not BodyPipe)
+            for x in self._by_client.values()
+        )
 
     @property
     def client_backlog(self) -> int:

@@ -11,6 +11,7 @@ import h11
 import pytest
 
 from declawd.inspect.exchange import HIGH_WATER
+from declawd.inspect.http import HttpInspector
 from declawd.inspect.http2 import STREAM_WINDOW
 from declawd.inspect.model import (
     CloseClient,
@@ -28,6 +29,7 @@ from tests.unit.inspect.httpwire import (
     H2Sandbox,
     H2Upstream,
     Resp,
+    Secrets,
     Seen,
     Wire,
     ctx,
@@ -575,3 +577,21 @@ def test_an_upgrade_towards_an_h2_upstream_is_a_plain_request() -> None:
     w.pump()
     assert got.status == 426
     assert w.upstream.seen[0].header("upgrade") is None
+
+
+def _head(ctype: str, length: int) -> bytes:
+    return (
+        f"POST /x HTTP/1.1\r\nHost: api.example.com\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_scanning_says_whether_a_body_is_going_through_the_pipeline() -> None:
+    """The proxy moves a connection's events off the event loop while this is true."""
+    scanned = HttpInspector(ctx(), POLICY, secrets=Secrets())
+    scanned.client_data(_head("application/json", 100) + b'{"a": "')
+    assert scanned.scanning  # a JSON body is being buffered for its rewrite
+    passed = HttpInspector(ctx(), POLICY, secrets=Secrets())
+    passed.client_data(_head("application/octet-stream", 100) + b"\0" * 10)
+    assert not passed.scanning  # an opaque body passes as it is
+    assert not HttpInspector(ctx(), POLICY, secrets=Secrets()).scanning

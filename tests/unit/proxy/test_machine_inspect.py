@@ -424,3 +424,37 @@ def test_interception_needs_all_three_parts_for_tls(sandbox_ca: trustme.CA) -> N
     )
     replay.send(cmd.ClientData(TlsEnd.client(ssl.create_default_context(), HOST).pending()))
     assert replay.dials() == [cmd.Dial(OPENAI, 443, tls=False)]
+
+
+@dataclass
+class BackloggedLayer(FakeLayer):
+    """A layer that reports bytes held for a peer whose h2 window is shut."""
+
+    upstream_backlog: int = 0
+    client_backlog: int = 0
+
+
+@dataclass
+class BackloggedFactory(LayerFactory):
+    def __call__(self, context: InspectContext, policy: InspectionPolicy) -> FakeLayer:
+        layer = BackloggedLayer(context, policy)
+        self.made.append(layer)
+        return layer
+
+
+def test_a_peer_that_keeps_its_window_shut_stops_the_other_side_being_read() -> None:
+    """Beyond the limit the machine stops reading the side that sends to the shut peer, and
+    reads it again once the backlog drains."""
+    factory = BackloggedFactory()
+    replay = plain_http(factory)
+    replay.send(cmd.ClientData(REQUEST), cmd.UpstreamConnected())
+    (layer,) = factory.made
+    assert isinstance(layer, BackloggedLayer)
+    layer.upstream_backlog = 2 << 20  # the sandbox uploads, the upstream's window is shut
+    assert cmd.PauseClient() in replay.send(cmd.UpstreamData(b"a"))
+    layer.upstream_backlog = 0
+    assert cmd.ResumeClient() in replay.send(cmd.UpstreamData(b"b"))
+    layer.client_backlog = 2 << 20  # the upstream sends, the sandbox's window is shut
+    assert cmd.PauseUpstream() in replay.send(cmd.UpstreamData(b"c"))
+    layer.client_backlog = 0
+    assert cmd.ResumeUpstream() in replay.send(cmd.UpstreamData(b"d"))

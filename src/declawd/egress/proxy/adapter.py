@@ -1,9 +1,9 @@
 """The asyncio side of one proxied connection: its two transports, its timer and its dial,
 driving one `machine.Connection`. Events are queued and handled one at a time (a write inside
-a command may report back-pressure at once); commands run in the order returned. Data of an
-inspected connection is handled on the proxy's worker threads (bodies are rewritten there),
-so one sandbox's slow rewrite never stalls the loop that serves every other sandbox; while
-that runs, the side that sent more is paused.
+a command may report back-pressure at once); commands run in the order returned. Events of
+an inspected connection that may cost real CPU (a body being rewritten) are handled on the
+proxy's worker threads, so one sandbox's slow rewrite does not stall the loop that serves
+every other sandbox; while one runs, the side that sent more is paused.
 
 Invariant: it dials the ADDRESS the machine names (the original destination, never a name
 re-resolved), and a connection it drops is reset on both sides (SO_LINGER {1, 0}).
@@ -97,16 +97,23 @@ class ProxiedConnection(asyncio.Protocol):
             return [cmd.ResetBoth()]
 
     def _offloads(self, event: cmd.Event) -> bool:
-        """Every event of an inspected connection may reach its HTTP layer (an EOF can end a
-        buffered body, the dial's end releases a held request), so all go to a worker;
-        a policy cut stays on the loop (its caller counts what it cut)."""
+        """Whether this event goes to a worker thread: the events that may cost real CPU
+        in an inspected connection's HTTP layer. That is while a body is being buffered or
+        streamed through the pipeline (`layer.scanning`), and while the layer is about to
+        be made and handed what the sandbox sent meanwhile (the end of the TLS handshakes;
+        the end of the dial of a plain-HTTP session). Bodies passed as they are (a download
+        of an opaque type) stay on the loop: a thread hop per read would halve their speed.
+        A policy cut stays on the loop (its caller counts what it cut)."""
         machine = self.machine
-        return (
-            self.proxy.workers is not None
-            and machine is not None
-            and (machine.session is not None or machine.plan != "passthrough")
-            and not isinstance(event, cmd.PolicyCut)
-        )
+        if self.proxy.workers is None or machine is None or isinstance(event, cmd.PolicyCut):
+            return False
+        session = machine.session
+        if session is None:
+            return machine.plan == "http" and isinstance(event, cmd.UpstreamConnected)
+        layer = session.layer
+        if layer is None:
+            return True
+        return bool(getattr(layer, "scanning", True))
 
     async def _drain(self) -> None:
         """Handle the queue in order, an inspected connection's events on a worker thread (one

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # Plaintext held while the layer does not exist yet (the client is paused meanwhile, so
 # at most what was in flight).
 HOLD_LIMIT = 1024 * 1024
+# What an HTTP layer may hold for a peer whose flow-control window is shut before we stop
+# reading the other side.
+BACKLOG_LIMIT = 1024 * 1024
 
 LayerFactory = Callable[[InspectContext, InspectionPolicy], HttpLayer]
 
@@ -65,6 +68,10 @@ class SessionHost(Protocol):
     def pause_client(self, why: str) -> None: ...
 
     def resume_client(self, why: str) -> None: ...
+
+    def pause_upstream(self, why: str) -> None: ...
+
+    def resume_upstream(self, why: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -388,6 +395,23 @@ class InspectedSession:
             if self._host.closed:
                 return
             self._execute(command)
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        """Bytes the layer holds for a peer whose h2 window is shut: past BACKLOG_LIMIT, stop
+        reading the side that sends them, so a peer that never opens its window cannot make
+        the proxy buffer without bound."""
+        layer = self._layer
+        toward_upstream = getattr(layer, "upstream_backlog", 0)
+        toward_client = getattr(layer, "client_backlog", 0)
+        if toward_upstream > BACKLOG_LIMIT:
+            self._host.pause_client("backlog")
+        else:
+            self._host.resume_client("backlog")
+        if toward_client > BACKLOG_LIMIT:
+            self._host.pause_upstream("backlog")
+        else:
+            self._host.resume_upstream("backlog")
 
     def _execute(self, command: model.HttpCommand) -> None:
         match command:

@@ -86,7 +86,7 @@ class Connection:
         self._upstream_eof = False
         self._upstream_up = False
         self._client_blocked = False
-        self._upstream_paused = False
+        self._upstream_paused: set[str] = set()
         self._client_paused: set[str] = set()
         self._out: list[cmd.Command] = []
 
@@ -174,7 +174,7 @@ class Connection:
     def _on_upstream_connected(self, _: cmd.UpstreamConnected) -> None:
         self._upstream_up = True
         if self._client_blocked:
-            self._pause_upstream()
+            self.pause_upstream("client")
         if self.plan == "tls":
             assert self.session is not None
             self.session.upstream_connected()
@@ -234,13 +234,11 @@ class Connection:
     def _on_client_write_blocked(self, _: cmd.ClientWriteBlocked) -> None:
         self._client_blocked = True
         if self._upstream_up:
-            self._pause_upstream()
+            self.pause_upstream("client")
 
     def _on_client_write_drained(self, _: cmd.ClientWriteDrained) -> None:
         self._client_blocked = False
-        if self._upstream_paused:
-            self._upstream_paused = False
-            self.emit(cmd.ResumeUpstream())
+        self.resume_upstream("client")
 
     def _on_upstream_write_blocked(self, _: cmd.UpstreamWriteBlocked) -> None:
         self.pause_client("upstream")
@@ -436,10 +434,16 @@ class Connection:
         if self._timer is not None:
             self.emit(cmd.CancelTimer())
 
-    def _pause_upstream(self) -> None:
+    def pause_upstream(self, why: str) -> None:
         if not self._upstream_paused:
-            self._upstream_paused = True
             self.emit(cmd.PauseUpstream())
+        self._upstream_paused.add(why)
+
+    def resume_upstream(self, why: str) -> None:
+        if why in self._upstream_paused:
+            self._upstream_paused.discard(why)
+            if not self._upstream_paused:
+                self.emit(cmd.ResumeUpstream())
 
     def _take(self) -> list[cmd.Command]:
         out, self._out = self._out, []

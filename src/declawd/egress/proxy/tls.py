@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from typing import Literal
 
-_READ_CHUNK = 64 * 1024
+_READ_CHUNK = 256 * 1024
 
 
 class TlsFailure(Exception):
@@ -135,4 +135,4 @@ class TlsEnd:
                 self.peer_closed = True
                 break
             chunks.append(chunk)
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
