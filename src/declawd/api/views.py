@@ -13,21 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from declawd.errors import DeclawdError
+from declawd.inspect.model import DEFAULT_MASK_PATTERNS
 from declawd.inspect.policy import parse_security
 from declawd.store import SandboxRecord
 
 MASK = "***"
-# The SDK's DEFAULT_SENSITIVE_PATTERNS (declaw/security/env.py), matched on the upper-cased
-# name with fnmatch, exactly as `EnvSecurityConfig.is_sensitive` does.
-DEFAULT_MASK_PATTERNS: tuple[str, ...] = (
-    "*_KEY",
-    "*_SECRET",
-    "*_TOKEN",
-    "*_PASSWORD",
-    "*_CREDENTIALS",
-    "API_KEY",
-    "SECRET_KEY",
-)
 
 
 def iso(ts: float | None) -> str | None:

@@ -21,6 +21,8 @@ Direction = Literal["outbound", "inbound", "both"]
 DIRECTIONS: tuple[str, ...] = ("outbound", "inbound", "both")
 INJECTION_TYPES: tuple[str, ...] = ("bearer", "header", "basic", "query")
 PLACEHOLDER = "declaw:vault-managed"
+# The SDK's DEFAULT_SENSITIVE_PATTERNS (declaw/security/env.py), matched on the upper-cased
+# name with fnmatch, exactly as `EnvSecurityConfig.is_sensitive` does.
 DEFAULT_MASK_PATTERNS: tuple[str, ...] = (
     "*_KEY",
     "*_SECRET",

@@ -10,6 +10,8 @@ hold-back, or passed byte for byte with the reason in `ExchangeState.unscanned`.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
@@ -192,13 +194,45 @@ class _ChainStream:
 # One exchange ---------------------------------------------------------------------------
 
 
+class BufferBudget:
+    """Bytes every buffered body of the process may hold together. Each body is bounded by
+    the buffer limit, but a sandbox could open many streams and connections at once: past
+    the budget a body passes unscanned (`over_memory_budget`), like one over the limit.
+    Thread-safe (inspected connections run on worker threads)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.held + n > self.total:
+                return False
+            self.held += n
+            return True
+
+    def give_back(self, n: int) -> None:
+        with self._lock:
+            self.held = max(0, self.held - n)
+
+
+# The gateway's: 32 bodies at the default 8 MiB limit.
+SHARED_BUDGET = BufferBudget(256 * 1024 * 1024)
+
+
 class Pipeline:
     """The stages for one sandbox's policy; `request`/`response` per exchange."""
 
     def __init__(
-        self, ctx: InspectContext, policy: InspectionPolicy, secrets: SecretSource
+        self,
+        ctx: InspectContext,
+        policy: InspectionPolicy,
+        secrets: SecretSource,
+        budget: BufferBudget | None = None,
     ) -> None:
         self.ctx, self.policy, self._secrets = ctx, policy, secrets
+        self.budget = budget if budget is not None else SHARED_BUDGET
         self.transforms = TransformStage(compile_rules(policy.transformations))
         # Issue 10 inserts PII and injection defense here, in §12.1's order.
         self.outbound: list[BodyStage] = [self.transforms]
@@ -244,7 +278,7 @@ class Pipeline:
             return StreamPipe(x, chain, kind, coding, cs, limit)
         if length is not None and length > limit:
             return BodyPipe(x, length, note="over_buffer_limit")
-        return BufferPipe(x, chain, kind, coding, cs, limit, length)
+        return BufferPipe(x, chain, kind, coding, cs, limit, length, self.budget)
 
     def _chain(self, x: ExchangeState, way: Way) -> _Chain | None:
         stages = self.outbound if way == "outbound" else self.inbound
@@ -309,6 +343,7 @@ class BufferPipe(BodyPipe):
         cs: str,
         limit: int,
         length: int | None,
+        budget: BufferBudget,
     ) -> None:
         super().__init__(x, length)
         self.head_ready = False
@@ -316,10 +351,19 @@ class BufferPipe(BodyPipe):
         self._limit = limit
         self._raw = bytearray()
         self._passing = False
+        self._budget = budget
+        # What this body holds of the budget; given back when it ends, gives up, or is
+        # dropped with its exchange (the finalizer), so nothing leaks from the budget.
+        self._held = [0]
+        weakref.finalize(self, _give_back, budget, self._held)
 
     def feed(self, data: bytes) -> bytes:
         if self._passing:
             return data
+        if not self._budget.take(len(data)):
+            self._raw += data
+            return self._give_up("over_memory_budget")
+        self._held[0] += len(data)
         self._raw += data
         if len(self._raw) <= self._limit:
             return b""
@@ -329,9 +373,16 @@ class BufferPipe(BodyPipe):
         self.x.note(why)
         self._passing = self.head_ready = True
         out, self._raw = bytes(self._raw), bytearray()
+        _give_back(self._budget, self._held)
         return out
 
     def finish(self) -> bytes:
+        try:
+            return self._finish()
+        finally:
+            _give_back(self._budget, self._held)
+
+    def _finish(self) -> bytes:
         if self._passing:
             return b""
         raw = bytes(self._raw)
@@ -358,6 +409,11 @@ class BufferPipe(BodyPipe):
     def _fixed(self, out: bytes) -> bytes:
         self.length = len(out)
         return out
+
+
+def _give_back(budget: BufferBudget, held: list[int]) -> None:
+    budget.give_back(held[0])
+    held[0] = 0
 
 
 class StreamPipe(BodyPipe):

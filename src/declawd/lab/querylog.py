@@ -48,8 +48,14 @@ class QueryLog:
 
 def read(settings: Settings, since: float | None = None) -> list[dict]:
     """Entries (oldest first), optionally only those logged at or after `since` (epoch s)."""
+    return read_jsonl(query_log_path(settings), since)
+
+
+def read_jsonl(path: Path, since: float | None = None) -> list[dict]:
+    """The JSON lines of a lab log (this one, the request logs) logged at or after `since`;
+    a missing file is empty."""
     try:
-        text = query_log_path(settings).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
     entries = []

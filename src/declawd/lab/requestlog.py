@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from declawd.config import Settings
 from declawd.lab.config import normalize_name
+from declawd.lab.querylog import read_jsonl
 
 MAX_LOG_BYTES = 4 * 1024 * 1024
 _SUFFIX = ".log"
@@ -79,26 +80,10 @@ def read_requests(
     entries: list[dict[str, Any]] = []
     for name in hosts:
         for path in (directory / f"{name}{_SUFFIX}.1", directory / f"{name}{_SUFFIX}"):
-            entries += _read_file(path, since)
+            entries += read_jsonl(path, since)
     entries.sort(key=lambda e: float(e.get("time", 0)))
     return entries
 
 
 def _is_log(filename: str) -> bool:
     return filename.endswith((_SUFFIX, _SUFFIX + ".1")) and not filename.startswith(".")
-
-
-def _read_file(path: Path, since: float | None) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    entries = []
-    for line in text.splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written right now
-        if since is None or entry.get("time", 0) >= since:
-            entries.append(entry)
-    return entries

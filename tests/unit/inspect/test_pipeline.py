@@ -10,6 +10,7 @@ import zlib
 import brotli
 import pytest
 
+from declawd.inspect import pipeline
 from declawd.inspect.bodies import SseRewriter, body_kind, coding_of, rewrite_json
 from declawd.inspect.model import InspectionPolicy, TransformRule
 from declawd.inspect.pipeline import Blocked, ExchangeState, TextPass
@@ -336,3 +337,20 @@ def test_outbound_only_rules_leave_responses_alone() -> None:
     w.pump()
     assert _seen(w).target == "/?who=%5BN%5D" and bytes(_seen(w).body) == b"[N]"
     assert bytes(got.body) == b"[N]"  # the echo, not rewritten back
+
+
+def test_bodies_past_the_process_budget_pass_unscanned_and_give_it_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many bodies at once cannot make the gateway buffer without bound: past the shared
+    budget a body passes unscanned with a note, and every body gives its share back."""
+    budget = pipeline.BufferBudget(100)
+    monkeypatch.setattr(pipeline, "SHARED_BUDGET", budget)
+    small = json.dumps(["alice"] * 5).encode()  # 45 bytes: within the budget
+    _, got = fetch(reply("application/json", small), POLICY)
+    assert b"alice" not in got.body and budget.held == 0
+    big = json.dumps(["alice"] * 30).encode()  # over the budget, under the buffer limit
+    w, got = fetch(reply("application/json", big), POLICY)
+    assert bytes(got.body) == big
+    assert w.audits[0].record["unscanned"] == "over_memory_budget"
+    assert budget.held == 0

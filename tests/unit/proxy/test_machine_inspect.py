@@ -34,16 +34,6 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: api.openai.com\r\nX-Say: hello\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-@pytest.fixture(scope="module")
-def sandbox_ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def upstream_ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @dataclass
 class Wire:
     """A sandbox TLS client and an upstream TLS server around one machine."""

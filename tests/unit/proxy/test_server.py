@@ -35,16 +35,6 @@ pytestmark = pytest.mark.timeout(30)
 HOST = "api.openai.com"
 
 
-@pytest.fixture(scope="module")
-def sandbox_ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def upstream_ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @dataclass
 class Intercepting:
     harness: Harness
