@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 USERS = ["user", "root"]
 API = "203.0.113.10"  # api.openai.com in the lab; TLS on 443
-PROXY_CAP = 512  # SniProxy.max_conns_per_sandbox (egress/proxy.py)
+PROXY_CAP = 512  # SniProxy.max_conns_per_sandbox (egress/proxy/server.py)
 NAMESPACES = ("pid", "mnt", "uts", "ipc", "cgroup", "net")
 
 # Runs inside the sandbox (and, for the ICMP control, on the host): JSON on stdout.
