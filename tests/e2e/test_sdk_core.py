@@ -249,7 +249,7 @@ def test_bad_input_statuses(server: dict[str, str]) -> None:
     assert httpx.get(url + "/sandboxes", headers={"X-API-Key": "wrong"}).status_code == 401
     assert httpx.get(url + "/sandboxes").status_code == 401
     assert httpx.post(url + "/sandboxes/sbx-000000000000/pause", headers=h).status_code == 404
-    assert httpx.get(url + "/governance/packs", headers=h).status_code == 501  # not built yet
+    assert httpx.get(url + "/governance/packs", headers=h).status_code == 200
     assert httpx.get(url + "/health").json()["ok"] is True
 
 

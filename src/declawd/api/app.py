@@ -134,6 +134,7 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
     from declawd.api import (
         commands,
         files,
+        governance,
         misc,
         network,
         sandboxes,
@@ -154,6 +155,7 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
         volumes,
         templates,
         vault,
+        governance,
         misc,
     ):
         app.include_router(module.router)

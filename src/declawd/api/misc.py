@@ -49,8 +49,6 @@ async def metrics(request: Request, team: Team = Depends(current_team)) -> Any:
 _UNBUILT = [
     ("GET", "/sandboxes/{sandbox_id}/ports/{port}", "port forwarding (/ports/{port})"),
     ("GET", "/accounts/{rest:path}", "accounts"),
-    ("GET", "/governance/packs", "governance"),
-    ("GET", "/governance/packs/{name}", "governance"),
 ]
 
 

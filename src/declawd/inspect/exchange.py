@@ -75,4 +75,6 @@ def audit_of(x: Exchange, host: str, policy: InspectionPolicy) -> HttpAudit:
     }
     if x.state.unscanned:
         record["unscanned"] = x.state.unscanned
+    if x.state.invisible_text:
+        record["invisible_text"] = x.state.invisible_text
     return HttpAudit(record=record, verdict=x.verdict, reason=x.reason)

@@ -78,9 +78,11 @@ class HttpInspector(InspectedConnection):
                 head.method, head.scheme, head.authority, head.target, head.headers, head.has_body
             )  # HTTP/2 has no Upgrade
         try:
-            x.state, x.request = self._pipeline.request(head)
+            x.state, x.request = self._pipeline.request(head, x.state)
         except InspectionFailed as e:
             return self._local(x, 502, "inspection_failed", str(e))
+        except Blocked as e:
+            return self._local(x, e.status, e.error, e.reason)
         if x.request.has_body:
             x.req_pipe = self._pipeline.body(x.state, x.request.headers, "outbound")
         else:
@@ -258,6 +260,8 @@ class HttpInspector(InspectedConnection):
             out = x.resp_pipe.feed(ev.data)
         except InspectionFailed as e:
             return self._fail_response(x, str(e))
+        except Blocked as e:
+            return self._block_response(x, e)
         self._send_head_if_ready(x)
         self._to_client(x, out)
 
@@ -272,6 +276,8 @@ class HttpInspector(InspectedConnection):
                 out = x.resp_pipe.finish()
             except InspectionFailed as e:
                 return self._fail_response(x, str(e))
+            except Blocked as e:
+                return self._block_response(x, e)
             self._send_head_if_ready(x)
             self._to_client(x, out)
             self._client.send_end(x.csid, ev.trailers)
@@ -304,6 +310,16 @@ class HttpInspector(InspectedConnection):
             self._abort_client(x)
         else:
             self._local(x, 502, "upstream_failed", reason)
+
+    def _block_response(self, x: Exchange, e: Blocked) -> None:
+        """An inbound stage refused the response: the sandbox gets the refusal in its place
+        while the head is unsent; after it (a stream), the stream is reset."""
+        if x.usid is not None and not x.upstream_done:
+            self._drop_upstream_stream(x)
+        if not x.head_sent:
+            return self._local(x, e.status, e.error, e.reason)
+        x.verdict, x.reason = "deny", e.error
+        self._abort_client(x)
 
     def _on_tunnel(self, ev: TunnelIn) -> None:
         x = self._by_upstream.pop(ev.sid, None)

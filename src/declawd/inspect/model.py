@@ -11,7 +11,7 @@ rotation takes effect on the next request.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -130,6 +130,56 @@ class VaultBinding:
         )
 
 
+def domain_listed(domains: Sequence[str] | None, host: str | None) -> bool:
+    """A guardrail's `domains` (None or empty: every host). Entries as the SDK documents
+    them: an exact host; `*.suffix`, the suffix itself and any name below it (the SDK's
+    `domain_matches`); `~regex`, an RE2 full match. Case-insensitive, trailing dot ignored."""
+    if not domains:
+        return True
+    if not host:
+        return False
+    host = host.rstrip(".").lower()
+    for entry in domains:
+        if entry.startswith("~"):
+            try:
+                if _host_regex(entry[1:]).fullmatch(host) is not None:
+                    return True
+            except re2.error:
+                continue
+        elif entry.startswith("*."):
+            suffix = entry[2:].rstrip(".").lower()
+            if host == suffix or host.endswith("." + suffix):
+                return True
+        elif host == entry.rstrip(".").lower():
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class InvisibleTextGuard:
+    """An enabled `InvisibleTextConfig`: what to do with invisible text, for which hosts."""
+
+    action: Literal["strip", "block", "log_only"] = "strip"
+    domains: tuple[str, ...] | None = None
+
+    def applies_to(self, host: str | None) -> bool:
+        return domain_listed(self.domains, host)
+
+    def to_wire(self) -> dict[str, Any]:
+        domains = None if self.domains is None else list(self.domains)
+        return {"action": self.action, "domains": domains}
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any] | None) -> InvisibleTextGuard | None:
+        if not raw:
+            return None
+        domains = raw.get("domains")
+        return cls(
+            action=raw.get("action") or "strip",
+            domains=None if domains is None else tuple(str(d) for d in domains),
+        )
+
+
 @dataclass(frozen=True)
 class InspectionPolicy:
     """What the proxy does to one sandbox's HTTP traffic. `InspectionPolicy()` inspects
@@ -145,17 +195,21 @@ class InspectionPolicy:
     masked_values: tuple[str, ...] = ()
     buffer_limit: int = DEFAULT_BUFFER_LIMIT
     vault_plain_http: bool = False
+    invisible_text: InvisibleTextGuard | None = None  # None: the guard is off
 
     @property
     def active(self) -> bool:
         """Whether the sandbox needs the inspection datapath at all (all its TCP through
         the proxy, UDP 443 refused)."""
-        return bool(self.transformations or self.vault)
+        return bool(self.transformations or self.vault or self.invisible_text)
 
     def inspects(self, host: str | None, *, tls: bool) -> bool:
         """Whether a connection to `host` is intercepted: any transformation (all hosts),
-        or a vault secret whose scope matches (over TLS, or plain HTTP if allowed)."""
+        or a vault secret whose scope matches (over TLS, or plain HTTP if allowed), or a
+        guardrail whose `domains` list the host (None: all)."""
         if self.transformations:
+            return True
+        if self.invisible_text is not None and self.invisible_text.applies_to(host):
             return True
         if host is None or not (tls or self.vault_plain_http):
             return False
@@ -174,6 +228,7 @@ class InspectionPolicy:
             "masked_values": list(self.masked_values),
             "buffer_limit": self.buffer_limit,
             "vault_plain_http": self.vault_plain_http,
+            "invisible_text": self.invisible_text and self.invisible_text.to_wire(),
         }
 
     @classmethod
@@ -192,6 +247,7 @@ class InspectionPolicy:
             masked_values=tuple(str(v) for v in raw.get("masked_values") or ()),
             buffer_limit=int(raw.get("buffer_limit") or DEFAULT_BUFFER_LIMIT),
             vault_plain_http=bool(raw.get("vault_plain_http", False)),
+            invisible_text=InvisibleTextGuard.from_wire(raw.get("invisible_text")),
         )
 
 

@@ -1,9 +1,10 @@
 """What inspection does to one request/response exchange, in declaw-api.md §12.1's order.
 
-Outbound: transformations (query values, body) -> [issue 10: PII, injection defense] ->
-vault injection (headers, query). Inbound: [issue 10: injection defense] -> transformations
--> [issue 10: PII rehydration] -> secret scrubbing (headers, body). Body stages are the
-`outbound`/`inbound` lists of a `Pipeline`; a stage that must refuse raises `Blocked`.
+Outbound: transformations (query values, body) -> invisible text -> [issue 10: PII,
+injection defense] -> vault injection (headers, query). Inbound: invisible text -> [issue
+10: injection defense] -> transformations -> [issue 10: PII rehydration] -> secret
+scrubbing (headers, body). Body stages are the `outbound`/`inbound` lists of a `Pipeline`;
+a stage that must refuse raises `Blocked`.
 Invariant: a body is either rewritten whole, streamed through every stage with a bounded
 hold-back, or passed byte for byte with the reason in `ExchangeState.unscanned`.
 """
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 from urllib.parse import quote, unquote_plus
 
 from declawd.inspect.bodies import (
@@ -31,6 +32,7 @@ from declawd.inspect.bodies import (
     encode_all,
     rewrite_text_or_json,
 )
+from declawd.inspect.invisible import InvisibleTextStage, describe
 from declawd.inspect.messages import (
     Headers,
     RequestHead,
@@ -69,6 +71,7 @@ class ExchangeState:
     vault_injections: int = 0
     pii_redactions: int = 0
     injection_blocks: int = 0
+    invisible_text: dict[str, Any] = field(default_factory=dict)  # the audit's, when found
     unscanned: str | None = None
     injected: tuple[str, ...] = field(default=(), repr=False)
     scrubber: Scrubber = field(default_factory=lambda: Scrubber(()), repr=False)
@@ -234,13 +237,17 @@ class Pipeline:
         self.ctx, self.policy, self._secrets = ctx, policy, secrets
         self.budget = budget if budget is not None else SHARED_BUDGET
         self.transforms = TransformStage(compile_rules(policy.transformations))
-        # Issue 10 inserts PII and injection defense here, in §12.1's order.
-        self.outbound: list[BodyStage] = [self.transforms]
-        self.inbound: list[BodyStage] = [self.transforms, ScrubStage()]
+        self.invisible = InvisibleTextStage(policy.invisible_text, ctx.host, _refuse_invisible)
+        # Issue 10 inserts PII and injection defense after the invisible text, per §12.1.
+        self.outbound: list[BodyStage] = [self.transforms, self.invisible]
+        self.inbound: list[BodyStage] = [self.invisible, self.transforms, ScrubStage()]
 
-    def request(self, head: RequestHead) -> tuple[ExchangeState, RequestHead]:
-        """Query transformations then vault injection. Raises InspectionFailed."""
-        x = ExchangeState()
+    def request(
+        self, head: RequestHead, x: ExchangeState | None = None
+    ) -> tuple[ExchangeState, RequestHead]:
+        """Query transformations and invisible text, then vault injection, counted in `x`.
+        Raises InspectionFailed, or Blocked (invisible text under `block`)."""
+        x = ExchangeState() if x is None else x
         if head.method == "CONNECT":
             return x, head  # a tunnel: nothing of it is ours to rewrite
         target = self._query(head.target, x)
@@ -287,17 +294,23 @@ class Pipeline:
 
     def _query(self, target: str, x: ExchangeState) -> str:
         rules = self.transforms.rules("outbound")
+        invisible = self.invisible.start(x, "outbound")
         path, sep, query = target.partition("?")
-        if not rules or not sep:
+        if not (rules or invisible) or not sep:
             return target
         pairs = []
         for pair in query.split("&"):
             name, eq, raw = pair.partition("=")
             value = unquote_plus(raw)
-            new, n = _run(rules.apply, value)
+            new, n = _run(rules.apply, value) if rules else (value, 0)
             x.transformations_applied += n
-            pairs.append(f"{name}={quote(new, safe='')}" if n and eq else pair)
+            new = invisible.apply(new) if invisible is not None else new
+            pairs.append(f"{name}={quote(new, safe='')}" if new != value and eq else pair)
         return f"{path}?{'&'.join(pairs)}"
+
+
+def _refuse_invisible(counts: Mapping[str, int]) -> NoReturn:
+    raise Blocked(describe(counts), error="invisible_text_detected")
 
 
 def _decodable_only(headers: Headers) -> Headers:

@@ -14,12 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import re2
+
 from declawd.config import Settings
 from declawd.errors import InvalidInput, NotSupported
+from declawd.inspect.invisible import ACTIONS as INVISIBLE_ACTIONS
 from declawd.inspect.model import (
     DEFAULT_MASK_PATTERNS,
     PLACEHOLDER,
     InspectionPolicy,
+    InvisibleTextGuard,
     TransformRule,
     VaultBinding,
 )
@@ -52,7 +56,6 @@ UNBUILT_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "toxicity": {"enabled": False, "threshold": 0.9, "action": "block"},
     "code_security": {"enabled": False, "threshold": 0.6, "action": "log_only"},
-    "invisible_text": {"enabled": False, "action": "strip"},
     "content_gate": {"enabled": False},
     "custom_policy": {
         "enabled": False,
@@ -79,6 +82,7 @@ class SecuritySpec:
     mask_patterns: tuple[str, ...] = DEFAULT_MASK_PATTERNS
     auto_mask_in_audit: bool = True
     network: Mapping[str, Any] | None = None
+    invisible_text: InvisibleTextGuard | None = None  # None: off
     carried: frozenset[str] = frozenset()
     policy: Mapping[str, Any] = field(default_factory=dict)
 
@@ -137,6 +141,40 @@ def _transformations(value: Any, label: str) -> tuple[TransformRule, ...]:
     return tuple(rules)
 
 
+def _domains(value: Any, label: str) -> tuple[str, ...] | None:
+    """A guardrail's `domains`: None, or strings (exact host, `*.suffix`, `~regex`)."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidInput(label, "must be an array of host names")
+    for i, d in enumerate(value):
+        if not isinstance(d, str) or not d.strip():
+            raise InvalidInput(f"{label}[{i}]", "must be a non-empty string")
+        if d.startswith("~"):
+            try:
+                re2.compile(d[1:])
+            except re2.error as e:
+                raise InvalidInput(f"{label}[{i}]", f"is not a valid pattern: {e}") from None
+    return tuple(value)
+
+
+def _invisible_text(value: Any, label: str) -> tuple[dict[str, Any], InvisibleTextGuard | None]:
+    """`InvisibleTextConfig` normalised as its `to_dict()` writes it, and the guard if on."""
+    if isinstance(value, bool):
+        value = {"enabled": value}
+    if not isinstance(value, Mapping):
+        raise InvalidInput(label, "must be an object")
+    enabled = _bool(value, "enabled", False, f"{label}.enabled")
+    action = value.get("action", "strip")
+    if action not in INVISIBLE_ACTIONS:
+        raise InvalidInput(f"{label}.action", "must be 'strip', 'block' or 'log_only'")
+    domains = _domains(value.get("domains"), f"{label}.domains")
+    out: dict[str, Any] = {"enabled": enabled, "action": action}
+    if domains is not None:
+        out["domains"] = list(domains)
+    return out, InvisibleTextGuard(action, domains) if enabled else None
+
+
 def _audit(value: Any, label: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -188,8 +226,13 @@ def parse_security(raw: Mapping[str, Any] | None, field: str = "security") -> Se
     network = raw.get("network")
     if network is not None and not isinstance(network, Mapping):
         raise InvalidInput(_label(field, "network"), "must be an object")
+    invisible: InvisibleTextGuard | None = None
     for name in ("toxicity", "code_security", "invisible_text", "content_gate", "custom_policy"):
-        if raw.get(name) is not None:
+        if raw.get(name) is None:
+            continue
+        if name == "invisible_text":
+            policy[name], invisible = _invisible_text(raw[name], _label(field, name))
+        else:
             policy[name] = _unbuilt(name, raw[name], _label(field, name))
     return SecuritySpec(
         transformations=rules,
@@ -197,6 +240,7 @@ def parse_security(raw: Mapping[str, Any] | None, field: str = "security") -> Se
         mask_patterns=patterns,
         auto_mask_in_audit=auto,
         network=network,
+        invisible_text=invisible,
         carried=carried,
         policy=policy,
     )
@@ -235,4 +279,5 @@ def inspection_policy(
         masked_values=masked_values(spec, envs),
         buffer_limit=int(settings.inspect_buffer_limit_mb * 1024 * 1024),
         vault_plain_http=settings.vault_plain_http,
+        invisible_text=spec.invisible_text,
     )

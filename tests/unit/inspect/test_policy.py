@@ -9,6 +9,7 @@ import pytest
 from declaw import (
     AuditConfig,
     EnvSecurityConfig,
+    InvisibleTextConfig,
     PIIConfig,
     SecurityPolicy,
     ToxicityConfig,
@@ -18,7 +19,13 @@ from declaw.security import NetworkPolicy
 
 from declawd.config import Settings
 from declawd.errors import InvalidInput, NotSupported
-from declawd.inspect.model import PLACEHOLDER, TransformRule, VaultBinding, VaultScope
+from declawd.inspect.model import (
+    PLACEHOLDER,
+    InvisibleTextGuard,
+    TransformRule,
+    VaultBinding,
+    VaultScope,
+)
 from declawd.inspect.policy import SecuritySpec, inspection_policy, parse_security
 
 LINEAR = "(patterns run in linear time)"
@@ -89,7 +96,6 @@ def test_carried_names_the_sections_the_request_had() -> None:
         "injection_defense",
         "toxicity",
         "code_security",
-        "invisible_text",
         "content_gate",
         "custom_policy",
     ],
@@ -216,3 +222,75 @@ def test_the_policy_survives_the_gateways_wire_form() -> None:
     )
     policy = inspection_policy(spec, [binding()], {"A_TOKEN": "t"}, Settings())
     assert type(policy).from_wire(policy.to_wire()) == policy
+
+
+# --- invisible text ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        InvisibleTextConfig(enabled=True),
+        InvisibleTextConfig(enabled=True, action="block", domains=["api.openai.com", "*.x.io"]),
+        InvisibleTextConfig(enabled=True, action="log_only", domains=[]),
+        InvisibleTextConfig(enabled=False, action="block"),
+    ],
+)
+def test_invisible_text_reads_back_as_the_sdk_wrote_it(config: InvisibleTextConfig) -> None:
+    policy = SecurityPolicy(invisible_text=config)
+    spec = parse_security(policy.to_dict(), "security.policy_json")
+    assert spec.to_dict() == sdk(policy)
+    assert policy.requires_tls_interception is config.enabled
+    inspection = inspection_policy(spec, [], {}, Settings())
+    assert inspection.active is config.enabled
+    if config.enabled:
+        domains = None if config.domains is None else tuple(config.domains)
+        assert inspection.invisible_text == InvisibleTextGuard(config.action, domains)  # type: ignore[arg-type]
+    else:
+        assert inspection.invisible_text is None
+
+
+def test_invisible_text_domains_decide_which_hosts_are_inspected() -> None:
+    spec = parse_security({"invisible_text": {"enabled": True, "domains": ["*.openai.com"]}})
+    policy = inspection_policy(spec, [], {}, Settings())
+    assert policy.inspects("api.openai.com", tls=True)
+    assert policy.inspects("openai.com", tls=False)
+    assert not policy.inspects("example.com", tls=True)
+    assert not policy.inspects(None, tls=True)  # an unknown host is in no list
+    every = inspection_policy(parse_security({"invisible_text": True}), [], {}, Settings())
+    assert every.inspects(None, tls=True) and every.invisible_text == InvisibleTextGuard()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("on", "invisible_text: must be an object"),
+        ({"enabled": 1}, "invisible_text.enabled: must be a boolean"),
+        (
+            {"enabled": True, "action": "redact"},
+            "invisible_text.action: must be 'strip', 'block' or 'log_only'",
+        ),
+        (
+            {"enabled": True, "domains": "a.com"},
+            "invisible_text.domains: must be an array of host names",
+        ),
+        (
+            {"enabled": True, "domains": ["a.com", 3]},
+            "invisible_text.domains[1]: must be a non-empty string",
+        ),
+        (
+            {"enabled": True, "domains": [" "]},
+            "invisible_text.domains[0]: must be a non-empty string",
+        ),
+    ],
+)
+def test_a_malformed_invisible_text_is_400_naming_the_field(raw: Any, message: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        parse_security({"invisible_text": raw}, "security.policy_json")
+    assert err.value.message == f"security.policy_json.{message}"
+
+
+def test_an_invisible_text_domain_regex_must_compile() -> None:
+    with pytest.raises(InvalidInput) as err:
+        parse_security({"invisible_text": {"enabled": True, "domains": ["~(a"]}}, "")
+    assert err.value.message.startswith("invisible_text.domains[0]: is not a valid pattern")
