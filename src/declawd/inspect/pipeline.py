@@ -11,6 +11,7 @@ hold-back, or passed byte for byte with the reason in `ExchangeState.unscanned`.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,7 @@ from declawd.inspect.messages import (
     header,
     set_header,
 )
-from declawd.inspect.model import InspectContext, InspectionPolicy, SecretSource
+from declawd.inspect.model import InspectContext, InspectionPolicy, SecretSource, TransformRule
 from declawd.inspect.rules import RuleSet, RuleTimeout, compile_rules
 from declawd.inspect.vaultinject import Scrubber, inject
 
@@ -236,7 +237,7 @@ class Pipeline:
     ) -> None:
         self.ctx, self.policy, self._secrets = ctx, policy, secrets
         self.budget = budget if budget is not None else SHARED_BUDGET
-        self.transforms = TransformStage(compile_rules(policy.transformations))
+        self.transforms = TransformStage(_compiled(policy.transformations))
         self.invisible = InvisibleTextStage(policy.invisible_text, ctx.host, _refuse_invisible)
         # Issue 10 inserts PII and injection defense after the invisible text, per §12.1.
         self.outbound: list[BodyStage] = [self.transforms, self.invisible]
@@ -307,6 +308,14 @@ class Pipeline:
             new = invisible.apply(new) if invisible is not None else new
             pairs.append(f"{name}={quote(new, safe='')}" if new != value and eq else pair)
         return f"{path}?{'&'.join(pairs)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(rules: tuple[TransformRule, ...]) -> RuleSet:
+    """A sandbox's rules compile once, not on each of its inspected connections (the
+    node validated them at create; RuleSets are immutable and RE2 matching is
+    thread-safe, so connections on worker threads share one)."""
+    return compile_rules(rules)
 
 
 def _refuse_invisible(counts: Mapping[str, int]) -> NoReturn:
