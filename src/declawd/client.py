@@ -139,7 +139,7 @@ class AuditEvent(BaseModel):
 
     time: datetime
     sandbox_id: str
-    kind: Literal["dns", "connection", "http"] | str
+    kind: Literal["dns", "connection", "http", "command", "file"] | str
     verdict: Literal["allow", "deny"] | str
     reason: str | None = None
     name: str | None = None

@@ -53,6 +53,10 @@ class Settings:
     # audit note); vault secrets go over plain HTTP only if the operator allows it.
     inspect_buffer_limit_mb: float = 8.0
     vault_plain_http: bool = False
+    # Injection defense's judge (docs/injection.md): an OpenAI-compatible chat completions
+    # URL the operator runs; empty: no judge (the classifier decides, the audit says so).
+    injection_judge_url: str = ""
+    injection_judge_model: str = "injection-judge"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -9,6 +9,7 @@ maps each class to a status code. A message names the field or resource it is ab
     DeclawdError
     ├── InvalidInput(field, reason)   a request field is wrong
     ├── Unauthorized                  no key, or a key that does not authenticate
+    ├── Forbidden                     a policy of the sandbox refuses the call
     ├── NotFound                      no such resource for this caller
     ├── Conflict                      the resource is in a state that forbids the call
     │   └── Busy                      ... only for now: retry after `retry_after` seconds
@@ -51,6 +52,11 @@ class InvalidInput(DeclawdError):
 
 class Unauthorized(DeclawdError):
     pass
+
+
+class Forbidden(DeclawdError):
+    """A policy of the sandbox (custom_policy's Rego) refuses the call; the message names
+    the rule(s)."""
 
 
 class NotFound(DeclawdError):
@@ -101,6 +107,7 @@ __all__ = [
     "Busy",
     "Conflict",
     "DeclawdError",
+    "Forbidden",
     "Internal",
     "InvalidInput",
     "Mismatch",

@@ -89,18 +89,18 @@ def httpx_h2_concurrent(url, n):
     except Exception as e:
         return _err(e)
 
-def openai_chat(stream, prompt):
+def openai_chat(stream, prompt, model="gpt-4o-mini"):
     from openai import OpenAI
     client = OpenAI(base_url="https://api.openai.com/v1", api_key="sk-x", max_retries=0,
                     timeout=60)
     msgs = [{"role": "user", "content": prompt}]
     try:
         if not stream:
-            r = client.chat.completions.create(model="gpt-4o-mini", messages=msgs)
+            r = client.chat.completions.create(model=model, messages=msgs)
             m = r.choices[0].message
             return {"role": m.role, "content": m.content, "object": r.object}
         pieces = []
-        for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=msgs,
+        for chunk in client.chat.completions.create(model=model, messages=msgs,
                                                     stream=True):
             if chunk.choices and chunk.choices[0].delta.content:
                 pieces.append(chunk.choices[0].delta.content)

@@ -19,8 +19,10 @@ from declawd.api.errors import body_of, status_of
 from declawd.api.sandboxes import parse_policy
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import DeclawdError, InvalidInput, NotFound, NotSupported
-from declawd.inspect.policy import parse_security
+from declawd.inspect.policy import UNBUILT_REASONS, parse_security
 from declawd.store import SandboxRecord, SandboxState
+
+TOXICITY_501 = UNBUILT_REASONS["toxicity"]
 
 LINEAR = "(patterns run in linear time)"
 
@@ -147,7 +149,13 @@ def test_put_an_sdk_policy_whole(client: TestClient, node: FakeNode) -> None:
             "network.allow_out[0]: a domain allow-list needs ALL_TRAFFIC ('0.0.0.0/0') or"
             " '::/0' in deny_out",
         ),
-        ({"pii": {"enabled": True}}, 501, "security.pii: not implemented yet"),
+        (
+            {"pii": {"enabled": True, "types": ["dna"]}},
+            400,
+            "pii.types[0]: unknown PII type 'dna': must be one of ssn, credit_card, email, "
+            "phone, person_name, api_key, address, ip_address",
+        ),
+        ({"toxicity": {"enabled": True}}, 501, "security.toxicity: " + TOXICITY_501),
         (
             {"network": {"mask_request_host": "x"}},
             501,
@@ -192,4 +200,4 @@ def test_create_names_fields_inside_policy_json() -> None:
         f"security.policy_json.transformations[0].match: backreferences are not supported {LINEAR}"
     )
     with pytest.raises(NotSupported):
-        parse_policy({"security": {"policy_json": {"injection_defense": True}}})
+        parse_policy({"security": {"policy_json": {"toxicity": True}}})

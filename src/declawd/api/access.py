@@ -68,7 +68,9 @@ def envd_errors(what: str = "") -> Iterator[None]:
         raise cls(exc.message, code=exc.code or "") from exc
 
 
-def sse(events: AsyncIterator[tuple[str | None, dict[str, Any]]]) -> StreamingResponse:
+def sse(
+    events: AsyncIterator[tuple[str | None, dict[str, Any]]], status: int = 200
+) -> StreamingResponse:
     """Server-sent events: each item is (event name or None, JSON-able data)."""
 
     async def body() -> AsyncIterator[bytes]:
@@ -79,6 +81,7 @@ def sse(events: AsyncIterator[tuple[str | None, dict[str, Any]]]) -> StreamingRe
 
     return StreamingResponse(
         body(),
+        status_code=status,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -15,15 +15,19 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from declawd.api.access import envd_errors, sandbox_client, sse
+from declawd.api.activity import CommandGate
 from declawd.api.app import Team, current_team, services
 from declawd.api.body import field, int_query, json_body, str_map
-from declawd.errors import InvalidInput, NotFound, TimedOut
+from declawd.errors import Forbidden, InvalidInput, NotFound, TimedOut
 from declawd.node.envd_client import CommandTimeout, EnvdClient, EnvdError, EnvdNotFound
 from declawd.store import SandboxRecord
 
 router = APIRouter()
 
 PTY_SHELL = "exec /bin/bash -i 2>/dev/null || exec /bin/sh -i"
+# What the custom policy's cmd package sees of a PTY: the interactive shell it spawns (what
+# is typed into it later is keystrokes, not spawns the API can check).
+PTY_ARGV = ("/bin/bash", "-i")
 
 
 def _text(data: bytes) -> str:
@@ -69,6 +73,8 @@ async def run_command(sandbox_id: str, request: Request, team: Team = Depends(cu
     stdin = field(body, "stdin", str)
     args = _start_args(request, rec, body)
     timeout = _timeout(body, 60.0)
+    gate = CommandGate(request, rec, line=cmd, user=args["user"], envs=args["envs"], kind="command")
+    await gate.check()
     with envd_errors():
         if background:
             pid = await client.start(
@@ -78,6 +84,7 @@ async def run_command(sandbox_id: str, request: Request, team: Team = Depends(cu
                 keep_stdin=stdin is None,
                 tag="command",
             )
+            await gate.done(None, pid=pid, background=True)
             return {"pid": pid}
         try:
             result = await client.run(
@@ -87,9 +94,11 @@ async def run_command(sandbox_id: str, request: Request, team: Team = Depends(cu
                 stdin=stdin.encode() if stdin is not None else None,
             )
         except CommandTimeout as exc:
+            await gate.done(None, pid=exc.pid, timed_out=True)
             raise TimedOut(
                 f"command timed out after {timeout:g}s and was killed (pid {exc.pid})"
             ) from exc
+    await gate.done(result.exit_code)
     return {
         "stdout": _text(result.stdout),
         "stderr": _text(result.stderr),
@@ -162,6 +171,13 @@ async def stream_command(
     cmd = field(body, "cmd", str, required=True)
     args = _start_args(request, rec, body)
     timeout = _timeout(body, 60.0)
+    gate = CommandGate(request, rec, line=cmd, user=args["user"], envs=args["envs"], kind="command")
+    try:
+        await gate.check()
+    except Forbidden as exc:
+        # The SDK reads run_stream's events, not its status: the deny is an error event
+        # and a non-zero exit (126: "cannot execute", as a shell says of a refused command).
+        return sse(_refused(exc.message), status=403)
     with envd_errors():
         pid = await client.start(cmd, **args, tag="command")
 
@@ -173,6 +189,7 @@ async def stream_command(
                 async for ev in client.events(pid, since=0):
                     if ev.type == "exit":
                         await queue.put(("exit", {"exit_code": ev.exit_code}))
+                        await gate.done(ev.exit_code, pid=pid, stream=True)
                         break
                     await queue.put((ev.type, {"type": ev.type, "data": _text(ev.data)}))
             except Exception as exc:
@@ -198,6 +215,7 @@ async def stream_command(
                         {"error": f"command timed out after {timeout:g}s and was killed"},
                     )
                     yield ("exit", {"exit_code": 124})
+                    await gate.done(None, pid=pid, stream=True, timed_out=True)
                     return
                 if item is None:
                     return
@@ -206,6 +224,11 @@ async def stream_command(
             task.cancel()
 
     return sse(events())
+
+
+async def _refused(message: str) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
+    yield ("error", {"error": message})
+    yield ("exit", {"exit_code": 126})
 
 
 # --- PTY ------------------------------------------------------------------------------
@@ -226,8 +249,13 @@ async def create_pty(sandbox_id: str, request: Request, team: Team = Depends(cur
     args = _start_args(request, rec, body)
     args["envs"].setdefault("TERM", "xterm-256color")
     timeout = _timeout(body, 3600.0)
+    gate = CommandGate(
+        request, rec, argv=PTY_ARGV, user=args["user"], envs=args["envs"], kind="pty"
+    )
+    await gate.check()
     with envd_errors():
         pid = await client.start(PTY_SHELL, **args, pty=(cols, rows), keep_stdin=True, tag="pty")
+    await gate.done(None, pid=pid)
     if timeout:
         services(request).node.background(_kill_later(client, pid, timeout))
     return {"pid": pid}
@@ -283,8 +311,11 @@ async def stdio_start(sandbox_id: str, request: Request, team: Team = Depends(cu
     body = await json_body(request)
     cmd = field(body, "cmd", str, required=True)
     args = _start_args(request, rec, body)
+    gate = CommandGate(request, rec, line=cmd, user=args["user"], envs=args["envs"], kind="stdio")
+    await gate.check()
     with envd_errors():
         pid = await client.start(cmd, **args, keep_stdin=True, tag="stdio")
+    await gate.done(None, pid=pid)
     return {"cmd_id": str(pid)}
 
 

@@ -11,6 +11,7 @@ from declawd.errors import (
     Busy,
     Conflict,
     DeclawdError,
+    Forbidden,
     Internal,
     InvalidInput,
     Mismatch,
@@ -26,6 +27,7 @@ from declawd.errors import (
 STATUS: dict[type[DeclawdError], int] = {
     InvalidInput: 400,
     Unauthorized: 401,
+    Forbidden: 403,  # the SDK raises AuthenticationException with our message
     NotFound: 404,
     TimedOut: 408,  # the SDK raises TimeoutException and does not retry
     Conflict: 409,

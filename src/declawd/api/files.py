@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from declawd.api.access import envd_errors, sandbox_client, sse
+from declawd.api.activity import file_event
 from declawd.api.app import Team, current_team
 from declawd.api.body import abs_path, field, int_query, json_body
 from declawd.errors import InvalidInput, TooLarge
@@ -78,19 +79,20 @@ async def read_file(sandbox_id: str, request: Request, team: Team = Depends(curr
 
 @router.post("/sandboxes/{sandbox_id}/files")
 async def write_text(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
-    _, client = await sandbox_client(request, team, sandbox_id)
+    rec, client = await sandbox_client(request, team, sandbox_id)
     body = await json_body(request)
     path = abs_path(body.get("path"), "path")
     user = _user(body.get("username"))
     data = field(body, "data", str, default="")
     with envd_errors(path):
         size = await client.write_file(path, data.encode(), user)
+    await file_event(request, rec, "write", path, size, user=user)
     return {"path": path, "size": size}
 
 
 @router.put("/sandboxes/{sandbox_id}/files/raw")
 async def write_raw(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
-    _, client = await sandbox_client(request, team, sandbox_id)
+    rec, client = await sandbox_client(request, team, sandbox_id)
     path, user = _q(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_UPLOAD:
@@ -107,12 +109,13 @@ async def write_raw(sandbox_id: str, request: Request, team: Team = Depends(curr
 
     with envd_errors(path):
         size = await client.write_file(path, chunks(), user)
+    await file_event(request, rec, "write", path, size, user=user)
     return {"path": path, "size": size}
 
 
 @router.post("/sandboxes/{sandbox_id}/files/batch")
 async def write_batch(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
-    _, client = await sandbox_client(request, team, sandbox_id)
+    rec, client = await sandbox_client(request, team, sandbox_id)
     body = await json_body(request)
     user = _user(body.get("username"))
     files = field(body, "files", list, required=True)
@@ -130,6 +133,7 @@ async def write_batch(sandbox_id: str, request: Request, team: Team = Depends(cu
     for path, data in parsed:
         with envd_errors(path):
             size = await client.write_file(path, data.encode(), user)
+        await file_event(request, rec, "write", path, size, user=user)
         out.append({"path": path, "size": size})
     return out
 
@@ -162,32 +166,38 @@ async def info(sandbox_id: str, request: Request, team: Team = Depends(current_t
 
 @router.delete("/sandboxes/{sandbox_id}/files")
 async def remove(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
-    _, client = await sandbox_client(request, team, sandbox_id)
+    rec, client = await sandbox_client(request, team, sandbox_id)
     path, user = _q(request)
     with envd_errors(path):
         await client.remove(path, user)
+    await file_event(request, rec, "remove", path, user=user)
     return {"ok": True}
 
 
 @router.patch("/sandboxes/{sandbox_id}/files")
 async def rename(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
-    _, client = await sandbox_client(request, team, sandbox_id)
+    rec, client = await sandbox_client(request, team, sandbox_id)
     body = await json_body(request)
     old = abs_path(body.get("old_path"), "old_path")
     new = abs_path(body.get("new_path"), "new_path")
     user = _user(body.get("username"))
     with envd_errors(old):
-        return entry_view(await client.rename(old, new, user))
+        entry = await client.rename(old, new, user)
+    await file_event(request, rec, "rename", old, new_path=new, user=user)
+    return entry_view(entry)
 
 
 @router.post("/sandboxes/{sandbox_id}/files/mkdir")
 async def mkdir(sandbox_id: str, request: Request, team: Team = Depends(current_team)) -> Any:
-    _, client = await sandbox_client(request, team, sandbox_id)
+    rec, client = await sandbox_client(request, team, sandbox_id)
     body = await json_body(request)
     path = abs_path(body.get("path"), "path")
     user = _user(body.get("username"))
     with envd_errors(path):
-        return {"created": await client.make_dir(path, user)}
+        created = await client.make_dir(path, user)
+    if created:
+        await file_event(request, rec, "mkdir", path, user=user)
+    return {"created": created}
 
 
 @router.post("/sandboxes/{sandbox_id}/files/watch")

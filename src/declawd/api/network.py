@@ -21,6 +21,7 @@ from declawd.errors import InvalidInput
 from declawd.node.node import Need
 
 router = APIRouter()
+AUDIT_KINDS = ("dns", "connection", "http", "command", "file")
 
 
 @router.get("/sandboxes/{sandbox_id}/network")
@@ -62,8 +63,8 @@ async def audit(sandbox_id: str, request: Request, team: Team = Depends(current_
     verdict, kind = q.get("verdict") or None, q.get("kind") or None
     if verdict not in (None, "allow", "deny"):
         raise InvalidInput("verdict", "must be 'allow' or 'deny'")
-    if kind not in (None, "dns", "connection", "http"):
-        raise InvalidInput("kind", "must be 'dns', 'connection' or 'http'")
+    if kind not in (None, *AUDIT_KINDS):
+        raise InvalidInput("kind", "must be one of " + ", ".join(map(repr, AUDIT_KINDS)))
     events, token = await asyncio.to_thread(
         svc.store.query_audit,
         sandbox_id,

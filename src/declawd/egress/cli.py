@@ -48,6 +48,10 @@ def serve(
     vault_key: Path | None = typer.Option(
         None, "--vault-key", help="vault master key (default STATE/keys/vault.key)"
     ),
+    judge_url: str = typer.Option(
+        "", "--judge-url", help="injection judge: OpenAI-compatible chat completions URL"
+    ),
+    judge_model: str = typer.Option("injection-judge", "--judge-model", help="judge's model"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log debug messages"),
 ) -> None:
     """Serve sandbox DNS, the egress proxy, audit and the control socket in this netns."""
@@ -81,5 +85,7 @@ def serve(
         db_path=db_path,
         upstream_ca=upstream_ca,
         vault_key=vault_key,
+        judge_url=judge_url,
+        judge_model=judge_model,
     )
     asyncio.run(GatewayDaemon(config).run())

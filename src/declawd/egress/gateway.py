@@ -33,17 +33,30 @@ from declawd.egress.nflog import NflogReader, NflogRecord, parse_packet, parse_p
 from declawd.egress.nftsets import NftSets
 from declawd.egress.policy import IPNetwork, is_non_public
 from declawd.egress.proxy import SandboxView, SniProxy
+from declawd.egress.proxy.decide import Verdict
 from declawd.egress.resolved import ResolvedNames
 from declawd.egress.resolver import Resolver, SandboxEntry
+from declawd.guard.injection import Judge
+from declawd.guard.netgate import PACKAGE as NETWORK_PACKAGE
+from declawd.guard.netgate import check_network
 from declawd.inspect.ca import CaRef, LeafContexts
 from declawd.inspect.http import HttpInspector
 from declawd.inspect.model import HttpAudit, HttpLayer, InspectContext, InspectionPolicy
+from declawd.inspect.pipeline import GuardServices
 from declawd.vault.reader import VaultReader
 
 # Re-exported: the CLI and tests reach the daemon's inputs through this module.
 __all__ = ["DENY_ALL", "GatewayConfig", "GatewayDaemon", "load_state", "parse_upstream"]
 
 log = logging.getLogger(__name__)
+
+
+def guard_services(config: GatewayConfig) -> GuardServices:
+    """The process-wide parts of the guardrails: the operator's injection judge, if any."""
+    if not config.judge_url:
+        return GuardServices()
+    ca = str(config.upstream_ca) if config.upstream_ca is not None else None
+    return GuardServices(judge=Judge(config.judge_url, model=config.judge_model, ca_file=ca))
 
 
 class GatewayDaemon:
@@ -64,6 +77,7 @@ class GatewayDaemon:
         self.audit = AuditWriter(config.audit_db)
         self.leaves = LeafContexts(self._ca_of, config.leaves_dir)
         self.vault = VaultReader(config.audit_db, config.vault_key_path)
+        self.guard_services = guard_services(config)
         self.resolver: Resolver | None = None
         self.proxy: SniProxy | None = None
         self.nflog: NflogReader | None = None
@@ -144,7 +158,7 @@ class GatewayDaemon:
             return SandboxView(entry.sandbox_id, entry.policy, entry.inspection)
 
         def http_layer(ctx: InspectContext, policy: InspectionPolicy) -> HttpLayer:
-            return HttpInspector(ctx, policy, secrets=self.vault)
+            return HttpInspector(ctx, policy, secrets=self.vault, services=self.guard_services)
 
         kwargs: dict[str, Any] = {
             "lookup": view,
@@ -157,6 +171,7 @@ class GatewayDaemon:
             "upstream_tls": upstream_context(self.config.upstream_ca),
             "http_layer": http_layer,
             "audit_http": self._on_http_audit,
+            "network_gate": self._network_gate,
         }
         if self.config.peek_timeout is not None:
             kwargs["peek_timeout"] = self.config.peek_timeout
@@ -278,6 +293,24 @@ class GatewayDaemon:
         if self.proxy is not None:
             self.proxy.cut(sid, self._still_allowed(entry))
 
+    def _network_gate(self, sid: str, name: str | None, ip: str, port: int) -> Verdict | None:
+        """The sandbox's custom policy on a connection about to be dialled (on an executor
+        thread): a deny Verdict naming the rules, or None. Evaluation that fails follows the
+        policy's default_deny; an allow despite a failure is logged."""
+        entry = self.sandboxes.get(sid)
+        custom = entry.inspection.custom if entry is not None else None
+        if custom is None or not custom.has(NETWORK_PACKAGE):
+            return None
+        if name is None:  # a connection without SNI/Host: the name the sandbox resolved
+            name = self.resolved.any_allowed_name_for(sid, ip, lambda _n: True)
+        verdict = check_network(custom, sandbox_id=sid, name=name, ip=ip, port=port)
+        if not verdict.denied:
+            if verdict.error:
+                log.warning("network policy of %s failed, allowed: %s", sid, verdict.error)
+            return None
+        messages = verdict.messages or (f"policy evaluation failed: {verdict.error}",)
+        return Verdict(False, "custom_policy", name, messages=tuple(messages))
+
     def _still_allowed(self, entry: SandboxEntry) -> Callable[[str | None, str, int], bool]:
         policy, sid = entry.policy, entry.sandbox_id
 
@@ -344,6 +377,7 @@ class GatewayDaemon:
                 address=event.get("address"),
                 port=int(port) if port is not None else None,
                 protocol=event.get("protocol"),
+                detail=event.get("detail"),
             )
         )
 

@@ -96,6 +96,9 @@ class GatewayConfig:
     # Inspected upstreams are verified against this bundle (None: the system's store).
     upstream_ca: Path | None = None
     vault_key: Path | None = None
+    # The injection judge (empty URL: none); verified against upstream_ca over https.
+    judge_url: str = ""
+    judge_model: str = "injection-judge"
 
     @property
     def gateway_dir(self) -> Path:

@@ -259,6 +259,98 @@ def _encodable(value: str) -> bool:
     return True
 
 
+class _Held:
+    def __init__(self, block: str, end: str, doc: object, tails: dict[tuple[object, ...], int]):
+        self.block, self.end, self.doc, self.tails = block, end, doc, tails
+
+
+def _sse_json(block: str) -> object | None:
+    """An event's data as a JSON object or array, or None (no data, not JSON, a scalar)."""
+    values = [line[5:].removeprefix(" ") for line in _LINE.split(block)[0::2]]
+    data = [
+        v
+        for line, v in zip(_LINE.split(block)[0::2], values, strict=True)
+        if line.startswith("data:")
+    ]
+    if not data:
+        return None
+    try:
+        doc = json.loads("\n".join(data))
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict | list) else None
+
+
+def _strings(
+    doc: object, path: tuple[object, ...] = ()
+) -> Iterator[tuple[tuple[object, ...], str]]:
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _strings(v, (*path, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _strings(v, (*path, i))
+    elif isinstance(doc, str):
+        yield path, doc
+
+
+def _tails(doc: object, tail: Tail) -> dict[tuple[object, ...], int]:
+    out = {}
+    for path, value in _strings(doc):
+        n = tail(value)
+        if 0 < n <= len(value):
+            out[path] = n
+    return out
+
+
+def _get(doc: object, path: tuple[object, ...]) -> object:
+    for step in path:
+        found = (isinstance(doc, dict) and isinstance(step, str) and step in doc) or (
+            isinstance(doc, list) and isinstance(step, int) and step < len(doc)
+        )
+        if not found:
+            return None
+        doc = doc[step]  # type: ignore[index]
+    return doc
+
+
+def _set(doc: object, path: tuple[object, ...], value: str) -> None:
+    parent = _get(doc, path[:-1])
+    key = path[-1]
+    if isinstance(parent, dict) or (isinstance(parent, list) and isinstance(key, int)):
+        parent[key] = value  # type: ignore[call-overload]
+
+
+def _move_tails(held: _Held, doc: object) -> bool:
+    """Move each held value's tail to the front of the same value in `doc`."""
+    moved = False
+    for path, n in held.tails.items():
+        nxt = _get(doc, path)
+        cur = _get(held.doc, path)
+        if isinstance(nxt, str) and isinstance(cur, str):
+            _set(held.doc, path, cur[:-n])
+            _set(doc, path, cur[-n:] + nxt)
+            moved = True
+    return moved
+
+
+def _reserialised(block: str, doc: object) -> str:
+    """The event with its data lines replaced by one line of `doc` (compact JSON)."""
+    parts = _LINE.split(block)
+    lines, seps = parts[0::2], parts[1::2]
+    nl = seps[0] if seps else "\n"
+    data = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    out, done = [], False
+    for line in lines:
+        if line.startswith("data:"):
+            if not done:
+                out.append(f"data: {data}")
+                done = True
+            continue
+        out.append(line)
+    return nl.join(out)
+
+
 def rewrite_text_or_json(text: str, rewrite: Rewrite) -> str:
     """A JSON document value by value, anything else as plain text."""
     stripped = text.lstrip()
@@ -274,18 +366,32 @@ _EVENT_END = re.compile(r"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?!\n))")
 _LINE = re.compile(r"(\r\n|\r|\n)")
 
 
+# A suffix of a value that may be the first part of something a stage wants whole (a PII
+# token `[REDACTED_EMAIL_1]` cut between two events): its length, 0 for none.
+Tail = Callable[[str], int]
+
+
 class SseRewriter:
     """Rewrites a text/event-stream event by event: each event's data (its `data:` lines
     joined) is rewritten as JSON when it is JSON, else as text; other lines stay. An event
     is held until its blank line, at most `limit` characters; a longer one makes the rest of
-    the stream pass as it is (`overflowed`)."""
+    the stream pass as it is (`overflowed`).
 
-    def __init__(self, rewrite: Rewrite, limit: int) -> None:
+    With `tail`, a JSON string value that ends in a tail (a token's first part) is joined
+    with the same value (same key path) of the next event: the event is held until the
+    next one arrives; if that one has the value, the tail moves into it (both events are
+    then re-serialised compactly), else it stays where it was. So a stage sees a token cut
+    between two events whole, and no character is lost or duplicated."""
+
+    def __init__(self, rewrite: Rewrite, limit: int, tail: Tail | None = None) -> None:
         self._rewrite = rewrite
         self._limit = limit
+        self._tail = tail
         self._buf = ""
         self._scanned = 0  # no event end before this offset of _buf
         self.overflowed = False
+        # An event held for its tail: (block, separator, doc, lines of the doc, tails).
+        self._held: _Held | None = None
 
     def feed(self, text: str) -> str:
         if self.overflowed:
@@ -296,19 +402,46 @@ class SseRewriter:
         for m in _EVENT_END.finditer(self._buf, max(0, self._scanned - 3)):
             if m.end() == len(self._buf) and self._buf.endswith("\r"):
                 break  # may be the first half of a CRLF
-            out.append(self._event(self._buf[pos : m.start()]) + m.group(0))
+            out.append(self._next(self._buf[pos : m.start()], m.group(0)))
             pos = m.end()
         self._buf = self._buf[pos:]
         self._scanned = len(self._buf)
         if len(self._buf) > self._limit:
             self.overflowed = True
+            out.append(self._release())
             out.append(self._buf)
             self._buf = ""
         return "".join(out)
 
     def flush(self) -> str:
         rest, self._buf = self._buf, ""
-        return rest if self.overflowed or not rest else self._event(rest)
+        if self.overflowed or not rest:
+            return self._release() + rest
+        return self._next(rest, "")
+
+    def _next(self, block: str, end: str) -> str:
+        """One whole event (and the event held before it, if any), rewritten."""
+        if self._tail is None:
+            return self._event(block) + end
+        doc = _sse_json(block)
+        held, self._held = self._held, None
+        out = ""
+        if held is not None:
+            moved = _move_tails(held, doc) if doc is not None else False
+            out = self._event(_reserialised(held.block, held.doc) if moved else held.block)
+            out += held.end
+            if moved and doc is not None:
+                block = _reserialised(block, doc)
+        if doc is not None and end:
+            tails = _tails(doc, self._tail)
+            if tails:
+                self._held = _Held(block, end, doc, tails)
+                return out
+        return out + self._event(block) + end
+
+    def _release(self) -> str:
+        held, self._held = self._held, None
+        return "" if held is None else self._event(held.block) + held.end
 
     def _event(self, block: str) -> str:
         parts = _LINE.split(block)

@@ -20,7 +20,7 @@ from declawd.inspect.http1 import H1Client, H1Server
 from declawd.inspect.http2 import H2Client, H2Server
 from declawd.inspect.messages import SideEvent
 from declawd.inspect.model import HttpCommand, InspectContext, InspectionPolicy, SecretSource
-from declawd.inspect.pipeline import BodyPipe, Pipeline
+from declawd.inspect.pipeline import BodyPipe, GuardServices, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,10 @@ class InspectedConnection:
         *,
         secrets: SecretSource,
         clock: Callable[[], float] = time.time,
+        services: GuardServices | None = None,
     ) -> None:
         self._ctx, self._policy, self._clock = ctx, policy, clock
-        self._pipeline = Pipeline(ctx, policy, secrets)
+        self._pipeline = Pipeline(ctx, policy, secrets, services=services)
         self._ends = Ends(ctx)
         self._client, self._upstream = self._ends.client, self._ends.upstream
         self._by_client: dict[int, Exchange] = {}

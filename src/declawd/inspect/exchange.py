@@ -77,4 +77,10 @@ def audit_of(x: Exchange, host: str, policy: InspectionPolicy) -> HttpAudit:
         record["unscanned"] = x.state.unscanned
     if x.state.invisible_text:
         record["invisible_text"] = x.state.invisible_text
+    scans = x.state.scratch.get("scan_results")
+    if scans:
+        record["scan_results"] = scans  # what each guard found: types and counts, no values
+    verdicts = x.state.scratch.get("policy")
+    if verdicts:
+        record["policy"] = verdicts  # the content package's, per direction
     return HttpAudit(record=record, verdict=x.verdict, reason=x.reason)

@@ -84,7 +84,10 @@ class HttpInspector(InspectedConnection):
         except Blocked as e:
             return self._local(x, e.status, e.error, e.reason)
         if x.request.has_body:
-            x.req_pipe = self._pipeline.body(x.state, x.request.headers, "outbound")
+            try:
+                x.req_pipe = self._pipeline.body(x.state, x.request.headers, "outbound")
+            except Blocked as e:  # the content package, asked before a body it cannot hold
+                return self._local(x, e.status, e.error, e.reason)
         else:
             x.req_pipe = BodyPipe(x.state, None)
         self._queue.append(x)
@@ -229,13 +232,16 @@ class HttpInspector(InspectedConnection):
         if x is None or x.discard:
             return
         x.status = head.status
-        x.resp_head = self._pipeline.response(x.state, head)
-        if head.has_body:
-            x.resp_pipe = self._pipeline.body(
-                x.state, x.resp_head.headers, "inbound", status=head.status
-            )
-        else:
-            x.resp_pipe = BodyPipe(x.state, None)
+        try:
+            x.resp_head = self._pipeline.response(x.state, head)
+            if head.has_body:
+                x.resp_pipe = self._pipeline.body(
+                    x.state, x.resp_head.headers, "inbound", status=head.status
+                )
+            else:
+                x.resp_pipe = BodyPipe(x.state, None)
+        except Blocked as e:  # the content package's deny, before anything was sent
+            return self._block_response(x, e)
         self._send_head_if_ready(x)
 
     def _send_head_if_ready(self, x: Exchange) -> None:

@@ -13,9 +13,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import re2
+
+if TYPE_CHECKING:
+    from declawd.guard.codesec import CodeSecurityGuard
+    from declawd.guard.custom import CustomPolicy
+    from declawd.guard.injection import InjectionGuard
+    from declawd.guard.pii import PiiGuard
 
 Direction = Literal["outbound", "inbound", "both"]
 DIRECTIONS: tuple[str, ...] = ("outbound", "inbound", "both")
@@ -33,6 +39,8 @@ DEFAULT_MASK_PATTERNS: tuple[str, ...] = (
     "SECRET_KEY",
 )
 DEFAULT_BUFFER_LIMIT = 8 * 1024 * 1024
+# A custom policy with rules in these packages has all of its sandbox's TCP pass the proxy.
+_PACKAGES_VIA_PROXY = frozenset({"declaw.platform.network", "declaw.platform.content"})
 
 
 @functools.lru_cache(maxsize=1024)
@@ -162,6 +170,10 @@ class InvisibleTextGuard:
     action: Literal["strip", "block", "log_only"] = "strip"
     domains: tuple[str, ...] | None = None
 
+    @property
+    def active(self) -> bool:
+        return True
+
     def applies_to(self, host: str | None) -> bool:
         return domain_listed(self.domains, host)
 
@@ -196,20 +208,48 @@ class InspectionPolicy:
     buffer_limit: int = DEFAULT_BUFFER_LIMIT
     vault_plain_http: bool = False
     invisible_text: InvisibleTextGuard | None = None  # None: the guard is off
+    # Issue 10's guardrails (None: off). Each knows the hosts it applies to.
+    pii: PiiGuard | None = None
+    injection: InjectionGuard | None = None
+    code_security: CodeSecurityGuard | None = None
+    # content_gate's domains, opted into inspection for the content package (None: off).
+    content_gate: tuple[str, ...] | None = None
+    custom: CustomPolicy | None = None
+
+    def _guards(self) -> tuple[Any, ...]:
+        return tuple(
+            g
+            for g in (
+                self.invisible_text,
+                self.pii,
+                self.injection,
+                self.code_security,
+            )
+            if g is not None
+        )
 
     @property
     def active(self) -> bool:
         """Whether the sandbox needs the inspection datapath at all (all its TCP through
-        the proxy, UDP 443 refused)."""
-        return bool(self.transformations or self.vault or self.invisible_text)
+        the proxy, UDP 443 refused): something to inspect, or a custom policy with a
+        network or content package (CIDR-allowed and open-policy traffic is checked too)."""
+        if self.transformations or self.vault or self.content_gate:
+            return True
+        if any(getattr(g, "active", True) for g in self._guards()):
+            return True
+        custom = self.custom
+        return custom is not None and bool(_PACKAGES_VIA_PROXY & custom.packages)
 
     def inspects(self, host: str | None, *, tls: bool) -> bool:
         """Whether a connection to `host` is intercepted: any transformation (all hosts),
         or a vault secret whose scope matches (over TLS, or plain HTTP if allowed), or a
-        guardrail whose `domains` list the host (None: all)."""
+        guardrail whose `domains` list the host (None: all, except for injection defense
+        and the content gate, where None lists none)."""
         if self.transformations:
             return True
-        if self.invisible_text is not None and self.invisible_text.applies_to(host):
+        if any(g.applies_to(host) for g in self._guards()):
+            return True
+        if self.content_gate and domain_listed(self.content_gate, host):
             return True
         if host is None or not (tls or self.vault_plain_http):
             return False
@@ -229,6 +269,11 @@ class InspectionPolicy:
             "buffer_limit": self.buffer_limit,
             "vault_plain_http": self.vault_plain_http,
             "invisible_text": self.invisible_text and self.invisible_text.to_wire(),
+            "pii": self.pii and self.pii.to_wire(),
+            "injection": self.injection and self.injection.to_wire(),
+            "code_security": self.code_security and self.code_security.to_wire(),
+            "content_gate": None if self.content_gate is None else list(self.content_gate),
+            "custom": self.custom and self.custom.to_wire(),
         }
 
     @classmethod
@@ -248,7 +293,29 @@ class InspectionPolicy:
             buffer_limit=int(raw.get("buffer_limit") or DEFAULT_BUFFER_LIMIT),
             vault_plain_http=bool(raw.get("vault_plain_http", False)),
             invisible_text=InvisibleTextGuard.from_wire(raw.get("invisible_text")),
+            **_guards_from_wire(raw),
         )
+
+
+def _guards_from_wire(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Issue 10's guardrails from the wire (imported here: they import this module)."""
+    from declawd.guard.codesec import CodeSecurityGuard
+    from declawd.guard.custom import CustomPolicy
+    from declawd.guard.injection import InjectionGuard
+    from declawd.guard.pii import PiiGuard
+
+    out: dict[str, Any] = {}
+    for name, cls in (
+        ("pii", PiiGuard),
+        ("injection", InjectionGuard),
+        ("code_security", CodeSecurityGuard),
+        ("custom", CustomPolicy),
+    ):
+        if raw.get(name):
+            out[name] = cls.from_wire(raw[name])
+    gate = raw.get("content_gate")
+    out["content_gate"] = None if gate is None else tuple(str(d) for d in gate)
+    return out
 
 
 class SecretSource(Protocol):

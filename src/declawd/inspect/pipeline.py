@@ -1,10 +1,12 @@
 """What inspection does to one request/response exchange, in declaw-api.md §12.1's order.
 
-Outbound: transformations (query values, body) -> invisible text -> [issue 10: PII,
-injection defense] -> vault injection (headers, query). Inbound: invisible text -> [issue
-10: injection defense] -> transformations -> [issue 10: PII rehydration] -> secret
-scrubbing (headers, body). Body stages are the `outbound`/`inbound` lists of a `Pipeline`;
-a stage that must refuse raises `Blocked`.
+Outbound: transformations (query values, body) -> invisible text -> PII (query values,
+body) -> injection defense -> code security -> the custom policy's content
+package -> vault injection (headers, query). Inbound: invisible text -> injection defense ->
+code security -> transformations -> PII rehydration -> the content package ->
+secret scrubbing (headers, body). Body stages are the `outbound`/`inbound` lists of a
+`Pipeline`; a stage that must refuse raises `Blocked`. The content package is asked once
+per direction, with what the stages found (`ExchangeState.scratch["scan_results"]`).
 Invariant: a body is either rewritten whole, streamed through every stage with a bounded
 hold-back, or passed byte for byte with the reason in `ExchangeState.unscanned`.
 """
@@ -14,11 +16,12 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, NoReturn, Protocol
-from urllib.parse import quote, unquote_plus
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
+from urllib.parse import quote, unquote, unquote_plus
 
+from declawd.guard import content
 from declawd.inspect.bodies import (
     CodecError,
     Decoder,
@@ -45,6 +48,9 @@ from declawd.inspect.messages import (
 from declawd.inspect.model import InspectContext, InspectionPolicy, SecretSource, TransformRule
 from declawd.inspect.rules import RuleSet, RuleTimeout, compile_rules
 from declawd.inspect.vaultinject import Scrubber, inject
+
+if TYPE_CHECKING:
+    from declawd.guard.injection import Judge
 
 Way = Literal["outbound", "inbound"]
 _DECODABLE = ("gzip", "deflate", "br", "identity")
@@ -169,6 +175,12 @@ class ScrubStage:
 class _Chain:
     def __init__(self, passes: Sequence[TextPass]) -> None:
         self._passes = passes
+        # A pass that wants a value cut between two SSE events whole says how long the
+        # suffix is that may be its first part (`tail(text) -> int`, PII rehydration).
+        tails = [t for t in (getattr(p, "tail", None) for p in passes) if callable(t)]
+        self.tail: Callable[[str], int] | None = (
+            (lambda text: max(t(text) for t in tails)) if tails else None
+        )
 
     def apply(self, text: str) -> str:
         for p in self._passes:
@@ -225,6 +237,13 @@ class BufferBudget:
 SHARED_BUDGET = BufferBudget(256 * 1024 * 1024)
 
 
+@dataclass(frozen=True)
+class GuardServices:
+    """What the gateway process gives every pipeline: the operator's injection judge."""
+
+    judge: Judge | None = None
+
+
 class Pipeline:
     """The stages for one sandbox's policy; `request`/`response` per exchange."""
 
@@ -234,24 +253,58 @@ class Pipeline:
         policy: InspectionPolicy,
         secrets: SecretSource,
         budget: BufferBudget | None = None,
+        services: GuardServices | None = None,
     ) -> None:
         self.ctx, self.policy, self._secrets = ctx, policy, secrets
         self.budget = budget if budget is not None else SHARED_BUDGET
+        # The guardrails' stages import this module (Blocked, ExchangeState): imported here.
+        from declawd.guard.codesec import CodeSecurityStage
+        from declawd.guard.injection import InjectionStage
+        from declawd.guard.pii import PiiStage
+
+        services = services or GuardServices()
         self.transforms = TransformStage(_compiled(policy.transformations))
         self.invisible = InvisibleTextStage(policy.invisible_text, ctx.host, _refuse_invisible)
-        # Issue 10 inserts PII and injection defense after the invisible text, per §12.1.
-        self.outbound: list[BodyStage] = [self.transforms, self.invisible]
-        self.inbound: list[BodyStage] = [self.invisible, self.transforms, ScrubStage()]
+        self.pii = PiiStage(policy.pii, ctx.host)
+        scanners: list[BodyStage] = [
+            InjectionStage(policy.injection, ctx.host, services.judge),
+            CodeSecurityStage(policy.code_security, ctx.host),
+        ]
+        self.outbound: list[BodyStage] = [self.transforms, self.invisible, self.pii, *scanners]
+        self.inbound: list[BodyStage] = [
+            self.invisible,
+            *scanners,
+            self.transforms,
+            self.pii,
+            ScrubStage(),
+        ]
+        custom = policy.custom
+        self.content = custom if custom is not None and custom.has(content.PACKAGE) else None
 
     def request(
         self, head: RequestHead, x: ExchangeState | None = None
     ) -> tuple[ExchangeState, RequestHead]:
-        """Query transformations and invisible text, then vault injection, counted in `x`.
-        Raises InspectionFailed, or Blocked (invisible text under `block`)."""
+        """Query transformations, invisible text and PII, then vault injection, counted in
+        `x`; the content package now if the request has no body. Raises InspectionFailed,
+        or Blocked (a guard under `block`, a content policy's deny)."""
         x = ExchangeState() if x is None else x
         if head.method == "CONNECT":
             return x, head  # a tunnel: nothing of it is ours to rewrite
         target = self._query(head.target, x)
+        if self.content is not None:
+            path = target.partition("?")[0]
+            x.scratch["content_request"] = content.request_input(
+                sandbox_id=self.ctx.sandbox_id,
+                method=head.method,
+                url=f"{head.scheme}://{head.authority}{target}",
+                host=self.ctx.host,
+                path=path,
+                headers=head.headers,
+                body=None,
+                scan_results={},
+            )
+            if not head.has_body:
+                self.check_content(x, "outbound", None)
         vault = inject(
             target,
             head.headers,
@@ -265,12 +318,54 @@ class Pipeline:
         return x, replace(head, target=vault.target, headers=headers)
 
     def response(self, x: ExchangeState, head: ResponseHead) -> ResponseHead:
+        """Secret scrubbing of the headers; the content package now if the response has no
+        body (Blocked on a deny)."""
+        x.scratch["content_response"] = (head.status, head.headers)
+        if not head.has_body:
+            self.check_content(x, "inbound", None)
         return replace(head, headers=x.scrubber.headers(head.headers))
 
+    def check_content(self, x: ExchangeState, way: Way, text: str | None) -> None:
+        """The content package on this direction of `x` (once), with the body's text when
+        it was read whole. Blocked (403 policy_denied) on a deny; the verdict is kept for
+        the audit under `scratch["policy"]`."""
+        request = x.scratch.get("content_request")
+        if self.content is None or request is None or x.scratch.get(f"content_{way}_done"):
+            return
+        x.scratch[f"content_{way}_done"] = True
+        scans = x.scratch.get("scan_results", {})
+        if way == "outbound":
+            doc = {**request, "request": {**request["request"], "body": text}}
+            doc["attributes"] = {"scan_results": scans, "model": content.model_of(text)}
+            x.scratch["content_request"] = doc
+        else:
+            status, headers = x.scratch.get("content_response", (0, []))
+            doc = content.response_input(
+                request, status=status, headers=headers, body=text, scan_results=scans
+            )
+        verdict = content.evaluate(self.content, doc)
+        x.scratch.setdefault("policy", {})[way] = content.verdict_record(verdict)
+        if verdict.denied:
+            reason = "; ".join(verdict.messages) or f"policy evaluation failed: {verdict.error}"
+            raise Blocked(reason, error="policy_denied")
+
     def body(self, x: ExchangeState, headers: Headers, way: Way, *, status: int = 0) -> BodyPipe:
+        """The pipe one body runs through. A body that will not be read whole has the
+        content package asked now, without its text."""
+        pipe = self._body(x, headers, way, status=status)
+        if isinstance(pipe, BufferPipe):
+            pipe.gate = functools.partial(self.check_content, x, way)
+        else:
+            self.check_content(x, way, None)
+        return pipe
+
+    def _body(self, x: ExchangeState, headers: Headers, way: Way, *, status: int) -> BodyPipe:
         length = content_length(headers)
         chain = self._chain(x, way)
         kind = body_kind(header(headers, "content-type"))
+        gated = self.content is not None and "content_request" in x.scratch
+        if chain is None and gated and kind != "opaque":
+            chain = _Chain([])  # read whole for the content package, rewritten by nothing
         if chain is None or kind == "opaque":
             return BodyPipe(x, length)
         coding = coding_of(header(headers, "content-encoding"))
@@ -296,9 +391,12 @@ class Pipeline:
     def _query(self, target: str, x: ExchangeState) -> str:
         rules = self.transforms.rules("outbound")
         invisible = self.invisible.start(x, "outbound")
+        pii = self.pii.start(x, "outbound")
         path, sep, query = target.partition("?")
-        if not (rules or invisible) or not sep:
-            return target
+        if pii is not None:
+            path = _path_pii(path, pii)
+        if not (rules or invisible or pii) or not sep:
+            return f"{path}{sep}{query}"
         pairs = []
         for pair in query.split("&"):
             name, eq, raw = pair.partition("=")
@@ -306,6 +404,7 @@ class Pipeline:
             new, n = _run(rules.apply, value) if rules else (value, 0)
             x.transformations_applied += n
             new = invisible.apply(new) if invisible is not None else new
+            new = pii.apply(new) if pii is not None else new
             pairs.append(f"{name}={quote(new, safe='')}" if new != value and eq else pair)
         return f"{path}?{'&'.join(pairs)}"
 
@@ -316,6 +415,20 @@ def _compiled(rules: tuple[TransformRule, ...]) -> RuleSet:
     node validated them at create; RuleSets are immutable and RE2 matching is
     thread-safe, so connections on worker threads share one)."""
     return compile_rules(rules)
+
+
+def _path_pii(path: str, pii: TextPass) -> str:
+    """PII in the path's segments (an email in `/users/a@b.c`), each decoded, passed and
+    re-quoted only when it changed."""
+    parts = path.split("/")
+    for i, seg in enumerate(parts):
+        if not seg:
+            continue
+        value = unquote(seg)
+        new = pii.apply(value)
+        if new != value:
+            parts[i] = quote(new, safe="@:+,;=-._~")
+    return "/".join(parts)
 
 
 def _refuse_invisible(counts: Mapping[str, int]) -> NoReturn:
@@ -378,6 +491,8 @@ class BufferPipe(BodyPipe):
         # dropped with its exchange (the finalizer), so nothing leaks from the budget.
         self._held = [0]
         weakref.finalize(self, _give_back, budget, self._held)
+        # Asked with the body's text once it was read whole (None if it was not).
+        self.gate: Callable[[str | None], None] | None = None
 
     def feed(self, data: bytes) -> bytes:
         if self._passing:
@@ -393,6 +508,8 @@ class BufferPipe(BodyPipe):
 
     def _give_up(self, why: str) -> bytes:
         self.x.note(why)
+        if self.gate is not None:
+            self.gate(None)
         self._passing = self.head_ready = True
         out, self._raw = bytes(self._raw), bytearray()
         _give_back(self._budget, self._held)
@@ -423,6 +540,8 @@ class BufferPipe(BodyPipe):
             new = rewrite_text_or_json(text, self._chain.apply)
         else:
             new = self._chain.apply(text)
+        if self.gate is not None:
+            self.gate(text)
         out = raw if new == text else encode_all(self._coding, new.encode(self._cs, "replace"))
         self.head_ready, self.length = True, len(out)
         self._raw = bytearray()
@@ -450,7 +569,7 @@ class StreamPipe(BodyPipe):
         self._dec = Decoder(coding)
         self._text = TextDecoder(cs)
         self._enc = Encoder(coding)
-        self._sse = SseRewriter(chain.apply, limit) if kind == "sse" else None
+        self._sse = SseRewriter(chain.apply, limit, chain.tail) if kind == "sse" else None
         self._rw: TextStream = self._sse if self._sse is not None else chain.stream()
         self._raw = False  # past a byte that is not text: the rest passes unscanned
 

@@ -3,7 +3,12 @@
 `parse_security` validates a policy as the request carries it (every error names the field
 under the caller's prefix) and normalises it to the SDK's shape with its defaults filled;
 `inspection_policy` turns it, the sandbox's vault bindings and envs into what the proxy
-enforces. Invariant: a section we do not build yet is refused when enabled, never ignored.
+enforces. Invariant: a section we do not build is refused when enabled, never ignored
+(toxicity: no offline detector met the bar, docs/guardrails-quality.md).
+
+A governance pack named by `custom_policy.policy_ref` adds its guardrails: each section the
+pack enables that the sandbox's own policy leaves off is enforced with the pack's settings
+(a pack only tightens).
 """
 
 from __future__ import annotations
@@ -11,13 +16,18 @@ from __future__ import annotations
 import copy
 import fnmatch
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import re2
 
 from declawd.config import Settings
 from declawd.errors import InvalidInput, NotSupported
+from declawd.guard.codesec import CodeSecurityGuard, parse_code_security
+from declawd.guard.custom import CustomPolicy, parse_custom_policy
+from declawd.guard.injection import InjectionGuard, parse_injection
+from declawd.guard.packs import find_pack
+from declawd.guard.pii import PiiGuard
 from declawd.inspect.invisible import ACTIONS as INVISIBLE_ACTIONS
 from declawd.inspect.model import (
     DEFAULT_MASK_PATTERNS,
@@ -41,28 +51,17 @@ PII_TYPES = (
     "address",
     "ip_address",
 )
+PII_ACTIONS = ("redact", "block", "log_only")
 UNBUILT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pii": {
-        "enabled": False,
-        "types": list(PII_TYPES),
-        "action": "redact",
-        "rehydrate_response": True,
-    },
-    "injection_defense": {
-        "enabled": False,
-        "action": "log_only",
-        "sensitivity": "medium",
-        "threshold": 0.95,
-    },
     "toxicity": {"enabled": False, "threshold": 0.9, "action": "block"},
-    "code_security": {"enabled": False, "threshold": 0.6, "action": "log_only"},
-    "content_gate": {"enabled": False},
-    "custom_policy": {
-        "enabled": False,
-        "inline_rego": None,
-        "policy_ref": None,
-        "default_deny": False,
-    },
+}
+# Why a section is refused when enabled (the 501's message).
+UNBUILT_REASONS = {
+    "toxicity": (
+        "no offline detector meets the bar (measured: alt-profanity-check, held-out "
+        "precision 1.00, recall 0.55 at threshold 0.9; it misses threats and harassment "
+        "worded without abusive words); see docs/guardrails-quality.md"
+    ),
 }
 # Always in `to_dict()`; the others only when the policy has them.
 ALWAYS = ("pii", "injection_defense", "transformations", "audit", "env_security")
@@ -83,6 +82,11 @@ class SecuritySpec:
     auto_mask_in_audit: bool = True
     network: Mapping[str, Any] | None = None
     invisible_text: InvisibleTextGuard | None = None  # None: off
+    pii: PiiGuard | None = None
+    injection: InjectionGuard | None = None
+    code_security: CodeSecurityGuard | None = None
+    content_gate: tuple[str, ...] | None = None  # the domains opted in; None: off
+    custom: CustomPolicy | None = None
     carried: frozenset[str] = frozenset()
     policy: Mapping[str, Any] = field(default_factory=dict)
 
@@ -115,8 +119,60 @@ def _unbuilt(name: str, value: Any, label: str) -> dict[str, Any]:
         raise InvalidInput(label, "must be an object")
     enabled = _bool(value, "enabled", False, f"{label}.enabled")
     if enabled:
-        raise NotSupported(f"security.{name}: not implemented yet")
+        raise NotSupported(f"security.{name}: {UNBUILT_REASONS[name]}")
     return {**copy.deepcopy(UNBUILT_DEFAULTS[name]), **value, "enabled": False}
+
+
+def _pii(value: Any, label: str) -> tuple[dict[str, Any], PiiGuard | None]:
+    """`PIIConfig` normalised as its `to_dict()` writes it, and the guard if on."""
+    if isinstance(value, bool):
+        value = {"enabled": value}
+    if not isinstance(value, Mapping):
+        raise InvalidInput(label, "must be an object")
+    enabled = _bool(value, "enabled", False, f"{label}.enabled")
+    types = value.get("types")
+    if types is None:
+        types = list(PII_TYPES)
+    if not isinstance(types, list):
+        raise InvalidInput(f"{label}.types", "must be an array")
+    for i, t in enumerate(types):
+        if t not in PII_TYPES:
+            raise InvalidInput(
+                f"{label}.types[{i}]",
+                f"unknown PII type {t!r}: must be one of {', '.join(PII_TYPES)}",
+            )
+    action = value.get("action", "redact")
+    if action not in PII_ACTIONS:
+        raise InvalidInput(f"{label}.action", "must be 'redact', 'block' or 'log_only'")
+    rehydrate = _bool(value, "rehydrate_response", True, f"{label}.rehydrate_response")
+    domains = _domains(value.get("domains"), f"{label}.domains")
+    out: dict[str, Any] = {
+        "enabled": enabled,
+        "types": list(dict.fromkeys(types)),
+        "action": action,
+        "rehydrate_response": rehydrate,
+    }
+    if domains is not None:
+        out["domains"] = list(domains)
+    if not enabled or not types:
+        return out, None
+    guard = PiiGuard(tuple(dict.fromkeys(types)), action, rehydrate, domains)
+    return out, guard
+
+
+def _content_gate(value: Any, label: str) -> tuple[dict[str, Any], tuple[str, ...] | None]:
+    """`ContentGateConfig`: its domains opt hosts into inspection for the content package
+    (None or empty: none)."""
+    if isinstance(value, bool):
+        value = {"enabled": value}
+    if not isinstance(value, Mapping):
+        raise InvalidInput(label, "must be an object")
+    enabled = _bool(value, "enabled", False, f"{label}.enabled")
+    domains = _domains(value.get("domains"), f"{label}.domains")
+    out: dict[str, Any] = {"enabled": enabled}
+    if domains is not None:
+        out["domains"] = list(domains)
+    return out, (domains or None) if enabled else None
 
 
 def _transformations(value: Any, label: str) -> tuple[TransformRule, ...]:
@@ -208,10 +264,12 @@ def parse_security(raw: Mapping[str, Any] | None, field: str = "security") -> Se
         raise InvalidInput(field or "request body", "must be a JSON object")
     carried = frozenset(k for k in SECTIONS if raw.get(k) is not None)
     policy: dict[str, Any] = {}
-    for name in ("pii", "injection_defense"):
-        default: Any = False if name == "injection_defense" else {}
-        value = raw.get(name)
-        policy[name] = _unbuilt(name, default if value is None else value, _label(field, name))
+    value = raw.get("pii")
+    policy["pii"], pii = _pii({} if value is None else value, _label(field, "pii"))
+    value = raw.get("injection_defense")
+    policy["injection_defense"], injection = parse_injection(
+        False if value is None else value, _label(field, "injection_defense")
+    )
     value = raw.get("transformations")
     rules = _transformations([] if value is None else value, _label(field, "transformations"))
     policy["transformations"] = [
@@ -227,23 +285,66 @@ def parse_security(raw: Mapping[str, Any] | None, field: str = "security") -> Se
     if network is not None and not isinstance(network, Mapping):
         raise InvalidInput(_label(field, "network"), "must be an object")
     invisible: InvisibleTextGuard | None = None
+    code_security: CodeSecurityGuard | None = None
+    gate: tuple[str, ...] | None = None
+    custom: CustomPolicy | None = None
     for name in ("toxicity", "code_security", "invisible_text", "content_gate", "custom_policy"):
         if raw.get(name) is None:
             continue
+        label = _label(field, name)
         if name == "invisible_text":
-            policy[name], invisible = _invisible_text(raw[name], _label(field, name))
+            policy[name], invisible = _invisible_text(raw[name], label)
+        elif name == "code_security":
+            policy[name], code_security = parse_code_security(raw[name], label)
+        elif name == "content_gate":
+            policy[name], gate = _content_gate(raw[name], label)
+        elif name == "custom_policy":
+            value = {"enabled": raw[name]} if isinstance(raw[name], bool) else raw[name]
+            section, custom = parse_custom_policy(value, label)
+            if section is not None:
+                policy[name] = section
         else:
-            policy[name] = _unbuilt(name, raw[name], _label(field, name))
-    return SecuritySpec(
+            policy[name] = _unbuilt(name, raw[name], label)
+    spec = SecuritySpec(
         transformations=rules,
         audit_enabled=audit,
         mask_patterns=patterns,
         auto_mask_in_audit=auto,
         network=network,
         invisible_text=invisible,
+        pii=pii,
+        injection=injection,
+        code_security=code_security,
+        content_gate=gate,
+        custom=custom,
         carried=carried,
         policy=policy,
     )
+    return _with_pack_guardrails(spec)
+
+
+def _with_pack_guardrails(spec: SecuritySpec) -> SecuritySpec:
+    """The policy_ref pack's guardrails for the sections the sandbox leaves off."""
+    ref = spec.custom.policy_ref if spec.custom is not None else None
+    if not ref:
+        return spec
+    rails = find_pack(ref).guardrails
+    where = f"governance pack {ref} guardrails"
+    changes: dict[str, Any] = {}
+    if spec.pii is None and rails.get("pii"):
+        changes["pii"] = _pii(dict(rails["pii"]), f"{where}.pii")[1]
+    if spec.injection is None and rails.get("injection_defense"):
+        changes["injection"] = parse_injection(
+            dict(rails["injection_defense"]), f"{where}.injection_defense"
+        )[1]
+    if spec.invisible_text is None and rails.get("invisible_text"):
+        changes["invisible_text"] = _invisible_text(
+            dict(rails["invisible_text"]), f"{where}.invisible_text"
+        )[1]
+    audit = rails.get("audit")
+    if isinstance(audit, Mapping) and audit.get("enabled") and not spec.audit_enabled:
+        changes["audit_enabled"] = True
+    return replace(spec, **changes) if changes else spec
 
 
 def is_sensitive(name: str, patterns: Sequence[str]) -> bool:
@@ -280,4 +381,9 @@ def inspection_policy(
         buffer_limit=int(settings.inspect_buffer_limit_mb * 1024 * 1024),
         vault_plain_http=settings.vault_plain_http,
         invisible_text=spec.invisible_text,
+        pii=spec.pii,
+        injection=spec.injection,
+        code_security=spec.code_security,
+        content_gate=spec.content_gate,
+        custom=spec.custom,
     )

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import brotli
 
-from declawd.lab import openai_api
+from declawd.lab import judge_api, openai_api
 from declawd.lab.config import LabHost
 from declawd.lab.requestlog import RequestLog
 
@@ -114,6 +114,11 @@ def error_response(status: int, message: str, *, close: bool = False) -> HttpRes
     return json_response(status, {"error": message}, close=close)
 
 
+# The lab's injection judge (an OpenAI-compatible endpoint with its own, marker-based rule).
+JUDGE_HOST = "judge.lab"
+MAX_PAGE = 64 * 1024
+
+
 def route(
     request: HttpRequest, body: bytes, *, host: LabHost | None, tls: bool, client: str
 ) -> HttpResponse:
@@ -135,6 +140,8 @@ def _route(
         if n > MAX_BYTES:
             raise HttpError(400, "n too large")
         return HttpResponse(200, content_type="application/octet-stream", stream_bytes=n)
+    if path == "/page":
+        return page(request)
     if path == "/echo":
         return HttpResponse(200, body, content_type="application/octet-stream")
     if path == "/anything" or path.startswith("/anything/"):
@@ -148,6 +155,10 @@ def _route(
         return json_response(code, {"status": code})
     if m := _STREAM_PATH.match(path):
         return streamed(m.group(1), int(m.group(2)), request)
+    if path.startswith("/v1/") and host is not None and host.name == JUDGE_HOST:
+        verdict = judge_api.route(request.method, path, body)
+        if verdict is not None:
+            return json_response(verdict.status, verdict.doc)
     if path.startswith("/v1/"):
         answer = openai_api.route(request.method, path, body, now=time.time())
         if answer is not None and answer.events:
@@ -169,6 +180,20 @@ def _route(
         "client": client,
     }
     return json_response(200, info)
+
+
+def page(request: HttpRequest) -> HttpResponse:
+    """`/page?b64=<base64>`: an HTML page whose body holds the decoded text (a "fetched
+    page" a test chooses without the text being in the request in the clear)."""
+    raw = (request.query.get("b64") or [""])[0]
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise HttpError(400, "b64: not base64 of UTF-8 text") from None
+    if len(text) > MAX_PAGE:
+        raise HttpError(400, "b64: page too large")
+    html = f"<!doctype html><html><body><article>{text}</article></body></html>"
+    return HttpResponse(200, html.encode(), content_type="text/html; charset=utf-8")
 
 
 def header_map(headers: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:

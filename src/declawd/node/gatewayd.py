@@ -190,6 +190,9 @@ class GatewayDaemon:
         bundle = self.upstream.ca_bundle()
         if bundle is not None:
             args += ["--upstream-ca", str(bundle)]
+        if self.settings.injection_judge_url:
+            args += ["--judge-url", self.settings.injection_judge_url]
+            args += ["--judge-model", self.settings.injection_judge_model]
         return args
 
     async def start(self) -> None:

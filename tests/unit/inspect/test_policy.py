@@ -8,7 +8,11 @@ from typing import Any
 import pytest
 from declaw import (
     AuditConfig,
+    CodeSecurityConfig,
+    ContentGateConfig,
+    CustomPolicyConfig,
     EnvSecurityConfig,
+    InjectionDefenseConfig,
     InvisibleTextConfig,
     PIIConfig,
     SecurityPolicy,
@@ -21,6 +25,7 @@ from declawd.config import Settings
 from declawd.errors import InvalidInput, NotSupported
 from declawd.inspect.model import (
     PLACEHOLDER,
+    InspectionPolicy,
     InvisibleTextGuard,
     TransformRule,
     VaultBinding,
@@ -89,22 +94,72 @@ def test_carried_names_the_sections_the_request_had() -> None:
 # --- refusals ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "pii",
-        "injection_defense",
-        "toxicity",
-        "code_security",
-        "content_gate",
-        "custom_policy",
-    ],
-)
-def test_an_enabled_section_we_do_not_build_is_501(name: str) -> None:
+def test_toxicity_enabled_is_501_saying_why() -> None:
     for value in ({"enabled": True}, True):
         with pytest.raises(NotSupported) as err:
-            parse_security({name: value}, "")
-        assert err.value.message == f"security.{name}: not implemented yet"
+            parse_security({"toxicity": value}, "")
+        assert err.value.message.startswith("security.toxicity: no offline detector meets")
+        assert "docs/guardrails-quality.md" in err.value.message
+
+
+def test_every_guardrail_section_round_trips_in_the_sdk_shape() -> None:
+    policy = SecurityPolicy(
+        pii=PIIConfig(enabled=True, types=["email", "ssn"], action="block", domains=["a.com"]),
+        injection_defense=InjectionDefenseConfig(
+            enabled=True, action="block", domains=["example.com"], injection_mode="strict"
+        ),
+        code_security=CodeSecurityConfig(enabled=True, action="block"),
+        content_gate=ContentGateConfig(enabled=True, domains=["api.openai.com"]),
+        custom_policy=CustomPolicyConfig(
+            enabled=True, inline_rego='deny contains "no" if input.action.command == "x"'
+        ),
+    )
+    spec = parse_security(policy.to_dict(), "security.policy_json")
+    again = parse_security(spec.to_dict(), "security.policy_json")
+    assert again.to_dict() == spec.to_dict()
+    assert spec.pii is not None and spec.pii.types == ("email", "ssn")
+    assert spec.pii.action == "block" and spec.pii.domains == ("a.com",)
+    assert spec.injection is not None and spec.injection.mode == "strict"
+    assert spec.code_security is not None and spec.code_security.action == "block"
+    assert spec.content_gate == ("api.openai.com",)
+    assert spec.custom is not None and spec.custom.has("declaw.platform.cmd")
+    ip = inspection_policy(spec, (), {}, Settings())
+    assert ip.active and ip.inspects("api.openai.com", tls=True)  # content_gate lists it
+    assert ip.inspects("example.com", tls=True)  # injection lists it (code_security: all)
+    assert InspectionPolicy.from_wire(ip.to_wire()) == ip
+
+
+def test_a_policy_ref_adds_the_packs_guardrails_where_the_sandbox_has_none() -> None:
+    spec = parse_security(
+        {"custom_policy": {"enabled": True, "policy_ref": "owasp-llm-top10@v1"}}, ""
+    )
+    assert spec.pii is not None and spec.pii.action == "redact"  # the pack's PII
+    assert spec.injection is not None and spec.injection.action == "block"
+    own = parse_security(
+        {
+            "pii": {"enabled": True, "action": "log_only"},
+            "custom_policy": {"enabled": True, "policy_ref": "owasp-llm-top10@v1"},
+        },
+        "",
+    )
+    assert own.pii is not None and own.pii.action == "log_only"  # the sandbox's own stays
+    assert own.to_dict()["pii"]["action"] == "log_only"
+
+
+def test_a_cmd_only_custom_policy_needs_no_inspection_but_a_network_one_does() -> None:
+    cmd = parse_security({"custom_policy": {"enabled": True, "inline_rego": "x := 1"}}, "")
+    assert not inspection_policy(cmd, (), {}, Settings()).active
+    net = parse_security(
+        {
+            "custom_policy": {
+                "enabled": True,
+                "inline_modules": ['package declaw.platform.network\ndeny contains "n" if false'],
+            }
+        },
+        "",
+    )
+    ip = inspection_policy(net, (), {}, Settings())
+    assert ip.active and not ip.inspects("example.com", tls=True)
 
 
 @pytest.mark.parametrize(
@@ -147,6 +202,24 @@ def test_errors_name_the_field_where_the_request_carries_it(prefix: str, label: 
             "env_security.auto_mask_in_audit: must be a boolean",
         ),
         ({"pii": []}, "pii: must be an object"),
+        (
+            {"pii": {"types": ["ssn", "dna"]}},
+            "pii.types[1]: unknown PII type 'dna': must be one of ssn, credit_card, email, "
+            "phone, person_name, api_key, address, ip_address",
+        ),
+        ({"pii": {"action": "mask"}}, "pii.action: must be 'redact', 'block' or 'log_only'"),
+        (
+            {"injection_defense": {"enabled": True, "threshold": 1.5}},
+            "injection_defense.threshold: must be between 0 and 1",
+        ),
+        (
+            {"content_gate": {"domains": "x"}},
+            "content_gate.domains: must be an array of host names",
+        ),
+        (
+            {"custom_policy": {"enabled": True, "policy_ref": "nope@v9"}},
+            "custom_policy.policy_ref: unknown governance pack policy 'nope@v9'",
+        ),
         ({"toxicity": {"enabled": "yes"}}, "toxicity.enabled: must be a boolean"),
         ({"network": ["1.2.3.4"]}, "network: must be an object"),
     ],

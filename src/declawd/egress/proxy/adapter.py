@@ -257,6 +257,8 @@ class ProxiedConnection(asyncio.Protocol):
 
     async def _dial(self, ip: str, port: int) -> None:
         loop = asyncio.get_running_loop()
+        if not await self._network_policy_allows(ip, port):
+            return
         host, mapped_port = self.proxy.upstream_address(ip, port)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -274,6 +276,24 @@ class ProxiedConnection(asyncio.Protocol):
         except BaseException:
             sock.close()
             raise
+
+    async def _network_policy_allows(self, ip: str, port: int) -> bool:
+        """The sandbox's custom policy (`declaw.platform.network`), asked before the dial
+        with the name the connection was allowed by (or the address). A deny resets the
+        connection and is audited with the policy's messages; the command that connected
+        keeps running. Evaluated off the loop: the Rego worker is another process."""
+        gate = self.proxy.network_gate
+        if gate is None or self.sandbox_id is None or self.machine is None:
+            return True
+        name = self.machine.name
+        verdict = await asyncio.get_running_loop().run_in_executor(
+            None, gate, self.sandbox_id, name, ip, port
+        )
+        if verdict is None or verdict.allowed:
+            return True
+        self.proxy.audit(self, verdict)
+        self.reset()
+        return False
 
     # Teardown (idempotent) ------------------------------------------------------------
 

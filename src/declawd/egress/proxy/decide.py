@@ -37,6 +37,8 @@ class Verdict:
     allowed: bool
     reason: str
     name: str | None = None
+    # A custom policy's deny messages (reason `custom_policy`), for the audit event.
+    messages: tuple[str, ...] = ()
 
 
 def _l4_verdict(view: SandboxView, dst_ip: str, name: str | None) -> Verdict | None:

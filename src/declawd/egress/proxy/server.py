@@ -45,6 +45,11 @@ def so_original_dst(sock: socket.socket) -> tuple[str, int]:
     return socket.inet_ntoa(raw[4:8]), port
 
 
+# (sandbox_id, name or None, ip, port) -> a deny Verdict, or None to allow. Blocking (it may
+# ask the Rego worker): the adapter runs it off the loop.
+NetworkGate = Callable[[str, str | None, str, int], Verdict | None]
+
+
 class SniProxy:
     """The listener and its connections: admission (source -> sandbox, original destination,
     caps), counters, audit sinks, and `cut` after a policy change. With `leaf_contexts`,
@@ -71,8 +76,11 @@ class SniProxy:
         http_layer: LayerFactory | None = None,
         audit_http: HttpAuditSink | None = None,
         inspect_workers: int = 2,
+        network_gate: NetworkGate | None = None,
     ) -> None:
         self.lookup = lookup
+        # Asked before each dial (the custom policy's network package); None: no such gate.
+        self.network_gate = network_gate
         self.resolved = resolved
         self._audit = audit
         self._audit_http = audit_http
@@ -156,7 +164,7 @@ class SniProxy:
         self._reasons[verdict.reason] = self._reasons.get(verdict.reason, 0) + 1
         if conn.sandbox_id is None:
             return  # unknown source: no sandbox to attribute the event to
-        event = {
+        event: dict[str, Any] = {
             "sandbox_id": conn.sandbox_id,
             "kind": "connection",
             "verdict": "allow" if verdict.allowed else "deny",
@@ -166,6 +174,8 @@ class SniProxy:
             "port": conn.dst_port,
             "protocol": "tcp",
         }
+        if verdict.messages:
+            event["detail"] = {"policy": {"verdict": "denied", "messages": list(verdict.messages)}}
         try:
             self._audit(event)
         except Exception:

@@ -24,7 +24,7 @@ shells := {"sh", "bash", "dash", "zsh", "ksh", "ash", "mksh", "fish", "busybox"}
 
 # A download (curl, wget) whose output is piped into a shell or an interpreter.
 pipe_to_shell if regex.match(
-	`(^|[;&|("']\s*|\s-c\s+)(sudo\s+)?(\S*/)?(curl|wget)\s[^;&]*\|\s*(sudo\s+(-\S+\s+)*)?(env\s+)?(\S*/)?((ba|da|z|k|a|mk)?sh|python[0-9.]*|perl|ruby|node)(\s|$|[;&|)])`,
+	`(^|[;&|("']\s*|\s-c\s+)(sudo\s+)?(\S*/)?(curl|wget)\s[^;&]*\|\s*(sudo\s+(-\S+\s+)*)?(env\s+)?(\S*/)?((ba|da|z|k|a|mk)?sh|python[0-9.]*|perl|ruby|node)(\s|$|[;&|)'"])`,
 	line,
 )
 

@@ -1,0 +1,336 @@
+"""The structured PII types (ssn, credit_card, email, phone, ip_address, api_key) on a
+linear-time path: RE2 candidate patterns, then the validators, then context words. Pure.
+
+A text first meets one RE2 pattern, the union of the enabled types' candidates: a text none
+matches (most JSON string values) costs that one search. Otherwise each enabled type's own
+pattern runs from the first candidate on; every candidate is validated (validators.py) and
+judged by the nearest cue word in the 48 characters before it (`_cue`: +1 a word that names
+the type, -1 one that names something else, such as "order" or "version"). Invariant: the
+work is linear in the text (RE2 scans; each candidate's checks are bounded by its length,
+which the patterns bound, plus the fixed cue window).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import re2
+
+from declawd.guard.pii import validators
+from declawd.guard.pii.findings import Finding
+
+_CUE_WINDOW = 48
+
+_EMAIL = (
+    r"[A-Za-z0-9][A-Za-z0-9._%+'\-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)+"
+)
+_SSN = r"\b\d{3}[- ]\d{2}[- ]\d{4}\b|\b\d{9}\b"
+_CARD = r"\b\d(?:[ \-]?\d){11,18}\b"
+_PHONE = (
+    r"(?:\+\d{1,3}[ .\-]?|\b00\d{1,3}[ .\-]?|\b1[ .\-])?(?:\(\d{1,4}\)[ .\-]?|\d{1,4}[ .\-]?)"
+    r"\d{1,5}(?:[ .\-]?\d{2,5}){0,5}(?:[ ,]*(?:x|ext\.?|extension)[ .]?\d{1,6})?\b"
+)
+_IPV4 = r"\b(?:\d{1,3}\.){3}\d{1,3}\b"
+_IPV6 = (
+    r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?"
+    r"(?:%[0-9A-Za-z]{1,15})?"
+)
+# Provider formats (prefix and body as the providers document or issue them).
+_PROVIDER_KEYS = (
+    r"sk-ant-(?:api|admin|sid)\d{2}-[A-Za-z0-9_\-]{20,200}",  # Anthropic
+    r"sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_\-]{20,200}",  # OpenAI
+    r"gh[pousr]_[A-Za-z0-9]{36,76}",  # GitHub classic/OAuth/app/refresh tokens
+    r"github_pat_[A-Za-z0-9_]{50,100}",  # GitHub fine-grained
+    r"(?:AKIA|ASIA|ABIA|ACCA|AROA|AIDA)[A-Z0-9]{16}",  # AWS access key id
+    r"AIza[0-9A-Za-z_\-]{35}",  # Google API key
+    r"ya29\.[0-9A-Za-z_\-]{20,300}",  # Google OAuth access token
+    r"xox[abposre]-[A-Za-z0-9\-]{10,100}",  # Slack
+    r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,120}",  # Stripe secret / restricted
+    r"whsec_[A-Za-z0-9]{24,64}",  # Stripe webhook secret
+    r"glpat-[A-Za-z0-9_\-]{20,40}",  # GitLab
+    r"hf_[A-Za-z0-9]{30,40}",  # Hugging Face
+    r"npm_[A-Za-z0-9]{36}",  # npm
+    r"pypi-[A-Za-z0-9_\-]{50,300}",  # PyPI upload token
+    r"SG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{30,64}",  # SendGrid
+    r"SK[0-9a-f]{32}",  # Twilio API key
+    r"dop_v1_[a-f0-9]{64}",  # DigitalOcean
+    r"shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}",  # Shopify
+    r"AGE-SECRET-KEY-1[0-9A-Z]{58}",  # age
+    r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",  # JWT
+)
+_API_KEY = "|".join(_PROVIDER_KEYS)
+# A secret named by its context: `api_key=...`, `"token": "..."`, `Authorization: Bearer ...`.
+_GENERIC_KEY = (
+    r"(?i:api[_\-]?key|apikey|secret|token|bearer|passw(?:or)?d|credential|access[_\-]?key"
+    r"|private[_\-]?key|auth)[A-Za-z0-9_\-]{0,20}[\\\"']{0,2}\s{0,3}(?:[:=]|=>)?\s{0,3}[\\\"']{0,2}"
+    r"(?:(?i:bearer|token|basic)\s+)?([A-Za-z0-9_\-+/=.~]{20,300})"
+)
+
+_PATTERNS: dict[str, str] = {
+    "email": _EMAIL,
+    "ssn": _SSN,
+    "credit_card": _CARD,
+    "phone": _PHONE,
+    "ip_address": f"{_IPV4}|{_IPV6}",
+    "api_key": _API_KEY,
+}
+
+
+def _rx(pattern: str) -> re2._Regexp:
+    return re2.compile(pattern)
+
+
+_COMPILED = {t: _rx(p) for t, p in _PATTERNS.items()}
+_COMPILED_GENERIC = _rx(_GENERIC_KEY)
+
+
+def _cues(positive: str, negative: str) -> re2._Regexp:
+    # words end at any non-alphanumeric character, `_` included (`remote_addr`, `tel=`)
+    return _rx(rf"(?i:(?:^|[^a-z0-9])(?:({positive})|({negative}))(?:[^a-z0-9]|$))")
+
+
+_SSN_CUES = _cues(
+    r"ssn|ss#|ssns|social\s+security(?:\s+(?:number|no|#))?|social|taxpayer|tin|itin|sin",
+    r"order|invoice|ref|reference|part|sku|tracking|serial|ticket|case|zip|po|id|account"
+    r"|acct|routing|isbn|phone|tel|fax|call|batch|lot|build",
+)
+_CARD_CUES = _cues(
+    r"card|cards|credit|debit|visa|mastercard|amex|american\s+express|discover|jcb|diners"
+    r"|cc|ccn|pan|payment|pay|paid|charge|charged|billing|cardholder|card_number|cardnumber",
+    r"order|invoice|imei|tracking|serial|isbn|ean|upc|gtin|account|acct|iban|routing|ref"
+    r"|reference|transaction|txn|id|ticket|sku|barcode|number_id|timestamp|ts|epoch|nonce",
+)
+_PHONE_CUES = _cues(
+    r"phone|phones|tel|telephone|mobile|cell|cellphone|fax|call|called|calling|text|sms"
+    r"|whatsapp|contact|reach|dial|ring|number|hotline|helpline|landline|ph|mob",
+    r"order|invoice|ref|reference|sku|tracking|serial|isbn|ean|upc|id|account|acct|ticket"
+    r"|case|transaction|txn|timestamp|ts|epoch|build|version|zip|po|batch|lot|part|item"
+    r"|employee|customer|user|uid|pid|port",
+)
+_IP_CUES = _cues(
+    r"ip|ips|ipv4|ipv6|addr|address|host|server|client|from|src|dst|source|destination"
+    r"|remote|peer|gateway|dns|nameserver|subnet|connect|connected|ping|listen|bind|inet",
+    r"v|ver|version|versions|release|build|firmware|fw|os|chrome|firefox|safari|edge|rev"
+    r"|revision|tag|oid|semver|upgrade|upgraded|update|updated|patch",
+)
+_KEY_CUES = _cues(
+    r"key|keys|token|secret|api|apikey|bearer|auth|authorization|credential|credentials"
+    r"|password",
+    r"example|placeholder|sample|dummy|fake|redacted",
+)
+
+
+def _cue(rx: re2._Regexp, text: str, start: int) -> int:
+    """+1/-1 for the last positive/negative cue word before `start` (0: none)."""
+    window = text[max(0, start - _CUE_WINDOW) : start]
+    last = 0
+    for spans in _scan(rx, window):
+        last = 1 if spans[1][0] >= 0 else -1
+    return last
+
+
+def _left(text: str, start: int, bad: str) -> bool:
+    """The character before `start` is not a letter, digit or one of `bad`."""
+    if not start:
+        return True
+    c = text[start - 1]
+    return not (c.isalnum() or c in bad)
+
+
+def _right(text: str, end: int, bad: str) -> bool:
+    """The text after `end` does not continue the token: no letter or digit, and none of
+    `bad` followed by a letter or digit (`1.2.3.4.5`, `12-34`)."""
+    if end >= len(text):
+        return True
+    c = text[end]
+    if c.isalnum():
+        return False
+    return not (c in bad and end + 1 < len(text) and text[end + 1].isalnum())
+
+
+# One checker per type: (text, match start, match end) -> findings (0 or more).
+Checker = Callable[[str, int, int], Iterator[Finding]]
+
+
+def _email(text: str, s: int, e: int) -> Iterator[Finding]:
+    if not _left(text, s, "._%+'-@/"):
+        return
+    value = text[s:e]
+    # `git@github.com:org/repo.git`: an scp-style remote, not a mailbox.
+    if e < len(text) and text[e] == ":" and value.split("@")[0] in ("git", "hg", "svn"):
+        return
+    if validators.email(value):
+        yield Finding("email", s, e, value, 0.95)
+
+
+def _ssn(text: str, s: int, e: int) -> Iterator[Finding]:
+    if not _left(text, s, "-./$+_") or not _right(text, e, "-./"):
+        return
+    value = text[s:e]
+    if not validators.ssn(value):
+        return
+    cue = _cue(_SSN_CUES, text, s)
+    if cue < 0 or (cue == 0 and "-" not in value):
+        return
+    yield Finding("ssn", s, e, value, 0.95 if cue > 0 else 0.75)
+
+
+def _card(text: str, s: int, e: int) -> Iterator[Finding]:
+    if not _left(text, s, "-./#$+_") or not _right(text, e, "-./"):
+        return
+    raw = text[s:e]
+    sep = next((c for c in raw if not c.isdigit()), "")
+    candidates = [raw]
+    if sep:  # a card followed by more digits: its leading groups
+        groups = raw.split(sep)
+        candidates += [sep.join(groups[:k]) for k in range(len(groups) - 1, 2, -1)]
+    for value in candidates:
+        if validators.credit_card(value):
+            cue = _cue(_CARD_CUES, text, s)
+            if cue < 0 or (cue == 0 and not sep and len(value) != 16):
+                return
+            yield Finding("credit_card", s, s + len(value), value, 0.95 if cue > 0 else 0.8)
+            return
+
+
+_DOTTED_QUAD = _rx(r"\d{1,3}(?:\.\d{1,3}){3}")  # an IPv4 address or a version, not a number
+
+
+def _phone(text: str, s: int, e: int) -> Iterator[Finding]:
+    value = text[s:e]
+    if not _left(text, s, "-./#$_") or not _right(text, e, "-./"):
+        return
+    digits = sum(c.isdigit() for c in value)
+    if not 7 <= digits <= 18 or _DOTTED_QUAD.fullmatch(value):
+        return
+    intl = value.startswith(("+", "00"))
+    if not intl and digits < 10:
+        return  # a national number has an area code (US: 10 digits)
+    if not validators.phone(value):
+        return
+    cue = _cue(_PHONE_CUES, text, s)
+    core = value.split("x")[0].split("ext")[0]
+    bare = core.strip().isdigit()
+    if cue < 0 or (bare and cue <= 0 and not intl):
+        return
+    yield Finding("phone", s, e, value, 0.95 if cue > 0 else 0.8)
+
+
+def _ip(text: str, s: int, e: int) -> Iterator[Finding]:
+    value = text[s:e]
+    v6 = ":" in value
+    if v6:
+        if not _left(text, s, ":_-") or (e < len(text) and (text[e].isalnum() or text[e] in "_")):
+            return
+        if value.count(":") < 2 or not validators.ip_address(value):
+            return
+        if sum(c in "0123456789abcdefABCDEF" for c in value) < 3 and value != "::1":
+            return
+    else:
+        if not _left(text, s, "._-/@") or not _right(text, e, ".-"):
+            return
+        if not validators.ip_address(value):
+            return
+    cue = _cue(_IP_CUES, text, s)
+    if cue < 0:
+        return
+    yield Finding("ip_address", s, e, value, 0.95 if cue > 0 else 0.85)
+
+
+_FIXED_KEY_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA", "AROA", "AIDA", "AGE-SECRET-KEY-1")
+
+
+def _api_key(text: str, s: int, e: int) -> Iterator[Finding]:
+    if not _left(text, s, "_-"):
+        return
+    if e < len(text) and (text[e].isalnum() or text[e] in "_-"):
+        return
+    value = text[s:e]
+    if not value.startswith(_FIXED_KEY_PREFIXES):
+        if len(set(value)) < 12 or validators.entropy(value) < 3.0:
+            return  # sk-xxxxxxxx..., a placeholder
+        if value.startswith("sk-") and not any(c.isdigit() for c in value):
+            return  # sk-some-long-hyphenated-words
+    yield Finding("api_key", s, e, value, 0.99)
+
+
+_CHECKERS: dict[str, Checker] = {
+    "email": _email,
+    "ssn": _ssn,
+    "credit_card": _card,
+    "phone": _phone,
+    "ip_address": _ip,
+    "api_key": _api_key,
+}
+
+
+_KEYS = _rx(f"(?P<api_key>{_API_KEY})|(?P<generic>{_GENERIC_KEY})")
+_PROVIDER_GROUP = _KEYS.groupindex["api_key"]
+_GENERIC_SECRET = _KEYS.groupindex["generic"] + 1  # the secret inside the generic match
+_DIGIT = re.compile(r"\d")  # one character class: linear in any engine
+# Which characters a type's candidates cannot do without: a text lacking them skips the pass.
+_NEEDS_DIGIT = ("ssn", "credit_card", "phone")
+Spans = tuple[tuple[int, int], ...]
+_UNANCHORED = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+
+
+def _scan(rx: re2._Regexp, text: str) -> Iterator[Spans]:
+    """The spans (whole match, then each group; (-1, -1) unset) of each match of `rx`.
+    An ASCII text goes to RE2 as its bytes, offsets unchanged, without the wrapper's
+    per-match offset translation (a third of the cost); any other text via `finditer`."""
+    if _UNANCHORED is not None and text.isascii():
+        data, pos, end, prog = text.encode(), 0, len(text), rx._regexp
+        while pos <= end:
+            spans = prog.Match(_UNANCHORED, data, pos, end)
+            s, e = spans[0]
+            if s < 0:
+                return
+            yield tuple(spans)
+            pos = e if e > s else e + 1
+        return
+    groups = rx.groups
+    for m in rx.finditer(text):
+        yield tuple(m.span(i) for i in range(groups + 1))
+
+
+def _generic(text: str, s: int, e: int) -> Iterator[Finding]:
+    value = text[s:e].rstrip(".")
+    e = s + len(value)
+    if e < len(text) and (text[e].isalnum() or text[e] in "_-+/="):
+        return
+    if _cue(_KEY_CUES, text, s) < 0:
+        return
+    if validators.secret_like(value):
+        yield Finding("api_key", s, e, value, 0.8)
+
+
+def detect_structured(text: str, types: tuple[str, ...]) -> list[Finding]:
+    """Every validated structured finding of `types` in `text`, possibly overlapping (the
+    caller resolves). Types not structured are ignored.
+
+    One RE2 pass per enabled type (a union of all was slower: its DFA outgrows RE2's state
+    cache on real text), skipped when the text lacks what every candidate of the type has
+    (`@`, a digit, `:` or `.`)."""
+    out: list[Finding] = []
+    if "email" in types and "@" in text:
+        for (s, e), *_ in _scan(_COMPILED["email"], text):
+            out.extend(_email(text, s, e))
+    digit = _DIGIT.search(text) is not None
+    if digit:
+        for t in _NEEDS_DIGIT:
+            if t in types:
+                check = _CHECKERS[t]
+                for (s, e), *_ in _scan(_COMPILED[t], text):
+                    out.extend(check(text, s, e))
+    if "ip_address" in types and (":" in text or (digit and "." in text)):
+        for (s, e), *_ in _scan(_COMPILED["ip_address"], text):
+            out.extend(_ip(text, s, e))
+    if "api_key" in types:
+        for spans in _scan(_KEYS, text):
+            if spans[_PROVIDER_GROUP][0] >= 0:
+                out.extend(_api_key(text, *spans[0]))
+            else:
+                out.extend(_generic(text, *spans[_GENERIC_SECRET]))
+    return out
