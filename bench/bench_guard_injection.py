@@ -3,7 +3,9 @@
 Figures: detection rate on the heldout split at the lowest threshold whose false-positive
 rate there is <= 1%, and at the default threshold (0.95) for each mode; the false-positive
 rate; recall per category (balanced, 0.95); throughput (MB/s) over the whole corpus and the
-p50/p95 time per 4 KB text, each against normalisation alone (the floor of any scan).
+p50/p95 time per 4 KB text (all texts, benign only, attacks only), each against
+normalisation alone (the floor of any scan); and the time for a ~4 KB benign JSON chat
+completion request, scanned as one text and value by value (as the proxy's stage does).
 No pass/fail: goals are printed next to the figures.
 Usage: .venv/bin/python bench/bench_guard_injection.py [--quick]
 """
@@ -15,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from common import Report, header
+from common import Report, header, pct
 
 from declawd.guard.injection.config import InjectionGuard
 from declawd.guard.injection.detect import detect
@@ -24,7 +26,12 @@ from declawd.guard.injection.normalize import normalise
 from declawd.guard.injection.rules import CATEGORIES
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "injection" / "corpus.jsonl"
-GOALS = {"detection at FPR <= 1%": ">= 0.90", "FPR at 0.95": "<= 0.01"}
+GOALS = {
+    "detection at FPR <= 1%": ">= 0.90",
+    "FPR at 0.95": "<= 0.01",
+    "per 4 KB benign text p50": "<= 0.25 ms",
+}
+SYSTEM = "You are a helpful assistant for Acme. Answer briefly and cite the documents."
 
 
 def _rows() -> list[dict[str, object]]:
@@ -48,6 +55,42 @@ def _timed(fn, texts: list[str], rounds: int) -> tuple[float, list[float]]:  # t
             fn(t)
             per.append((time.perf_counter() - t0) * 1000)
     return time.perf_counter() - start, per
+
+
+def _four_kb(texts: list[str]) -> list[str]:
+    return [(t * (4096 // max(1, len(t)) + 1))[:4096] for t in texts]
+
+
+def _chat_bodies(texts: list[str], n: int) -> list[str]:
+    """`n` benign chat completion requests of ~4 KB (JSON): a system prompt, then user and
+    assistant turns made of consecutive benign corpus texts, the last one cut to fit."""
+    bodies: list[str] = []
+    for i in range(n):
+        messages = [{"role": "system", "content": SYSTEM}]
+        k = i
+        while True:
+            role = "user" if len(messages) % 2 else "assistant"
+            messages.append({"role": role, "content": texts[k % len(texts)]})
+            k += 1
+            body = json.dumps({"model": "gpt-4o-mini", "messages": messages, "stream": False})
+            if len(body) >= 4096:
+                over = len(body) - 4096
+                last = messages[-1]["content"]
+                messages[-1]["content"] = last[: max(0, len(last) - over)]
+                break
+        bodies.append(json.dumps({"model": "gpt-4o-mini", "messages": messages}))
+    return bodies
+
+
+def _strings(doc: object) -> list[str]:
+    """The string values of a JSON document (keys are not scanned), depth first."""
+    if isinstance(doc, str):
+        return [doc]
+    if isinstance(doc, dict):
+        return [s for v in doc.values() for s in _strings(v)]
+    if isinstance(doc, list):
+        return [s for v in doc for s in _strings(v)]
+    return []
 
 
 def main(quick: bool) -> Report:
@@ -89,10 +132,28 @@ def main(quick: bool) -> Report:
         "MB/s",
         "normalise only",
     )
-    four = [(t * (4096 // max(1, len(t)) + 1))[:4096] for t in texts[:: 4 if quick else 1]]
-    _, per = _timed(lambda t: detect(t, g), four, 1 if quick else 3)
-    _, per_base = _timed(normalise, four, 1 if quick else 3)
+    step = 4 if quick else 1
+    reps = 1 if quick else 3
+    four = _four_kb(texts[::step])
+    _, per = _timed(lambda t: detect(t, g), four, reps)
+    _, per_base = _timed(normalise, four, reps)
     report.add_pcts("per 4 KB text", per, per_base, "ms", "normalise only")
+    benign = [str(r["text"]) for r in rows if not r["label"]]
+    attacks = [str(r["text"]) for r in rows if r["label"]]
+    for name, group in (("benign", benign), ("attack", attacks)):
+        four = _four_kb(group[::step])
+        _, per = _timed(lambda t: detect(t, g), four, reps)
+        _, per_base = _timed(normalise, four, reps)
+        report.add_pcts(f"per 4 KB {name} text", per, per_base, "ms", "normalise only")
+        if name == "benign":
+            report.add("per 4 KB benign text p50 (goal)", pct(per, 50), 0.25, "ms", "goal (max)")
+    bodies = _chat_bodies(benign, 40 if quick else 200)
+    _, per = _timed(lambda t: detect(t, g), bodies, reps)
+    _, per_values = _timed(
+        lambda t: [detect(v, g) for v in _strings(json.loads(t))], bodies, reps
+    )
+    report.add_pcts("4 KB JSON chat body, whole", per, per_base, "ms", "normalise only")
+    report.add_pcts("4 KB JSON chat body, per value", per_values, per, "ms", "whole body")
     report.extra["goals"] = GOALS
     report.write()
     return report

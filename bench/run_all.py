@@ -18,6 +18,7 @@ import bench_command
 import bench_create
 import bench_datapath
 import bench_egress
+import bench_guard_latency
 import bench_inspect
 import bench_memory
 import bench_persistence
@@ -31,6 +32,7 @@ SERVER_BENCHES: dict[str, Callable[[harness.Server, bool], Report]] = {
     "memory": bench_memory.main,
     "egress": bench_egress.main,
     "inspect": bench_inspect.main,
+    "guard_latency": bench_guard_latency.main,
     "resolver": bench_resolver.main,
     "persistence": bench_persistence.main,
 }

@@ -26,6 +26,7 @@ PORT = int(os.environ.get("DECLAWD_TEST_PORT", "18080"))
 STATE_DIR = Path(os.environ.get("DECLAWD_TEST_STATE_DIR", "/var/lib/declawd-test"))
 TEMPLATES_DIR = Path(os.environ.get("DECLAWD_STATE_DIR", "/var/lib/declawd")) / "templates"
 RUNTIMES = ["runc", "runsc"]
+LAB_JUDGE_URL = "http://203.0.113.90/v1/chat/completions"
 
 
 def _env() -> dict[str, str]:
@@ -35,6 +36,8 @@ def _env() -> dict[str, str]:
         DECLAWD_STATE_DIR=str(STATE_DIR),
         DECLAWD_TEMPLATES_DIR=str(TEMPLATES_DIR),
         DECLAWD_POOL=os.environ.get("DECLAWD_TEST_POOL", "10.78.0.0/16"),
+        # The lab's injection judge (judge.lab), by address: the gateway resolves no names.
+        DECLAWD_INJECTION_JUDGE_URL=LAB_JUDGE_URL,
     )
     return env
 

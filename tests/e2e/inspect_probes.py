@@ -106,7 +106,11 @@ def openai_chat(stream, prompt, model="gpt-4o-mini"):
                 pieces.append(chunk.choices[0].delta.content)
         return {"pieces": pieces}
     except Exception as e:
-        return _err(e)
+        out = _err(e)
+        resp = getattr(e, "response", None)
+        if resp is not None:  # the refusal's body: {"error": code, "reason": ...}
+            out["body"] = resp.text
+        return out
 
 def tls_peer(host, addr=None, port=443):
     # the certificate the sandbox is shown for `host`, verified with the default trust store

@@ -26,6 +26,7 @@ from declaw import (
     InjectionDefenseConfig,
     NetworkPolicy,
     PIIConfig,
+    PtySize,
     SecurityPolicy,
 )
 
@@ -93,7 +94,7 @@ def test_pii_redacted_upstream_and_rehydrated_for_the_sandbox(client: DeclawdCli
             assert value not in json.dumps(rec)
         # The Authorization header is never scanned.
         assert rec["headers"].get("authorization") == "Bearer sk-x", rec["headers"]
-        event = http_event(client, s.sandbox_id, m)
+        event = http_event(client, s.sandbox_id, "/v1/chat/completions")
         assert event["pii_redactions"] == 3, event
         assert event["scan_results"]["pii"]["types"] == {"ssn": 1, "email": 1, "credit_card": 1}
         assert SSN not in json.dumps(event) and EMAIL not in json.dumps(event)
@@ -121,7 +122,10 @@ def test_pii_block_never_reaches_the_lab(client: DeclawdClient) -> None:
         m, t0 = marker(), time.time()
         got = probe(s, f"openai_chat(False, {prompt(m)!r})")
         assert "403" in got.get("error", ""), got
-        assert "pii_detected" in got["error"], got
+        assert json.loads(got["body"]) == {
+            "error": "pii_detected",
+            "reason": "pii detected: ssn, credit_card, email",
+        }, got
         event = http_event(client, s.sandbox_id, "pii_detected")
         assert (event["verdict"], event["status_code"]) == ("deny", 403), event
         assert [r for r in lab_requests(H1_HOST, t0) if m in json.dumps(r)] == []
@@ -138,7 +142,7 @@ def test_pii_log_only_passes_and_counts(client: DeclawdClient) -> None:
         assert got.get("content") == prompt(m), got
         (rec,) = seen_upstream(H1_HOST, m, t0)
         assert SSN in rec["body"] and EMAIL in rec["body"], rec
-        event = http_event(client, s.sandbox_id, m)
+        event = http_event(client, s.sandbox_id, "/v1/chat/completions")
         assert event["pii_redactions"] == 3 and event["verdict"] == "allow", event
     finally:
         s.kill(wait=True)
@@ -255,6 +259,39 @@ def test_rego_command_deny_before_spawn(client: DeclawdClient) -> None:
         s.kill(wait=True)
 
 
+SHELLS_REGO = """
+package declaw.platform.cmd
+import rego.v1
+deny contains msg if {
+    input.action.command in {"bash", "sh", "tr"}
+    msg := sprintf("no %v here", [input.action.command])
+}
+"""
+
+
+def test_rego_checks_pty_and_stdio_spawns(client: DeclawdClient) -> None:
+    policy = SecurityPolicy(
+        custom_policy=CustomPolicyConfig(enabled=True, inline_modules=[SHELLS_REGO])
+    )
+    s = create(security=policy)
+    try:
+        with pytest.raises(AuthenticationException) as err:
+            s.pty.create(PtySize(cols=80, rows=24))  # the PTY is an interactive bash
+        assert "no bash here" in str(err.value), err.value
+        with pytest.raises(AuthenticationException) as err:
+            s.stdio.start("tr a-z A-Z")
+        assert "no tr here" in str(err.value), err.value
+        p = s.stdio.start("cat")  # allowed: the gate is per command
+        p.kill()
+        kinds = {
+            (e["type"], e["verdict"])
+            for e in eventually(lambda: events(client, s.sandbox_id, "command"))
+        }
+        assert {("pty", "deny"), ("stdio", "deny"), ("stdio", "allow")} <= kinds, kinds
+    finally:
+        s.kill(wait=True)
+
+
 NETWORK_REGO = """
 package declaw.platform.network
 import rego.v1
@@ -312,7 +349,11 @@ def test_rego_content_deny_on_a_model_allowlist(client: DeclawdClient) -> None:
         ok = probe(s, f"openai_chat(False, 'hi {m}')")
         assert ok.get("content") == f"hi {m}", ok
         bad = probe(s, f"openai_chat(False, 'no {m}', 'gpt-4o')")
-        assert "403" in bad.get("error", "") and "model gpt-4o is not allowed" in bad["error"]
+        assert "403" in bad.get("error", ""), bad
+        assert json.loads(bad["body"]) == {
+            "error": "policy_denied",
+            "reason": "model gpt-4o is not allowed",
+        }, bad
         assert [r for r in lab_requests(H1_HOST, t0) if f"no {m}" in json.dumps(r)] == []
         event = http_event(client, s.sandbox_id, "policy_denied")
         assert event["policy"]["outbound"]["messages"] == ["model gpt-4o is not allowed"]

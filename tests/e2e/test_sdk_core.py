@@ -232,9 +232,14 @@ def test_bad_input_statuses(server: dict[str, str]) -> None:
         ({"template": "base", "network": {"allow_out": ["300.1.1.1/8"]}}, 400, "network.allow_out"),
         ({"template": "base", "network": {"allow_out": ["example.com"]}}, 400, "network"),
         (
-            {"template": "base", "security": {"policy_json": '{"pii": {"enabled": true}}'}},
+            {"template": "base", "security": {"policy_json": '{"toxicity": {"enabled": true}}'}},
             501,
-            "pii",
+            "security.toxicity: no offline detector meets the bar",
+        ),
+        (
+            {"template": "base", "security": {"policy_json": '{"pii": {"types": ["dna"]}}'}},
+            400,
+            "security.policy_json.pii.types[0]",
         ),
         ({"template": "base", "lifecycle": {"on_timeout": "never"}}, 400, "lifecycle.on_timeout"),
     ]

@@ -14,28 +14,13 @@ hold-back, or passed byte for byte with the reason in `ExchangeState.unscanned`.
 from __future__ import annotations
 
 import functools
-import threading
-import weakref
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import quote, unquote, unquote_plus
 
 from declawd.guard import content
-from declawd.inspect.bodies import (
-    CodecError,
-    Decoder,
-    Encoder,
-    Kind,
-    SseRewriter,
-    TextDecoder,
-    body_kind,
-    charset,
-    coding_of,
-    decode_all,
-    encode_all,
-    rewrite_text_or_json,
-)
+from declawd.inspect.bodies import body_kind, charset, coding_of
 from declawd.inspect.invisible import InvisibleTextStage, describe
 from declawd.inspect.messages import (
     Headers,
@@ -46,195 +31,27 @@ from declawd.inspect.messages import (
     set_header,
 )
 from declawd.inspect.model import InspectContext, InspectionPolicy, SecretSource, TransformRule
-from declawd.inspect.rules import RuleSet, RuleTimeout, compile_rules
-from declawd.inspect.vaultinject import Scrubber, inject
+from declawd.inspect.pipes import SHARED_BUDGET, BodyPipe, BufferBudget, BufferPipe, StreamPipe
+from declawd.inspect.rules import RuleSet, compile_rules
+from declawd.inspect.stages import (
+    Blocked,
+    BodyStage,
+    Chain,
+    ExchangeState,
+    InspectionFailed,
+    ScrubStage,
+    TextPass,
+    TextStream,
+    TransformStage,
+    Way,
+    run_rules,
+)
+from declawd.inspect.vaultinject import inject
 
 if TYPE_CHECKING:
     from declawd.guard.injection import Judge
 
-Way = Literal["outbound", "inbound"]
 _DECODABLE = ("gzip", "deflate", "br", "identity")
-
-
-class Blocked(Exception):
-    """A stage refuses the exchange: the sandbox gets `status` with a JSON
-    `{"error": error, "reason": reason}` and nothing more goes upstream."""
-
-    def __init__(self, reason: str, *, error: str = "blocked", status: int = 403) -> None:
-        super().__init__(reason)
-        self.reason, self.error, self.status = reason, error, status
-
-
-class InspectionFailed(Exception):
-    """A body could not be scanned after all (a rule ran out of time, a compressed stream
-    broke off): the exchange fails rather than pass unscanned. Never holds a secret."""
-
-
-@dataclass
-class ExchangeState:
-    """What one exchange's stages share and count (the audit record's counters)."""
-
-    transformations_applied: int = 0
-    vault_injections: int = 0
-    pii_redactions: int = 0
-    injection_blocks: int = 0
-    invisible_text: dict[str, Any] = field(default_factory=dict)  # the audit's, when found
-    unscanned: str | None = None
-    injected: tuple[str, ...] = field(default=(), repr=False)
-    scrubber: Scrubber = field(default_factory=lambda: Scrubber(()), repr=False)
-    scratch: dict[str, Any] = field(default_factory=dict, repr=False)  # for stages' own state
-
-    def note(self, why: str) -> None:
-        self.unscanned = self.unscanned or why
-
-
-class TextStream(Protocol):
-    def feed(self, text: str) -> str: ...
-
-    def flush(self) -> str: ...
-
-
-class TextPass(Protocol):
-    """One stage's work on one body: a whole text (or one JSON string), or a stream."""
-
-    def apply(self, text: str) -> str: ...
-
-    def stream(self) -> TextStream: ...
-
-
-class BodyStage(Protocol):
-    def start(self, x: ExchangeState, way: Way) -> TextPass | None:
-        """This stage's pass over one body of `x`, or None when it has nothing to do."""
-        ...
-
-
-# The stages of this issue -------------------------------------------------------------
-
-
-class TransformStage:
-    def __init__(self, rules: RuleSet) -> None:
-        self._by_way: dict[Way, RuleSet] = {
-            "outbound": rules.for_direction("outbound"),
-            "inbound": rules.for_direction("inbound"),
-        }
-
-    def rules(self, way: Way) -> RuleSet:
-        return self._by_way[way]
-
-    def start(self, x: ExchangeState, way: Way) -> TextPass | None:
-        rules = self._by_way[way]
-        return _RulesPass(rules, x) if rules else None
-
-
-class _RulesPass:
-    def __init__(self, rules: RuleSet, x: ExchangeState) -> None:
-        self._rules, self._x = rules, x
-
-    def apply(self, text: str) -> str:
-        new, n = _run(self._rules.apply, text)
-        self._x.transformations_applied += n
-        return new
-
-    def stream(self) -> TextStream:
-        return _CountedStream(self._rules, self._x)
-
-
-class _CountedStream:
-    def __init__(self, rules: RuleSet, x: ExchangeState) -> None:
-        self._s = rules.stream()
-        self._x = x
-        self._seen = 0
-
-    def feed(self, text: str) -> str:
-        return self._count(_run(self._s.feed, text))
-
-    def flush(self) -> str:
-        return self._count(_run(lambda _: self._s.flush(), ""))
-
-    def _count(self, out: str) -> str:
-        now = self._s.replacements
-        self._x.transformations_applied += now - self._seen
-        self._seen = now
-        return out
-
-
-def _run(fn: Any, text: str) -> Any:
-    try:
-        return fn(text)
-    except RuleTimeout as e:
-        raise InspectionFailed(str(e)) from None
-
-
-class ScrubStage:
-    """Inbound only: the secrets this exchange knows of, replaced by the placeholder."""
-
-    def start(self, x: ExchangeState, way: Way) -> TextPass | None:
-        return x.scrubber if way == "inbound" and x.scrubber else None
-
-
-class _Chain:
-    def __init__(self, passes: Sequence[TextPass]) -> None:
-        self._passes = passes
-        # A pass that wants a value cut between two SSE events whole says how long the
-        # suffix is that may be its first part (`tail(text) -> int`, PII rehydration).
-        tails = [t for t in (getattr(p, "tail", None) for p in passes) if callable(t)]
-        self.tail: Callable[[str], int] | None = (
-            (lambda text: max(t(text) for t in tails)) if tails else None
-        )
-
-    def apply(self, text: str) -> str:
-        for p in self._passes:
-            text = p.apply(text)
-        return text
-
-    def stream(self) -> TextStream:
-        return _ChainStream([p.stream() for p in self._passes])
-
-
-class _ChainStream:
-    def __init__(self, streams: list[TextStream]) -> None:
-        self._streams = streams
-
-    def feed(self, text: str) -> str:
-        for s in self._streams:
-            text = s.feed(text)
-        return text
-
-    def flush(self) -> str:
-        text = ""
-        for s in self._streams:
-            text = s.feed(text) + s.flush() if text else s.flush()
-        return text
-
-
-# One exchange ---------------------------------------------------------------------------
-
-
-class BufferBudget:
-    """Bytes every buffered body of the process may hold together. Each body is bounded by
-    the buffer limit, but a sandbox could open many streams and connections at once: past
-    the budget a body passes unscanned (`over_memory_budget`), like one over the limit.
-    Thread-safe (inspected connections run on worker threads)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.held = 0
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> bool:
-        with self._lock:
-            if self.held + n > self.total:
-                return False
-            self.held += n
-            return True
-
-    def give_back(self, n: int) -> None:
-        with self._lock:
-            self.held = max(0, self.held - n)
-
-
-# The gateway's: 32 bodies at the default 8 MiB limit.
-SHARED_BUDGET = BufferBudget(256 * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -365,7 +182,7 @@ class Pipeline:
         kind = body_kind(header(headers, "content-type"))
         gated = self.content is not None and "content_request" in x.scratch
         if chain is None and gated and kind != "opaque":
-            chain = _Chain([])  # read whole for the content package, rewritten by nothing
+            chain = Chain([])  # read whole for the content package, rewritten by nothing
         if chain is None or kind == "opaque":
             return BodyPipe(x, length)
         coding = coding_of(header(headers, "content-encoding"))
@@ -383,10 +200,10 @@ class Pipeline:
             return BodyPipe(x, length, note="over_buffer_limit")
         return BufferPipe(x, chain, kind, coding, cs, limit, length, self.budget)
 
-    def _chain(self, x: ExchangeState, way: Way) -> _Chain | None:
+    def _chain(self, x: ExchangeState, way: Way) -> Chain | None:
         stages = self.outbound if way == "outbound" else self.inbound
         passes = [p for p in (s.start(x, way) for s in stages) if p is not None]
-        return _Chain(passes) if passes else None
+        return Chain(passes) if passes else None
 
     def _query(self, target: str, x: ExchangeState) -> str:
         rules = self.transforms.rules("outbound")
@@ -401,7 +218,7 @@ class Pipeline:
         for pair in query.split("&"):
             name, eq, raw = pair.partition("=")
             value = unquote_plus(raw)
-            new, n = _run(rules.apply, value) if rules else (value, 0)
+            new, n = run_rules(rules.apply, value) if rules else (value, 0)
             x.transformations_applied += n
             new = invisible.apply(new) if invisible is not None else new
             new = pii.apply(new) if pii is not None else new
@@ -445,160 +262,19 @@ def _decodable_only(headers: Headers) -> Headers:
     return set_header(headers, "accept-encoding", ", ".join(kept) or "identity")
 
 
-# Bodies -----------------------------------------------------------------------------------
-
-
-class BodyPipe:
-    """A body that passes as it is. `head_ready`: the head may go before the body ended;
-    `length`: the body's length as sent (None: unknown, send chunked / without length)."""
-
-    def __init__(self, x: ExchangeState, length: int | None, note: str | None = None) -> None:
-        self.x = x
-        self.head_ready = True
-        self.length = length
-        if note:
-            x.note(note)
-
-    def feed(self, data: bytes) -> bytes:
-        return data
-
-    def finish(self) -> bytes:
-        return b""
-
-
-class BufferPipe(BodyPipe):
-    """Held whole (up to `limit`), then decoded, rewritten, re-encoded in its own coding."""
-
-    def __init__(
-        self,
-        x: ExchangeState,
-        chain: _Chain,
-        kind: Kind,
-        coding: str,
-        cs: str,
-        limit: int,
-        length: int | None,
-        budget: BufferBudget,
-    ) -> None:
-        super().__init__(x, length)
-        self.head_ready = False
-        self._chain, self._kind, self._coding, self._cs = chain, kind, coding, cs
-        self._limit = limit
-        self._raw = bytearray()
-        self._passing = False
-        self._budget = budget
-        # What this body holds of the budget; given back when it ends, gives up, or is
-        # dropped with its exchange (the finalizer), so nothing leaks from the budget.
-        self._held = [0]
-        weakref.finalize(self, _give_back, budget, self._held)
-        # Asked with the body's text once it was read whole (None if it was not).
-        self.gate: Callable[[str | None], None] | None = None
-
-    def feed(self, data: bytes) -> bytes:
-        if self._passing:
-            return data
-        if not self._budget.take(len(data)):
-            self._raw += data
-            return self._give_up("over_memory_budget")
-        self._held[0] += len(data)
-        self._raw += data
-        if len(self._raw) <= self._limit:
-            return b""
-        return self._give_up("over_buffer_limit")
-
-    def _give_up(self, why: str) -> bytes:
-        self.x.note(why)
-        if self.gate is not None:
-            self.gate(None)
-        self._passing = self.head_ready = True
-        out, self._raw = bytes(self._raw), bytearray()
-        _give_back(self._budget, self._held)
-        return out
-
-    def finish(self) -> bytes:
-        try:
-            return self._finish()
-        finally:
-            _give_back(self._budget, self._held)
-
-    def _finish(self) -> bytes:
-        if self._passing:
-            return b""
-        raw = bytes(self._raw)
-        try:
-            plain = decode_all(self._coding, raw, self._limit)
-        except CodecError:
-            plain = None
-            return self._fixed(self._give_up("undecodable"))
-        if plain is None:
-            return self._fixed(self._give_up("over_buffer_limit"))
-        try:
-            text = plain.decode(self._cs)
-        except UnicodeDecodeError:
-            return self._fixed(self._give_up("undecodable"))
-        if self._kind == "json":
-            new = rewrite_text_or_json(text, self._chain.apply)
-        else:
-            new = self._chain.apply(text)
-        if self.gate is not None:
-            self.gate(text)
-        out = raw if new == text else encode_all(self._coding, new.encode(self._cs, "replace"))
-        self.head_ready, self.length = True, len(out)
-        self._raw = bytearray()
-        return out
-
-    def _fixed(self, out: bytes) -> bytes:
-        self.length = len(out)
-        return out
-
-
-def _give_back(budget: BufferBudget, held: list[int]) -> None:
-    budget.give_back(held[0])
-    held[0] = 0
-
-
-class StreamPipe(BodyPipe):
-    """Rewritten as it flows: decoded, through every stage's stream (SSE: event by event),
-    re-encoded and flushed, so the peer gets data before the body ends."""
-
-    def __init__(
-        self, x: ExchangeState, chain: _Chain, kind: Kind, coding: str, cs: str, limit: int
-    ) -> None:
-        super().__init__(x, None)
-        self._cs = cs
-        self._dec = Decoder(coding)
-        self._text = TextDecoder(cs)
-        self._enc = Encoder(coding)
-        self._sse = SseRewriter(chain.apply, limit, chain.tail) if kind == "sse" else None
-        self._rw: TextStream = self._sse if self._sse is not None else chain.stream()
-        self._raw = False  # past a byte that is not text: the rest passes unscanned
-
-    def feed(self, data: bytes) -> bytes:
-        try:
-            plain = b"".join(self._plain(piece) for piece in self._dec.feed(data))
-        except CodecError as e:
-            raise InspectionFailed(str(e)) from None
-        return self._enc.feed(plain)
-
-    def finish(self) -> bytes:
-        try:
-            self._dec.finish()
-        except CodecError as e:
-            raise InspectionFailed(str(e)) from None
-        plain = b"" if self._raw else self._plain(b"", final=True)
-        if not self._raw:
-            plain += self._rw.flush().encode(self._cs, "replace")
-        if self._sse is not None and self._sse.overflowed:
-            self.x.note("over_buffer_limit")
-        return self._enc.feed(plain, flush=False) + self._enc.finish()
-
-    def _plain(self, piece: bytes, final: bool = False) -> bytes:
-        if self._raw:
-            return piece
-        text, rest = self._text.feed(piece, final)
-        out = self._rw.feed(text)
-        if rest is None:
-            return out.encode(self._cs, "replace")
-        self._raw = True
-        self.x.note("undecodable")
-        return (out + self._rw.flush()).encode(self._cs, "replace") + rest
+__all__ = [
+    "SHARED_BUDGET",
+    "Blocked",
+    "BodyPipe",
+    "BodyStage",
+    "BufferBudget",
+    "BufferPipe",
+    "ExchangeState",
+    "GuardServices",
+    "InspectionFailed",
+    "Pipeline",
+    "StreamPipe",
+    "TextPass",
+    "TextStream",
+    "Way",
+]

@@ -9,6 +9,12 @@ unescaped), and a text carrying rot13 forms of the
 rules' key words. A decoding is kept only when it is text: valid UTF-8, at least 85%
 printable, with a letter in it. Invariant: bounded work per text: at most `MAX_RUNS`
 decodings and `max_chars` decoded characters in all, whatever the depth.
+
+Speed: one `re2.Set` pass (`_CANDIDATES`) over a text's UTF-8 says whether a base64 run, a
+hex run or a rot13 key word can be there at all; base64 and hex runs are then found by RE2
+over the same bytes (the runs are ASCII, and RE2's leftmost-first matches are the ones the
+Python patterns, kept for texts that are not valid UTF-8, give), the rot13 hint by its own
+pattern. The escapes are counted by their literal-led patterns, which are cheap already.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import html
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
+
+import re2
 
 MAX_RUNS = 32
 MAX_DECODED = 256 * 1024  # characters, whatever the text's length
@@ -40,6 +48,29 @@ _ROT13_HINT = re.compile(
 )
 
 
+def _re2(source: str) -> re2._Regexp:
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(source, options)
+
+
+_B64_RE2 = _re2(_B64.pattern)
+_HEX_RE2 = _re2(_HEX.pattern)
+_B64_AT, _HEX_AT, _ROT13_AT = 0, 1, 2
+_CANDIDATES = re2.Set.SearchSet(re2.Options())
+for _source in (
+    _B64.pattern,
+    _HEX.pattern,
+    # The rot13 hint without its word bounds, and with the non-ASCII letters that Python's
+    # case-insensitive `i` also matches: a superset of where `_ROT13_HINT` can match.
+    r"(?i)(?:vtaber|cer[iı\x{130}]vbhf|vafgehpgvbaf?|qvfertneq|flfgrz|cebzcg|frperg|cnffjbeq|"
+    r"rot-?13)",
+):
+    _CANDIDATES.Add(_source)
+_CANDIDATES.Compile()
+_EVERY = frozenset((_B64_AT, _HEX_AT, _ROT13_AT))
+
+
 @dataclass(frozen=True)
 class Decoded:
     """One decoded run: its text and how it was decoded (`base64`, `hex>rot13`...)."""
@@ -51,6 +82,8 @@ class Decoded:
 def _is_text(s: str) -> bool:
     if not s or not any(c.isalpha() for c in s):
         return False
+    if s.isprintable():
+        return True
     printable = sum(1 for c in s if c.isprintable() or c in "\n\r\t")
     return printable >= 0.85 * len(s)
 
@@ -105,20 +138,36 @@ def _rot13(text: str) -> str:
     return codecs.decode(text, "rot13")
 
 
+def _runs(pattern: re.Pattern[str], fast: re2._Regexp, text: str, data: bytes | None) -> list[str]:
+    if data is None:
+        return [m.group(0) for m in pattern.finditer(text)]
+    return [m.group(0).decode("ascii") for m in fast.finditer(data)]
+
+
 def _one_level(text: str) -> list[Decoded]:
     out: list[Decoded] = []
-    for m in _B64.finditer(text):
-        s = _b64(m.group(0))
-        if s is not None:
-            out.append(Decoded(s, "base64"))
-        if len(out) >= MAX_RUNS:
-            return out
-    for m in _HEX.finditer(text):
-        s = _hex(m.group(0))
-        if s is not None:
-            out.append(Decoded(s, "hex"))
-        if len(out) >= MAX_RUNS:
-            return out
+    data: bytes | None
+    try:
+        data = text.encode("utf-8")
+        found = frozenset(_CANDIDATES.Match(data) or ())
+    except UnicodeEncodeError:  # lone surrogates: the Python patterns, no prefilter
+        data, found = None, _EVERY
+    tried: dict[str, str | None] = {}  # a run repeated decodes the same
+    if _B64_AT in found:
+        for run in _runs(_B64, _B64_RE2, text, data):
+            s = tried[run] if run in tried else tried.setdefault(run, _b64(run))
+            if s is not None:
+                out.append(Decoded(s, "base64"))
+            if len(out) >= MAX_RUNS:
+                return out
+    if _HEX_AT in found:
+        tried.clear()
+        for run in _runs(_HEX, _HEX_RE2, text, data):
+            s = tried[run] if run in tried else tried.setdefault(run, _hex(run))
+            if s is not None:
+                out.append(Decoded(s, "hex"))
+            if len(out) >= MAX_RUNS:
+                return out
     if len(_URL_ESC.findall(text, 0, 1 << 16)) >= 4:
         s = unquote(text)
         if s != text:
@@ -131,7 +180,7 @@ def _one_level(text: str) -> list[Decoded]:
         s = _json_unescape(text)
         if s != text:
             out.append(Decoded(s, "json"))
-    if _ROT13_HINT.search(text) is not None:
+    if _ROT13_AT in found and _ROT13_HINT.search(text) is not None:
         out.append(Decoded(_rot13(text), "rot13"))
     return out
 

@@ -80,7 +80,9 @@ def _mentioned(text: str, start: int) -> bool:
 
 
 def _hits(text: str, mode: Mode, way: Way, rules: CompiledRules) -> list[_Hit]:
-    found = rules.matcher.Match(text)
+    # An ASCII text is matched as bytes: same offsets, none of RE2's str offset mapping.
+    subject: str | bytes = text.encode("ascii") if text.isascii() else text
+    found = rules.matcher.Match(subject)
     if not found:
         return []
     hits: list[_Hit] = []
@@ -90,7 +92,7 @@ def _hits(text: str, mode: Mode, way: Way, rules: CompiledRules) -> list[_Hit]:
             continue
         weight = rule.weight * mode.multiplier(rule.category, way)
         n = 0
-        for m in rules.patterns[i].finditer(text):
+        for m in rules.patterns[i].finditer(subject):
             if rule.negatable and m.group("neg"):
                 continue
             w = weight * MENTION_FACTOR if _mentioned(text, m.start()) else weight
@@ -156,7 +158,11 @@ def detect(
         window = _Window(window.evidence + mode.obfuscation_bonus / 2, window.rules)
         obfuscated = True
     plain = {h.rule for h in hits}
+    seen: set[str] = set()
     for decoded in decode_runs(text, mode.decode_depth):
+        if decoded.text in seen:  # the same run again scores the same: never strictly more
+            continue
+        seen.add(decoded.text)
         sub = _hits(normalise(decoded.text).text, mode, way, rules)
         if not sub or {h.rule for h in sub} <= plain:
             continue

@@ -1,11 +1,12 @@
 """The injection-defense body stage (a pipeline `BodyStage`, structurally), both directions.
 
 `apply` scans each whole text (a body, one JSON string value, one SSE event's data).
-`stream` scans a sliding window: each scan sees the last `WINDOW` characters (what was
-already let through, as context, plus what is pending), so an instruction split across
-pieces is found; under `block` pending text is let through once scanned, except its last
-clause (after the last sentence end or line end, at most `HOLD` characters), which waits
-for what follows. Under `log_only` text passes as it comes and is scanned on the way.
+`stream` scans a sliding window each time `STEP` new characters have come (and at the
+end): each scan sees the last `WINDOW` characters (what was already let through, as
+context, plus what is pending), so an instruction split across pieces is found; under
+`block` pending text is let through once scanned, except its last clause (after the last
+sentence end or line end, at most `HOLD` characters), which waits for what follows. A held
+clause is not rescanned before new text comes, and a window is never scanned twice. Under `log_only` text passes as it comes and is scanned on the way.
 A text in the judge's grey band (or every text under `judge.always`) is put to the judge,
 whose verdict replaces the classifier's; no judge or a failing one leaves the classifier's.
 The exchange's record, `x.scratch["scan_results"]["injection"]`, holds the max score over
@@ -168,10 +169,13 @@ class _InjectionStream:
         self._log_only = owner._guard.action == "log_only"
         self._context = ""  # the last characters already let through (or scanned)
         self._pending = ""
+        self._fresh = 0  # characters fed since the last scan
+        self._scanned: str | None = None  # the text of the last scan
 
     def feed(self, text: str) -> str:
         self._pending += text
-        if len(self._pending) < STEP:
+        self._fresh += len(text)
+        if self._fresh < STEP:
             return text if self._log_only else ""
         self._scan()
         if self._log_only:
@@ -188,7 +192,12 @@ class _InjectionStream:
     def _scan(self) -> None:
         room = max(0, WINDOW - len(self._pending))
         context = self._context[-room:] if room else ""
-        self._owner.check(context + self._pending)
+        window = context + self._pending
+        self._fresh = 0
+        if window == self._scanned:  # nothing new since (a flush after a held clause)
+            return
+        self._owner.check(window)
+        self._scanned = window
 
     def _cut(self) -> int:
         """How much of the pending text may go: all but its last clause (<= HOLD)."""

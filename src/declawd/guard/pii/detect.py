@@ -8,6 +8,7 @@ be replaced span by span.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from declawd.guard.pii.findings import TYPES, Finding, resolve
@@ -17,17 +18,26 @@ from declawd.guard.pii.structured import detect_structured
 _KNOWN = frozenset(TYPES)
 
 
+@functools.lru_cache(maxsize=64)
+def _checked(wanted: tuple[str, ...]) -> tuple[bool, bool]:
+    """Whether `wanted` asks for address, for person_name. Raises ValueError for an
+    unknown type (not cached: raised again on every call)."""
+    if not _KNOWN.issuperset(wanted):
+        raise ValueError(f"unknown PII type(s): {sorted(set(wanted) - _KNOWN)}")
+    return "address" in wanted, "person_name" in wanted
+
+
 def detect(
     text: str, types: Iterable[str] = TYPES, *, ner_budget: int = MAX_CANDIDATES
 ) -> list[Finding]:
     """The PII of `types` in `text`. Raises ValueError for an unknown type."""
-    wanted = tuple(types)
-    if not _KNOWN.issuperset(wanted):
-        raise ValueError(f"unknown PII type(s): {sorted(set(wanted) - _KNOWN)}")
+    wanted = types if type(types) is tuple else tuple(types)
+    address, name = _checked(wanted)
     found = detect_structured(text, wanted)
-    budget = [ner_budget]
-    if "address" in wanted:
-        found += detect_addresses(text, budget)
-    if "person_name" in wanted:
-        found += detect_names(text, budget)
-    return resolve(found) if found else []
+    if address or name:
+        budget = [ner_budget]
+        if address:
+            found += detect_addresses(text, budget)
+        if name:
+            found += detect_names(text, budget)
+    return resolve(found) if found else found

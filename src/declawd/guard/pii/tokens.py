@@ -32,6 +32,7 @@ class TokenTable:
         self._by_token: dict[str, str] = {}
         self._counts: dict[str, int] = {}
         self._prefixes: set[str] = set()
+        self._unindexed: list[str] = []  # tokens whose prefixes `_prefixes` lacks yet
         self.longest = 0
 
     def token_for(self, type_: str, value: str) -> str:
@@ -43,8 +44,9 @@ class TokenTable:
                 token = f"[REDACTED_{type_.upper()}_{n}]"
                 self._by_value[(type_, value)] = token
                 self._by_token[token] = value
-                self._prefixes.update(token[:i] for i in range(1, len(token)))
-                self.longest = max(self.longest, len(token))
+                self._unindexed.append(token)  # indexed when a response first asks
+                if len(token) > self.longest:
+                    self.longest = len(token)
             return token
 
     def original(self, token: str) -> str | None:
@@ -52,6 +54,11 @@ class TokenTable:
 
     def is_prefix(self, text: str) -> bool:
         """`text` is a proper prefix of a token of the table."""
+        if self._unindexed:
+            with self._lock:
+                for token in self._unindexed:
+                    self._prefixes.update(token[:i] for i in range(1, len(token)))
+                self._unindexed.clear()
         return text in self._prefixes
 
     def counts(self) -> dict[str, int]:

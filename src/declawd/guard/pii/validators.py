@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+import re
 from collections import Counter
 
 import phonenumbers
@@ -112,9 +113,9 @@ def phone(raw: str, region: str = "US") -> bool:
     An extension (`x123`, `ext. 45`) is not part of the check."""
     text = raw.strip()
     for mark in ("ext", "x", "X", ","):
-        text = text.split(mark, 1)[0]
+        text = text.partition(mark)[0]
     intl = text.startswith(("+", "00"))
-    digits = "".join(c for c in text if c.isdigit())
+    digits = "".join(filter(str.isdigit, text))
     if intl and text.startswith("00"):
         digits = digits[2:]
     return _valid(digits, intl, region)
@@ -128,15 +129,116 @@ def _valid(digits: str, intl: bool, region: str) -> bool:
             digits = digits[1:]
         if len(digits) != 10 or digits[0] in "01" or digits[3] in "01":
             return False  # NANP: NXX area code, NXX exchange
-        number = phonenumbers.PhoneNumber(country_code=1, national_number=int(digits))
-    else:
-        try:
-            number = phonenumbers.parse(("+" if intl else "") + digits, None if intl else region)
-        except phonenumbers.NumberParseException:
-            return False
+        return nanp_valid(digits)
+    if intl and len(digits) == 11 and digits[0] == "1" and digits[1] not in "01":
+        return nanp_valid(digits[1:])  # +1 NXX...: parses to exactly these 10 digits
+    try:
+        number = phonenumbers.parse(("+" if intl else "") + digits, None if intl else region)
+    except phonenumbers.NumberParseException:
+        return False
+    return _libphonenumber_valid(number)
+
+
+def _libphonenumber_valid(number: phonenumbers.PhoneNumber) -> bool:
     if number.country_code == 1 and phonenumbers.is_valid_number_for_region(number, "US"):
         return True  # the common case, without trying every NANP region
     return phonenumbers.is_valid_number(number)
+
+
+# The number types libphonenumber tries, in its order (`_number_type_helper`).
+_DESCS = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+    "mobile",
+)
+
+
+class _Nanp:
+    """`phonenumbers.is_valid_number` for a 10-digit number of country code 1, as one regex
+    match instead of up to 25 regions times 11 number types.
+
+    libphonenumber takes the first region of the NANP list that either has leading digits
+    the number starts with, or (having none) validates the number; the number is valid if
+    it is valid for that region. `_first` is that list as one ordered alternation (Python's
+    `re` takes the first alternative that matches): `v<i>` for region i validating it,
+    `l<i>` for region i's leading digits; `_valid[i]` is region i's own validity pattern.
+    A region validates a number when its general pattern and one of its type patterns
+    match the whole number, each pattern counted only if it admits length 10."""
+
+    def __init__(self) -> None:
+        from phonenumbers import PhoneMetadata
+        from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
+
+        alternatives: list[str] = []
+        self._valid: dict[str, re.Pattern[str] | None] = {}
+        for i, region in enumerate(COUNTRY_CODE_TO_REGION_CODE[1]):
+            md = PhoneMetadata.metadata_for_region(region.upper(), None)
+            if md is None:
+                continue
+            own = _region_pattern(md)
+            self._valid[f"l{i}"] = None if own is None else re.compile(own)
+            if md.leading_digits is not None:
+                alternatives.append(f"(?P<l{i}>(?:{md.leading_digits})\\d*\\Z)")
+            elif own is not None:
+                alternatives.append(f"(?P<v{i}>{own})")
+        self._first = re.compile("|".join(alternatives))
+
+    def __call__(self, digits: str) -> bool:
+        m = self._first.match(digits)
+        if m is None or m.lastgroup is None:
+            return False
+        if m.lastgroup[0] == "v":
+            return True
+        own = self._valid[m.lastgroup]
+        return own is not None and own.match(digits) is not None
+
+
+def _region_pattern(md: object) -> str | None:
+    """The pattern (anchored at both ends) of the 10-digit numbers a region validates, None
+    for none."""
+
+    def usable(desc: object) -> str | None:
+        if desc is None:
+            return None
+        lengths = getattr(desc, "possible_length", None) or ()
+        pattern = getattr(desc, "national_number_pattern", None)
+        if (lengths and 10 not in lengths) or not pattern:
+            return None
+        return str(pattern)
+
+    general = usable(getattr(md, "general_desc", None))
+    if general is None:
+        return None
+    names = _DESCS[:-1] if getattr(md, "same_mobile_and_fixed_line_pattern", False) else _DESCS
+    types = [p for p in (usable(getattr(md, n, None)) for n in names) if p is not None]
+    if not types:
+        return None
+    return f"(?=(?:{general})\\Z)(?:" + "|".join(f"(?:{p})\\Z" for p in types) + ")"
+
+
+@functools.cache
+def _nanp() -> _Nanp | None:
+    try:
+        return _Nanp()
+    except (AttributeError, KeyError, TypeError, re.error):  # metadata not as expected
+        return None
+
+
+def nanp_valid(digits: str) -> bool:
+    """`phonenumbers.is_valid_number` of +1 `digits` (10 ASCII digits, the first 2-9)."""
+    fast = _nanp()
+    if fast is not None:
+        return fast(digits)
+    return _libphonenumber_valid(
+        phonenumbers.PhoneNumber(country_code=1, national_number=int(digits))
+    )
 
 
 # Extensions of files and assets whose names look like `name@2x.png` (not a mail domain).
