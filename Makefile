@@ -8,7 +8,7 @@ DECLAWD    := $(VENV)/bin/declawd
 GUARD      := $(abspath ../shared/tools/egress-guard)
 STATE_DIR  ?= /var/lib/declawd
 APT_PKGS   := nftables runc runsc mmdebstrap debootstrap iproute2 golang-go conntrack \
-              uidmap ca-certificates util-linux
+              uidmap ca-certificates util-linux chromium chromium-driver
 PYTEST     := $(VENV)/bin/pytest
 export DECLAWD_STATE_DIR := $(STATE_DIR)
 

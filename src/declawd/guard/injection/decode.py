@@ -13,8 +13,8 @@ decodings and `max_chars` decoded characters in all, whatever the depth.
 Speed: one `re2.Set` pass (`_CANDIDATES`) over a text's UTF-8 says whether a base64 run, a
 hex run or a rot13 key word can be there at all; base64 and hex runs are then found by RE2
 over the same bytes (the runs are ASCII, and RE2's leftmost-first matches are the ones the
-Python patterns, kept for texts that are not valid UTF-8, give), the rot13 hint by its own
-pattern. The escapes are counted by their literal-led patterns, which are cheap already.
+Python patterns, kept for texts that are not valid UTF-8, give); escapes are counted and
+the rot13 hint looked for only when the set saw them.
 """
 
 from __future__ import annotations
@@ -48,27 +48,26 @@ _ROT13_HINT = re.compile(
 )
 
 
-def _re2(source: str) -> re2._Regexp:
-    options = re2.Options()
-    options.log_errors = False
-    return re2.compile(source, options)
-
-
-_B64_RE2 = _re2(_B64.pattern)
-_HEX_RE2 = _re2(_HEX.pattern)
-_B64_AT, _HEX_AT, _ROT13_AT = 0, 1, 2
-_CANDIDATES = re2.Set.SearchSet(re2.Options())
+_B64_AT, _HEX_AT, _URL_AT, _ENTITY_AT, _JSON_AT, _ROT13_AT = range(6)
+_OPTIONS = re2.Options()
+_OPTIONS.log_errors = False
+_CANDIDATES = re2.Set.SearchSet(_OPTIONS)
 for _source in (
     _B64.pattern,
     _HEX.pattern,
+    _URL_ESC.pattern,
+    _ENTITY.pattern,
+    _JSON_ESC.pattern,
     # The rot13 hint without its word bounds, and with the non-ASCII letters that Python's
     # case-insensitive `i` also matches: a superset of where `_ROT13_HINT` can match.
-    r"(?i)(?:vtaber|cer[iı\x{130}]vbhf|vafgehpgvbaf?|qvfertneq|flfgrz|cebzcg|frperg|cnffjbeq|"
+    r"(?i)(?:vtaber|cer[i\x{131}\x{130}]vbhf|vafgehpgvbaf?|qvfertneq|flfgrz|cebzcg|frperg|cnffjbeq|"
     r"rot-?13)",
 ):
     _CANDIDATES.Add(_source)
 _CANDIDATES.Compile()
-_EVERY = frozenset((_B64_AT, _HEX_AT, _ROT13_AT))
+_EVERY = frozenset(range(6))
+_B64_RE2 = re2.compile(_B64.pattern, _OPTIONS)
+_HEX_RE2 = re2.compile(_HEX.pattern, _OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -168,15 +167,15 @@ def _one_level(text: str) -> list[Decoded]:
                 out.append(Decoded(s, "hex"))
             if len(out) >= MAX_RUNS:
                 return out
-    if len(_URL_ESC.findall(text, 0, 1 << 16)) >= 4:
+    if _URL_AT in found and len(_URL_ESC.findall(text, 0, 1 << 16)) >= 4:
         s = unquote(text)
         if s != text:
             out.append(Decoded(s, "url"))
-    if len(_ENTITY.findall(text, 0, 1 << 16)) >= 3:
+    if _ENTITY_AT in found and len(_ENTITY.findall(text, 0, 1 << 16)) >= 3:
         s = html.unescape(text)
         if s != text:
             out.append(Decoded(s, "html"))
-    if len(_JSON_ESC.findall(text, 0, 1 << 16)) >= 3:
+    if _JSON_AT in found and len(_JSON_ESC.findall(text, 0, 1 << 16)) >= 3:
         s = _json_unescape(text)
         if s != text:
             out.append(Decoded(s, "json"))

@@ -110,6 +110,9 @@ class _Window:
     rules: tuple[int, ...]
 
 
+_NOTHING = _Window(0.0, ())
+
+
 def _best_window(hits: list[_Hit], rules: CompiledRules, mode: Mode, factor: float) -> _Window:
     best = _Window(0.0, ())
     left = 0
@@ -152,7 +155,7 @@ def detect(
     factor = SENSITIVITY_SCALE.get(guard.sensitivity, 1.0)
     norm = normalise(text)
     hits = _hits(norm.text, mode, way, rules)
-    window = _best_window(hits, rules, mode, factor)
+    window = _best_window(hits, rules, mode, factor) if hits else _NOTHING
     obfuscated = False
     if norm.folds and window.rules:
         window = _Window(window.evidence + mode.obfuscation_bonus / 2, window.rules)
@@ -170,4 +173,6 @@ def detect(
         w = _Window(w.evidence + mode.obfuscation_bonus, w.rules)
         if w.evidence > window.evidence:
             window, obfuscated = w, True
+    if window == _NOTHING:
+        return CLEAN
     return _scan(window, obfuscated, guard.threshold, rules)

@@ -28,7 +28,6 @@ import re
 import string
 import unicodedata
 from dataclasses import dataclass
-from functools import cache
 
 import re2
 
@@ -185,19 +184,24 @@ def _fold_words(text: str, *, mostly_latin: bool) -> tuple[str, int]:
     return _WORD.sub(one, text), n
 
 
-@cache
-def _combining() -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """Every character with a non-zero combining class, as one class (built once per
-    process): those of the Basic Multilingual Plane alone (a table lookup per character)
-    and all of them (a range list, slower: for a text with astral characters)."""
-    marks = "".join(filter(unicodedata.combining, map(chr, range(0x110000))))
-    bmp = "".join(c for c in marks if c <= "\uffff")
-    return re.compile(f"[{re.escape(bmp)}]"), re.compile(f"[{re.escape(marks)}]")
+# The characters of the Basic Multilingual Plane with a non-zero combining class, as one
+# class (a table lookup per character); astral ones are looked up one by one.
+_BMP_MARKS = re.compile(
+    "[" + re.escape("".join(filter(unicodedata.combining, map(chr, range(0x10000))))) + "]"
+)
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _keep_unmarked(m: re.Match[str]) -> str:
+    return "" if unicodedata.combining(m.group(0)) else m.group(0)
 
 
 def _drop_marks(text: str) -> str:
-    bmp, every = _combining()
-    return (every if max(text) > "\uffff" else bmp).sub("", text)
+    """`text` without its combining marks (characters of a non-zero combining class)."""
+    text = _BMP_MARKS.sub("", text)
+    if text and max(text) > "\uffff":
+        text = _ASTRAL.sub(_keep_unmarked, text)
+    return text
 
 
 def _unicode_folds(text: str) -> tuple[str, int]:

@@ -1,7 +1,9 @@
 """`detect`: every PII finding of the asked types in one text, non-overlapping. Pure.
 
 The structured types run first (structured.py: RE2 and validators, linear); person_name and
-address (ner.py: CRF classifiers) run only when asked for, with a cap on model calls.
+address (ner.py: CRF classifiers) run only when asked for, with a cap on model calls. With
+NER asked for, a long text's result is memoised per process (cache.py; structured.py
+memoises its own part), since conversations resend their history with every request.
 Invariant: the result is sorted by start and free of overlaps (findings.resolve), so it can
 be replaced span by span.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
+from declawd.guard.pii.cache import FINDINGS
 from declawd.guard.pii.findings import TYPES, Finding, resolve
 from declawd.guard.pii.ner import MAX_CANDIDATES, detect_addresses, detect_names
 from declawd.guard.pii.structured import detect_structured
@@ -33,11 +36,20 @@ def detect(
     """The PII of `types` in `text`. Raises ValueError for an unknown type."""
     wanted = types if type(types) is tuple else tuple(types)
     address, name = _checked(wanted)
-    found = detect_structured(text, wanted)
-    if address or name:
-        budget = [ner_budget]
-        if address:
-            found += detect_addresses(text, budget)
-        if name:
-            found += detect_names(text, budget)
-    return resolve(found) if found else found
+    if not (address or name):
+        found = detect_structured(text, wanted)  # memoised there, past its triage
+        return resolve(found) if found else found
+    key = (text, wanted, ner_budget)
+    memo = FINDINGS.wants(text)
+    if memo and (hit := FINDINGS.get(key)) is not None:
+        return hit
+    found = detect_structured(text, wanted, cache=False)
+    budget = [ner_budget]
+    if address:
+        found += detect_addresses(text, budget)
+    if name:
+        found += detect_names(text, budget)
+    result = resolve(found) if found else found
+    if memo:
+        FINDINGS.put(key, result)
+    return result

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import re2
 
 from declawd.guard.pii import validators
+from declawd.guard.pii.cache import FINDINGS
 from declawd.guard.pii.findings import Finding
 
 _CUE_WINDOW = 48
@@ -459,7 +460,9 @@ def _generic(text: str, s: int, e: int) -> Finding | None:
     return None
 
 
-def detect_structured(text: str, types: tuple[str, ...], *, triage: bool = True) -> list[Finding]:
+def detect_structured(
+    text: str, types: tuple[str, ...], *, triage: bool = True, cache: bool = True
+) -> list[Finding]:
     """Every validated structured finding of `types` in `text`, possibly overlapping (the
     caller resolves). Types not structured are ignored.
 
@@ -467,7 +470,8 @@ def detect_structured(text: str, types: tuple[str, ...], *, triage: bool = True)
     real text), skipped when the text lacks what every candidate of the type has: `@` for
     email; for the others the triage pass (`_TRIAGE`), itself skipped for a text shorter
     than a key without an ASCII digit or `:`. `triage=False` runs every pass over the whole
-    text (the reference the fast path must equal)."""
+    text (the reference the fast path must equal). A text that gets past triage is looked
+    up in (and then stored in) the process's memo (cache.py) unless `cache` is False."""
     out: list[Finding] = []
     at = "@" in text
     short = len(text) < _KEY_MIN and _DIGIT_OR_COLON.isdisjoint(text)
@@ -483,6 +487,22 @@ def detect_structured(text: str, types: tuple[str, ...], *, triage: bool = True)
         flags = _EVERY if _TRIAGE is None else _TRIAGE(text.encode() if data is None else data)
     if not (flags or email):
         return out
+    if triage and cache and FINDINGS.wants(text):
+        key = (text, types, -1)  # -1: structured only, not resolved
+        hit = FINDINGS.get(key)
+        if hit is not None:
+            return hit
+        out = _passes(text, plan, data, flags, email, triage)
+        FINDINGS.put(key, out)
+        return out
+    return _passes(text, plan, data, flags, email, triage)
+
+
+def _passes(
+    text: str, plan: _Plan, data: bytes | None, flags: Sequence[int], email: bool, triage: bool
+) -> list[Finding]:
+    """The passes `detect_structured` decided on."""
+    out: list[Finding] = []
     if email:
         _emails(text, data if triage else None, out)
     if plan.digits and flags:
