@@ -12,7 +12,7 @@ APT_PKGS   := nftables runc runsc mmdebstrap debootstrap iproute2 golang-go conn
 PYTEST     := $(VENV)/bin/pytest
 export DECLAWD_STATE_DIR := $(STATE_DIR)
 
-.PHONY: all setup system venv envd guard templates catalog demo test test-full lint unit \
+.PHONY: all setup system venv envd guard templates catalog demo serve test test-full lint unit \
         integration e2e bench clean-state
 
 all: setup
@@ -53,6 +53,11 @@ catalog: setup
 ## --- the two commands ---------------------------------------------------------------
 demo: setup guard templates
 	@scripts/demo.sh
+
+# The lab and the server in the foreground for exploring (dashboard URL and dev key printed)
+# until Ctrl-C; nothing is left running.
+serve: setup guard templates
+	@scripts/serve.sh
 
 test: setup guard catalog lint
 	$(PYTEST) -q -p no:cacheprovider tests/unit tests/integration tests/e2e

@@ -35,3 +35,5 @@ export DECLAW_API_KEY
 echo "==> seed scenario: examples/network-l4-enforcement"
 echo
 $BIN/python examples/network-l4-enforcement/main.py
+echo
+echo "Explore: make serve  (the dashboard at http://localhost:${DECLAWD_PORT:-8080}/ and the dev key are printed; Ctrl-C stops everything)"

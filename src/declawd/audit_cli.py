@@ -2,17 +2,19 @@
 line each.
 
 A thin shell over `declawd.client`: the paged route, or with `--follow` the SSE stream from
-the first event on (no gap, no repeat) until Ctrl-C or the sandbox ends. Connection settings come
-from DECLAW_DOMAIN / DECLAW_API_KEY (or the flags), exactly as for the official SDK.
+the first event on (no gap, no repeat) until Ctrl-C or the sandbox ends. The server is found
+as by every command: the flags, DECLAW_DOMAIN / DECLAW_API_KEY, else this machine's server.
 `register` mounts it as a single command, so its usage line is `declawd audit SANDBOX`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import typer
 
+from declawd.cli_options import ApiKey, Domain, resolve_connection
 from declawd.client import AuditEvent, DeclawdClient, DeclawdError
 
 
@@ -74,17 +76,30 @@ def _matches(e: AuditEvent, verdict: str | None, kind: str | None, start: float 
 
 
 def audit(
-    sandbox: str = typer.Argument(..., help="sandbox id"),
-    follow: bool = typer.Option(
-        False, "--follow", "-f", help="from the first event on, keep printing new ones"
-    ),
-    verdict: str | None = typer.Option(None, help="only allow or only deny"),
-    kind: str | None = typer.Option(
-        None, help="only dns, only connection or only http (inspected request) events"
-    ),
-    since: str | None = typer.Option(None, help="only from this ISO-8601 time or unix timestamp"),
-    domain: str | None = typer.Option(None, help="server (default: $DECLAW_DOMAIN)"),
-    api_key: str | None = typer.Option(None, help="API key (default: $DECLAW_API_KEY)"),
+    sandbox: Annotated[str, typer.Argument(help="Sandbox id (sbx-...).", show_default=False)],
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="From the first event on, keep printing new ones."),
+    ] = False,
+    verdict: Annotated[
+        str | None, typer.Option("--verdict", help="Only allow or only deny.", show_default=False)
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="Only dns, only connection or only http (inspected request) events.",
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Only from this ISO-8601 time or unix timestamp.", show_default=False
+        ),
+    ] = None,
+    domain: Domain = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Print a sandbox's audit events (DNS answers, connections, inspected requests), one per line.
 
@@ -92,7 +107,8 @@ def audit(
     inspected request shows its method, URL, status and what was changed in it.
     With --follow the command keeps streaming new events until Ctrl-C or the sandbox ends.
     """
-    with DeclawdClient(api_key=api_key, domain=domain) as client:
+    conn = resolve_connection(domain, api_key)
+    with DeclawdClient(api_key=conn.api_key or None, domain=conn.domain) as client:
         try:
             if follow:
                 # from the first event, so nothing between a page query and the stream is lost

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from declawd import audit_cli, security_cli
+from declawd import audit_cli, sandbox_cli
 from declawd.api import cli as server_cli
 from declawd.egress.cli import app as gateway_app
 from declawd.lab.cli import app as lab_app
@@ -18,8 +18,10 @@ from declawd.templates.cli import app as template_app
 
 HELP = """Run declawd: sandboxes for AI-written code, driven by the official Declaw SDK.
 
-Start the API server with `declawd server`, give your team a key with `declawd keys create`,
-then point the SDK at it with DECLAW_DOMAIN and DECLAW_API_KEY.
+Start the API server with `declawd server`, then try `declawd sandbox create` and
+`declawd sandbox exec`. Give a team a key with `declawd keys create` and point the SDK (or
+these commands) at the server with DECLAW_DOMAIN and DECLAW_API_KEY; with neither set, the
+commands use the server on this machine and its dev key.
 """
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
@@ -30,7 +32,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(template_app, name="template")
 app.add_typer(lab_app, name="lab")
 app.add_typer(gateway_app, name="gateway")
-app.add_typer(security_cli.app, name="sandbox")
+app.add_typer(sandbox_cli.app, name="sandbox")
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 A thin shell over `declawd.client`: `get` prints the policy as the SDK's
 `SecurityPolicy.to_dict()` JSON; `set` sends such a JSON object (a file, or stdin) and prints
-the policy now in force. Connection settings come from DECLAW_DOMAIN / DECLAW_API_KEY (or the
-flags), exactly as for the official SDK.
+the policy now in force. The server is found as by every command (`declawd.cli_options`);
+the group is mounted under `declawd sandbox` by `declawd.sandbox_cli`.
 """
 
 from __future__ import annotations
@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
+from declawd.cli_options import ApiKey, Domain, resolve_connection
 from declawd.client import DeclawdClient, DeclawdError
 
-app = typer.Typer(no_args_is_help=True, help="Inspect and change running sandboxes.")
 security = typer.Typer(
     no_args_is_help=True,
+    add_completion=False,
     help="Read or change a sandbox's security policy (transformations, audit, network) live.",
 )
-app.add_typer(security, name="security")
+
+SandboxId = Annotated[str, typer.Argument(help="Sandbox id (sbx-...).", show_default=False)]
 
 
 def read_policy(text: str, source: str) -> dict[str, Any]:
@@ -40,14 +42,19 @@ def _print(policy: dict[str, Any]) -> None:
     typer.echo(json.dumps(policy, indent=2))
 
 
+def _client(domain: str | None, api_key: str | None) -> DeclawdClient:
+    conn = resolve_connection(domain, api_key)
+    return DeclawdClient(api_key=conn.api_key or None, domain=conn.domain)
+
+
 @security.command("get")
 def get(
-    sandbox: str = typer.Argument(..., help="sandbox id"),
-    domain: str | None = typer.Option(None, help="server (default: $DECLAW_DOMAIN)"),
-    api_key: str | None = typer.Option(None, help="API key (default: $DECLAW_API_KEY)"),
+    sandbox: SandboxId,
+    domain: Domain = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Print the sandbox's security policy as JSON, defaults filled in."""
-    with DeclawdClient(api_key=api_key, domain=domain) as client:
+    with _client(domain, api_key) as client:
         try:
             _print(client.get_security(sandbox))
         except DeclawdError as exc:
@@ -57,12 +64,15 @@ def get(
 
 @security.command("set")
 def set_(
-    sandbox: str = typer.Argument(..., help="sandbox id"),
-    file: str = typer.Argument(
-        "-", help="JSON file of the policy, as SecurityPolicy.to_dict() writes it; - reads stdin"
-    ),
-    domain: str | None = typer.Option(None, help="server (default: $DECLAW_DOMAIN)"),
-    api_key: str | None = typer.Option(None, help="API key (default: $DECLAW_API_KEY)"),
+    sandbox: SandboxId,
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="JSON file of the policy, as SecurityPolicy.to_dict() writes it; - reads stdin."
+        ),
+    ] = "-",
+    domain: Domain = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Replace the sections the JSON carries, live, and print the policy now in force.
 
@@ -74,7 +84,7 @@ def set_(
     except OSError as exc:
         raise typer.BadParameter(f"{source}: {exc.strerror}", param_hint="FILE") from exc
     policy = read_policy(text, source)
-    with DeclawdClient(api_key=api_key, domain=domain) as client:
+    with _client(domain, api_key) as client:
         try:
             _print(client.set_security(sandbox, policy))
         except DeclawdError as exc:

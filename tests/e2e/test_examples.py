@@ -30,3 +30,18 @@ def test_example_prints_pass(server: dict[str, str], example: str) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.rstrip().splitlines()[-1] == "VERDICT  : PASS", r.stdout
     assert "BLOCKED" in r.stdout and "REACH" in r.stdout  # both sides were probed
+
+
+@pytest.mark.parametrize("example", ["mcp-server-in-sandbox", "web-app-in-sandbox"])
+def test_ports_example_prints_pass(server: dict[str, str], example: str) -> None:
+    """The ports cookbook: a server in the sandbox, reached from the host (docs/ports.md)."""
+    env = dict(os.environ, DECLAW_DOMAIN=server["domain"], DECLAW_API_KEY=server["key"])
+    r = subprocess.run(
+        [sys.executable, str(REPO / "examples" / example / "main.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().splitlines()[-1] == "VERDICT  : PASS", r.stdout

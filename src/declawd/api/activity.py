@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import Request
 
+from declawd import metrics
 from declawd.api.app import services
 from declawd.errors import Forbidden
 from declawd.guard.cmdgate import check_argv, check_command
@@ -107,9 +108,23 @@ class CommandGate:
         return mask(text, self._masked)[:MAX_LINE]
 
     async def check(self) -> None:
+        self.verdict = verdict = await self._judge()
+        denied = verdict is not None and verdict.denied
+        # Counted at the decision (once per spawn asked for), not at the end: a streamed
+        # command ends whenever it ends, or never for a client that leaves.
+        metrics.command_run(self._kind, "deny" if denied else "allow")
+        if verdict is not None and verdict.denied:
+            await self._record("deny", reason="custom_policy", exit_code=None)
+            raise Forbidden(
+                "command denied by custom_policy: " + "; ".join(verdict.messages),
+                code="policy_denied",
+            )
+
+    async def _judge(self) -> Verdict | None:
+        """The custom policy's verdict on this command; None when no policy gates commands."""
         policy = custom_policy(self._rec)
         if policy is None or not policy.has(CMD_PACKAGE):
-            return
+            return None
         sandbox = _sandbox_input(self._rec)
         if self._line is not None:
             run = functools.partial(
@@ -119,13 +134,7 @@ class CommandGate:
             run = functools.partial(
                 check_argv, policy, list(self._argv or ()), sandbox=sandbox, user=self._user
             )
-        self.verdict = verdict = await asyncio.to_thread(run)
-        if verdict.denied:
-            await self._record("deny", reason="custom_policy", exit_code=None)
-            raise Forbidden(
-                "command denied by custom_policy: " + "; ".join(verdict.messages),
-                code="policy_denied",
-            )
+        return await asyncio.to_thread(run)
 
     async def done(self, exit_code: int | None, **extra: Any) -> None:
         await self._record("allow", reason=None, exit_code=exit_code, **extra)

@@ -60,6 +60,12 @@ async def current_team(request: Request) -> Team:
         if auth[:7].lower() == "bearer ":
             key = auth[7:].strip()
     if not key:
+        # The dashboard's session cookie (its CSRF token checked on state-changing calls).
+        from declawd.dashboard.session import session_team
+
+        team = await session_team(request)
+        if team is not None:
+            return team
         raise Unauthorized("missing API key: send X-API-Key or Authorization: Bearer")
     svc = services(request)
     found = await asyncio.to_thread(svc.store.authenticate, key)
@@ -135,6 +141,7 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
         commands,
         files,
         governance,
+        keys,
         misc,
         network,
         sandboxes,
@@ -156,7 +163,17 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
         templates,
         vault,
         governance,
+        keys,
         misc,
     ):
         app.include_router(module.router)
+    from declawd.api import ports
+    from declawd.dashboard import routes as dashboard
+
+    app.include_router(ports.router)  # raw ASGI: bodies stream both ways at once
+    app.include_router(dashboard.router)
+    # Built from app.routes on first request: after every other router.
+    from declawd.api import docs
+
+    docs.install_docs(app)
     return app

@@ -3,35 +3,51 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from declawd.cli_options import Instance, StateDir, TemplatesDir
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def server(
-        host: str = typer.Option(None, help="listen address (default 127.0.0.1)"),
-        port: int = typer.Option(None, help="listen port (default 8080)"),
-        state_dir: Path = typer.Option(None, help="state directory (default /var/lib/declawd)"),
-        templates_dir: Path = typer.Option(
-            None, help="template layers (default <state-dir>/templates)"
-        ),
-        instance: str = typer.Option(None, help="name prefix for namespaces and cgroups"),
-        runtime: str = typer.Option(None, help="default runtime: runc or runsc"),
-        lab: bool = typer.Option(None, "--lab/--no-lab", help="use the lab as the only upstream"),
-        log_level: str = typer.Option("info", help="debug, info, warning"),
+        host: Annotated[
+            str | None,
+            typer.Option("--host", help="Listen address (default: 127.0.0.1).", show_default=False),
+        ] = None,
+        port: Annotated[
+            int | None,
+            typer.Option("--port", help="Listen port (default: 8080).", show_default=False),
+        ] = None,
+        state_dir: StateDir = None,
+        templates_dir: TemplatesDir = None,
+        instance: Instance = None,
+        runtime: Annotated[
+            str | None,
+            typer.Option("--runtime", help="Default runtime: runc or runsc.", show_default=False),
+        ] = None,
+        lab: Annotated[
+            bool | None,
+            typer.Option(
+                "--lab/--no-lab", help="Use the lab as the only upstream.", show_default=False
+            ),
+        ] = None,
+        log_level: Annotated[
+            str, typer.Option("--log-level", help="Log level: debug, info or warning.")
+        ] = "info",
     ) -> None:
         """Run the API server the Declaw SDK talks to, and the sandboxes it starts here."""
         import uvicorn
 
         from declawd.api.app import create_app
-        from declawd.config import Settings
+        from declawd.cli_options import settings_from_env
 
         logging.basicConfig(
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        settings = Settings.from_env(
+        settings = settings_from_env(
             host=host,
             port=port,
             state_dir=state_dir,
@@ -50,19 +66,16 @@ def register(app: typer.Typer) -> None:
         )
 
     @app.command()
-    def down(
-        state_dir: Path = typer.Option(None, help="state directory (default /var/lib/declawd)"),
-        instance: str = typer.Option(None, help="name prefix for namespaces and cgroups"),
-    ) -> None:
+    def down(state_dir: StateDir = None, instance: Instance = None) -> None:
         """Kill every sandbox of this instance and remove its gateway (stop the server first)."""
         import asyncio
 
-        from declawd.config import Settings
+        from declawd.cli_options import settings_from_env
         from declawd.node.node import UPSTREAM_FILE, Node
         from declawd.store import Store
         from declawd.volumes.host import unprotect
 
-        settings = Settings.from_env(state_dir=state_dir, instance=instance)
+        settings = settings_from_env(state_dir=state_dir, instance=instance)
         # Undo the upstream the gateway was made with, whatever this shell's settings say.
         recorded = settings.gateway_dir / UPSTREAM_FILE
         if recorded.exists():

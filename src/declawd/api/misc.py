@@ -1,15 +1,22 @@
-"""Operations routes (/health, /metrics) and the documented routes we have not built (501)."""
+"""Operations routes (/health, /metrics) and the documented routes we have not built (501).
+
+/metrics is Prometheus text from `declawd.metrics`: the process's event counters plus what
+the store and the gateway daemon say at scrape time; it needs an API key like every route
+but /health (docs/operations.md § Metrics).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import Response
 
-from declawd.api.app import Team, current_team, services
+from declawd import metrics as prom
+from declawd.api.app import Services, Team, current_team, services
 from declawd.errors import NotSupported
 
 router = APIRouter()
@@ -25,29 +32,36 @@ async def health(request: Request) -> Any:
 @router.get("/metrics")
 async def metrics(request: Request, team: Team = Depends(current_team)) -> Any:
     svc = services(request)
-    live = await asyncio.to_thread(svc.store.list_live_sandboxes)
-    by_runtime: dict[str, int] = {}
-    for rec in live:
-        by_runtime[rec.runtime] = by_runtime.get(rec.runtime, 0) + 1
-    lines = [
-        "# HELP declawd_sandboxes_live Sandboxes creating, running or paused on this node.",
-        "# TYPE declawd_sandboxes_live gauge",
-    ]
-    for rt in ("runc", "runsc"):
-        lines.append(f'declawd_sandboxes_live{{runtime="{rt}"}} {by_runtime.get(rt, 0)}')
-    lines += [
-        "# HELP declawd_gateway_restarts_total Times the gateway daemon was restarted.",
-        "# TYPE declawd_gateway_restarts_total counter",
-        f"declawd_gateway_restarts_total {svc.node.gateway_restarts}",
-        "# HELP declawd_uptime_seconds Seconds since the server started.",
-        "# TYPE declawd_uptime_seconds gauge",
-        f"declawd_uptime_seconds {time.time() - svc.started_at:.1f}",
-    ]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    # The collectors read SQLite and the gateway's socket: the scrape runs off the loop.
+    body = await asyncio.to_thread(prom.current().render, *scrape_collectors(svc))
+    return Response(body, media_type=prom.CONTENT_TYPE_LATEST)
+
+
+def scrape_collectors(svc: Services) -> tuple[prom.NodeCollector, prom.GatewayCollector]:
+    """What a scrape reads besides the event counters: the store and the gateway daemon."""
+    store, node = svc.store, svc.node
+    pool = ipaddress.IPv4Network(svc.settings.pool)
+    total_slots = pool.num_addresses // 4 - 1  # slot 0's /30 is never handed out
+
+    def live() -> list[tuple[str, str]]:
+        return [(rec.runtime, rec.state.value) for rec in store.list_live_sandboxes()]
+
+    def slots() -> tuple[int, int]:
+        held = [rec for rec in store.list_unreleased_sandboxes() if rec.slot is not None]
+        return len(held), total_slots
+
+    return (
+        prom.NodeCollector(
+            live=live,
+            slots=slots,
+            gateway_restarts=lambda: node.gateway_restarts,
+            started_at=svc.started_at,
+        ),
+        prom.GatewayCollector(node.gateway_stats),
+    )
 
 
 _UNBUILT = [
-    ("GET", "/sandboxes/{sandbox_id}/ports/{port}", "port forwarding (/ports/{port})"),
     ("GET", "/accounts/{rest:path}", "accounts"),
 ]
 

@@ -2,7 +2,10 @@
 
 Create validates the whole request before anything is allocated (template, timeout,
 network and security policy, vault refs, unbuilt features → 4xx/501), and honours
-`Idempotency-Key` so the SDK's retries never create a second sandbox.
+`Idempotency-Key` so the SDK's retries never create a second sandbox. The network options
+of the ports route (`allow_public_traffic`, `mask_request_host`) are recorded under the
+sandbox's id before it is created, and create and connect answer its
+`traffic_access_token` (docs/ports.md).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +42,7 @@ from declawd.node.envd_client import EnvdClient
 from declawd.node.metrics import parse_range, series
 from declawd.node.node import Need
 from declawd.node.pausing import AUTO_RESUME_MIN_S
+from declawd.ports.headers import validate_mask
 from declawd.store import SandboxState, parse_metadata_query
 from declawd.vault import resolve_vault_refs
 from declawd.volumes.attach import (
@@ -79,9 +84,33 @@ def parse_lifecycle(body: dict[str, Any]) -> dict[str, Any]:
     return {"on_timeout": on_timeout, "auto_resume": auto_resume}
 
 
+@dataclass(frozen=True)
+class TrafficOptions:
+    """The create's network options for the ports route (SandboxNetworkOpts)."""
+
+    allow_public_traffic: bool = True
+    mask_request_host: str | None = None
+
+
+def parse_traffic(network: dict[str, Any], prefix: str = "network.") -> TrafficOptions:
+    allow = field(network, "allow_public_traffic", bool, default=True, prefix=prefix)
+    mask = network.get("mask_request_host")
+    if mask is not None:
+        mask = validate_mask(mask, prefix + "mask_request_host")
+    return TrafficOptions(allow, mask)
+
+
 def parse_policy(body: dict[str, Any]) -> tuple[EgressPolicy, SecuritySpec | None]:
     """Top-level `network` wins; else the `network` inside security.policy_json (§11.3).
     The security policy is validated whole (parse_security); None when none was sent."""
+    policy, spec, _ = parse_create_network(body)
+    return policy, spec
+
+
+def parse_create_network(
+    body: dict[str, Any],
+) -> tuple[EgressPolicy, SecuritySpec | None, TrafficOptions]:
+    """`parse_policy`, plus the ports options of the same `network` section."""
     security = field(body, "security", dict)
     spec: SecuritySpec | None = None
     if security is not None:
@@ -101,8 +130,10 @@ def parse_policy(body: dict[str, Any]) -> tuple[EgressPolicy, SecuritySpec | Non
     if network is None and spec is not None and spec.network is not None:
         network, prefix = dict(spec.network), "security.policy_json.network."
     if network is None:
-        return EgressPolicy.parse([], []), spec
-    return policy_from(network, prefix), spec
+        return EgressPolicy.parse([], []), spec, TrafficOptions()
+    traffic = parse_traffic(network, prefix)
+    egress = {k: v for k, v in network.items() if k != "mask_request_host"}
+    return policy_from(egress, prefix), spec, traffic
 
 
 async def parse_vault_refs(
@@ -125,6 +156,8 @@ async def parse_vault_refs(
 
 
 def policy_from(network: dict[str, Any], prefix: str = "network.") -> EgressPolicy:
+    """The egress policy of a `network` section. `mask_request_host` is a create option
+    (parse_create_network): a live policy change refuses it."""
     if network.get("mask_request_host") is not None:
         raise NotSupported(f"{prefix}mask_request_host: not implemented yet")
     field(network, "allow_public_traffic", bool, prefix=prefix)
@@ -153,7 +186,7 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
     metadata = str_map(body, "metadata")
     envs = str_map(body, "envs")
     lifecycle = parse_lifecycle(body)
-    policy, spec = parse_policy(body)
+    policy, spec, traffic = parse_create_network(body)
     runtime = metadata.get(RUNTIME_KEY)
     if runtime is not None and runtime not in ("runc", "runsc"):
         raise InvalidInput(f"metadata.{RUNTIME_KEY}", "must be 'runc' or 'runsc'")
@@ -184,7 +217,10 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         if state == "done" and existing:
             done = await asyncio.to_thread(svc.store.get_sandbox, existing, team.team_id)
             if done is not None:
-                return JSONResponse(sandbox_view(done), status_code=201)
+                access = await asyncio.to_thread(svc.store.ensure_traffic, existing)
+                return JSONResponse(sandbox_view(done, access, with_token=True), status_code=201)
+    # Chosen here: the ports options (and attachments) are recorded under it first.
+    sandbox_id = new_sandbox_id()
     req = CreateRequest(
         team_id=team.team_id,
         template=tpl,
@@ -198,15 +234,23 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         mounts=attachment_mounts(attachments),
         after_start=[_copier(a, tpl.user or "user") for a in attachments if not a.live],
         vault=vault,
+        sandbox_id=sandbox_id,
     )
     try:
+        # Before the sandbox can run anything, so its ports never answer without them.
+        access = await asyncio.to_thread(
+            svc.store.set_traffic,
+            sandbox_id,
+            allow_public_traffic=traffic.allow_public_traffic,
+            mask_request_host=traffic.mask_request_host,
+        )
         if attachments:
             # Recorded before the container mounts them, so a delete of a volume that races
             # this create is refused (a failed create's record is released: no longer counts).
-            req.sandbox_id = new_sandbox_id()
-            await record_attachments(volume_service(request), req.sandbox_id, attachments)
+            await record_attachments(volume_service(request), sandbox_id, attachments)
         rec = await svc.node.create(req)
     except BaseException:
+        await asyncio.to_thread(svc.store.delete_traffic, sandbox_id)
         if idem_key:
             await asyncio.to_thread(svc.store.idempotency_finish, team.team_id, idem_key, None)
         raise
@@ -214,7 +258,7 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         await asyncio.to_thread(
             svc.store.idempotency_finish, team.team_id, idem_key, rec.sandbox_id
         )
-    return JSONResponse(sandbox_view(rec), status_code=201)
+    return JSONResponse(sandbox_view(rec, access, with_token=True), status_code=201)
 
 
 def _copier(att: Attachment, user: str) -> Callable[[EnvdClient], Awaitable[None]]:
@@ -252,6 +296,7 @@ async def list_sandboxes(request: Request, team: Team = Depends(current_team)) -
         limit=limit,
         next_token=q.get("next_token") or None,
     )
+    # The ports options (and the token) are in GET/connect answers, not in each list entry.
     return {"sandboxes": [sandbox_view(r) for r in items], "next_token": token}
 
 
@@ -292,7 +337,8 @@ async def get_sandbox(sandbox_id: str, request: Request, team: Team = Depends(cu
         rec = await svc.node.resume(rec, at_least_s=AUTO_RESUME_MIN_S if rec.auto_resume else 0)
     if seconds:
         rec = rec.replace(end_at=await svc.node.set_timeout(rec, seconds))
-    return sandbox_view(rec)
+    access = await asyncio.to_thread(svc.store.ensure_traffic, sandbox_id)
+    return sandbox_view(rec, access, with_token=True)
 
 
 @router.post("/sandboxes/{sandbox_id}/pause")

@@ -1,8 +1,10 @@
 """How a sandbox record looks on the wire (declaw-api.md §2.3, plus the fields peers show).
 
-Pure functions of a `SandboxRecord`. The state is always one the SDK's `SandboxState`
-parses; environment values whose names match the sandbox's `env_security.mask_patterns`
-(the SDK's defaults when it sent none) read `***`, as `SecureEnvVar.to_safe_dict` does.
+Pure functions of a `SandboxRecord` (and its `TrafficAccess`, the ports options). The state
+is always one the SDK's `SandboxState` parses; environment values whose names match the
+sandbox's `env_security.mask_patterns` (the SDK's defaults when it sent none) read `***`,
+as `SecureEnvVar.to_safe_dict` does. `traffic_access_token` is in the answers of create and
+connect only (the SDK reads it there), never in a list.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from declawd.errors import DeclawdError
 from declawd.inspect.model import DEFAULT_MASK_PATTERNS
 from declawd.inspect.policy import parse_security
-from declawd.store import SandboxRecord
+from declawd.store import SandboxRecord, TrafficAccess
 
 MASK = "***"
 
@@ -44,8 +46,12 @@ def masked_envs(envs: Mapping[str, str], security: Mapping[str, Any] | None) -> 
     return {k: MASK if is_sensitive(k, patterns) else v for k, v in envs.items()}
 
 
-def sandbox_view(rec: SandboxRecord) -> dict[str, Any]:
-    return {
+def sandbox_view(
+    rec: SandboxRecord, traffic: TrafficAccess | None = None, *, with_token: bool = False
+) -> dict[str, Any]:
+    """`with_token`: the answer of create or connect, which carries the traffic access
+    token (null for a sandbox created with allow_public_traffic=false)."""
+    view = {
         "sandbox_id": rec.sandbox_id,
         "template_id": rec.template_id,
         "name": rec.template_alias,
@@ -59,9 +65,12 @@ def sandbox_view(rec: SandboxRecord) -> dict[str, Any]:
         "memory_mb": rec.memory_mb,
         "runtime": rec.runtime,
         "envs": masked_envs(rec.envs, rec.security),
-        "network": dict(rec.network),
+        "network": {**rec.network, **(traffic.network_view() if traffic else {})},
         "security": security_view(rec) if rec.security is not None else None,
     }
+    if with_token:
+        view["traffic_access_token"] = traffic.token if traffic else None
+    return view
 
 
 def security_view(rec: SandboxRecord) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -23,36 +24,91 @@ app = typer.Typer(
 
 @app.command()
 def serve(
-    state_dir: Path | None = typer.Option(None, "--state-dir", help="the server's state dir"),
-    instance: str = typer.Option("declawd", "--instance", help="instance name (for logs)"),
-    upstream_dns: str = typer.Option("", "--upstream-dns", help="ADDR or ADDR:PORT"),
-    peek_timeout: float | None = typer.Option(None, "--peek-timeout", help="proxy peek, s"),
-    handshake_timeout: float = typer.Option(
-        10.0, "--handshake-timeout", help="proxy: finish ClientHello/request head, s"
-    ),
-    dns_flood_qps: float = typer.Option(
-        2000.0, "--dns-flood-qps", help="resolver: refuse a sandbox above this rate, queries/s"
-    ),
-    dns_flood_window: float = typer.Option(
-        5.0, "--dns-flood-window", help="resolver: window that rate is measured over, s"
-    ),
-    pool: str = typer.Option(DEFAULT_POOL, "--pool", help="sandbox address pool"),
-    exempt: list[str] = typer.Option([], "--exempt", help="operator floor exemption (CIDR)"),
-    dns_port: int = typer.Option(RESOLVER_PORT, "--dns-port", help="DNS port (UDP and TCP)"),
-    proxy_port: int = typer.Option(PROXY_PORT, "--proxy-port", help="proxy port"),
-    db_path: Path | None = typer.Option(None, "--db", help="audit db (default STATE/declawd.db)"),
-    no_nflog: bool = typer.Option(False, "--no-nflog", help="do not read NFLOG group 7"),
-    upstream_ca: Path | None = typer.Option(
-        None, "--upstream-ca", help="CA bundle inspected upstreams are verified against"
-    ),
-    vault_key: Path | None = typer.Option(
-        None, "--vault-key", help="vault master key (default STATE/keys/vault.key)"
-    ),
-    judge_url: str = typer.Option(
-        "", "--judge-url", help="injection judge: OpenAI-compatible chat completions URL"
-    ),
-    judge_model: str = typer.Option("injection-judge", "--judge-model", help="judge's model"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="log debug messages"),
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir", help="The server's state directory (required).", show_default=False
+        ),
+    ] = None,
+    instance: Annotated[
+        str, typer.Option("--instance", help="Instance name (in log lines).")
+    ] = "declawd",
+    upstream_dns: Annotated[
+        str,
+        typer.Option("--upstream-dns", help="Upstream resolver as ADDR or ADDR:PORT (required)."),
+    ] = "",
+    peek_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--peek-timeout",
+            help="Proxy: seconds to wait for a client's first bytes.",
+            show_default=False,
+        ),
+    ] = None,
+    handshake_timeout: Annotated[
+        float,
+        typer.Option(
+            "--handshake-timeout", help="Proxy: seconds to finish a ClientHello or request head."
+        ),
+    ] = 10.0,
+    dns_flood_qps: Annotated[
+        float,
+        typer.Option(
+            "--dns-flood-qps", help="Resolver: refuse a sandbox above this many queries/s."
+        ),
+    ] = 2000.0,
+    dns_flood_window: Annotated[
+        float,
+        typer.Option("--dns-flood-window", help="Resolver: seconds that rate is measured over."),
+    ] = 5.0,
+    pool: Annotated[
+        str, typer.Option("--pool", help="Sandbox address pool (CIDR).")
+    ] = DEFAULT_POOL,
+    exempt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exempt", help="Operator floor exemption as a CIDR (repeatable).", show_default=False
+        ),
+    ] = None,
+    dns_port: Annotated[
+        int, typer.Option("--dns-port", help="DNS port (UDP and TCP).")
+    ] = RESOLVER_PORT,
+    proxy_port: Annotated[int, typer.Option("--proxy-port", help="Proxy port.")] = PROXY_PORT,
+    db_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--db", help="Audit database (default: <state-dir>/declawd.db).", show_default=False
+        ),
+    ] = None,
+    no_nflog: Annotated[
+        bool, typer.Option("--no-nflog", help="Do not read denied packets from NFLOG group 7.")
+    ] = False,
+    upstream_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--upstream-ca",
+            help="CA bundle inspected upstreams are verified against.",
+            show_default=False,
+        ),
+    ] = None,
+    vault_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--vault-key",
+            help="Vault master key (default: <state-dir>/keys/vault.key).",
+            show_default=False,
+        ),
+    ] = None,
+    judge_url: Annotated[
+        str,
+        typer.Option(
+            "--judge-url", help="Injection judge: an OpenAI-compatible chat completions URL."
+        ),
+    ] = "",
+    judge_model: Annotated[
+        str, typer.Option("--judge-model", help="Model name sent to the injection judge.")
+    ] = "injection-judge",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
     """Serve sandbox DNS, the egress proxy, audit and the control socket in this netns."""
     from declawd.egress.gateway import GatewayConfig, GatewayDaemon, parse_upstream
@@ -80,7 +136,7 @@ def serve(
         dns_flood_qps=dns_flood_qps,
         dns_flood_window_s=dns_flood_window,
         pool=pool,
-        exempt=exempt,
+        exempt=exempt or [],
         nflog=not no_nflog,
         db_path=db_path,
         upstream_ca=upstream_ca,

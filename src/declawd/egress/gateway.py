@@ -2,7 +2,8 @@
 
 Runs inside the gateway netns (`declawd gateway serve`, launched and supervised by the node).
 Its view of the sandboxes is `gateway/state.json` (egress policy, inspection policy, CA),
-re-read on `reload` over the control socket; the node starts a sandbox only after `ok`.
+re-read on `reload` over the control socket (which also answers `ping`, and `stats` with the
+counters /metrics shows); the node starts a sandbox only after `ok`.
 Invariant: fail closed by construction — the datapath redirects DNS and proxied TCP to our
 ports, so without this process those connections find no listener; a state file we cannot
 read leaves the previous state, and an entry we cannot read never loosens a sandbox.
@@ -13,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -84,6 +87,13 @@ class GatewayDaemon:
         self._control: asyncio.Server | None = None
         self._reload_lock = asyncio.Lock()
         self._pruner: asyncio.Task[None] | None = None
+        # For the `stats` command: decisions the resolver and proxy do not count themselves
+        # (inspected requests, the datapath's logged packets), by verdict.
+        self.started_at = time.time()
+        self.decisions: dict[str, dict[str, int]] = {
+            "http": {"allow": 0, "deny": 0},
+            "datapath": {"allow": 0, "deny": 0},
+        }
 
     # Views -----------------------------------------------------------------------------
     def lookup(self, address: str) -> SandboxEntry | None:
@@ -329,6 +339,24 @@ class GatewayDaemon:
 
         return check
 
+    def stats(self) -> dict[str, Any]:
+        """Counters since this daemon started, for the `stats` command (the node's metrics):
+        totals and reasons only, never a sandbox id."""
+        proxy = self.proxy.stats() if self.proxy is not None else {}
+        proxy.pop("per_sandbox", None)
+        return {
+            "started_at": self.started_at,
+            "sandboxes": len(self.sandboxes),
+            "proxy": proxy,
+            "resolver": self.resolver.counters() if self.resolver is not None else {},
+            "decisions": {kind: dict(counts) for kind, counts in self.decisions.items()},
+        }
+
+    def _decided(self, kind: str, verdict: str) -> None:
+        counts = self.decisions[kind]
+        key = "allow" if verdict == "allow" else "deny"
+        counts[key] += 1
+
     # Control socket --------------------------------------------------------------------
     async def _serve_control(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -345,6 +373,8 @@ class GatewayDaemon:
                 command = line.decode(errors="replace").strip()
                 if command == "ping":
                     answer = "ok"
+                elif command == "stats":
+                    answer = json.dumps(self.stats(), sort_keys=True)
                 elif command == "reload":
                     try:
                         await self.reload()
@@ -384,6 +414,7 @@ class GatewayDaemon:
     def _on_http_audit(self, sandbox_id: str, address: str, port: int, audit: HttpAudit) -> None:
         """An inspected request, as an audit event of kind `http` (its fields in `detail`);
         none at all for a sandbox whose policy says `audit.enabled = false`."""
+        self._decided("http", audit.verdict)
         entry = self.sandboxes.get(sandbox_id)
         if entry is not None and not entry.inspection.audit_enabled:
             return
@@ -408,6 +439,7 @@ class GatewayDaemon:
         prefix = parse_prefix(record.prefix)
         if prefix is None:
             return
+        self._decided("datapath", prefix.verdict)
         entry = self._by_slot.get(prefix.slot)
         if entry is None:
             log.debug("nflog event for unknown slot %d", prefix.slot)

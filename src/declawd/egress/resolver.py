@@ -139,7 +139,11 @@ class Resolver:
             "cached": 0,
             "refused": 0,
             "servfail": 0,
+            "allowed": 0,
+            "denied": 0,
         }
+        # Denied decisions by reason (dnsfilter's names: a small fixed set).
+        self.refusals: dict[str, int] = {}
 
     # Lifecycle -------------------------------------------------------------------------
     async def start(self, host: str = "0.0.0.0", port: int = RESOLVER_PORT) -> None:
@@ -186,6 +190,10 @@ class Resolver:
         self._rate_audit_at.pop(sandbox_id, None)
         self.cache.drop(sandbox_id)
 
+    def counters(self) -> dict[str, object]:
+        """Counts since start (no sandbox ids): queries, answers by source, decisions."""
+        return {**self.stats, "refusals": dict(self.refusals)}
+
     def forget_answers(self, sandbox_id: str) -> None:
         """Drop a sandbox's cached answers: its policy, hence its nft set, was rewritten."""
         self.cache.drop(sandbox_id)
@@ -205,6 +213,12 @@ class Resolver:
     def _audit(self, entry: SandboxEntry | None, note: AuditNote | None, protocol: str) -> None:
         if entry is None or note is None:
             return
+        # Counted before the audit's rate limit: the metrics see every decision.
+        if note.verdict == "allow":
+            self.stats["allowed"] += 1
+        else:
+            self.stats["denied"] += 1
+            self.refusals[note.reason] = self.refusals.get(note.reason, 0) + 1
         if note.reason == "rate_limited":
             # One event per second per sandbox: a flood must not become an audit flood.
             now = self._clock()

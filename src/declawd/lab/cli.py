@@ -1,8 +1,8 @@
 """`declawd lab`: run the simulated internet (`serve`), tear it down (`down`), show the CA
 (`ca-path`) and what its hosts received (`requests`).
 
-Thin typer commands over `declawd.lab.process`; settings come from the same DECLAWD_* env
-vars as the server, with `--instance` and `--state-dir` overrides.
+Thin commands over `declawd.lab.process`; settings come from the same DECLAWD_* env vars as
+the server, with the `--instance` and `--state-dir` overrides every command spells the same.
 """
 
 from __future__ import annotations
@@ -11,32 +11,35 @@ import json
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from declawd.cli_options import AsJson, Instance, StateDir, settings_from_env
 from declawd.config import Settings
 
 app = typer.Typer(
-    no_args_is_help=True, help="Run the lab: a simulated internet for tests and demos."
+    no_args_is_help=True,
+    add_completion=False,
+    help="Run the lab: a simulated internet for tests and demos.",
 )
-
-_INSTANCE = typer.Option(None, "--instance", help="instance name (netns prefix)")
-_STATE_DIR = typer.Option(None, "--state-dir", help="state directory")
 
 
 def _settings(instance: str | None, state_dir: Path | None) -> Settings:
-    try:
-        return Settings.from_env(instance=instance, state_dir=state_dir)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    return settings_from_env(instance=instance, state_dir=state_dir)
 
 
 @app.command()
 def serve(
-    config: Path | None = typer.Option(None, "--config", help="lab config JSON"),
-    instance: str | None = _INSTANCE,
-    state_dir: Path | None = _STATE_DIR,
-    keep: bool = typer.Option(False, "--keep", help="keep the lab netns on exit"),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="Lab config JSON (default: the built-in lab).", show_default=False
+        ),
+    ] = None,
+    instance: Instance = None,
+    state_dir: StateDir = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the lab netns on exit.")] = False,
 ) -> None:
     """Run the lab in the foreground (netns <instance>-lab) until Ctrl-C or SIGTERM."""
     from declawd.lab.config import LabConfigError, load_config
@@ -58,7 +61,7 @@ def serve(
 
 
 @app.command()
-def down(instance: str | None = _INSTANCE, state_dir: Path | None = _STATE_DIR) -> None:
+def down(instance: Instance = None, state_dir: StateDir = None) -> None:
     """Stop this instance's running lab, if any, and delete the lab netns."""
     from declawd.lab.process import lab_down
 
@@ -67,9 +70,11 @@ def down(instance: str | None = _INSTANCE, state_dir: Path | None = _STATE_DIR) 
 
 @app.command("ca-path")
 def ca_path(
-    instance: str | None = _INSTANCE,
-    state_dir: Path | None = _STATE_DIR,
-    bundle: bool = typer.Option(False, "--bundle", help="print the system+lab bundle path"),
+    instance: Instance = None,
+    state_dir: StateDir = None,
+    bundle: Annotated[
+        bool, typer.Option("--bundle", help="Print the path of the system + lab CA bundle.")
+    ] = False,
 ) -> None:
     """Print the path of the lab's CA certificate (PEM), creating the CA if needed."""
     from declawd.lab.ca import ca_bundle_path, ca_cert_path, ensure_ca
@@ -106,13 +111,19 @@ def format_request(entry: dict) -> str:
 
 @app.command()
 def requests(
-    host: str | None = typer.Option(None, "--host", help="only this lab host (its config name)"),
-    since: str | None = typer.Option(
-        None, "--since", help="only from this ISO-8601 time or unix timestamp"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="print a JSON array of the entries"),
-    instance: str | None = _INSTANCE,
-    state_dir: Path | None = _STATE_DIR,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Only this lab host (its config name).", show_default=False),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Only from this ISO-8601 time or unix timestamp.", show_default=False
+        ),
+    ] = None,
+    as_json: AsJson = False,
+    instance: Instance = None,
+    state_dir: StateDir = None,
 ) -> None:
     """Print the requests lab hosts received (the request log), oldest first."""
     from declawd.lab.config import LabConfigError

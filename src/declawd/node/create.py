@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from declawd import metrics
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import Conflict, DeclawdError, Internal, TimedOut
 from declawd.inspect.ca import CaRef
@@ -130,6 +131,7 @@ def envs_of(parts: NodeParts, rec: SandboxRecord) -> dict[str, str]:
 
 async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
     store, faults, tpl = parts.store, parts.faults, req.template
+    began = time.monotonic()
     rec = new_record(parts, req, time.time())
     policy = req.policy or EgressPolicy.parse([], [])
     # Before anything exists: a security JSON that does not parse fails the create cleanly.
@@ -201,6 +203,7 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
             await _start_command(client, envs_of(parts, rec), tpl)
         faults.point("create.after_start")
     except BaseException as exc:
+        metrics.sandbox_create_failed(rec.runtime, exc)
         await _undo(parts, rec, exc)
         if isinstance(exc, DeclawdError):
             raise
@@ -212,6 +215,8 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
     await asyncio.to_thread(
         store.update_sandbox, sandbox_id, state=SandboxState.RUNNING, started_at=started
     )
+    kind = "builtin" if not tpl.team_id else "custom"
+    metrics.sandbox_created(rec.runtime, kind, time.monotonic() - began)
     return done
 
 

@@ -16,7 +16,9 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from declawd.upstream import Upstream
 from declawd.vault.crypto import master_key_path
 
 log = logging.getLogger(__name__)
+
+STATS_MAX_BYTES = 1 << 20  # the answer is a few hundred bytes; more is not the daemon
 
 
 class GatewayDaemon:
@@ -136,6 +140,11 @@ class GatewayDaemon:
             return await self._command("ping", timeout=2.0) == "ok"
         except (TimeoutError, OSError):
             return False
+
+    def stats(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The daemon's counters (its `stats` answer), or None when it does not answer.
+        Blocking (a plain socket, so a scrape can read it from a worker thread)."""
+        return read_stats(self.control_path, timeout)
 
     # process ----------------------------------------------------------------------
     def pid(self) -> int | None:
@@ -269,3 +278,29 @@ class GatewayDaemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
+
+
+def read_stats(control_path: Path, timeout: float = 2.0) -> dict[str, Any] | None:
+    """Ask the daemon at `control_path` for `stats`: its JSON object, or None (no daemon, no
+    answer within `timeout`, or an answer that is not one)."""
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(control_path))
+            sock.sendall(b"stats\n")
+            data = b""
+            while not data.endswith(b"\n") and len(data) < STATS_MAX_BYTES:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    try:
+        answer = json.loads(data.decode())
+    except ValueError:
+        log.warning("gateway stats: not a JSON answer: %r", data[:200])
+        return None
+    return answer if isinstance(answer, dict) else None

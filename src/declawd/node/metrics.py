@@ -115,15 +115,21 @@ class MetricsSampler:
         self.keep = keep
         self._prune_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[tuple[list[MetricsSample], list[str]]] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def stop(self) -> None:
+        """Stop sampling; returns once no pass is still writing (a cancelled await of a
+        thread does not stop the thread: its write is waited for)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await asyncio.gather(inflight, return_exceptions=True)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -143,7 +149,9 @@ class MetricsSampler:
 
     async def tick(self) -> list[MetricsSample]:
         """Sample every running or paused sandbox once; returns the samples stored."""
-        stored, gone = await asyncio.to_thread(self._sample_all)
+        self._inflight = asyncio.get_running_loop().run_in_executor(None, self._sample_all)
+        stored, gone = await asyncio.shield(self._inflight)
+        self._inflight = None
         for sandbox_id in gone:
             # Our read may have put CPU baseline state back after the kill dropped it.
             await self.parts.sessions.drop(sandbox_id)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
+from declawd import metrics
 from declawd.config import Settings
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import Busy, Conflict, DeclawdError, NotFound
@@ -159,6 +160,7 @@ class Node:
         if before is None:
             return False
         rec = before.replace(state=SandboxState.KILLED, **fields)
+        metrics.sandbox_killed(rec.runtime, _kill_reason(before, error, fields["killed_at"]))
         await self._cancel_pause_snapshot(sandbox_id)
         await self.parts.sessions.drop(sandbox_id)
         self.parts.locks.forget(sandbox_id)
@@ -348,6 +350,13 @@ class Node:
         """Environment every process started in the sandbox gets."""
         return creating.envs_of(self.parts, rec)
 
+    def netns_of(self, rec: SandboxRecord) -> str:
+        """The nsfs path of the sandbox's network namespace (no I/O): where the ports route
+        opens its connections, so servers bound to the sandbox's loopback are reachable."""
+        if rec.slot is None:
+            raise Busy(f"sandbox '{rec.sandbox_id}' has no network yet")
+        return self.parts.networks.plan(rec.sandbox_id, rec.slot).netns_path
+
     def pty_since(self, rec: SandboxRecord, pid: int) -> int:
         return self.parts.sessions.pty_since(rec.sandbox_id, pid)
 
@@ -377,6 +386,10 @@ class Node:
     def gateway_restarts(self) -> int:
         return self.parts.daemon.restarts
 
+    def gateway_stats(self) -> dict[str, Any] | None:
+        """The gateway daemon's counters, or None when it does not answer (blocking)."""
+        return self.parts.daemon.stats()
+
     async def destroy_all(self) -> int:
         """Kill every sandbox and remove the gateway: `declawd down`, and test teardown."""
         count = 0
@@ -394,3 +407,14 @@ class Node:
         except OSError as exc:
             log.warning("down: instance cgroup not removed: %s", exc)
         return count
+
+
+def _kill_reason(before: SandboxRecord, error: str | None, at: float) -> str:
+    """The metrics' reason of a kill: an error (the reaper found it dead), its timeout (the
+    reaper kills at `end_at`, with no error), or a request."""
+    if error:
+        return "error"
+    running = before.state is SandboxState.RUNNING
+    if running and before.end_at is not None and before.end_at <= at:
+        return "timeout"
+    return "requested"

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from declawd import metrics
 from declawd.node.parts import NodeParts
 from declawd.node.trust import remove_trust
 from declawd.store import SandboxRecord
@@ -63,6 +64,7 @@ async def release_and_record(parts: NodeParts, rec: SandboxRecord) -> bool:
     """Release a killed sandbox and record the outcome; True when nothing is left."""
     failed = await release(parts, rec)
     if failed:
+        metrics.sandbox_teardown_failed(rec.runtime)
         log.error("sandbox %s: teardown incomplete, left for the sweep: %s", rec.sandbox_id, failed)
         await asyncio.to_thread(
             parts.store.update_sandbox,

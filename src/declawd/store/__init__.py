@@ -1,4 +1,5 @@
-"""Persistence for declawd: teams, API keys, sandboxes, idempotency, templates, audit.
+"""Persistence for declawd: teams, API keys, sandboxes, idempotency, templates, audit,
+and each sandbox's traffic access (ports).
 
 SQLite in WAL mode at `<state_dir>/declawd.db`, schema versioned by `PRAGMA
 user_version`. Sandboxes travel as frozen `SandboxRecord`s; the other tables as plain dicts
@@ -16,6 +17,7 @@ from declawd.store.errors import (
 from declawd.store.model import LIVE_STATES, SandboxRecord, SandboxState
 from declawd.store.sandboxes import parse_metadata_query
 from declawd.store.store import Store
+from declawd.store.traffic import TrafficAccess
 
 __all__ = [
     "AUDIT_DETAILS_SCHEMA",
@@ -29,5 +31,6 @@ __all__ = [
     "SchemaTooNew",
     "Store",
     "StoreError",
+    "TrafficAccess",
     "parse_metadata_query",
 ]

@@ -7,13 +7,14 @@ The plaintext of a key is printed once, at creation, and never stored.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from declawd.config import Settings
+from declawd.cli_options import AsJson, StateDir, settings_from_env
 from declawd.store.errors import AmbiguousKey, Duplicate
 from declawd.store.store import Store
 
@@ -23,18 +24,9 @@ app = typer.Typer(
     help="Create, list and revoke API keys (on this machine; no server needed).",
 )
 
-StateDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir",
-        help="State directory (default: DECLAWD_STATE_DIR or /var/lib/declawd).",
-    ),
-]
-
 
 def _open(state_dir: Path | None) -> Store:
-    settings = Settings.from_env(state_dir=state_dir)
-    return Store(settings.db_path)
+    return Store(settings_from_env(state_dir=state_dir).db_path)
 
 
 def _when(ts: float | None) -> str:
@@ -68,7 +60,10 @@ def create(
 
 @app.command("list")
 def list_keys(
-    team: Annotated[str | None, typer.Option("--team", help="Only this team.")] = None,
+    team: Annotated[
+        str | None, typer.Option("--team", help="Only this team.", show_default=False)
+    ] = None,
+    as_json: AsJson = False,
     state_dir: StateDir = None,
 ) -> None:
     """List keys (ids and prefixes only; key material is never shown again)."""
@@ -81,6 +76,9 @@ def list_keys(
                 raise typer.Exit(1)
             team_id = found["team_id"]
         keys = store.list_api_keys(team_id)
+    if as_json:
+        typer.echo(json.dumps([dict(k) for k in keys], indent=2, default=str))
+        return
     header = f"{'KEY ID':<17} {'PREFIX':<13} {'TEAM':<16} {'NAME':<16} {'CREATED':<21} REVOKED"
     typer.echo(header)
     for k in keys:
@@ -92,7 +90,12 @@ def list_keys(
 
 @app.command()
 def revoke(
-    key: Annotated[str, typer.Argument(metavar="KEY_ID_OR_PREFIX")],
+    key: Annotated[
+        str,
+        typer.Argument(
+            metavar="KEY_ID_OR_PREFIX", help="Key id or listed prefix.", show_default=False
+        ),
+    ],
     state_dir: StateDir = None,
 ) -> None:
     """Revoke a key by its id or its listed prefix; effective immediately."""

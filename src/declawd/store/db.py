@@ -277,9 +277,39 @@ CREATE INDEX sandbox_vault_refs_secret ON sandbox_vault_refs (secret_id);
     + AUDIT_DETAILS_SCHEMA
 )
 
+# v5: ports. Per sandbox, how its ports route may be reached (store/traffic.py): the
+# traffic access token (kept as issued, so connect can return it again; the file is 0600),
+# NULL when `allow_public_traffic` is false, and the Host header its servers are sent.
+# A table of its own, keyed by sandbox id, so it is written before the sandbox exists and
+# outlives a restore under the same id.
+_V5 = """
+CREATE TABLE sandbox_traffic (
+    sandbox_id TEXT PRIMARY KEY,
+    token TEXT UNIQUE,
+    allow_public_traffic INTEGER NOT NULL,
+    mask_request_host TEXT,
+    created_at REAL NOT NULL
+);
+"""
+
+# v6: the dashboard's sessions (store/sessions.py): only a hash of the session id is kept;
+# a session is one API key's (revoking the key ends it).
+_V6 = """
+CREATE TABLE dashboard_sessions (
+    session_hash TEXT PRIMARY KEY,
+    team_id TEXT NOT NULL REFERENCES teams (team_id),
+    key_id TEXT NOT NULL REFERENCES api_keys (key_id),
+    csrf_token TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_seen_at REAL NOT NULL
+);
+CREATE INDEX dashboard_sessions_key ON dashboard_sessions (key_id);
+CREATE INDEX dashboard_sessions_seen ON dashboard_sessions (last_seen_at);
+"""
+
 # Applied in order; migration i (0-based) brings the schema to user_version i + 1.
 # Append only: never edit a script that has shipped.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
 
 
 def _rollback(c: sqlite3.Connection) -> None:

@@ -17,12 +17,16 @@ from declawd.store.keys import TeamsAndKeys
 from declawd.store.metrics import Metrics
 from declawd.store.records import Clock
 from declawd.store.sandboxes import Sandboxes
+from declawd.store.sessions import Sessions
 from declawd.store.snapshots import Snapshots
 from declawd.store.templates import Templates
+from declawd.store.traffic import Traffic
 from declawd.store.volumes import Volumes
 
 
-class Store(TeamsAndKeys, Sandboxes, Snapshots, Templates, Audit, Metrics, Volumes):
+class Store(
+    TeamsAndKeys, Sandboxes, Snapshots, Templates, Audit, Metrics, Volumes, Traffic, Sessions
+):
     def __init__(self, db_path: Path | str, *, clock: Clock = time.time) -> None:
         """Open (creating and migrating if needed) the database at `db_path`.
 

@@ -1,7 +1,8 @@
 """`declawd template ...`: build the catalog locally, or build/list/delete via the server.
 
-`ensure-builtin` needs no server (make runs it before the server exists); the others talk
-to a running server over HTTP with DECLAW_DOMAIN / DECLAW_API_KEY, like the SDK does.
+`ensure-builtin` and `gc` need no server (make runs the first before the server exists);
+`build`, `list` and `delete` talk to a running server, found as by every command: the flags,
+DECLAW_DOMAIN / DECLAW_API_KEY, else this machine's server and its dev key.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import tarfile
 import time
 from pathlib import Path
@@ -28,6 +28,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from declawd.cli_options import (
+    ApiKey,
+    AsJson,
+    Domain,
+    StateDir,
+    TemplatesDir,
+    resolve_connection,
+    settings_from_env,
+)
+from declawd.client import base_url
 from declawd.config import Settings
 
 app = typer.Typer(
@@ -39,18 +49,19 @@ console = Console(stderr=True)
 
 
 def _settings(state_dir: Path | None, templates_dir: Path | None) -> Settings:
-    return Settings.from_env(state_dir=state_dir, templates_dir=templates_dir)
+    return settings_from_env(state_dir=state_dir, templates_dir=templates_dir)
 
 
 @app.command("ensure-builtin")
 def ensure_builtin(
     names: Annotated[
-        list[str] | None, typer.Argument(help="built-ins to build (default: all)")
+        list[str] | None,
+        typer.Argument(help="Built-ins to build (default: all).", show_default=False),
     ] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="state directory")] = None,
-    templates_dir: Annotated[Path | None, typer.Option(help="templates directory")] = None,
+    state_dir: StateDir = None,
+    templates_dir: TemplatesDir = None,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="print the full build log")
+        bool, typer.Option("--verbose", "-v", help="Print the full build log.")
     ] = False,
 ) -> None:
     """Build the built-in templates on this machine (no server needed; cached layers are reused)."""
@@ -113,11 +124,10 @@ def _short(text: str, width: int = 60) -> str:
 # --- commands that talk to a running server ---------------------------------------------
 
 
-def _client() -> httpx.Client:
-    domain = os.environ.get("DECLAW_DOMAIN", "localhost:8080")
-    key = os.environ.get("DECLAW_API_KEY", "")
-    base = domain if domain.startswith(("http://", "https://")) else f"http://{domain}"
-    return httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=60.0)
+def _client(domain: str | None, api_key: str | None) -> httpx.Client:
+    conn = resolve_connection(domain, api_key)
+    base = conn.domain if conn.domain.startswith(("http://", "https://")) else base_url(conn.domain)
+    return httpx.Client(base_url=base, headers={"X-API-Key": conn.api_key}, timeout=60.0)
 
 
 def _check(resp: httpx.Response) -> Any:
@@ -153,10 +163,18 @@ def new_log_lines(previous: list[str], current: list[str]) -> list[str]:
 
 @app.command("build")
 def build(
-    file: Annotated[Path, typer.Argument(help="extended spec (JSON), see docs/templates.md")],
-    alias: Annotated[str, typer.Option(help="alias of the new template")],
-    context: Annotated[Path | None, typer.Option(help="build context dir for copies")] = None,
-    poll: Annotated[float, typer.Option(help="seconds between status polls")] = 1.0,
+    file: Annotated[
+        Path,
+        typer.Argument(help="Extended spec (JSON), see docs/templates.md.", show_default=False),
+    ],
+    alias: Annotated[str, typer.Option("--alias", help="Alias of the new template.")],
+    context: Annotated[
+        Path | None,
+        typer.Option("--context", help="Build context directory for copies.", show_default=False),
+    ] = None,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between status polls.")] = 1.0,
+    domain: Domain = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Build a template on the server from a spec file and stream its log."""
     spec = json.loads(file.read_text())
@@ -164,7 +182,7 @@ def build(
         console.print("[red]spec: must be a JSON object")
         raise typer.Exit(2)
     ctx_dir = context or (file.parent / spec.pop("context") if "context" in spec else None)
-    with _client() as client:
+    with _client(domain, api_key) as client:
         if spec.get("copies") or "COPY" in str(spec.get("dockerfile", "")).upper():
             if ctx_dir is None or not ctx_dir.is_dir():
                 console.print("[red]copies need a build context: pass --context DIR")
@@ -196,10 +214,13 @@ def build(
 
 
 @app.command("list")
-def list_templates() -> None:
+def list_templates(as_json: AsJson = False, domain: Domain = None, api_key: ApiKey = None) -> None:
     """List the templates your API key can use, with their size and build time."""
-    with _client() as client:
+    with _client(domain, api_key) as client:
         body = _check(client.get("/templates"))
+    if as_json:
+        typer.echo(json.dumps(body["templates"], indent=2))
+        return
     table = Table("id", "alias", "state", "size", "build", "created")
     for t in body["templates"]:
         table.add_row(
@@ -221,18 +242,19 @@ def list_templates() -> None:
 
 
 @app.command("delete")
-def delete(template: Annotated[str, typer.Argument(help="template id or alias")]) -> None:
+def delete(
+    template: Annotated[str, typer.Argument(help="Template id or alias.", show_default=False)],
+    domain: Domain = None,
+    api_key: ApiKey = None,
+) -> None:
     """Delete a template (refused while sandboxes use it)."""
-    with _client() as client:
+    with _client(domain, api_key) as client:
         _check(client.delete(f"/templates/{template}"))
     console.print(f"deleted {template}")
 
 
 @app.command("gc")
-def gc(
-    state_dir: Annotated[Path | None, typer.Option(help="state directory")] = None,
-    templates_dir: Annotated[Path | None, typer.Option(help="templates directory")] = None,
-) -> None:
+def gc(state_dir: StateDir = None, templates_dir: TemplatesDir = None) -> None:
     """Remove cached layers that no template uses (run on the server's machine)."""
     from declawd.store import Store
     from declawd.templates.service import TemplateService
