@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +86,9 @@ def wait(driver: WebDriver) -> WebDriverWait:  # type: ignore[type-arg]
 
 
 def sign_in(driver: WebDriver, url: str, key: str) -> None:
+    """Sign in from a signed-out browser (the module's browser may hold an earlier session)."""
+    driver.get(url + "/")
+    driver.delete_all_cookies()
     driver.get(url + "/")
     field = wait(driver).until(ec.visibility_of_element_located((By.ID, "signin-key")))
     shot(driver, "01-sign-in")
@@ -174,7 +178,8 @@ def test_templates_and_keys_pages(server: dict[str, str], browser: WebDriver) ->
     browser.get(server["url"] + "/#/keys")
     wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#keys-table tr")))
     assert "(this session)" in browser.find_element(By.ID, "keys-table").text
-    browser.find_element(By.ID, "new-key-name").send_keys("from-the-dashboard")
+    name = f"from-the-dashboard-{uuid.uuid4().hex[:8]}"  # the test instance keeps old keys
+    browser.find_element(By.ID, "new-key-name").send_keys(name)
     browser.find_element(By.ID, "new-key-submit").click()
     value = wait(browser).until(ec.visibility_of_element_located((By.ID, "new-key-value")))
     key = value.get_attribute("value") or ""
@@ -183,7 +188,7 @@ def test_templates_and_keys_pages(server: dict[str, str], browser: WebDriver) ->
     answer = httpx.get(server["url"] + "/sandboxes", headers={"X-API-Key": key}, timeout=30)
     assert answer.status_code == 200, answer.text
     listed = httpx.get(server["url"] + "/keys", headers={"X-API-Key": key}, timeout=30).json()
-    new_id = next(k["key_id"] for k in listed["keys"] if k["name"] == "from-the-dashboard")
+    new_id = next(k["key_id"] for k in listed["keys"] if k["name"] == name)
     revoke = f"#revoke-{new_id}"
     wait(browser).until(ec.element_to_be_clickable((By.CSS_SELECTOR, revoke))).click()
     wait(browser).until(ec.element_to_be_clickable((By.ID, f"revoke-{new_id}-confirm"))).click()
