@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,7 +33,7 @@ from wsproto.events import (
 from declawd.api import ports
 from declawd.api.sandboxes import parse_create_network, parse_policy
 from declawd.api.views import sandbox_view
-from declawd.errors import InvalidInput, NotFound, NotSupported
+from declawd.errors import InvalidInput, NotFound
 from declawd.ports import headers as h
 from declawd.ports.upstream import connect_in_netns
 from declawd.store import SandboxRecord, SandboxState, Store, TrafficAccess
@@ -293,11 +294,32 @@ def test_bad_ports_options_at_create_name_the_field(network: dict[str, Any], mes
     assert err.value.message.startswith(message)
 
 
-def test_a_live_policy_change_still_refuses_mask_request_host() -> None:
+def test_a_live_policy_change_validates_the_ports_options_and_keeps_them_out_of_egress() -> None:
     from declawd.api.sandboxes import policy_from
 
-    with pytest.raises(NotSupported):
-        policy_from({"mask_request_host": "x"}, "network.")
+    assert policy_from({"mask_request_host": "app.local:${PORT}"}, "").to_wire() == {
+        "allow_out": [],
+        "deny_out": [],
+    }
+    with pytest.raises(InvalidInput) as err:
+        policy_from({"mask_request_host": "a b"}, "")
+    assert err.value.message.startswith("mask_request_host: must be a host[:port]")
+
+
+def test_live_changes_of_the_ports_options_keep_drop_and_renew_the_token(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    first = store.set_traffic("sbx-1")
+    kept = store.change_traffic("sbx-1", mask_request_host="app.local")
+    assert (kept.token, kept.mask_request_host) == (first.token, "app.local")
+    off = store.change_traffic("sbx-1", allow_public_traffic=False)
+    assert (off.token, off.allow_public_traffic, off.mask_request_host) == (
+        None,
+        False,
+        "app.local",
+    )
+    on = store.change_traffic("sbx-1", allow_public_traffic=True, clear_mask=True)
+    assert on.token and on.token != first.token and on.mask_request_host is None
+    assert store.get_traffic("sbx-1") == on
 
 
 def record(sandbox_id: str = "sbx-1", team_id: str = "team-1", **fields: Any) -> SandboxRecord:

@@ -157,9 +157,9 @@ def test_put_an_sdk_policy_whole(client: TestClient, node: FakeNode) -> None:
         ),
         ({"toxicity": {"enabled": True}}, 501, "security.toxicity: " + TOXICITY_501),
         (
-            {"network": {"mask_request_host": "x"}},
-            501,
-            "network.mask_request_host: not implemented yet",
+            {"network": {"mask_request_host": 5}},
+            400,
+            "network.mask_request_host: must be a string",
         ),
     ],
 )

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from declawd.api.access import sse
 from declawd.api.app import Team, current_team, services
 from declawd.api.body import int_query, json_body
-from declawd.api.sandboxes import policy_from
+from declawd.api.sandboxes import change_traffic, policy_from
 from declawd.errors import InvalidInput
 from declawd.node.node import Need
 
@@ -37,6 +37,7 @@ async def put_policy(sandbox_id: str, request: Request, team: Team = Depends(cur
     body = await json_body(request)
     policy = policy_from(body, prefix="")
     await node.update_policy(rec, policy)
+    await change_traffic(request, rec.sandbox_id, body, "")
     return policy.to_wire()
 
 

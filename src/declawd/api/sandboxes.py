@@ -33,7 +33,6 @@ from declawd.errors import (
     InvalidInput,
     Mismatch,
     NotFound,
-    NotSupported,
 )
 from declawd.inspect.model import PLACEHOLDER, VaultBinding
 from declawd.inspect.policy import SecuritySpec, parse_security
@@ -155,12 +154,33 @@ async def parse_vault_refs(
     return bindings
 
 
+async def change_traffic(
+    request: Request, sandbox_id: str, network: dict[str, Any], prefix: str
+) -> None:
+    """A live `network` section's ports options (`allow_public_traffic`,
+    `mask_request_host`: null clears it), applied when the section carries them."""
+    if "allow_public_traffic" not in network and "mask_request_host" not in network:
+        return
+    allow = field(network, "allow_public_traffic", bool, prefix=prefix)
+    mask = network.get("mask_request_host")
+    if mask is not None:
+        mask = validate_mask(mask, prefix + "mask_request_host")
+    await asyncio.to_thread(
+        services(request).store.change_traffic,
+        sandbox_id,
+        allow_public_traffic=allow,
+        mask_request_host=mask,
+        clear_mask="mask_request_host" in network and mask is None,
+    )
+
+
 def policy_from(network: dict[str, Any], prefix: str = "network.") -> EgressPolicy:
-    """The egress policy of a `network` section. `mask_request_host` is a create option
-    (parse_create_network): a live policy change refuses it."""
-    if network.get("mask_request_host") is not None:
-        raise NotSupported(f"{prefix}mask_request_host: not implemented yet")
+    """The egress policy of a `network` section (its ports options are validated here and
+    applied by `change_traffic` or the create)."""
     field(network, "allow_public_traffic", bool, prefix=prefix)
+    if network.get("mask_request_host") is not None:
+        validate_mask(network["mask_request_host"], prefix + "mask_request_host")
+    network = {k: v for k, v in network.items() if k != "mask_request_host"}
     allow = str_list(network, "allow_out", prefix=prefix)
     deny = str_list(network, "deny_out", prefix=prefix)
     try:

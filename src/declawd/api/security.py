@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 
 from declawd.api.app import Team, current_team, services
 from declawd.api.body import json_body
-from declawd.api.sandboxes import policy_from
+from declawd.api.sandboxes import change_traffic, policy_from
 from declawd.api.views import security_view
 from declawd.inspect.policy import parse_security
 from declawd.node.node import Need
@@ -43,4 +43,6 @@ async def put_security(
     rec = await node.update_security(
         team.team_id, sandbox_id, spec.carried_sections(), network=network
     )
+    if spec.network is not None:
+        await change_traffic(request, sandbox_id, dict(spec.network), "network.")
     return security_view(rec)

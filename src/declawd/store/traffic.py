@@ -104,6 +104,31 @@ class Traffic(Repository):
             ).fetchone()
         return _access(row)
 
+    def change_traffic(
+        self,
+        sandbox_id: str,
+        *,
+        allow_public_traffic: bool | None = None,
+        mask_request_host: str | None = None,
+        clear_mask: bool = False,
+    ) -> TrafficAccess:
+        """A live change of the options: None leaves one as it is. The token survives a
+        change that keeps public traffic on; turning it off drops the token; turning it
+        back on issues a new one (an old link never comes back to life)."""
+        current = self.ensure_traffic(sandbox_id)
+        allow = (
+            current.allow_public_traffic if allow_public_traffic is None else allow_public_traffic
+        )
+        mask = None if clear_mask else (mask_request_host or current.mask_request_host)
+        token = (current.token or new_traffic_token()) if allow else None
+        with self._db.write() as c:
+            c.execute(
+                "UPDATE sandbox_traffic SET token = ?, allow_public_traffic = ?,"
+                " mask_request_host = ? WHERE sandbox_id = ?",
+                (token, int(allow), mask, sandbox_id),
+            )
+        return TrafficAccess(sandbox_id, token, allow, mask)
+
     def traffic_of(self, sandbox_ids: Iterable[str]) -> dict[str, TrafficAccess]:
         """The options of each of these sandboxes that has a row."""
         ids = list(dict.fromkeys(sandbox_ids))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -166,3 +169,39 @@ def test_never_raises_on_shell_like_text(line: str) -> None:
 def test_never_raises_on_arbitrary_text(line: str) -> None:
     commands(line)
     from_argv(line.split(" "))
+
+
+# tree-sitter-bash's scanner corrupts memory on some non-ASCII input: with the mask replaced
+# by the identity (argv "raw"), this script dies with SIGBUS/SIGSEGV (checked with
+# tree-sitter-bash 0.23.3 and 0.25.1). A crash would take the API server down with it, so
+# the parser only ever sees ASCII (shell.py, _ASCII_ONLY).
+_FUZZ = r"""
+import random, sys
+import tree_sitter
+from declawd.guard import shell
+rnd = random.Random(11)
+def ch():
+    r = rnd.random()
+    if r < 0.5: return rnd.choice("ab $`'\"\\(){};|&<>*?,=\n-c#!~[]^%@0129\t")
+    if r < 0.8: return chr(rnd.randint(0x80, 0x7ff))
+    if r < 0.95: return chr(rnd.choice([rnd.randint(0x800, 0xd7ff), rnd.randint(0xe000, 0xffff)]))
+    return chr(rnd.randint(0x10000, 0x10ffff))
+mask = shell._ASCII_ONLY if sys.argv[1] == "masked" else bytes(range(256))
+parser = tree_sitter.Parser(shell._LANGUAGE)
+for _ in range(30000):
+    s = "".join(ch() for _ in range(rnd.randint(0, 120)))
+    parser.parse(s.encode("utf-8").translate(mask))
+print("ok")
+"""
+
+
+def test_hostile_non_ascii_lines_do_not_crash_the_process() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FUZZ, "masked"], capture_output=True, text=True, timeout=300
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
+
+
+def test_non_ascii_words_come_back_as_written() -> None:
+    (cmd,) = commands("écho 'naïve ☃' x\u00e9")
+    assert (cmd.command, cmd.args) == ("écho", ("naïve ☃", "xé"))
