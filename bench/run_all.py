@@ -21,6 +21,7 @@ import bench_egress
 import bench_guard_latency
 import bench_inspect
 import bench_memory
+import bench_nft_control
 import bench_persistence
 import bench_resolver
 import harness
@@ -36,7 +37,7 @@ SERVER_BENCHES: dict[str, Callable[[harness.Server, bool], Report]] = {
     "resolver": bench_resolver.main,
     "persistence": bench_persistence.main,
 }
-ALL = ("datapath", *SERVER_BENCHES)
+ALL = ("datapath", "nft_control", *SERVER_BENCHES)
 
 
 def markdown(reports: list[Report]) -> str:
@@ -72,6 +73,12 @@ def main() -> int:
         except Exception:
             traceback.print_exc()
             failed.append("datapath")
+    if "nft_control" in wanted:
+        try:
+            reports.append(bench_nft_control.main(args.quick))
+        except Exception:
+            traceback.print_exc()
+            failed.append("nft_control")
     todo = [name for name in SERVER_BENCHES if name in wanted]
     if todo:
         with harness.running() as server:

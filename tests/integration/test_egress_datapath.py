@@ -20,6 +20,7 @@ import pytest
 
 from declawd.config import Settings
 from declawd.egress import nft as nftc
+from declawd.egress import nftctl
 from declawd.egress.network import Gateway, SandboxNetwork, count_resources, sweep
 from declawd.egress.nfnetlink import NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, Element, ipv4_element
 from declawd.egress.nftctl import NftError, nft_sync
@@ -359,12 +360,20 @@ def test_destroy_leaves_nothing(env: Env) -> None:
     assert asyncio.run(count_resources(env.settings)) == before
 
 
-def test_failed_create_rolls_back(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backend", ["netlink", "text"])
+def test_failed_create_rolls_back(env: Env, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     before = asyncio.run(count_resources(env.settings))
     with pytest.raises(ValueError):
         asyncio.run(SandboxNetwork.create(env.settings, "sbx-000000000016", 0, EgressPolicy()))
     # nft fails after the netns and the veth exist: both must be rolled back.
+    monkeypatch.setenv("DECLAWD_NFT_CONTROL_BACKEND", backend)
     monkeypatch.setattr(nftc, "sandbox_add_script", lambda *a: "add rule inet declawd nope x\n")
+    real = nftctl.apply_batch
+    sandbox_netns = env.settings.sandbox_netns("sbx-000000000016")
+    # The kernel refuses the batch: sent into the sandbox's netns, which has no such table.
+    monkeypatch.setattr(
+        nftctl, "apply_batch", lambda _ns, batch, what: real(sandbox_netns, batch, what)
+    )
     with pytest.raises(NftError):
         asyncio.run(SandboxNetwork.create(env.settings, "sbx-000000000016", 16, EgressPolicy()))
     assert asyncio.run(count_resources(env.settings)) == before

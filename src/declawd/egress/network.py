@@ -28,7 +28,7 @@ from declawd.addresses import (
     host_link_peer_if,
 )
 from declawd.config import Settings
-from declawd.egress import conntrack
+from declawd.egress import conntrack, nftctl
 from declawd.egress import nft as nftc
 from declawd.egress.nftctl import NftError, forget_netns, nft
 from declawd.egress.policy import EgressPolicy
@@ -268,7 +268,7 @@ class SandboxNetwork:
             sysctls(
                 sbx, {f"net.ipv6.conf.{d}.disable_ipv6": "1" for d in ("all", "default", "eth0")}
             ),
-            nft(gw, nftc.sandbox_add_script(self.slot, self.address, policy, inspect)),
+            nftctl.sandbox_add(gw, self.slot, self.address, policy, inspect),
             run("ip", "-n", gw, "-batch", "-", stdin=gw_batch),
             run("ip", "-n", sbx, "-batch", "-", stdin=sbx_batch),
             return_exceptions=True,
@@ -285,7 +285,7 @@ class SandboxNetwork:
         new rules still allow is simply judged again on its next packet.
         """
         gw = self.settings.gateway_netns
-        await nft(gw, nftc.sandbox_update_script(self.slot, self.address, policy, inspect))
+        await nftctl.sandbox_update(gw, self.slot, self.address, policy, inspect)
         judge = _CUT_ALL if inspect else policy
         await conntrack.cut_disallowed(gw, self.address, judge, node_ranges(self.settings))
 
@@ -312,7 +312,7 @@ class SandboxNetwork:
 
 async def remove_slot_rules(gw: str, slot: int) -> None:
     try:
-        await nft(gw, nftc.sandbox_remove_script(slot))
+        await nftctl.sandbox_remove(gw, slot)
     except NftError:
         if await _table_exists(gw):
             raise  # a real failure; without the table there is nothing to remove

@@ -1,11 +1,12 @@
-"""nf_tables over netlink, just enough to change the elements of one named set.
+"""nf_tables over netlink: message framing, batches and ACKs, and set-element messages.
 
-The resolver's admit must not cost more as the node grows: libnftables dumps every chain and
-set of the table into its cache before each batch, whereas NFT_MSG_NEWSETELEM/DELSETELEM
-name the table and set and the kernel touches only that set. Encoding and ACK parsing are
-pure (bytes in, bytes out); `NfTablesSocket` is the thin socket part. Invariant: one call is
-one batch (one kernel transaction, all or nothing) and every message asks for an ACK, so a
-refused change raises NftError instead of passing silently.
+The resolver's admit and the per-sandbox control path must not cost more as the node grows:
+libnftables dumps every chain and set of the table into its cache before each batch, whereas
+a netlink message names its table and object and the kernel touches only that object.
+Encoding and ACK parsing are pure (bytes in, bytes out; rule expressions live in `nftrules`);
+`NfTablesSocket` is the thin socket part. Invariant: one call is one batch (one kernel
+transaction, all or nothing) and every message asks for an ACK, so a refused change raises
+NftError instead of passing silently.
 """
 
 from __future__ import annotations
@@ -28,12 +29,19 @@ SOL_NETLINK = 270
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
+NFT_MSG_NEWCHAIN = 3
+NFT_MSG_DELCHAIN = 5
+NFT_MSG_NEWRULE = 6
+NFT_MSG_DELRULE = 8
+NFT_MSG_NEWSET = 9
+NFT_MSG_DELSET = 11
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_DELSETELEM = 14
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
+NLM_F_APPEND = 0x800
 NLMSG_ERROR = 2
 NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
@@ -96,8 +104,14 @@ def nested(atype: int, *children: bytes) -> bytes:
     return attr(atype | NLA_F_NESTED, b"".join(children))
 
 
-def _string(value: str) -> bytes:
+def string(value: str) -> bytes:
+    """A NUL-terminated attribute value (names, log prefixes)."""
     return value.encode() + b"\x00"
+
+
+def be32(value: int) -> bytes:
+    """A 32-bit big-endian attribute value; negative values (verdict codes) wrap."""
+    return struct.pack("!I", value & 0xFFFFFFFF)
 
 
 def message(mtype: int, flags: int, seq: int, family: int, res_id: int, payload: bytes) -> bytes:
@@ -117,8 +131,8 @@ def setelem_message(
     flags: int = 0,
 ) -> bytes:
     """NFT_MSG_NEWSETELEM / DELSETELEM; `elements=None` on DELSETELEM flushes the set."""
-    attrs = attr(NFTA_SET_ELEM_LIST_TABLE, _string(table)) + attr(
-        NFTA_SET_ELEM_LIST_SET, _string(set_name)
+    attrs = attr(NFTA_SET_ELEM_LIST_TABLE, string(table)) + attr(
+        NFTA_SET_ELEM_LIST_SET, string(set_name)
     )
     if elements is not None:
         items = []
@@ -130,6 +144,17 @@ def setelem_message(
         attrs += nested(NFTA_SET_ELEM_LIST_ELEMENTS, *items)
     mtype = (NFNL_SUBSYS_NFTABLES << 8) | msg
     return message(mtype, NLM_F_REQUEST | NLM_F_ACK | flags, seq, family, 0, attrs)
+
+
+def nft_message(msg: int, family: int, attrs: bytes, *, flags: int = 0, seq: int = 0) -> bytes:
+    """An nf_tables request asking for an ACK; `seq` is usually set later by `with_seq`."""
+    mtype = (NFNL_SUBSYS_NFTABLES << 8) | msg
+    return message(mtype, NLM_F_REQUEST | NLM_F_ACK | flags, seq, family, 0, attrs)
+
+
+def with_seq(msg: bytes, seq: int) -> bytes:
+    """The same message with nlmsg_seq = `seq` (the socket numbers a batch when it sends it)."""
+    return msg[:8] + struct.pack("=I", seq) + msg[12:]
 
 
 def batch(messages: Sequence[bytes], begin_seq: int, end_seq: int) -> bytes:
@@ -204,28 +229,43 @@ class NfTablesSocket:
     ) -> None:
         """Apply `ops` ((NEWSETELEM|DELSETELEM, elements or None=flush), ...) as one batch."""
         family, name = split_table(table)
+        msgs = []
+        for msg, elements in ops:
+            flags = NLM_F_CREATE if msg == NFT_MSG_NEWSETELEM else 0
+            msgs.append(setelem_message(msg, family, name, set_name, elements, seq=0,
+                                        flags=flags))  # fmt: skip
+        self.transact(msgs, context=f"{table} {set_name}")
+
+    def transact(
+        self, msgs: Sequence[bytes], *, labels: Sequence[str] = (), context: str = ""
+    ) -> None:
+        """Send `msgs` (each asking for an ACK) as one batch and wait for every ACK.
+
+        A refusal raises NftError naming `context`, and the refused message's label when
+        `labels` (one per message) are given; the kernel has then rolled back the batch.
+        """
         with self._lock:
             sock = self._sock
             if sock is None:
                 raise NftError("nf_tables socket closed")
             begin = self._next()
-            msgs, pending = [], set()
-            for msg, elements in ops:
-                seq = self._next()
-                flags = NLM_F_CREATE if msg == NFT_MSG_NEWSETELEM else 0
-                msgs.append(setelem_message(msg, family, name, set_name, elements, seq=seq,
-                                            flags=flags))  # fmt: skip
-                pending.add(seq)
+            numbered, seqs = [], []
+            for msg in msgs:
+                seqs.append(self._next())
+                numbered.append(with_seq(msg, seqs[-1]))
             end = self._next()
             try:
-                sock.send(batch(msgs, begin, end))
-                errors = self._collect(sock, begin, end, pending)
+                sock.send(batch(numbered, begin, end))
+                errors = self._collect(sock, begin, end, set(seqs))
             except OSError as exc:
-                raise NftError(f"{table} {set_name}: netlink: {exc}") from exc
+                raise NftError(f"{context}: netlink: {exc}") from exc
         if errors:
             ack = errors[0]
             detail = f" ({ack.message})" if ack.message else ""
-            raise NftError(f"{table} {set_name}: {os.strerror(-ack.error)}{detail}")
+            where = ""
+            if labels and ack.seq in seqs:
+                where = f" at {labels[seqs.index(ack.seq)]}"
+            raise NftError(f"{context}{where}: {os.strerror(-ack.error)}{detail}")
 
     @staticmethod
     def _collect(sock: socket.socket, begin: int, end: int, pending: set[int]) -> list[Ack]:

@@ -5,6 +5,8 @@ keyed by `iifname` to per-sandbox chains, so per-packet cost does not grow with 
 of sandboxes. Invariants: each script is applied as ONE `nft -f` transaction (all or
 nothing); every refusal is logged (rate-limited) to nflog group 7 before it happens; the
 base script never touches per-sandbox objects, so re-running it keeps sandboxes' rules.
+Per-sandbox rules are built from `Term`s that render this text and that `nftrules` encodes
+as the same netlink expressions, so both control-path backends install identical rules.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from declawd.addresses import DNS_PORT, HOST_LINK, LAB_LINK, PROXY_PORT, RESOLVER_PORT
 from declawd.egress.policy import FLOOR_V4, EgressPolicy
@@ -19,7 +22,9 @@ from declawd.egress.policy import FLOOR_V4, EgressPolicy
 TABLE = "inet declawd"
 NFLOG_GROUP = 7
 # Per rule, so one flooding sandbox exhausts only its own rules' log budget.
-LOG_LIMIT = "limit rate 20/second burst 40 packets"
+LOG_RATE_PER_S = 20
+LOG_BURST = 40
+LOG_LIMIT = f"limit rate {LOG_RATE_PER_S}/second burst {LOG_BURST} packets"
 MAPS = ("pre_by_if", "nat_by_if", "fwd_by_if", "in_by_if")
 
 
@@ -104,30 +109,142 @@ def base_script(layout: BaseLayout) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _log(slot: int, verdict: str, reason: str, match: str = "") -> str:
-    m = f"{match} " if match else ""
-    return f'{m}{LOG_LIMIT} log prefix "{verdict}:{slot}:{reason}" group {NFLOG_GROUP}'
+# Rule terms: one source for the text below and for the netlink encoding (`nftrules`).
+@dataclass(frozen=True)
+class Meta:
+    """`meta nfproto ipv6`, `meta l4proto tcp`."""
+
+    key: Literal["nfproto", "l4proto"]
+    value: Literal["ipv4", "ipv6", "tcp", "udp"]
+
+    def __str__(self) -> str:
+        return f"meta {self.key} {self.value}"
 
 
-def _refuse(slot: int, reason: str, match: str = "") -> list[str]:
+@dataclass(frozen=True)
+class L4protoIn:
+    """`meta l4proto { tcp, udp }` (an anonymous set)."""
+
+    protos: tuple[Literal["tcp", "udp"], ...] = ("tcp", "udp")
+
+    def __str__(self) -> str:
+        return f"meta l4proto {{ {', '.join(self.protos)} }}"
+
+
+@dataclass(frozen=True)
+class Saddr:
+    """`ip saddr != 10.0.0.2` (or `==` when not negated)."""
+
+    address: str
+    negate: bool = False
+
+    def __str__(self) -> str:
+        return f"ip saddr {'!= ' if self.negate else ''}{ipaddress.IPv4Address(self.address)}"
+
+
+@dataclass(frozen=True)
+class DaddrIn:
+    """`ip daddr @set`."""
+
+    set_name: str
+
+    def __str__(self) -> str:
+        return f"ip daddr @{self.set_name}"
+
+
+@dataclass(frozen=True)
+class Dport:
+    """`th dport 53` (any L4), `udp dport 443`, `tcp dport 15001`."""
+
+    proto: Literal["th", "tcp", "udp"]
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.proto} dport {self.port}"
+
+
+@dataclass(frozen=True)
+class CtStatusDnat:
+    def __str__(self) -> str:
+        return "ct status dnat"
+
+
+@dataclass(frozen=True)
+class LimitLog:
+    """Rate-limited log to the nflog group: `limit rate ... log prefix "..." group 7`."""
+
+    prefix: str
+
+    def __str__(self) -> str:
+        return f'{LOG_LIMIT} log prefix "{self.prefix}" group {NFLOG_GROUP}'
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: Literal["accept", "drop", "return"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Redirect:
+    port: int
+
+    def __str__(self) -> str:
+        return f"redirect to :{self.port}"
+
+
+@dataclass(frozen=True)
+class Reject:
+    """TCP reset (after `meta l4proto tcp`), else ICMP(x) administratively prohibited."""
+
+    tcp_reset: bool = False
+
+    def __str__(self) -> str:
+        return "reject with tcp reset" if self.tcp_reset else "reject with icmpx admin-prohibited"
+
+
+Term = (
+    Meta
+    | L4protoIn
+    | Saddr
+    | DaddrIn
+    | Dport
+    | CtStatusDnat
+    | LimitLog
+    | Verdict
+    | Redirect
+    | Reject
+)
+Rule = tuple[Term, ...]
+
+
+def render(rule: Rule) -> str:
+    return " ".join(str(t) for t in rule)
+
+
+def _log(slot: int, verdict: str, reason: str, match: Rule = ()) -> Rule:
+    return (*match, LimitLog(f"{verdict}:{slot}:{reason}"))
+
+
+def _refuse(slot: int, reason: str, match: Rule = ()) -> list[Rule]:
     """Log, then refuse so the client sees it at once: TCP RST, else ICMP admin-prohibited."""
-    m = f"{match} " if match else ""
     return [
         _log(slot, "deny", reason, match),
-        f"{m}meta l4proto tcp reject with tcp reset",
-        f"{m}reject with icmpx admin-prohibited",
+        (*match, Meta("l4proto", "tcp"), Reject(tcp_reset=True)),
+        (*match, Reject()),
     ]
 
 
-def _accept(slot: int, reason: str, match: str = "") -> list[str]:
-    m = f"{match} " if match else ""
-    return [_log(slot, "allow", reason, match), f"{m}accept"]
+def _accept(slot: int, reason: str, match: Rule = ()) -> list[Rule]:
+    return [_log(slot, "allow", reason, match), (*match, Verdict("accept"))]
 
 
-def sandbox_rules(
+def sandbox_rule_terms(
     slot: int, address: str, policy: EgressPolicy, inspect: bool = False
-) -> dict[str, list[str]]:
-    """Rule bodies of the four per-sandbox chains, in evaluation order.
+) -> dict[str, list[Rule]]:
+    """Rules of the four per-sandbox chains, in evaluation order, as terms.
 
     `inspect` (the sandbox's InspectionPolicy is active): all its non-floor TCP goes to the
     proxy, whatever the policy (the proxy then gives the L4 verdict too), and its UDP to
@@ -135,54 +252,70 @@ def sandbox_rules(
     rules are exactly those of the egress policy alone.
     """
     r4, a4, d4 = set_names(slot)
-    pre = [
-        _log(slot, "deny", "ipv6", "meta nfproto ipv6"),
-        "meta nfproto ipv6 drop",
-        _log(slot, "deny", "spoof", f"ip saddr != {address}"),
-        f"ip saddr != {address} drop",
+    floor = (DaddrIn("floor4"),)
+    pre: list[Rule] = [
+        _log(slot, "deny", "ipv6", (Meta("nfproto", "ipv6"),)),
+        (Meta("nfproto", "ipv6"), Verdict("drop")),
+        _log(slot, "deny", "spoof", (Saddr(address, negate=True),)),
+        (Saddr(address, negate=True), Verdict("drop")),
     ]
-    nat = [f"meta l4proto {{ tcp, udp }} th dport {DNS_PORT} redirect to :{RESOLVER_PORT}"]
-    fwd = _refuse(slot, "floor", "ip daddr @floor4")
+    nat: list[Rule] = [(L4protoIn(), Dport("th", DNS_PORT), Redirect(RESOLVER_PORT))]
+    fwd = _refuse(slot, "floor", floor)
     domains = policy.domains_enforced and policy.allow_domains
     if inspect:
         # Floor destinations stay on the L4 path, refused below; CIDR-allowed ones do not.
-        nat += ["ip daddr @floor4 return", f"meta l4proto tcp redirect to :{PROXY_PORT}"]
+        nat += [(*floor, Verdict("return")), (Meta("l4proto", "tcp"), Redirect(PROXY_PORT))]
         # Before any accept: a CIDR-allowed or open destination must not carry QUIC either.
-        fwd += [
-            _log(slot, "deny", "udp_quic_inspect", "udp dport 443"),
-            "udp dport 443 reject with icmpx admin-prohibited",
-        ]
+        quic = (Dport("udp", 443),)
+        fwd += [_log(slot, "deny", "udp_quic_inspect", quic), (*quic, Reject())]
     if policy.allow_cidrs_v4:
-        fwd += _accept(slot, "cidr", f"ip daddr @{a4}")
+        fwd += _accept(slot, "cidr", (DaddrIn(a4),))
     if domains and not inspect:
         # Floor and CIDR-allowed destinations never reach the proxy (L4 path).
-        nat.append("ip daddr @floor4 return")
+        nat.append((*floor, Verdict("return")))
         if policy.allow_cidrs_v4:
-            nat.append(f"ip daddr @{a4} return")
-        nat.append(f"ip daddr @{r4} meta l4proto tcp redirect to :{PROXY_PORT}")
+            nat.append((DaddrIn(a4), Verdict("return")))
+        nat.append((DaddrIn(r4), Meta("l4proto", "tcp"), Redirect(PROXY_PORT)))
     if domains:
         # UDP (QUIC) to name-only destinations is refused so clients fall back to TCP.
-        fwd += _refuse(slot, "udp_dns_only", f"ip daddr @{r4}")
+        fwd += _refuse(slot, "udp_dns_only", (DaddrIn(r4),))
     if policy.deny_cidrs_v4:
-        fwd += _refuse(slot, "deny_cidr", f"ip daddr @{d4}")
+        fwd += _refuse(slot, "deny_cidr", (DaddrIn(d4),))
     fwd += _accept(slot, "open") if policy.default_allows else _refuse(slot, "default")
-    inp = [
-        f"ct status dnat meta l4proto {{ tcp, udp }} th dport {RESOLVER_PORT} accept",
-        f"ct status dnat tcp dport {PROXY_PORT} accept",
+    dnat = (CtStatusDnat(),)
+    inp: list[Rule] = [
+        (*dnat, L4protoIn(), Dport("th", RESOLVER_PORT), Verdict("accept")),
+        (*dnat, Dport("tcp", PROXY_PORT), Verdict("accept")),
         *_refuse(slot, "gateway"),
     ]
     pre_c, nat_c, fwd_c, in_c = chain_names(slot)
     return {pre_c: pre, nat_c: nat, fwd_c: fwd, in_c: inp}
 
 
-def _set_content(slot: int, policy: EgressPolicy) -> list[str]:
+def sandbox_rules(
+    slot: int, address: str, policy: EgressPolicy, inspect: bool = False
+) -> dict[str, list[str]]:
+    """Rule bodies of the four per-sandbox chains, in evaluation order (nft text)."""
+    terms = sandbox_rule_terms(slot, address, policy, inspect)
+    return {chain: [render(r) for r in rules] for chain, rules in terms.items()}
+
+
+def cidr_content(slot: int, policy: EgressPolicy) -> dict[str, list[ipaddress.IPv4Network]]:
+    """The CIDR sets' elements (collapsed), only for sets that get any."""
     _, a4, d4 = set_names(slot)
-    out = []
+    out = {}
     if policy.allow_cidrs_v4:
-        out.append(f"add element {TABLE} {a4} {{ {_elements(policy.allow_cidrs_v4)} }}")
+        out[a4] = list(ipaddress.collapse_addresses(policy.allow_cidrs_v4))
     if policy.deny_cidrs_v4:
-        out.append(f"add element {TABLE} {d4} {{ {_elements(policy.deny_cidrs_v4)} }}")
+        out[d4] = list(ipaddress.collapse_addresses(policy.deny_cidrs_v4))
     return out
+
+
+def _set_content(slot: int, policy: EgressPolicy) -> list[str]:
+    return [
+        f"add element {TABLE} {name} {{ {_elements(nets)} }}"
+        for name, nets in cidr_content(slot, policy).items()
+    ]
 
 
 def _declare(slot: int) -> list[str]:

@@ -1,10 +1,13 @@
-"""Apply nft scripts: libnftables through ctypes (default) or the `nft` binary, in any netns.
+"""Apply nft scripts (libnftables through ctypes, or the `nft` binary) and one sandbox's
+rules (nf_tables netlink batches from `nftrules`, or those scripts), in any netns.
 
 A libnftables context talks netlink through a socket that belongs to the netns of the thread
 that opened it, so a context for another namespace lives on a `NetnsThread` there: no fork
 per transaction. The `nft` binary (`DECLAWD_NFT_BACKEND=nsenter`, or when the library is
-missing) runs under nsenter. Invariant: every script is applied as one transaction, and a
-refusal raises NftError carrying nft's own message.
+missing) runs under nsenter. `sandbox_add/update/remove` send netlink batches whose cost does
+not grow with the node (`DECLAWD_NFT_CONTROL_BACKEND=text` runs the scripts instead).
+Invariant: every change is applied as one transaction, and a refusal raises NftError carrying
+nft's (or the kernel's) message.
 """
 
 from __future__ import annotations
@@ -16,14 +19,26 @@ import functools
 import os
 import shutil
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from declawd.egress import nft as nftc
+from declawd.egress.policy import EgressPolicy
 from declawd.errors import Internal
 from declawd.host import CommandFailed, NetnsThread, netns_path, run_sync
+
+if TYPE_CHECKING:
+    from declawd.egress.nfnetlink import NfTablesSocket
+    from declawd.egress.nftrules import Batch
+
 
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON
 # "lib" (default) or "nsenter" (fork `nft -f -` per transaction); see bench_datapath.
 BACKEND = os.environ.get("DECLAWD_NFT_BACKEND", "lib")
+# One sandbox's rules: "netlink" (default; nftrules batches) or "text" (nft.py's scripts
+# through BACKEND above), read at each call so tests and benches can switch.
+CONTROL_BACKENDS = ("netlink", "text")
+CONTROL_BACKEND_ENV = "DECLAWD_NFT_CONTROL_BACKEND"
+DEFAULT_CONTROL_BACKEND = "netlink"
 
 
 class NftError(Internal):
@@ -133,11 +148,14 @@ def _context(netns: str) -> Libnftables:
 
 
 def forget_netns(netns: str) -> None:
-    """Drop the cached nft context of a namespace that is being deleted."""
+    """Drop the cached nft context and netlink socket of a namespace being deleted."""
     with _contexts_lock:
         ctx = _contexts.pop(netns, None)
+        held = _sockets.pop(netns, None)
     if ctx is not None:
         ctx.close()
+    if held is not None:
+        held[1].close()
 
 
 def nft_sync(netns: str, script: str, *, json_out: bool = False, backend: str = "") -> str:
@@ -149,3 +167,101 @@ def nft_sync(netns: str, script: str, *, json_out: bool = False, backend: str = 
 
 async def nft(netns: str, script: str, *, json_out: bool = False) -> str:
     return await asyncio.to_thread(nft_sync, netns, script, json_out=json_out)
+
+
+# One sandbox's rules --------------------------------------------------------------------
+_sockets: dict[str, tuple[int, NfTablesSocket]] = {}
+
+
+def control_backend(backend: str | None = None) -> str:
+    """`backend`, else $DECLAWD_NFT_CONTROL_BACKEND, else the default; validated."""
+    chosen = backend or os.environ.get(CONTROL_BACKEND_ENV) or DEFAULT_CONTROL_BACKEND
+    if chosen not in CONTROL_BACKENDS:
+        raise ValueError(f"unknown nft control backend {chosen!r} (one of {CONTROL_BACKENDS})")
+    return chosen
+
+
+def _socket(netns: str) -> NfTablesSocket:
+    from declawd.egress.nfnetlink import NfTablesSocket
+
+    with _contexts_lock:
+        inode = os.stat(netns_path(netns)).st_ino
+        held = _sockets.get(netns)
+        if held is not None and held[0] != inode:
+            held[1].close()  # the namespace was deleted and made again under the same name
+            held = None
+        if held is None:
+            held = _sockets[netns] = (inode, NfTablesSocket(netns_path(netns)))
+        return held[1]
+
+
+def apply_batch(netns: str, batch: Batch, what: str) -> None:
+    """Send one `nftrules` batch (one transaction) into `netns`; NftError if refused."""
+    try:
+        sock = _socket(netns)
+    except OSError as exc:
+        raise NftError(f"{nftc.TABLE} {what}: nf_tables netlink in {netns}: {exc}") from exc
+    sock.transact(batch.messages, labels=batch.labels, context=f"{nftc.TABLE} {what}")
+
+
+def sandbox_add_sync(
+    netns: str,
+    slot: int,
+    address: str,
+    policy: EgressPolicy,
+    inspect: bool = False,
+    *,
+    backend: str | None = None,
+) -> None:
+    """Install one sandbox's sets, chains, rules and map elements (one transaction)."""
+    if control_backend(backend) == "text":
+        nft_sync(netns, nftc.sandbox_add_script(slot, address, policy, inspect))
+        return
+    from declawd.egress import nftrules
+
+    apply_batch(netns, nftrules.sandbox_add(slot, address, policy, inspect), f"sandbox {slot}")
+
+
+def sandbox_update_sync(
+    netns: str,
+    slot: int,
+    address: str,
+    policy: EgressPolicy,
+    inspect: bool = False,
+    *,
+    backend: str | None = None,
+) -> None:
+    """Replace one sandbox's rules and CIDR sets (one transaction)."""
+    if control_backend(backend) == "text":
+        nft_sync(netns, nftc.sandbox_update_script(slot, address, policy, inspect))
+        return
+    from declawd.egress import nftrules
+
+    batch = nftrules.sandbox_update(slot, address, policy, inspect)
+    apply_batch(netns, batch, f"sandbox {slot}")
+
+
+def sandbox_remove_sync(netns: str, slot: int, *, backend: str | None = None) -> None:
+    """Remove everything of one slot, whether or not any of it exists (one transaction)."""
+    if control_backend(backend) == "text":
+        nft_sync(netns, nftc.sandbox_remove_script(slot))
+        return
+    from declawd.egress import nftrules
+
+    apply_batch(netns, nftrules.sandbox_remove(slot), f"sandbox {slot}")
+
+
+async def sandbox_add(
+    netns: str, slot: int, address: str, policy: EgressPolicy, inspect: bool = False
+) -> None:
+    await asyncio.to_thread(sandbox_add_sync, netns, slot, address, policy, inspect)
+
+
+async def sandbox_update(
+    netns: str, slot: int, address: str, policy: EgressPolicy, inspect: bool = False
+) -> None:
+    await asyncio.to_thread(sandbox_update_sync, netns, slot, address, policy, inspect)
+
+
+async def sandbox_remove(netns: str, slot: int) -> None:
+    await asyncio.to_thread(sandbox_remove_sync, netns, slot)

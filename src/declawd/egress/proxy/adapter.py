@@ -3,7 +3,10 @@ driving one `machine.Connection`. Events are queued and handled one at a time (a
 a command may report back-pressure at once); commands run in the order returned. Events of
 an inspected connection that may cost real CPU (a body being rewritten) are handled on the
 proxy's worker threads, so one sandbox's slow rewrite does not stall the loop that serves
-every other sandbox; while one runs, the side that sent more is paused.
+every other sandbox; while one runs, the side that sent more is paused. A passthrough
+direction whose bytes the machine will never look at again (both of TLS and opaque streams,
+the responses of plain HTTP) is handed to the proxy's `splice.Pump` once what was queued for
+it is written; the pump reports EOFs and resets back as the machine's events.
 
 Invariant: it dials the ADDRESS the machine names (the original destination, never a name
 re-resolved), and a connection it drops is reset on both sides (SO_LINGER {1, 0}).
@@ -17,11 +20,12 @@ import logging
 import socket
 import struct
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from declawd.egress.proxy import commands as cmd
 from declawd.egress.proxy.decide import Verdict
 from declawd.egress.proxy.machine import Connection
+from declawd.egress.proxy.splice import Link, Outcome, Side
 
 if TYPE_CHECKING:
     from declawd.egress.proxy.server import SniProxy
@@ -29,6 +33,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WRITE_HIGH_WATER = 512 * 1024
+# What the pump's report of a direction's end means to the machine.
+_PUMPED: dict[tuple[Side, Outcome], cmd.Event] = {
+    ("up", "eof"): cmd.ClientEof(),
+    ("up", "src_reset"): cmd.ClientReset(),
+    ("up", "dst_reset"): cmd.UpstreamReset(),
+    ("down", "eof"): cmd.UpstreamEof(),
+    ("down", "src_reset"): cmd.UpstreamReset(),
+    ("down", "dst_reset"): cmd.ClientReset(),
+}
+# A hand-off waits for a transport's queued bytes to drain: first retry, then at most.
+_HAND_OFF_RETRY_S = (0.0005, 0.1)
 
 
 def reset_transport(transport: asyncio.BaseTransport | None) -> None:
@@ -63,6 +78,14 @@ class ProxiedConnection(asyncio.Protocol):
         # Reading as the machine wants it, and sides paused while a worker handles data.
         self._want_reading = {"client": True, "upstream": True}
         self._throttled: set[str] = set()
+        # The pump: "off" until the verdict is final; "on" once handed (for good, even
+        # after the link ended); "never" if the hand-off failed. `_spliced`: the sides
+        # whose reading is the pump's (asyncio never resumes them).
+        self._pump: Literal["off", "handing", "on", "never"] = "off"
+        self._link: Link | None = None
+        self._spliced: set[str] = set()
+        self._eof_seen: set[str] = set()
+        self._moved = 0  # bytes sent by the loop, both ways
 
     # Events in ------------------------------------------------------------------------
 
@@ -70,6 +93,8 @@ class ProxiedConnection(asyncio.Protocol):
         """Hand an event to the machine; True if it ended the connection right then."""
         if self._done or self.machine is None:
             return False
+        if isinstance(event, cmd.ClientEof | cmd.UpstreamEof):
+            self._eof_seen.add("client" if isinstance(event, cmd.ClientEof) else "upstream")
         self._queue.append(event)
         if self._busy:
             self._throttle(event)
@@ -86,6 +111,7 @@ class ProxiedConnection(asyncio.Protocol):
         finally:
             if not handed_off:
                 self._busy = False
+        self._maybe_splice()
         return self._done
 
     def _handle(self, event: cmd.Event) -> list[cmd.Command]:
@@ -131,6 +157,7 @@ class ProxiedConnection(asyncio.Protocol):
             self._busy = False
             self._throttled.clear()
             self._apply_reading()
+        self._maybe_splice()
 
     def _throttle(self, event: cmd.Event) -> None:
         """More data while a worker is busy with this connection: stop reading that side."""
@@ -141,7 +168,8 @@ class ProxiedConnection(asyncio.Protocol):
 
     def _apply_reading(self) -> None:
         for side, transport in (("client", self.client), ("upstream", self.upstream)):
-            _set_reading(transport, self._want_reading[side] and side not in self._throttled)
+            on = self._want_reading[side] and not {side} & (self._throttled | self._spliced)
+            _set_reading(transport, on)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -202,16 +230,23 @@ class ProxiedConnection(asyncio.Protocol):
                 case cmd.SendClient(data=data):
                     if self.client is not None:
                         self.client.write(data)
+                        self._moved += len(data)
                         self.proxy.count("bytes_down", len(data))
                 case cmd.SendUpstream(data=data):
                     if self.upstream is not None:
                         self.upstream.write(data)
+                        self._moved += len(data)
                         self.proxy.count("bytes_up", len(data))
                 case cmd.SendClientEof():
-                    if self.client is not None and self.client.can_write_eof():
+                    # A spliced direction's FIN was sent by the pump after its last byte.
+                    if "upstream" in self._spliced:
+                        pass
+                    elif self.client is not None and self.client.can_write_eof():
                         self.client.write_eof()
                 case cmd.SendUpstreamEof():
-                    if self.upstream is not None and self.upstream.can_write_eof():
+                    if "client" in self._spliced:
+                        pass
+                    elif self.upstream is not None and self.upstream.can_write_eof():
                         self.upstream.write_eof()
                 case cmd.Dial(ip=ip, port=port):
                     loop = asyncio.get_running_loop()
@@ -295,12 +330,88 @@ class ProxiedConnection(asyncio.Protocol):
         self.reset()
         return False
 
+    # The pump ---------------------------------------------------------------------------
+
+    def _maybe_splice(self) -> None:
+        """Hand the final directions to the pump: a passthrough connection (phase `splice`,
+        no inspected session) whose peeked bytes went out, once it moved `splice_after`
+        bytes (a short exchange is served faster on the loop than handed over). Downloads
+        always; the sandbox's side only when the machine no longer parses it (not plain
+        HTTP, whose every request head is checked). A direction whose source already sent
+        EOF stays here."""
+        machine, pump = self.machine, self.proxy.pump
+        if (
+            self._pump != "off"
+            or pump is None
+            or machine is None
+            or self._done
+            or self._moved < self.proxy.splice_after
+            or machine.phase != "splice"
+            or machine.session is not None
+            or self.client is None
+            or self.upstream is None
+        ):
+            return
+        sides = ["upstream"]
+        # The machine's own HTTP stream; no public flag says "bytes are still parsed" yet.
+        if getattr(machine, "_http", None) is None:
+            sides.append("client")
+        sides = [side for side in sides if side not in self._eof_seen]
+        if not sides:
+            return
+        self._pump = "handing"
+        self._spliced.update(sides)
+        self._apply_reading()
+        self._hand_off(tuple(sides), _HAND_OFF_RETRY_S[0])
+
+    def _hand_off(self, sides: tuple[str, ...], retry: float) -> None:
+        """Start the pump once nothing is queued in asyncio for the directions' ends (their
+        order must hold); sources are paused meanwhile, so that drains."""
+        client, upstream, pump = self.client, self.upstream, self.proxy.pump
+        if self._done or self._pump != "handing":
+            return
+        assert client is not None and upstream is not None and pump is not None
+        loop = asyncio.get_running_loop()
+        dst = {"client": upstream, "upstream": client}
+        if any(dst[side].get_write_buffer_size() for side in sides):
+            loop.call_later(retry, self._hand_off, sides, min(retry * 2, _HAND_OFF_RETRY_S[1]))
+            return
+        fd = {"client": _fileno(client), "upstream": _fileno(upstream)}
+        flows: list[tuple[Side, int, int]] = [
+            ("up", fd["client"], fd["upstream"])
+            if side == "client"
+            else ("down", fd["upstream"], fd["client"])
+            for side in sides
+        ]
+
+        def report(side: Side, outcome: Outcome) -> None:  # on the pump's thread
+            loop.call_soon_threadsafe(self._pumped, side, outcome)
+
+        try:
+            if client.is_closing() or upstream.is_closing() or -1 in fd.values():
+                raise OSError("transport closing")
+            self._link = pump.splice(flows, report)
+        except OSError as exc:
+            log.warning("no splice for %s, bytes stay on the loop: %s", self.sandbox_id, exc)
+            self._pump = "never"
+            self._spliced.clear()
+            self._apply_reading()
+            return
+        self._pump = "on"
+
+    def _pumped(self, side: Side, outcome: Outcome) -> None:
+        self.feed(_PUMPED[(side, outcome)])
+
     # Teardown (idempotent) ------------------------------------------------------------
 
     def _teardown(self) -> bool:
         if self._done:
             return False
         self._done = True
+        # Before any socket is reset or closed: the pump lets go of them first.
+        link, self._link = self._link, None
+        if link is not None:
+            link.release()
         self._queue.clear()
         self._cancel_timer()
         if self._dial_task is not None and not self._dial_task.done():
@@ -329,6 +440,11 @@ def _set_reading(transport: asyncio.Transport | None, on: bool) -> None:
         transport.resume_reading()
     else:
         transport.pause_reading()
+
+
+def _fileno(transport: asyncio.Transport) -> int:
+    sock = transport.get_extra_info("socket")
+    return -1 if sock is None else int(sock.fileno())
 
 
 def _dial_error(exc: BaseException) -> str:

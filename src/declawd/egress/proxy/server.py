@@ -1,7 +1,8 @@
 """SniProxy: the listener of the thin asyncio adapter around the connection machine. It
 admits and bounds connections (source -> sandbox, original destination, caps), keeps the
 counters, feeds the audit sinks and cuts connections after a policy change; `adapter` runs
-each connection. It decides nothing about names or bytes itself.
+each connection, and the `splice.Pump` it owns moves passthrough bytes off the loop. It
+decides nothing about names or bytes itself.
 
 Invariant: a connection is attributed to the sandbox its source address belongs to, and one
 whose original destination is the proxy itself or non-public never gets a machine.
@@ -26,6 +27,7 @@ from declawd.egress.proxy.adapter import ProxiedConnection
 from declawd.egress.proxy.decide import SandboxView, Verdict
 from declawd.egress.proxy.intercept import Interception, LayerFactory, LeafContexts
 from declawd.egress.proxy.machine import HANDSHAKE_TIMEOUT_S, PEEK_TIMEOUT_S
+from declawd.egress.proxy.splice import PIPE_SIZE, SPLICE_AFTER, Mode, Pump
 from declawd.egress.resolved import ResolvedNames
 from declawd.inspect.model import HttpAudit
 
@@ -77,6 +79,9 @@ class SniProxy:
         audit_http: HttpAuditSink | None = None,
         inspect_workers: int = 2,
         network_gate: NetworkGate | None = None,
+        splice: Mode | None = "splice",
+        pipe_size: int = PIPE_SIZE,
+        splice_after: int = SPLICE_AFTER,
     ) -> None:
         self.lookup = lookup
         # Asked before each dial (the custom policy's network package); None: no such gate.
@@ -101,6 +106,9 @@ class SniProxy:
         self.workers: ThreadPoolExecutor | None = None
         if http_layer is not None and inspect_workers > 0:
             self.workers = ThreadPoolExecutor(inspect_workers, thread_name_prefix="inspect")
+        # Passthrough directions whose verdict is final move here (None: all on the loop).
+        self.pump = Pump(splice, pipe_size) if splice is not None else None
+        self.splice_after = splice_after
         self._server: asyncio.Server | None = None
         self._conns: set[ProxiedConnection] = set()
         self._by_sandbox: dict[str, set[ProxiedConnection]] = {}
@@ -137,6 +145,8 @@ class SniProxy:
             conn.reset()
         if server is not None:
             await server.wait_closed()
+        if self.pump is not None:
+            self.pump.stop()
         if self.workers is not None:
             self.workers.shutdown(wait=False, cancel_futures=True)
 
@@ -150,9 +160,14 @@ class SniProxy:
         return cut
 
     def stats(self) -> dict[str, Any]:
+        counters = dict(self._counters)
+        if self.pump is not None:
+            for key, n in self.pump.totals.items():
+                counters[key] += n
         return {
-            **self._counters,
+            **counters,
             "active": len(self._conns),
+            "spliced": self.pump.links if self.pump is not None else 0,
             "per_sandbox": {sid: len(c) for sid, c in self._by_sandbox.items() if c},
             "reasons": dict(self._reasons),
         }
