@@ -122,8 +122,20 @@ def check_command(
     cwd: str | None = None,
     env_keys: Iterable[str] = (),
 ) -> Verdict:
-    """Every simple command of `line` (as a shell would run it) against declaw.platform.cmd."""
-    return _check(policy, shell.parse(line), line, sandbox, user, cwd, env_keys)
+    """Every simple command of `line` (as a shell would run it) against declaw.platform.cmd.
+    The line is parsed in the worker process; one that kills or hangs the parser is denied
+    whatever `default_deny` says (it is an attack on the gate, not a policy failure)."""
+    if not policy.has(PACKAGE):
+        return Verdict(False)
+    try:
+        parsed = shell.parse_isolated(line)
+    except shell.ParseCrashed as exc:
+        return _unparsable(str(exc))
+    return _check(policy, parsed, line, sandbox, user, cwd, env_keys)
+
+
+def _unparsable(why: str) -> Verdict:
+    return Verdict(True, ("the command line could not be parsed safely",), error=why)
 
 
 def check_argv(
@@ -140,8 +152,14 @@ def check_argv(
     `command_line` is STR for `<shell> [opts] -c STR` (the line that shell is handed, as a
     process API's `bash -l -c <cmd>` submits it), else the argv shell-quoted.
     """
+    if not policy.has(PACKAGE):
+        return Verdict(False)
     line = argv_line(argv)
-    return _check(policy, shell.parse_argv(argv), line, sandbox, user, cwd, env_keys)
+    try:
+        parsed = shell.parse_argv_isolated(argv)
+    except shell.ParseCrashed as exc:
+        return _unparsable(str(exc))
+    return _check(policy, parsed, line, sandbox, user, cwd, env_keys)
 
 
 __all__ = ["PACKAGE", "argv_line", "check_argv", "check_command", "command_input"]

@@ -2,7 +2,8 @@
 one JSON answer per line on stdout. The only process that loads the engine (regoengine.py).
 
 Requests: {"op": "compile", "key", "modules": [[name, source], ...], "packages": [...]} and
-{"op": "deny", "key", "package", "rule", "input"}. Answers: {"ok": true, "deny"?: [...]} or
+{"op": "deny", "key", "package", "rule", "input"}; {"op": "parse", "line"} and
+{"op": "parse_argv", "argv"} (shell.py, answered {"ok": true, "parsed": ...}). Answers: {"ok": true, "deny"?: [...]} or
 {"ok": false, "kind": "syntax" | "eval" | "unknown", "error": message}.
 """
 
@@ -26,6 +27,16 @@ def handle(engine: Engine, req: dict[str, Any]) -> dict[str, Any]:
                 return {"ok": False, "kind": "unknown", "error": "policy not compiled here"}
             deny = engine.deny(req["key"], req["package"], req["rule"], req["input"])
             return {"ok": True, "deny": deny}
+        if req["op"] in ("parse", "parse_argv"):
+            # Command lines are parsed here too: the parser is C (tree-sitter-bash) that has
+            # corrupted memory on hostile input; this process may die, the server must not.
+            from declawd.guard import shell
+
+            if req["op"] == "parse":
+                parsed = shell.parse(str(req["line"]))
+            else:
+                parsed = shell.parse_argv([str(a) for a in req["argv"]])
+            return {"ok": True, "parsed": shell.parsed_to_wire(parsed)}
         return {"ok": False, "kind": "eval", "error": f"unknown op {req['op']!r}"}
     except RegoSyntaxError as exc:
         return {"ok": False, "kind": "syntax", "error": str(exc)}

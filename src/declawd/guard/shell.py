@@ -35,8 +35,9 @@ from __future__ import annotations
 import itertools
 import re
 import shlex
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import tree_sitter
 import tree_sitter_bash
@@ -165,6 +166,54 @@ def parse_argv(argv: Sequence[str]) -> ParsedLine:
     if words and words[0].text:
         _emit_words(words, (), 0, ctx)
     return ParsedLine(tuple(ctx.out), ctx.exact, ctx.truncated)
+
+
+class ParseCrashed(Exception):
+    """The parser's process died or hung on a line: the line is hostile (fail closed)."""
+
+
+PARSE_TIMEOUT_S = 5.0
+
+
+def parsed_to_wire(parsed: ParsedLine) -> dict[str, Any]:
+    return {
+        "commands": [
+            [c.command, list(c.args), c.argv0, c.dynamic, list(c.via)] for c in parsed.commands
+        ],
+        "exact": parsed.exact,
+        "truncated": parsed.truncated,
+    }
+
+
+def parsed_from_wire(raw: Mapping[str, Any]) -> ParsedLine:
+    cmds = tuple(
+        SimpleCommand(str(c), tuple(map(str, a)), str(a0), bool(d), tuple(map(str, v)))
+        for c, a, a0, d, v in raw["commands"]
+    )
+    return ParsedLine(cmds, bool(raw["exact"]), bool(raw["truncated"]))
+
+
+def _isolated(request: dict[str, Any]) -> ParsedLine:
+    from declawd.guard.rego import WORKER, RegoEvalError
+
+    try:
+        answer = WORKER.call(request, PARSE_TIMEOUT_S)
+    except RegoEvalError as exc:
+        raise ParseCrashed(str(exc).replace("the Rego engine", "the command parser")) from None
+    if not answer.get("ok"):
+        raise ParseCrashed(str(answer.get("error") or "the command parser failed"))
+    return parsed_from_wire(answer["parsed"])
+
+
+def parse_isolated(line: str) -> ParsedLine:
+    """`parse` in the worker process (declawd.guard.regoworker), not in ours: tree-sitter-bash
+    is C that has corrupted memory on hostile input, and a crash there must not take the API
+    server down. Raises ParseCrashed when the worker dies or hangs on the line."""
+    return _isolated({"op": "parse", "line": line})
+
+
+def parse_argv_isolated(argv: Sequence[str]) -> ParsedLine:
+    return _isolated({"op": "parse_argv", "argv": [str(a) for a in argv]})
 
 
 def from_argv(argv: Sequence[str]) -> tuple[SimpleCommand, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from declawd.guard import shell
 from declawd.guard.cmdgate import argv_line, check_argv, check_command
 from declawd.guard.custom import CustomPolicy, parse_custom_policy
 
@@ -156,3 +157,42 @@ def test_argv_line() -> None:
     assert argv_line(["/bin/bash", "-l", "-c", "curl x | sh"]) == "curl x | sh"
     assert argv_line(["python3", "-c", "print(1)"]) == "python3 -c 'print(1)'"
     assert argv_line(["/bin/bash", "-l"]) == "/bin/bash -l"
+
+
+LINES = [
+    "a; b && curl x | sh",
+    "bash -c 'sudo curl x'",
+    "env FOO=1 nohup timeout 5 curl y",
+    "écho 'naïve ☃' $(id -u)",
+    "if true; then echo {a,b}; fi",
+    "",
+]
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_the_worker_parses_exactly_as_this_process_would(line: str) -> None:
+    assert shell.parse_isolated(line) == shell.parse(line)
+    argv = ["bash", "-c", line]
+    assert shell.parse_argv_isolated(argv) == shell.parse_argv(argv)
+
+
+def test_a_line_that_kills_the_parser_is_denied_whatever_default_deny(
+    curl_policy: CustomPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from declawd.guard import rego
+
+    # The worker dies on the line (as the C parser would on memory corruption).
+    def dies(request: object, timeout: float) -> dict[str, object]:
+        rego.WORKER.close()
+        raise rego.RegoEvalError("the Rego engine exited")
+
+    monkeypatch.setattr(rego.WORKER, "call", dies)
+    assert not curl_policy.default_deny
+    v = check_command(curl_policy, "ls", sandbox={}, user="user")
+    assert v.denied and v.messages == ("the command line could not be parsed safely",)
+    assert v.error == "the command parser exited"
+    assert check_argv(curl_policy, ["ls"], sandbox={}, user="user").denied
+    monkeypatch.undo()
+    # The next call starts a new worker, which compiles the policy again.
+    assert not check_command(curl_policy, "ls", sandbox={}, user="user").denied
+    assert check_command(curl_policy, "curl x", sandbox={}, user="user").denied
