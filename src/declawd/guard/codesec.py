@@ -465,18 +465,10 @@ def _strings(value: Any, label: str) -> tuple[str, ...] | None:
 
 
 def domains_of(value: Any, label: str) -> tuple[str, ...] | None:
-    """A guardrail's `domains`: None, or non-empty strings (exact host, `*.suffix`, `~regex`
-    that RE2 compiles)."""
-    import re2
+    """A guardrail's `domains` (see `parse_domains`)."""
+    from declawd.inspect.model import parse_domains
 
-    hosts = _strings(value, label)
-    for i, d in enumerate(hosts or ()):
-        if d.startswith("~"):
-            try:
-                re2.compile(d[1:])
-            except re2.error as e:
-                raise InvalidInput(f"{label}[{i}]", f"is not a valid pattern: {e}") from None
-    return hosts
+    return parse_domains(value, label, not_a_list="must be an array of strings")
 
 
 # The pipeline stage (a `BodyStage`, structurally) -------------------------------------------

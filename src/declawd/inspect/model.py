@@ -138,6 +138,28 @@ class VaultBinding:
         )
 
 
+def parse_domains(
+    value: Any, label: str, *, not_a_list: str = "must be an array of host names"
+) -> tuple[str, ...] | None:
+    """A guardrail's `domains` as a request carries it: None, or non-empty strings (exact
+    host, `*.suffix`, `~regex` that RE2 compiles); InvalidInput naming the entry."""
+    from declawd.errors import InvalidInput
+
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidInput(label, not_a_list)
+    for i, d in enumerate(value):
+        if not isinstance(d, str) or not d.strip():
+            raise InvalidInput(f"{label}[{i}]", "must be a non-empty string")
+        if d.startswith("~"):
+            try:
+                re2.compile(d[1:])
+            except re2.error as e:
+                raise InvalidInput(f"{label}[{i}]", f"is not a valid pattern: {e}") from None
+    return tuple(value)
+
+
 def domain_listed(domains: Sequence[str] | None, host: str | None) -> bool:
     """A guardrail's `domains` (None or empty: every host). Entries as the SDK documents
     them: an exact host; `*.suffix`, the suffix itself and any name below it (the SDK's

@@ -19,8 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import re2
-
 from declawd.config import Settings
 from declawd.errors import InvalidInput, NotSupported
 from declawd.guard.codesec import CodeSecurityGuard, parse_code_security
@@ -36,6 +34,7 @@ from declawd.inspect.model import (
     InvisibleTextGuard,
     TransformRule,
     VaultBinding,
+    parse_domains,
 )
 from declawd.inspect.rules import compile_rules
 
@@ -145,7 +144,7 @@ def _pii(value: Any, label: str) -> tuple[dict[str, Any], PiiGuard | None]:
     if action not in PII_ACTIONS:
         raise InvalidInput(f"{label}.action", "must be 'redact', 'block' or 'log_only'")
     rehydrate = _bool(value, "rehydrate_response", True, f"{label}.rehydrate_response")
-    domains = _domains(value.get("domains"), f"{label}.domains")
+    domains = parse_domains(value.get("domains"), f"{label}.domains")
     out: dict[str, Any] = {
         "enabled": enabled,
         "types": list(dict.fromkeys(types)),
@@ -168,7 +167,7 @@ def _content_gate(value: Any, label: str) -> tuple[dict[str, Any], tuple[str, ..
     if not isinstance(value, Mapping):
         raise InvalidInput(label, "must be an object")
     enabled = _bool(value, "enabled", False, f"{label}.enabled")
-    domains = _domains(value.get("domains"), f"{label}.domains")
+    domains = parse_domains(value.get("domains"), f"{label}.domains")
     out: dict[str, Any] = {"enabled": enabled}
     if domains is not None:
         out["domains"] = list(domains)
@@ -197,23 +196,6 @@ def _transformations(value: Any, label: str) -> tuple[TransformRule, ...]:
     return tuple(rules)
 
 
-def _domains(value: Any, label: str) -> tuple[str, ...] | None:
-    """A guardrail's `domains`: None, or strings (exact host, `*.suffix`, `~regex`)."""
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise InvalidInput(label, "must be an array of host names")
-    for i, d in enumerate(value):
-        if not isinstance(d, str) or not d.strip():
-            raise InvalidInput(f"{label}[{i}]", "must be a non-empty string")
-        if d.startswith("~"):
-            try:
-                re2.compile(d[1:])
-            except re2.error as e:
-                raise InvalidInput(f"{label}[{i}]", f"is not a valid pattern: {e}") from None
-    return tuple(value)
-
-
 def _invisible_text(value: Any, label: str) -> tuple[dict[str, Any], InvisibleTextGuard | None]:
     """`InvisibleTextConfig` normalised as its `to_dict()` writes it, and the guard if on."""
     if isinstance(value, bool):
@@ -224,7 +206,7 @@ def _invisible_text(value: Any, label: str) -> tuple[dict[str, Any], InvisibleTe
     action = value.get("action", "strip")
     if action not in INVISIBLE_ACTIONS:
         raise InvalidInput(f"{label}.action", "must be 'strip', 'block' or 'log_only'")
-    domains = _domains(value.get("domains"), f"{label}.domains")
+    domains = parse_domains(value.get("domains"), f"{label}.domains")
     out: dict[str, Any] = {"enabled": enabled, "action": action}
     if domains is not None:
         out["domains"] = list(domains)

@@ -14,11 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-import re2
-
 from declawd.errors import InvalidInput
 from declawd.guard.injection.modes import MODES, SENSITIVITIES, Mode, resolve
-from declawd.inspect.model import domain_listed
+from declawd.inspect.model import domain_listed, parse_domains
 
 Action = Literal["block", "log_only"]
 Sensitivity = Literal["low", "medium", "high"]
@@ -109,22 +107,6 @@ def _bool(raw: Mapping[str, Any], name: str, default: bool, label: str) -> bool:
     return value
 
 
-def _domains(value: Any, label: str) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise InvalidInput(label, "must be an array of host names")
-    for i, d in enumerate(value):
-        if not isinstance(d, str) or not d.strip():
-            raise InvalidInput(f"{label}[{i}]", "must be a non-empty string")
-        if d.startswith("~"):
-            try:
-                re2.compile(d[1:])
-            except re2.error as e:
-                raise InvalidInput(f"{label}[{i}]", f"is not a valid pattern: {e}") from None
-    return tuple(value)
-
-
 def _judge(value: Any, label: str) -> JudgeSettings | None:
     if value is None:
         return None
@@ -173,7 +155,7 @@ def parse_injection(
         or not 0.0 <= threshold <= 1.0
     ):
         raise InvalidInput(f"{label}.threshold", "must be between 0 and 1")
-    domains = _domains(raw.get("domains"), f"{label}.domains")
+    domains = parse_domains(raw.get("domains"), f"{label}.domains")
     judge = _judge(raw.get("judge"), f"{label}.judge")
     mode = raw.get("injection_mode")
     if mode is not None and not isinstance(mode, str):
