@@ -1,4 +1,4 @@
-"""Add / replace / remove one sandbox's nft rules with 1 and 500 sandboxes present, both ways.
+"""Add / replace / remove one sandbox's nft rules with 1, 100 and 500 sandboxes present, both ways.
 
 Run as root: `.venv/bin/python bench/bench_nft_control.py [--quick]`. Works in a throw-away
 netns (`dcwbnc-gw`, or $DECLAWD_BENCH_NFT_CONTROL_NETNS) holding only the nft table: the
@@ -26,7 +26,7 @@ from declawd.egress.policy import EgressPolicy
 NETNS = os.environ.get("DECLAWD_BENCH_NFT_CONTROL_NETNS", "dcwbnc-gw")
 POLICY = EgressPolicy.parse(["203.0.113.10/32", "api.openai.com"], ["0.0.0.0/0"])
 OTHER = EgressPolicy.parse(["198.51.100.0/24"], ["10.0.0.0/8"])
-PRESENT = (1, 500)
+PRESENT = (1, 100, 500)
 ROUNDS = 50
 BACKENDS = ("netlink", "text")
 SLOT = 4000  # the measured sandbox, away from those present

@@ -30,7 +30,7 @@ def test_anti_spoof_and_ipv6_drop() -> None:
 
 def test_dns_redirect_first_under_every_policy() -> None:
     for p in (EgressPolicy.open(), EgressPolicy.parse(["x.com"], ["0.0.0.0/0"])):
-        assert nat(p)[0] == "meta l4proto { tcp, udp } th dport 53 redirect to :5353"
+        assert nat(p)[:2] == ["udp dport 53 redirect to :5353", "tcp dport 53 redirect to :5353"]
 
 
 def test_deny_all_order() -> None:
@@ -56,7 +56,7 @@ def test_open_policy_accepts_through_default() -> None:
     assert 'prefix "allow:1:open" group 7' in rules[-2]
     assert index(rules, "@d4_1 meta l4proto tcp reject") < len(rules) - 1
     assert not any("@r4_1" in r for r in rules)
-    assert len(nat(EgressPolicy.open())) == 1  # DNS only: nothing goes to the proxy
+    assert len(nat(EgressPolicy.open())) == 2  # DNS (UDP, TCP) only: nothing goes to the proxy
 
 
 def test_every_refusal_is_logged_with_a_rate_limit() -> None:
@@ -70,8 +70,11 @@ def test_every_refusal_is_logged_with_a_rate_limit() -> None:
 
 def test_input_only_redirected_ports() -> None:
     inp = nft.sandbox_rules(1, ADDR, EgressPolicy.open())["in_1"]
-    assert inp[0].startswith("ct status dnat") and "5353" in inp[0]
-    assert inp[1] == "ct status dnat tcp dport 15001 accept"
+    assert inp[:3] == [
+        "ct status dnat udp dport 5353 accept",
+        "ct status dnat tcp dport 5353 accept",
+        "ct status dnat tcp dport 15001 accept",
+    ]
     assert inp[-1] == "reject with icmpx admin-prohibited"
 
 
@@ -126,7 +129,8 @@ def test_base_script_never_touches_sandbox_objects() -> None:
 def test_inspection_sends_all_tcp_but_the_floor_to_the_proxy_under_an_open_policy() -> None:
     rules = nft.sandbox_rules(1, ADDR, EgressPolicy.open(), inspect=True)
     assert rules["nat_1"] == [
-        "meta l4proto { tcp, udp } th dport 53 redirect to :5353",
+        "udp dport 53 redirect to :5353",
+        "tcp dport 53 redirect to :5353",
         "ip daddr @floor4 return",
         "meta l4proto tcp redirect to :15001",
     ]
@@ -145,7 +149,8 @@ def test_inspection_under_a_domain_policy_redirects_cidr_allowed_tcp_too() -> No
     p = EgressPolicy.parse(["203.0.113.10", "x.com"], ["0.0.0.0/0"])
     rules = nft.sandbox_rules(1, ADDR, p, inspect=True)
     assert rules["nat_1"] == [
-        "meta l4proto { tcp, udp } th dport 53 redirect to :5353",
+        "udp dport 53 redirect to :5353",
+        "tcp dport 53 redirect to :5353",
         "ip daddr @floor4 return",
         "meta l4proto tcp redirect to :15001",
     ]

@@ -26,6 +26,7 @@ LOG_RATE_PER_S = 20
 LOG_BURST = 40
 LOG_LIMIT = f"limit rate {LOG_RATE_PER_S}/second burst {LOG_BURST} packets"
 MAPS = ("pre_by_if", "nat_by_if", "fwd_by_if", "in_by_if")
+L4_DNS: tuple[Literal["tcp", "udp"], ...] = ("udp", "tcp")  # DNS to the resolver, either way
 
 
 def ifname(slot: int) -> str:
@@ -122,16 +123,6 @@ class Meta:
 
 
 @dataclass(frozen=True)
-class L4protoIn:
-    """`meta l4proto { tcp, udp }` (an anonymous set)."""
-
-    protos: tuple[Literal["tcp", "udp"], ...] = ("tcp", "udp")
-
-    def __str__(self) -> str:
-        return f"meta l4proto {{ {', '.join(self.protos)} }}"
-
-
-@dataclass(frozen=True)
 class Saddr:
     """`ip saddr != 10.0.0.2` (or `==` when not negated)."""
 
@@ -154,9 +145,9 @@ class DaddrIn:
 
 @dataclass(frozen=True)
 class Dport:
-    """`th dport 53` (any L4), `udp dport 443`, `tcp dport 15001`."""
+    """`udp dport 443`, `tcp dport 15001`."""
 
-    proto: Literal["th", "tcp", "udp"]
+    proto: Literal["tcp", "udp"]
     port: int
 
     def __str__(self) -> str:
@@ -205,18 +196,7 @@ class Reject:
         return "reject with tcp reset" if self.tcp_reset else "reject with icmpx admin-prohibited"
 
 
-Term = (
-    Meta
-    | L4protoIn
-    | Saddr
-    | DaddrIn
-    | Dport
-    | CtStatusDnat
-    | LimitLog
-    | Verdict
-    | Redirect
-    | Reject
-)
+Term = Meta | Saddr | DaddrIn | Dport | CtStatusDnat | LimitLog | Verdict | Redirect | Reject
 Rule = tuple[Term, ...]
 
 
@@ -259,7 +239,9 @@ def sandbox_rule_terms(
         _log(slot, "deny", "spoof", (Saddr(address, negate=True),)),
         (Saddr(address, negate=True), Verdict("drop")),
     ]
-    nat: list[Rule] = [(L4protoIn(), Dport("th", DNS_PORT), Redirect(RESOLVER_PORT))]
+    # `tcp dport 53` and `udp dport 53` as two rules, not `meta l4proto { tcp, udp }`: each
+    # anonymous set is a table set the kernel names by scanning all of the table's sets.
+    nat: list[Rule] = [(Dport(p, DNS_PORT), Redirect(RESOLVER_PORT)) for p in L4_DNS]
     fwd = _refuse(slot, "floor", floor)
     domains = policy.domains_enforced and policy.allow_domains
     if inspect:
@@ -284,7 +266,7 @@ def sandbox_rule_terms(
     fwd += _accept(slot, "open") if policy.default_allows else _refuse(slot, "default")
     dnat = (CtStatusDnat(),)
     inp: list[Rule] = [
-        (*dnat, L4protoIn(), Dport("th", RESOLVER_PORT), Verdict("accept")),
+        *((*dnat, Dport(p, RESOLVER_PORT), Verdict("accept")) for p in L4_DNS),
         (*dnat, Dport("tcp", PROXY_PORT), Verdict("accept")),
         *_refuse(slot, "gateway"),
     ]

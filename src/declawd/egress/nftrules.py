@@ -52,13 +52,10 @@ NFTA_SET_NAME = 2
 NFTA_SET_FLAGS = 3
 NFTA_SET_KEY_TYPE = 4
 NFTA_SET_KEY_LEN = 5
-NFTA_SET_DESC = 9
-NFTA_SET_DESC_SIZE = 1
 NFTA_SET_ID = 10
 NFTA_SET_USERDATA = 13
 NFTA_SET_ELEM_LIST_SET = 2
 NFTA_SET_ELEM_LIST_ELEMENTS = 3
-NFTA_SET_ELEM_LIST_SET_ID = 4
 NFTA_SET_ELEM_KEY = 1
 NFTA_SET_ELEM_DATA = 2
 NFTA_SET_ELEM_FLAGS = 3
@@ -68,23 +65,17 @@ NFTA_DATA_VERDICT = 2
 NFTA_VERDICT_CODE = 1
 NFTA_VERDICT_CHAIN = 2
 
-NFT_SET_ANONYMOUS = 0x1
-NFT_SET_CONSTANT = 0x2
 NFT_SET_INTERVAL = 0x4
 NFT_SET_TIMEOUT = 0x10
 NFT_SET_ELEM_INTERVAL_END = 0x1
-TYPE_IPV4_ADDR = 7  # nft's datatype ids, kept in the set so `nft list` can print it
-TYPE_INET_PROTO = 12
+TYPE_IPV4_ADDR = 7  # nft's datatype id, kept in the set so `nft list` can print it
 VERDICTS = {"accept": 1, "drop": 0, "return": -5, "goto": -4}
 IFNAMSIZ = 16
 ELEMENTS_PER_MESSAGE = 1024  # an interval element is at most ~40 bytes
 
-# libnftnl userdata (TLVs) nft attaches: key byte order big-endian (named ipv4 sets); for the
-# anonymous `{ tcp, udp }` set host byte order and the typeof of `meta l4proto`.
+# libnftnl userdata (TLVs) nft attaches: key byte order big-endian (named ipv4 sets).
 UDATA_IPV4_SET = bytes.fromhex("000402000000")
-UDATA_L4PROTO_SET = bytes.fromhex("000401000000030e0004090000000106000410000000")
 UDATA_INTERVAL_OPEN = bytes.fromhex("010401000000")  # element flag: the range runs to the top
-ANON_SET_NAME = "__set%d"  # the kernel names it; rules refer to it by NFTA_SET_ID
 
 REG_VERDICT, REG_1 = 0, 1
 META_NFPROTO, META_L4PROTO = 15, 16
@@ -168,11 +159,8 @@ def _elements(
     set_name: str,
     elements: Sequence[list[bytes]],
     label: str,
-    set_id: int | None = None,
 ) -> None:
     head = _table() + attr(NFTA_SET_ELEM_LIST_SET, string(set_name))
-    if set_id is not None:
-        head += attr(NFTA_SET_ELEM_LIST_SET_ID, be32(set_id))
     # A nested attribute holds at most 64 KiB: big CIDR lists take several messages.
     for start in range(0, len(elements), ELEMENTS_PER_MESSAGE):
         chunk = elements[start : start + ELEMENTS_PER_MESSAGE]
@@ -240,12 +228,9 @@ def payload(base: int, offset: int, length: int) -> bytes:
     )
 
 
-def lookup(set_name: str, set_id: int | None = None) -> bytes:
-    """A named set is found by name; an anonymous one of this batch only by its id."""
-    parts = [attr(2, be32(REG_1)), attr(1, string(set_name))]  # SREG, SET
-    if set_id is not None:
-        parts.append(attr(4, be32(set_id)))  # SET_ID
-    return expr("lookup", *parts)
+def lookup(set_name: str) -> bytes:
+    """A named set, found by name (the kernel walks the table's sets for it)."""
+    return expr("lookup", attr(2, be32(REG_1)), attr(1, string(set_name)))  # SREG, SET
 
 
 def immediate_verdict(code: str) -> bytes:
@@ -265,31 +250,14 @@ def _ipv4() -> list[bytes]:
     return [meta(META_NFPROTO), cmp(CMP_EQ, bytes([NFPROTO["ipv4"]]))]
 
 
-def _l4proto_set(b: Batch, protos: Sequence[str]) -> int:
-    """Declare the anonymous constant set `{ tcp, udp }` a rule of this batch binds."""
-    sid = b.set_id()
-    attrs = _table() + attr(NFTA_SET_NAME, string(ANON_SET_NAME))
-    attrs += attr(NFTA_SET_FLAGS, be32(NFT_SET_ANONYMOUS | NFT_SET_CONSTANT))
-    attrs += attr(NFTA_SET_KEY_TYPE, be32(TYPE_INET_PROTO)) + attr(NFTA_SET_KEY_LEN, be32(1))
-    attrs += attr(NFTA_SET_ID, be32(sid))
-    attrs += nested(NFTA_SET_DESC, attr(NFTA_SET_DESC_SIZE, be32(len(protos))))
-    attrs += attr(NFTA_SET_USERDATA, UDATA_L4PROTO_SET)
-    b.add(NFT_MSG_NEWSET, attrs, "add anonymous set", NLM_F_CREATE)
-    elems = [element(bytes([IPPROTO[p]])) for p in sorted(protos, key=IPPROTO.__getitem__)]
-    _elements(b, NFT_MSG_NEWSETELEM, ANON_SET_NAME, elems, "add anonymous set elements", sid)
-    return sid
-
-
-def encode_term(term: nftc.Term, b: Batch) -> list[bytes]:
-    """The expressions nft 1.0.6 emits for one term (anonymous sets go into `b` first)."""
-    if isinstance(term, nftc.L4protoIn):
-        return [meta(META_L4PROTO), lookup(ANON_SET_NAME, _l4proto_set(b, term.protos))]
+def encode_term(term: nftc.Term) -> list[bytes]:
+    """The expressions nft 1.0.6 emits for one term."""
     return list(_encode_plain(term))
 
 
 @functools.lru_cache(maxsize=4096)
 def _encode_plain(term: nftc.Term) -> tuple[bytes, ...]:
-    """Terms that need nothing from the batch; cached, as most recur in every sandbox."""
+    """Cached, as most terms recur in every sandbox."""
     return tuple(_encode(term))
 
 
@@ -305,8 +273,11 @@ def _encode(term: nftc.Term) -> list[bytes]:
         case nftc.DaddrIn(set_name=s):
             return [*_ipv4(), payload(BASE_NETWORK, 16, 4), lookup(s)]
         case nftc.Dport(proto=proto, port=port):
-            dep = [] if proto == "th" else _l4proto_is(proto)
-            return [*dep, payload(BASE_TRANSPORT, 2, 2), cmp(CMP_EQ, struct.pack("!H", port))]
+            return [
+                *_l4proto_is(proto),
+                payload(BASE_TRANSPORT, 2, 2),
+                cmp(CMP_EQ, struct.pack("!H", port)),
+            ]
         case nftc.CtStatusDnat():
             host32 = struct.Struct("=I").pack  # ct status is a host-order bitmask
             bitwise = expr(
@@ -347,7 +318,7 @@ def _encode(term: nftc.Term) -> list[bytes]:
 
 
 def _rule(b: Batch, chain: str, rule: nftc.Rule, index: int) -> None:
-    exprs = [e for term in rule for e in encode_term(term, b)]
+    exprs = [e for term in rule for e in encode_term(term)]
     attrs = _table() + attr(NFTA_RULE_CHAIN, string(chain))
     attrs += nested(NFTA_RULE_EXPRESSIONS, *exprs)
     b.add(
