@@ -8,12 +8,12 @@ DECLAWD    := $(VENV)/bin/declawd
 GUARD      := $(abspath ../shared/tools/egress-guard)
 STATE_DIR  ?= /var/lib/declawd
 APT_PKGS   := nftables runc runsc mmdebstrap debootstrap iproute2 golang-go conntrack \
-              uidmap ca-certificates util-linux chromium chromium-driver
+              uidmap ca-certificates util-linux chromium chromium-driver postgresql
 PYTEST     := $(VENV)/bin/pytest
 export DECLAWD_STATE_DIR := $(STATE_DIR)
 
 .PHONY: all setup system venv envd guard templates catalog demo serve test test-full lint unit \
-        integration e2e bench clean-state
+        integration e2e bench clean-state tools-venv
 
 all: setup
 
@@ -35,6 +35,17 @@ $(VENV)/.stamp: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+# checkov, kubernetes-validate and kubectl (kustomize) for tests/unit/test_k8s_manifests.py,
+# apart from .venv because checkov pins libraries that would change ours.
+TOOLS_VENV := .venv-tools
+tools-venv: $(TOOLS_VENV)/.stamp
+$(TOOLS_VENV)/.stamp: deploy/k8s/tools-requirements.txt
+	@echo "==> validation tools venv in $(TOOLS_VENV)"
+	python3 -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install -q --upgrade pip
+	$(TOOLS_VENV)/bin/pip install -q -r deploy/k8s/tools-requirements.txt
 	touch $@
 
 envd: venv
@@ -59,10 +70,10 @@ demo: setup guard templates
 serve: setup guard templates
 	@scripts/serve.sh
 
-test: setup guard catalog lint
+test: setup guard catalog lint tools-venv
 	$(PYTEST) -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
-test-full: setup guard catalog lint
+test-full: setup guard catalog lint tools-venv
 	DECLAWD_TEST_FULL=1 $(PYTEST) -q -p no:cacheprovider tests
 
 lint: venv
@@ -70,7 +81,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests bench examples
 	$(VENV)/bin/mypy
 
-unit: venv
+unit: venv tools-venv
 	$(PYTEST) -q tests/unit
 
 bench: setup guard templates

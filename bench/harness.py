@@ -27,10 +27,11 @@ INSTANCE = os.environ.get("DECLAWD_BENCH_INSTANCE", "dcwbench")
 PORT = int(os.environ.get("DECLAWD_BENCH_PORT", "18180"))
 STATE_DIR = Path(os.environ.get("DECLAWD_BENCH_STATE_DIR", "/var/lib/declawd-bench"))
 POOL = os.environ.get("DECLAWD_BENCH_POOL", "10.81.0.0/16")
+WARM_POOL = os.environ.get("DECLAWD_BENCH_WARM_POOL", "python=3")
 TEMPLATES_DIR = Path(
     os.environ.get("DECLAWD_TEMPLATES_DIR", "/var/lib/declawd/templates")
 )  # built by `make templates`; only read here
-_CREATED = re.compile(r"created (sbx-[0-9a-f]+) in (\d+) ms")
+_CREATED = re.compile(r"created (sbx-[0-9a-f]+) in (\d+) ms(?: \((warm|cold))?")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,14 @@ class Server:
             return {}
         return {m.group(1): float(m.group(2)) for m in _CREATED.finditer(text)}
 
+    def server_starts(self) -> dict[str, str]:
+        """Whether each create was warm (a warm pool's sandbox) or cold, by sandbox id."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return {}
+        return {m.group(1): m.group(3) or "cold" for m in _CREATED.finditer(text)}
+
 
 def env() -> dict[str, str]:
     out = dict(os.environ)
@@ -71,6 +80,8 @@ def env() -> dict[str, str]:
         DECLAWD_STATE_DIR=str(STATE_DIR),
         DECLAWD_TEMPLATES_DIR=str(TEMPLATES_DIR),
         DECLAWD_POOL=POOL,
+        # A warm pool of python sandboxes (bench_create's warm rows); the cold rows use base.
+        DECLAWD_WARM_POOL=WARM_POOL,
     )
     return out
 

@@ -57,6 +57,13 @@ class Settings:
     # URL the operator runs; empty: no judge (the classifier decides, the audit says so).
     injection_judge_url: str = ""
     injection_judge_model: str = "injection-judge"
+    # The store (docs/store.md): a postgresql:// URL selects PostgreSQL; empty: SQLite at db_path.
+    database_url: str = ""
+    # Warm pools (node/pool.py): "auto" (the built-in templates on runc, sized from the
+    # machine's memory), "off", or "alias[:runtime]=N,..."; the pooled sandboxes' memory
+    # budget in MiB (0: a 32nd of the machine's memory).
+    warm_pool: str = "auto"
+    warm_pool_memory_mb: int = 0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -98,6 +105,11 @@ class Settings:
             raise ValueError("metrics_interval_s: must be a positive number of seconds")
         if self.volume_quota_mb <= 0:
             raise ValueError("volume_quota_mb: must be a positive size in MiB")
+        if self.warm_pool_memory_mb < 0:
+            raise ValueError("warm_pool_memory_mb: must be 0 (auto) or a positive size in MiB")
+        from declawd.node.poolspec import parse_pool_spec
+
+        parse_pool_spec(self.warm_pool)  # raises ValueError naming the entry
         if not self.inspect_buffer_limit_mb > 0:
             raise ValueError("inspect_buffer_limit_mb: must be a positive size in MiB")
 

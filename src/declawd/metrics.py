@@ -39,6 +39,7 @@ __all__ = [
     "NodeCollector",
     "command_run",
     "current",
+    "pool_claimed",
     "sandbox_create_failed",
     "sandbox_created",
     "sandbox_killed",
@@ -54,7 +55,7 @@ disable_created_metrics()
 
 RUNTIMES = ("runc", "runsc")
 TEMPLATE_KINDS = ("builtin", "custom")
-STARTS = ("cold", "warm")  # no warm pool exists yet: every create is "cold"
+STARTS = ("cold", "warm")  # warm: a sandbox from a warm pool (node/pool.py)
 COMMAND_KINDS = ("command", "pty", "stdio")
 VERDICTS = ("allow", "deny")
 EGRESS_KINDS = ("dns", "connection", "http")
@@ -123,9 +124,16 @@ class Metrics:
         self.create_seconds = Histogram(
             "declawd_sandbox_create_seconds",
             "Time from the node taking a create to the sandbox running; start is cold or "
-            "warm (no warm pool yet: always cold).",
+            "warm (a sandbox from a warm pool, bound to the request).",
             ["runtime", "start"],
             buckets=CREATE_BUCKETS,
+            registry=reg,
+        )
+        self.pool_claims = Counter(
+            "declawd_warm_pool_claims",
+            "Creates a warm pool could serve, by runtime and outcome: hit (a ready sandbox was"
+            " bound to the request) or miss (none was ready: a cold create).",
+            ["runtime", "outcome"],
             registry=reg,
         )
         self.kills = Counter(
@@ -158,6 +166,8 @@ class Metrics:
             for fr in FAILURE_REASONS:
                 self.create_failures.labels(rt, fr)
             self.teardown_failures.labels(rt)
+            for outcome in ("hit", "miss"):
+                self.pool_claims.labels(rt, outcome)
         for kind in COMMAND_KINDS:
             for verdict in VERDICTS:
                 self.commands.labels(kind, verdict)
@@ -169,6 +179,9 @@ class Metrics:
         rt = bounded(runtime, RUNTIMES)
         self.creates.labels(rt, bounded(template, TEMPLATE_KINDS)).inc()
         self.create_seconds.labels(rt, bounded(start, STARTS)).observe(max(0.0, seconds))
+
+    def pool_claimed(self, runtime: str, *, hit: bool) -> None:
+        self.pool_claims.labels(bounded(runtime, RUNTIMES), "hit" if hit else "miss").inc()
 
     def sandbox_create_failed(self, runtime: str, exc: BaseException) -> None:
         self.create_failures.labels(bounded(runtime, RUNTIMES), failure_reason(exc)).inc()
@@ -225,6 +238,11 @@ def sandbox_create_failed(runtime: str, exc: BaseException) -> None:
     _current.sandbox_create_failed(runtime, exc)
 
 
+def pool_claimed(runtime: str, *, hit: bool) -> None:
+    """A poolable create asked its warm pool: a ready sandbox served it (hit) or not."""
+    _current.pool_claimed(runtime, hit=hit)
+
+
 def sandbox_killed(runtime: str, reason: str) -> None:
     """A kill was accepted; `reason` is "requested", "timeout" or "error"."""
     _current.sandbox_killed(runtime, reason)
@@ -260,12 +278,14 @@ class NodeCollector(Collector):
         slots: Callable[[], tuple[int, int]],
         gateway_restarts: Callable[[], int],
         started_at: float,
+        pools: Callable[[], Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._live = live
         self._slots = slots
         self._restarts = gateway_restarts
         self._started_at = started_at
+        self._pools = pools
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
@@ -300,11 +320,45 @@ class NodeCollector(Collector):
                 "Times the node restarted the gateway daemon since the server started.",
                 value=restarts,
             )
+        pools = _safely("warm pools", self._pools) if self._pools is not None else None
+        if pools is not None:
+            yield from _pool_families(pools)
         yield GaugeMetricFamily(
             "declawd_uptime_seconds",
             "Seconds since the server started.",
             value=max(0.0, self._clock() - self._started_at),
         )
+
+
+def _pool_families(summary: Mapping[str, Any]) -> Iterator[Metric]:
+    """The warm pools by template alias (the operator's configured names, a bounded set,
+    never a template id) and runtime; their memory against the budget."""
+    ready = GaugeMetricFamily(
+        "declawd_warm_pool_ready",
+        "Sandboxes ready in each warm pool, by template alias and runtime.",
+        labels=["template", "runtime"],
+    )
+    target = GaugeMetricFamily(
+        "declawd_warm_pool_target",
+        "Sandboxes each warm pool keeps ready, by template alias and runtime.",
+        labels=["template", "runtime"],
+    )
+    for pool in list(summary.get("pools") or [])[:MAX_REASONS]:
+        labels = [str(pool.get("template", OTHER)), bounded(str(pool.get("runtime")), RUNTIMES)]
+        ready.add_metric(labels, _num(pool, "ready"))
+        target.add_metric(labels, _num(pool, "target"))
+    yield ready
+    yield target
+    yield GaugeMetricFamily(
+        "declawd_warm_pool_memory_bytes",
+        "Memory the pooled sandboxes' cgroups use now, all pools together.",
+        value=_num(summary, "memory_bytes"),
+    )
+    yield GaugeMetricFamily(
+        "declawd_warm_pool_budget_bytes",
+        "The most the warm pools may use; refill stops there.",
+        value=_num(summary, "budget_bytes"),
+    )
 
 
 def _num(source: Any, key: str) -> float:

@@ -137,6 +137,25 @@ def info_lines(view: dict[str, Any], now: datetime) -> list[str]:
     return lines
 
 
+def pool_rows(summary: dict[str, Any]) -> list[str]:
+    """`pools` lines: one per pool, then what they use against the budget (pure)."""
+    lines = [f"{'TEMPLATE':<20} {'RUNTIME':<7} {'READY':>5} {'TARGET':>6} {'FILLING':>7}"]
+    for p in summary.get("pools") or []:
+        lines.append(
+            f"{p['template']:<20} {p['runtime']:<7} {p['ready']:>5} {p['target']:>6}"
+            f" {p['filling']:>7}" + (f"  ({p['failures']} failed)" if p.get("failures") else "")
+        )
+    if len(lines) == 1:
+        lines = ["no warm pools (DECLAWD_WARM_POOL is off, or no template it names is ready)"]
+    mib = 1 << 20
+    lines.append(
+        f"{summary.get('parked', 0)} pooled sandboxes use "
+        f"{summary.get('memory_bytes', 0) / mib:.0f} MiB of a "
+        f"{summary.get('budget_bytes', 0) / mib:.0f} MiB budget"
+    )
+    return lines
+
+
 def entry_rows(entries: Sequence[dict[str, Any]]) -> list[str]:
     """`files ls` lines: type, size, path (pure)."""
     return [f"{e['type']:<4} {e.get('size', 0):>12} {e['path']}" for e in entries]
@@ -363,6 +382,20 @@ def list_sandboxes(
         _print_json(found)
         return
     for line in sandbox_rows(found, datetime.now(UTC)):
+        typer.echo(line)
+
+
+@app.command()
+def pools(as_json: AsJson = False, domain: Domain = None, api_key: ApiKey = None) -> None:
+    """Show the server's warm pools: per template and runtime, sandboxes ready to be
+    claimed by a create, the target, and their memory against the budget."""
+    conn = _connection(domain, api_key)
+    with _reported():
+        summary = _api(conn).get("/pools").json()
+    if as_json:
+        _print_json(summary)
+        return
+    for line in pool_rows(summary):
         typer.echo(line)
 
 

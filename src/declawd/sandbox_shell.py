@@ -109,6 +109,18 @@ def _signals(on_winch: Callable[[], None]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+@contextlib.contextmanager
+def _wakeup_fd(fd: int) -> Iterator[None]:
+    """A signal wakes the select loop even when the kernel delivers it to another thread
+    (the output reader): the handler only runs in the main thread, and only once that
+    thread runs again, so without this a resize could wait for the next keystroke."""
+    previous = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+
+
 def attach(
     session: PtySession,
     stdin_fd: int | None = None,
@@ -122,6 +134,7 @@ def attach(
     stdin_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
     stdout_fd = sys.stdout.fileno() if stdout_fd is None else stdout_fd
     wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)  # also the signal wakeup fd, which must not block
     finished = threading.Event()
     failure: list[BaseException] = []
 
@@ -147,7 +160,7 @@ def attach(
     text = KeystrokeText()
     reading = True
     try:
-        with _signals(on_winch), raw_terminal(stdin_fd):
+        with _signals(on_winch), _wakeup_fd(wake_w), raw_terminal(stdin_fd):
             reader.start()
             while not finished.is_set():
                 watched = [wake_r, stdin_fd] if reading else [wake_r]

@@ -38,6 +38,8 @@ def _env() -> dict[str, str]:
         DECLAWD_POOL=os.environ.get("DECLAWD_TEST_POOL", "10.78.0.0/16"),
         # The lab's injection judge (judge.lab), by address: the gateway resolves no names.
         DECLAWD_INJECTION_JUDGE_URL=LAB_JUDGE_URL,
+        # Test servers run without warm pools unless a test is about them (test_pools.py).
+        DECLAWD_WARM_POOL=os.environ.get("DECLAWD_TEST_WARM_POOL", "off"),
     )
     return env
 

@@ -187,6 +187,7 @@ class OwnServer:
             DECLAWD_STATE_DIR=str(self.state_dir),
             DECLAWD_TEMPLATES_DIR=str(c.TEMPLATES_DIR),
             DECLAWD_POOL=self.pool,
+            DECLAWD_WARM_POOL="off",
         )
         env.update(extra)
         return env
@@ -215,9 +216,10 @@ class OwnServer:
         if lab.poll() is not None:
             raise RuntimeError((self.state_dir / "lab.log").read_text()[-2000:])
 
-    def start(self, faults: str = "") -> None:
+    def start(self, faults: str = "", *, warm_pool: str = "off") -> None:
         assert self.proc is None or self.proc.poll() is not None
         extra = {"DECLAWD_FAULTS": faults} if faults else {}
+        extra["DECLAWD_WARM_POOL"] = warm_pool
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

@@ -110,9 +110,9 @@ def test_cpu_memory_pids_limits_visible(sbx: Sandbox, runtime: str) -> None:
     assert int(cmd_mem) == MEMORY - MEMORY_RESERVE_BYTES
 
 
+# runc only: under runsc commands run in gVisor's own kernel, with no host child cgroup.
+@pytest.mark.parametrize("runtime", ["runc"], indirect=True)
 def test_commands_start_in_the_commands_cgroup(sbx: Sandbox, runtime: str) -> None:
-    if runtime == "runsc":
-        pytest.skip("runsc: commands run in gVisor's own kernel, no host child cgroup")
     mine = sbx.commands.run("cat /proc/self/cgroup").stdout.splitlines()
     assert any(line.endswith(":pids:/cmds") for line in mine), mine
     assert any(line.endswith(":memory:/cmds") for line in mine), mine

@@ -306,8 +306,10 @@ def test_a_live_policy_change_validates_the_ports_options_and_keeps_them_out_of_
     assert err.value.message.startswith("mask_request_host: must be a host[:port]")
 
 
-def test_live_changes_of_the_ports_options_keep_drop_and_renew_the_token(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite")
+def test_live_changes_of_the_ports_options_keep_drop_and_renew_the_token(
+    db_target: Path | str,
+) -> None:
+    store = Store(db_target)
     first = store.set_traffic("sbx-1")
     kept = store.change_traffic("sbx-1", mask_request_host="app.local")
     assert (kept.token, kept.mask_request_host) == (first.token, "app.local")
@@ -354,9 +356,9 @@ def test_create_and_connect_views_carry_the_token_and_lists_do_not() -> None:
 
 
 def test_the_store_keeps_the_token_re_returnable_and_none_when_public_traffic_is_off(
-    tmp_path: Any,
+    db_target: Any,
 ) -> None:
-    with Store(tmp_path / "db.sqlite") as store:
+    with Store(db_target) as store:
         made = store.set_traffic("sbx-a", mask_request_host="h:${PORT}")
         assert made.token is not None and len(made.token) >= 43  # 32 bytes, urlsafe
         assert store.get_traffic("sbx-a") == made

@@ -371,3 +371,30 @@ def test_docs_cli_names_every_command_and_option() -> None:
         for param in command.params:
             if isinstance(param, click.Option) and param.name != "help":
                 assert param.opts[0].split("/")[0] in text, (path, param.opts[0])
+
+
+def test_pool_rows_show_each_pool_and_the_budget() -> None:
+    summary = {
+        "pools": [
+            {"template": "python", "runtime": "runc", "ready": 2, "target": 3, "filling": 1},
+            {
+                "template": "base",
+                "runtime": "runsc",
+                "ready": 0,
+                "target": 1,
+                "filling": 0,
+                "failures": 2,
+            },
+        ],
+        "parked": 2,
+        "memory_bytes": 20 << 20,
+        "budget_bytes": 768 << 20,
+    }
+    assert sandbox_cli.pool_rows(summary) == [
+        "TEMPLATE             RUNTIME READY TARGET FILLING",
+        "python               runc        2      3       1",
+        "base                 runsc       0      1       0  (2 failed)",
+        "2 pooled sandboxes use 20 MiB of a 768 MiB budget",
+    ]
+    empty = {"pools": [], "parked": 0, "memory_bytes": 0, "budget_bytes": 768 << 20}
+    assert sandbox_cli.pool_rows(empty)[0].startswith("no warm pools")

@@ -92,7 +92,9 @@ def test_keys_out_output_back_resize_and_exit_status(terminal: tuple[int, int]) 
         _read_until(out_r, b"$ ")
         os.write(controller, "héllo ".encode())
         _read_until(out_r, "héllo".encode())
-        os.kill(os.getpid(), signal.SIGWINCH)
+        # Delivered to this thread, not the main one (the kernel may pick any thread):
+        # the session must still see it at once, not at the next keystroke.
+        signal.pthread_kill(threading.get_ident(), signal.SIGWINCH)
         _read_until(out_r, b"[100x40]")
         os.write(controller, b"exit\r")
 

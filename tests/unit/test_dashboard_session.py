@@ -21,7 +21,7 @@ from declawd.dashboard import routes
 from declawd.dashboard.session import COOKIE
 from declawd.errors import DeclawdError, NotFound
 from declawd.store import SandboxRecord, SandboxState
-from declawd.store.db import MIGRATIONS, Database
+from declawd.store.db import MIGRATIONS, open_database
 from declawd.store.keys import TeamsAndKeys
 from declawd.store.records import Repository
 from declawd.store.sandboxes import Sandboxes
@@ -41,8 +41,8 @@ class Clock:
 class DashStore(Sessions, TeamsAndKeys, Sandboxes, Templates, Traffic):
     """The store's mixins the dashboard touches, over the real migrations."""
 
-    def __init__(self, path: Path, clock: Clock) -> None:
-        Repository.__init__(self, Database(path, MIGRATIONS), clock)
+    def __init__(self, target: Path | str, clock: Clock) -> None:
+        Repository.__init__(self, open_database(target, MIGRATIONS), clock)
 
 
 class FakeNode:
@@ -78,9 +78,9 @@ class FakeTemplates:
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, target: Path | str) -> None:
         self.clock = Clock()
-        self.store = DashStore(tmp / "declawd.db", self.clock)
+        self.store = DashStore(target, self.clock)
         self.team_a = self.store.create_team("a")
         self.team_b = self.store.create_team("b")
         self.key_a_id, self.key_a = self.store.create_api_key(self.team_a, "ui")
@@ -128,8 +128,8 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
+def world(db_target: Path | str) -> Iterator[World]:
+    w = World(db_target)
     yield w
     w.store._db.close()
 

@@ -39,6 +39,7 @@ from declawd.node.gatewayd import GatewayDaemon as NodeGateway
 from declawd.node.gatewayd import read_stats
 from declawd.node.parts import GatewayEntry
 from declawd.store import SandboxState
+from declawd.store.model import POOL_TEAM
 from declawd.upstream import choose_upstream
 from tests.unit.node.fakes import TEAM, NodeFakes, number_creates, record, sandbox_id, template
 
@@ -414,6 +415,8 @@ class FakeStore:
         self.records = [
             record(sandbox_id(1), SandboxState.RUNNING, slot=1),
             record(sandbox_id(2), SandboxState.PAUSED, slot=2, runtime="runsc"),
+            # Parked in a warm pool: the pool gauges count it, not the live sandboxes.
+            record(sandbox_id(4), SandboxState.RUNNING, slot=4).replace(team_id=POOL_TEAM),
         ]
 
     def authenticate(self, key: str) -> dict[str, str] | None:
@@ -432,6 +435,20 @@ class FakeNode:
 
     def gateway_stats(self) -> dict[str, Any] | None:
         return None  # the daemon is down
+
+    def pool_summary(self) -> dict[str, Any]:
+        return POOLS
+
+
+POOLS = {
+    "pools": [
+        {"template": "python", "runtime": "runc", "target": 3, "ready": 1},
+        {"template": "base", "runtime": "runsc", "target": 2, "ready": 2},
+    ],
+    "parked": 3,
+    "memory_bytes": 12 << 20,
+    "budget_bytes": 768 << 20,
+}
 
 
 @pytest.fixture
@@ -468,7 +485,13 @@ def test_metrics_answers_prometheus_text_that_moves(
     before = samples(answer.text)
     assert value(before, "declawd_sandboxes_live", runtime="runc", state="running") == 1
     assert value(before, "declawd_sandboxes_live", runtime="runsc", state="paused") == 1
-    assert value(before, "declawd_address_slots_used") == 3  # the killed one still holds its slot
+    assert value(before, "declawd_sandboxes_live", runtime="runc", state="running") == 1
+    assert value(before, "declawd_address_slots_used") == 4  # the killed one still holds its slot
+    assert value(before, "declawd_warm_pool_ready", template="python", runtime="runc") == 1
+    assert value(before, "declawd_warm_pool_target", template="python", runtime="runc") == 3
+    assert value(before, "declawd_warm_pool_ready", template="base", runtime="runsc") == 2
+    assert value(before, "declawd_warm_pool_memory_bytes") == 12 << 20
+    assert value(before, "declawd_warm_pool_budget_bytes") == 768 << 20
     assert value(before, "declawd_address_slots") == 65536 // 4 - 1
     assert value(before, "declawd_gateway_restarts_total") == 3
     assert value(before, "declawd_gateway_up") == 0
@@ -496,6 +519,7 @@ def _every_name() -> set[str]:
             slots=lambda: (1, 2),
             gateway_restarts=lambda: 0,
             started_at=0.0,
+            pools=lambda: POOLS,
         ),
         metrics.GatewayCollector(lambda: stats),
     )

@@ -15,8 +15,8 @@ from declawd.store import AUDIT_EVENTS_SCHEMA, Store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "declawd.db", clock=lambda: 500.0) as s:
+def store(db_target: Path | str) -> Iterator[Store]:
+    with Store(db_target, clock=lambda: 500.0) as s:
         yield s
 
 
@@ -231,8 +231,10 @@ def test_a_detail_that_is_not_a_mapping_is_refused_with_the_whole_batch(store: S
     assert store.query_audit("sbx-1")[0] == []
 
 
-async def test_http_events_the_gateway_writes_are_read_with_their_detail(tmp_path: Path) -> None:
-    db = tmp_path / "declawd.db"
+async def test_http_events_the_gateway_writes_are_read_with_their_detail(
+    db_target: Path | str,
+) -> None:
+    db = db_target
     with Store(db) as store:
         writer = AuditWriter(db)
         await writer.start()

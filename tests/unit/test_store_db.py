@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,8 @@ def test_fresh_file_is_migrated_to_latest_version(tmp_path: Path) -> None:
     assert _tables(db) >= TABLES
 
 
-def test_reopen_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
-    db = tmp_path / "declawd.db"
+def test_reopen_is_idempotent_and_keeps_data(db_target: Path | str) -> None:
+    db = db_target
     with Store(db) as store:
         team = store.create_team("acme")
     with Store(db) as store:
@@ -192,13 +193,47 @@ def test_split_statements() -> None:
         split_statements("CREATE TABLE a (x")
 
 
-def test_close_is_idempotent_and_final(tmp_path: Path) -> None:
-    store = Store(tmp_path / "d.db")
+def test_close_is_idempotent_and_final(db_target: Path | str) -> None:
+    store = Store(db_target)
     store.list_teams()
     store.close()
     store.close()
     with pytest.raises(RuntimeError):
         store.list_teams()
+
+
+def test_close_while_another_thread_is_inside_a_statement(tmp_path: Path) -> None:
+    """A background write still running when the store closes (a node's pause snapshot at
+    shutdown): the statement finishes, the process lives, the thread's next call raises.
+    Closing that connection under the statement crashed the unit suite with SIGSEGV."""
+    db = Database(tmp_path / "d.db", ["CREATE TABLE t (x INTEGER);"])
+    inside, result = threading.Event(), []
+
+    def slow() -> int:
+        inside.set()
+        time.sleep(0.5)
+        return 1
+
+    def writer() -> None:
+        c = db.conn()
+        c.create_function("slow", 0, slow)
+        with db.write() as w:
+            w.execute("INSERT INTO t VALUES (slow())")
+        result.append("written")
+        try:
+            db.conn()
+        except RuntimeError as exc:
+            result.append(str(exc))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert inside.wait(10)
+    db.close()  # while the INSERT runs in the other thread
+    t.join(10)
+    assert result == ["written", "store is closed"]
+    check = sqlite3.connect(tmp_path / "d.db")
+    assert check.execute("SELECT x FROM t").fetchall() == [(1,)]
+    check.close()
 
 
 def test_each_live_thread_gets_its_own_connection(tmp_path: Path) -> None:
@@ -221,8 +256,8 @@ def test_each_live_thread_gets_its_own_connection(tmp_path: Path) -> None:
         assert store._db.conn() is store._db.conn()
 
 
-def test_concurrent_threads_mixed_reads_and_writes(tmp_path: Path) -> None:
-    with Store(tmp_path / "d.db") as store:
+def test_concurrent_threads_mixed_reads_and_writes(db_target: Path | str) -> None:
+    with Store(db_target) as store:
         team = store.create_team("t")
         _, key = store.create_api_key(team)
         errors: list[BaseException] = []
@@ -272,9 +307,9 @@ _WRITER = textwrap.dedent(
 )
 
 
-def test_two_processes_with_a_busy_writer(tmp_path: Path) -> None:
+def test_two_processes_with_a_busy_writer(db_target: Path | str) -> None:
     """Another process inserting audit rows non-stop must not make us fail with 'locked'."""
-    db = tmp_path / "d.db"
+    db = db_target
     with Store(db) as store:
         team = store.create_team("t")
         _, key = store.create_api_key(team)
@@ -331,8 +366,8 @@ _OPENER = textwrap.dedent(
 )
 
 
-def test_processes_opening_a_fresh_file_together_migrate_once(tmp_path: Path) -> None:
-    db = tmp_path / "d.db"
+def test_processes_opening_a_fresh_file_together_migrate_once(db_target: Path | str) -> None:
+    db = db_target
     procs = [
         subprocess.Popen([sys.executable, "-c", _OPENER, str(db)], stderr=subprocess.PIPE)
         for _ in range(4)

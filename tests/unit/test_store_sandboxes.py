@@ -41,8 +41,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    with Store(tmp_path / "declawd.db", clock=clock) as s:
+def store(db_target: Path | str, clock: FakeClock) -> Iterator[Store]:
+    with Store(db_target, clock=clock) as s:
         yield s
 
 

@@ -23,8 +23,8 @@ WRITING, READY, FAILED = SnapshotState.WRITING, SnapshotState.READY, SnapshotSta
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "declawd.db") as s:
+def store(db_target: Path | str) -> Iterator[Store]:
+    with Store(db_target) as s:
         yield s
 
 

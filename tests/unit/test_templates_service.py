@@ -32,9 +32,9 @@ class FakeBuilder:
 
 
 @pytest.fixture
-async def svc(tmp_path):
+async def svc(tmp_path, db_target):
     settings = Settings(state_dir=tmp_path)
-    store = Store(settings.db_path)
+    store = Store(db_target)
     service = TemplateService(settings, store)
     fake = FakeBuilder(service.builder.cache)
     service.builder.build = fake.build  # type: ignore[method-assign]

@@ -31,8 +31,8 @@ def insert_sandbox(store: Store, sandbox_id: str, team_id: str) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "declawd.db") as s:
+def store(db_target: Path | str) -> Iterator[Store]:
+    with Store(db_target) as s:
         yield s
 
 

@@ -27,8 +27,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
-    with Store(tmp_path / "declawd.db", clock=clock) as s:
+def store(db_target: Path | str, clock: Clock) -> Iterator[Store]:
+    with Store(db_target, clock=clock) as s:
         yield s
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,10 +24,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from declawd.api.errors import body_of, headers_of, status_of
 from declawd.config import Settings
 from declawd.errors import DeclawdError, Unauthorized
-from declawd.store import Store
+from declawd.store import Store, open_store
 
 if TYPE_CHECKING:
     from declawd.node.node import Node
+    from declawd.templates.model import Template
     from declawd.templates.service import TemplateService
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,20 @@ async def current_team(request: Request) -> Team:
     return Team(found["team_id"], found["key_id"])
 
 
+def _builtin_resolver(templates: TemplateService) -> Callable[[str], Template]:
+    """What a warm pool's alias names now: a built-in's name, or a template id."""
+    return lambda alias: templates.resolve("", alias)
+
+
 def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from declawd.node.node import Node
+        from declawd.templates.catalog import catalog_names
         from declawd.templates.service import TemplateService
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(settings.db_path)
+        store = open_store(settings)
         node = Node.on_this_machine(settings, store)
         templates = TemplateService(settings, store, runtime_name=settings.runtime)
         svc = Services(settings, store, node, templates, time.time())
@@ -97,7 +104,7 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
                 )
             await asyncio.to_thread(store.idempotency_abandon_in_progress)
             await templates.ensure_builtin(["base", "python"])
-            await node.start()
+            await node.start(templates=_builtin_resolver(templates), builtins=catalog_names())
         try:
             yield
         finally:

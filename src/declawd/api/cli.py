@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
 
         from declawd.cli_options import settings_from_env
         from declawd.node.node import UPSTREAM_FILE, Node
-        from declawd.store import Store
+        from declawd.store import open_store
         from declawd.volumes.host import unprotect
 
         settings = settings_from_env(state_dir=state_dir, instance=instance)
@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
             settings.lab = recorded.read_text().strip() == "lab"
 
         async def run() -> int:
-            node = Node.on_this_machine(settings, Store(settings.db_path))
+            node = Node.on_this_machine(settings, open_store(settings))
             killed = await node.destroy_all()
             # The volumes directory's own guard mount (volumes/host.py) goes last.
             unprotect(settings.volumes_dir)

@@ -615,6 +615,7 @@ ROUTES: dict[tuple[str, str], Op] = {
     ),
     # Operations --------------------------------------------------------------------------
     ("GET", "/health"): Op("Liveness", T_OPS, {200: s.Health}, public=True, extension=True),
+    ("GET", "/pools"): Op("The node's warm pools", T_OPS, {200: s.WarmPools}, extension=True),
     ("GET", "/metrics"): Op(
         "Prometheus metrics",
         T_OPS,

@@ -1,4 +1,4 @@
-"""Operations routes (/health, /metrics) and the documented routes we have not built (501).
+"""Operations routes (/health, /pools, /metrics) and the documented routes we have not built (501).
 
 /metrics is Prometheus text from `declawd.metrics`: the process's event counters plus what
 the store and the gateway daemon say at scrape time; it needs an API key like every route
@@ -29,6 +29,14 @@ async def health(request: Request) -> Any:
     return {"ok": True, "gateway": gateway, "uptime_s": round(time.time() - svc.started_at, 1)}
 
 
+@router.get("/pools")
+async def pools(request: Request, team: Team = Depends(current_team)) -> Any:
+    """The node's warm pools (declaw-api.md §11): per template and runtime, how many
+    sandboxes are kept ready and how many are; their memory against the budget."""
+    svc = services(request)
+    return await asyncio.to_thread(svc.node.pool_summary)  # reads the pools' cgroups
+
+
 @router.get("/metrics")
 async def metrics(request: Request, team: Team = Depends(current_team)) -> Any:
     svc = services(request)
@@ -44,7 +52,11 @@ def scrape_collectors(svc: Services) -> tuple[prom.NodeCollector, prom.GatewayCo
     total_slots = pool.num_addresses // 4 - 1  # slot 0's /30 is never handed out
 
     def live() -> list[tuple[str, str]]:
-        return [(rec.runtime, rec.state.value) for rec in store.list_live_sandboxes()]
+        return [
+            (rec.runtime, rec.state.value)
+            for rec in store.list_live_sandboxes()
+            if not rec.pooled  # counted by the warm pool gauges
+        ]
 
     def slots() -> tuple[int, int]:
         held = [rec for rec in store.list_unreleased_sandboxes() if rec.slot is not None]
@@ -56,6 +68,7 @@ def scrape_collectors(svc: Services) -> tuple[prom.NodeCollector, prom.GatewayCo
             slots=slots,
             gateway_restarts=lambda: node.gateway_restarts,
             started_at=svc.started_at,
+            pools=node.pool_summary,
         ),
         prom.GatewayCollector(node.gateway_stats),
     )

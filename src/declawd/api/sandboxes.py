@@ -36,13 +36,13 @@ from declawd.errors import (
 )
 from declawd.inspect.model import PLACEHOLDER, VaultBinding
 from declawd.inspect.policy import SecuritySpec, parse_security
-from declawd.node.create import CreateRequest, new_sandbox_id
+from declawd.node.create import CreateRequest
 from declawd.node.envd_client import EnvdClient
 from declawd.node.metrics import parse_range, series
 from declawd.node.node import Need
 from declawd.node.pausing import AUTO_RESUME_MIN_S
 from declawd.ports.headers import validate_mask
-from declawd.store import SandboxState, parse_metadata_query
+from declawd.store import SandboxState, TrafficAccess, parse_metadata_query
 from declawd.vault import resolve_vault_refs
 from declawd.volumes.attach import (
     Attachment,
@@ -237,10 +237,27 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         if state == "done" and existing:
             done = await asyncio.to_thread(svc.store.get_sandbox, existing, team.team_id)
             if done is not None:
-                access = await asyncio.to_thread(svc.store.ensure_traffic, existing)
-                return JSONResponse(sandbox_view(done, access, with_token=True), status_code=201)
-    # Chosen here: the ports options (and attachments) are recorded under it first.
-    sandbox_id = new_sandbox_id()
+                earlier = await asyncio.to_thread(svc.store.ensure_traffic, existing)
+                return JSONResponse(sandbox_view(done, earlier, with_token=True), status_code=201)
+    # The node chooses the id (a new one, or a warm pool's sandbox); the ports options and
+    # the attachments are recorded under it before the sandbox is the team's.
+    chosen: list[str] = []
+    access: TrafficAccess | None = None
+
+    async def prepare(sandbox_id: str) -> None:
+        nonlocal access
+        chosen.append(sandbox_id)
+        access = await asyncio.to_thread(
+            svc.store.set_traffic,
+            sandbox_id,
+            allow_public_traffic=traffic.allow_public_traffic,
+            mask_request_host=traffic.mask_request_host,
+        )
+        if attachments:
+            # Recorded before the container mounts them, so a delete of a volume that races
+            # this create is refused (a failed create's record is released: no longer counts).
+            await record_attachments(volume_service(request), sandbox_id, attachments)
+
     req = CreateRequest(
         team_id=team.team_id,
         template=tpl,
@@ -254,23 +271,13 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         mounts=attachment_mounts(attachments),
         after_start=[_copier(a, tpl.user or "user") for a in attachments if not a.live],
         vault=vault,
-        sandbox_id=sandbox_id,
+        prepare=prepare,
     )
     try:
-        # Before the sandbox can run anything, so its ports never answer without them.
-        access = await asyncio.to_thread(
-            svc.store.set_traffic,
-            sandbox_id,
-            allow_public_traffic=traffic.allow_public_traffic,
-            mask_request_host=traffic.mask_request_host,
-        )
-        if attachments:
-            # Recorded before the container mounts them, so a delete of a volume that races
-            # this create is refused (a failed create's record is released: no longer counts).
-            await record_attachments(volume_service(request), sandbox_id, attachments)
         rec = await svc.node.create(req)
     except BaseException:
-        await asyncio.to_thread(svc.store.delete_traffic, sandbox_id)
+        for sandbox_id in chosen:
+            await asyncio.to_thread(svc.store.delete_traffic, sandbox_id)
         if idem_key:
             await asyncio.to_thread(svc.store.idempotency_finish, team.team_id, idem_key, None)
         raise

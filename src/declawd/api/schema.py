@@ -839,6 +839,25 @@ class Health(Wire):
     uptime_s: float
 
 
+class WarmPool(Wire):
+    """One warm pool: sandboxes of one template and runtime kept made and parked."""
+
+    template: str = Field(description="The alias the pool follows (a built-in's name)")
+    template_id: str = Field(description="The template the alias names now")
+    runtime: str
+    target: int = Field(description="Sandboxes the pool keeps ready")
+    ready: int = Field(description="Sandboxes ready to be claimed now")
+    filling: int = Field(description="Sandboxes being made")
+    failures: int = Field(description="Creates that failed in a row (refill backs off)")
+
+
+class WarmPools(Wire):
+    pools: list[WarmPool]
+    parked: int = Field(description="Pooled sandboxes on the node, all pools together")
+    memory_bytes: int = Field(description="What the pooled sandboxes' cgroups use now")
+    budget_bytes: int = Field(description="The most the pools may use; refill stops there")
+
+
 # API keys --------------------------------------------------------------------------
 class ApiKey(Wire):
     """One of the team's keys; the key itself is never shown again after its creation."""

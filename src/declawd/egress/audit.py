@@ -1,9 +1,15 @@
-"""Network audit events: batched, durable writes into `audit_events` of the server's SQLite db.
+"""Network audit events: batched, durable writes into `audit_events` of the server's database.
 
 The resolver and the nflog reader `emit()` events without blocking; a single writer task
 flushes them in batches from a thread (WAL + busy_timeout, so the API server can read while we
 write). The queue is bounded: under a flood the oldest *excess* events are counted and reported
 as one summary row per sandbox instead of exhausting memory. Network audit has no off switch.
+
+The target is the server's SQLite file, or, when the server runs on PostgreSQL, the same
+`postgresql://` URL: the gateway then writes through the store's backend (`store/pg.py`, a
+pool of two, migrating under the write lock if it comes first), so every API server reads
+every node's events and ids commit in order under the store's write lock. The URL must be
+reachable from the gateway's netns: a unix-socket URL always is.
 """
 
 from __future__ import annotations
@@ -20,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from declawd.store.db import AUDIT_DETAILS_SCHEMA, AUDIT_EVENTS_SCHEMA
+from declawd.store.db import (
+    AUDIT_DETAILS_SCHEMA,
+    AUDIT_EVENTS_SCHEMA,
+    Backend,
+    is_postgres_url,
+    open_database,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +40,9 @@ log = logging.getLogger(__name__)
 # creates it).
 SCHEMA = AUDIT_EVENTS_SCHEMA
 DETAILS_SCHEMA = AUDIT_DETAILS_SCHEMA
+
+# The PostgreSQL pool of the gateway: one flushing thread, one spare.
+PG_POOL_SIZE = 2
 
 _INSERT = (
     "INSERT INTO audit_events (time, sandbox_id, kind, verdict, reason, name, address, port,"
@@ -84,7 +99,7 @@ class AuditWriter:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | str,
         *,
         batch_size: int = 500,
         flush_interval_s: float = 0.2,
@@ -99,10 +114,21 @@ class AuditWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: sqlite3.Connection | None = None
+        # PostgreSQL mode: the store's backend for the server's URL (None on SQLite).
+        self._backend: Backend | None = None
+        self._retryable: tuple[type[Exception], ...] = (sqlite3.Error,)
         self.written = 0
 
     async def start(self) -> None:
-        self._conn = await asyncio.to_thread(open_db, self.db_path)
+        if is_postgres_url(self.db_path):
+            import psycopg
+
+            self._retryable = (sqlite3.Error, psycopg.Error)
+            self._backend = await asyncio.to_thread(
+                open_database, str(self.db_path), pool_size=PG_POOL_SIZE
+            )
+        else:
+            self._conn = await asyncio.to_thread(open_db, Path(self.db_path))
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def stop(self) -> None:
@@ -112,10 +138,14 @@ class AuditWriter:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._conn is not None:
+        if self._conn is not None or self._backend is not None:
             await self._flush_all()
             conn, self._conn = self._conn, None
-            conn.close()
+            backend, self._backend = self._backend, None
+            if conn is not None:
+                conn.close()
+            if backend is not None:
+                await asyncio.to_thread(backend.close)
 
     def emit(self, event: AuditEvent) -> None:
         if event.time == 0.0:
@@ -138,7 +168,7 @@ class AuditWriter:
             self._wake.clear()
             try:
                 await self._flush_all()
-            except sqlite3.Error as exc:
+            except self._retryable as exc:
                 # Keep the events and retry: a locked or briefly unavailable db is not fatal.
                 log.warning("audit flush failed, will retry: %s", exc)
                 await asyncio.sleep(1.0)
@@ -158,6 +188,9 @@ class AuditWriter:
             self.written += len(events)
 
     def _write(self, events: list[AuditEvent]) -> None:
+        if self._backend is not None:
+            self._write_backend(self._backend, events)
+            return
         conn = self._conn
         if conn is None:
             raise sqlite3.ProgrammingError("audit db closed")
@@ -179,3 +212,24 @@ class AuditWriter:
                 )
             if run:
                 conn.executemany(_INSERT, run)
+
+    @staticmethod
+    def _write_backend(backend: Backend, events: list[AuditEvent]) -> None:
+        """One batch through the store's backend (PostgreSQL): one write transaction, so
+        under the store's write lock, in emission order."""
+        with backend.write() as c:
+            run: list[tuple[object, ...]] = []
+            for e in events:
+                if e.detail is None:
+                    run.append(e.row())
+                    continue
+                if run:
+                    c.executemany(_INSERT, run)
+                    run = []
+                event_id = c.execute(_INSERT + " RETURNING id", e.row()).fetchone()[0]
+                c.execute(
+                    "INSERT INTO audit_details (event_id, detail) VALUES (?, ?)",
+                    (event_id, json.dumps(dict(e.detail), separators=(",", ":"))),
+                )
+            if run:
+                c.executemany(_INSERT, run)

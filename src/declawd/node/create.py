@@ -64,6 +64,19 @@ class CreateRequest:
     # Vault secrets (resolved `vault_refs`, or a restored sandbox's own): each `env` holds
     # the placeholder inside, the proxy adds the value in flight.
     vault: tuple[VaultBinding, ...] = ()
+    # Work the caller does under the sandbox's id once it is known and before the sandbox is
+    # the team's (its ports options, its volume attachments); a cold create chooses the id,
+    # a warm one takes a pooled sandbox's.
+    prepare: Callable[[str], Awaitable[None]] | None = None
+    # A warm pool's own create (node/pool.py): no deadline, no start command (it runs when
+    # the sandbox is claimed, with the claimer's envs), not counted as a user's create.
+    pooled: bool = False
+
+    @property
+    def poolable(self) -> bool:
+        """Can a pooled sandbox serve this request? Not with mounts (live volumes are bound
+        into the container when it is made), a prefilled layer (restore) or a given id."""
+        return not self.mounts and self.prefill is None and self.sandbox_id is None
 
 
 def new_sandbox_id() -> str:
@@ -82,7 +95,7 @@ def new_record(parts: NodeParts, req: CreateRequest, now: float) -> SandboxRecor
         runtime=req.runtime or tpl.runtime or settings.runtime,
         created_at=now,
         timeout=req.timeout,
-        end_at=now + req.timeout,
+        end_at=None if req.pooled else now + req.timeout,
         metadata=dict(req.metadata),
         envs={**(tpl.envs or {}), **req.envs, **{b.env: PLACEHOLDER for b in req.vault}},
         network=policy.to_wire(),
@@ -140,6 +153,8 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
     )
     sandbox_id = rec.sandbox_id
     runtime = parts.runtimes[rec.runtime]
+    if req.prepare is not None:
+        await req.prepare(sandbox_id)
     await asyncio.to_thread(_insert_or_revive, parts, rec)
     plan: NetworkPlan | None = None
     ca: CaRef | None = None
@@ -197,14 +212,13 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
         client = parts.sessions.client(sandbox_id)
         await _wait_envd(parts, client, sandbox_id)
         faults.point("create.after_envd")
-        for work in req.after_start:
-            await work(client)
-        if tpl.start_cmd:
-            await _start_command(client, envs_of(parts, rec), tpl)
+        if not req.pooled:
+            await run_after_start(parts, rec, req, client)
         faults.point("create.after_start")
     except BaseException as exc:
-        metrics.sandbox_create_failed(rec.runtime, exc)
-        await _undo(parts, rec, exc)
+        if not req.pooled:
+            metrics.sandbox_create_failed(rec.runtime, exc)
+        await undo(parts, rec, exc)
         if isinstance(exc, DeclawdError):
             raise
         if isinstance(exc, Exception):
@@ -215,12 +229,27 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
     await asyncio.to_thread(
         store.update_sandbox, sandbox_id, state=SandboxState.RUNNING, started_at=started
     )
-    kind = "builtin" if not tpl.team_id else "custom"
-    metrics.sandbox_created(rec.runtime, kind, time.monotonic() - began)
+    if not req.pooled:
+        metrics.sandbox_created(rec.runtime, template_kind(tpl), time.monotonic() - began)
     return done
 
 
-async def _undo(parts: NodeParts, rec: SandboxRecord, exc: BaseException) -> None:
+def template_kind(tpl: Template) -> str:
+    return "builtin" if not tpl.team_id else "custom"
+
+
+async def run_after_start(
+    parts: NodeParts, rec: SandboxRecord, req: CreateRequest, client: EnvdClient
+) -> None:
+    """The request's own work once envd answers: copied volumes, then the template's start
+    command (with the sandbox's envs) until its ready command passes."""
+    for work in req.after_start:
+        await work(client)
+    if req.template.start_cmd:
+        await _start_command(client, envs_of(parts, rec), req.template)
+
+
+async def undo(parts: NodeParts, rec: SandboxRecord, exc: BaseException) -> None:
     """Undo a failed create; the record ends `killed` with the error either way."""
     error = str(exc)[:2000] or type(exc).__name__
     failures = await release(parts, rec, fault_points=False)

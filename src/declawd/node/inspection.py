@@ -68,12 +68,15 @@ async def apply(
     inspection: InspectionPolicy,
     *,
     network_changed: bool,
+    had_no_egress: bool = False,
 ) -> None:
     """Make the datapath and the gateway match `policy` and `inspection`.
 
     The nft rules are rewritten when the network changed or inspection turned on or off.
     Turning it on, the gateway learns first (then the redirect of all TCP); turning it
     off, the redirect goes first: in between, the proxy always expects what it gets.
+    `had_no_egress`: the sandbox could reach nothing until now (a warm pool's), so it has
+    no flow to cut.
     """
     sandbox_id = rec.sandbox_id
     if rec.slot is None or rec.address is None:
@@ -91,7 +94,9 @@ async def apply(
 
     async def datapath() -> None:
         if rules:
-            await parts.networks.update_policy(sandbox_id, slot, policy, inspect=inspection.active)
+            await parts.networks.update_policy(
+                sandbox_id, slot, policy, inspect=inspection.active, cut=not had_no_egress
+            )
 
     if inspection.active and not was:
         await parts.daemon.upsert(sandbox_id, entry)

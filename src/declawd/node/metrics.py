@@ -161,7 +161,7 @@ class MetricsSampler:
         store = self.parts.store
         taken: list[MetricsSample] = []
         for rec in store.list_live_sandboxes():
-            if rec.state not in SAMPLED_STATES:
+            if rec.state not in SAMPLED_STATES or rec.pooled:
                 continue
             try:
                 taken.append(read_sample(self._read, rec, self._clock()))

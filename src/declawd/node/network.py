@@ -40,10 +40,16 @@ class NodeNetwork:
         await SandboxNetwork.attach(self.settings, sandbox_id, slot).destroy()
 
     async def update_policy(
-        self, sandbox_id: str, slot: int, policy: EgressPolicy, *, inspect: bool = False
+        self,
+        sandbox_id: str,
+        slot: int,
+        policy: EgressPolicy,
+        *,
+        inspect: bool = False,
+        cut: bool = True,
     ) -> None:
         net = SandboxNetwork.attach(self.settings, sandbox_id, slot)
-        await net.update_policy(policy, inspect=inspect)
+        await net.update_policy(policy, inspect=inspect, cut=cut)
 
     async def sweep(self, keep: set[str]) -> list[str]:
         return await sweep(self.settings, keep)

@@ -28,6 +28,7 @@ from declawd.node.create import CreateRequest
 from declawd.node.envd_client import EnvdClient
 from declawd.node.metrics import MetricsSampler
 from declawd.node.parts import NodeParts, build_parts
+from declawd.node.pool import Resolve, WarmPools
 from declawd.node.reaper import Reaper
 from declawd.node.reconcile import reconcile
 from declawd.node.release import release_and_record
@@ -69,13 +70,19 @@ class Node:
         # Policy, security and inspection changes: one at a time, so two of them never
         # interleave their store, nft and gateway writes.
         self._policy_lock = asyncio.Lock()
+        self.pools: WarmPools | None = None
 
     @classmethod
     def on_this_machine(cls, settings: Settings, store: Store) -> Node:
         return cls(build_parts(settings, store))
 
     # start / stop -----------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(
+        self, *, templates: Resolve | None = None, builtins: Sequence[str] = ()
+    ) -> None:
+        """Reconcile, start the gateway daemon and the background work; with `templates`
+        (alias → ready template, or None) the warm pools the settings ask for start
+        filling (`builtins` are the names `auto` pools)."""
         parts = self.parts
         await asyncio.to_thread(parts.host.prepare_node)
         self.settings.gateway_dir.mkdir(parents=True, exist_ok=True)
@@ -93,9 +100,14 @@ class Node:
             periodic = snapshotting.PeriodicSnapshots(parts, self.settings.snapshot_interval_s)
             self._periodic_task = asyncio.get_running_loop().create_task(periodic.run())
         self._metrics.start()
+        # Always made, also with pools off: it kills what a previous run's pools left.
+        self.pools = WarmPools.from_settings(parts, builtins, self._kill_parked, templates)
+        await self.pools.start()
 
     async def close(self) -> None:
         """Stop background work; sandboxes and the gateway daemon keep running."""
+        if self.pools is not None:
+            await self.pools.stop()
         if self._reaper_task is not None:
             self._reaper_task.cancel()
             await asyncio.gather(self._reaper_task, return_exceptions=True)
@@ -140,7 +152,36 @@ class Node:
 
     # lifecycle --------------------------------------------------------------------
     async def create(self, req: CreateRequest) -> SandboxRecord:
-        return await creating.create(self.parts, req)
+        """A sandbox as `req` asks: a warm pool's, bound to the request, when one is ready
+        for its template and runtime; else made now (a cold create)."""
+        began = time.monotonic()
+        start = "warm"
+        rec = await self.pools.claim(req) if self.pools is not None else None
+        if rec is None:
+            start = "cold"
+            rec = await creating.create(self.parts, req)
+        ms = (time.monotonic() - began) * 1000
+        log.info("created %s in %.0f ms (%s, %s)", rec.sandbox_id, ms, start, rec.runtime)
+        return rec
+
+    async def _kill_parked(self, sandbox_id: str) -> bool:
+        return await self._kill(sandbox_id, None, wait=True)
+
+    def pool_status(self) -> list[dict[str, Any]]:
+        """The warm pools: per template and runtime, target and ready sizes."""
+        return self.pools.status() if self.pools is not None else []
+
+    def pool_summary(self) -> dict[str, Any]:
+        """The pools, and what their sandboxes use against the budget (blocking)."""
+        pools = self.pools
+        if pools is None:
+            return {"pools": [], "parked": 0, "memory_bytes": 0, "budget_bytes": 0}
+        return {
+            "pools": pools.status(),
+            "parked": pools.parked,
+            "memory_bytes": pools.memory_bytes(),
+            "budget_bytes": pools.budget_bytes,
+        }
 
     async def kill(self, sandbox_id: str, *, wait: bool = True) -> bool:
         """Kill a running or paused sandbox: from this call on it is gone for users; its
@@ -160,7 +201,8 @@ class Node:
         if before is None:
             return False
         rec = before.replace(state=SandboxState.KILLED, **fields)
-        metrics.sandbox_killed(rec.runtime, _kill_reason(before, error, fields["killed_at"]))
+        if not before.pooled:
+            metrics.sandbox_killed(rec.runtime, _kill_reason(before, error, fields["killed_at"]))
         await self._cancel_pause_snapshot(sandbox_id)
         await self.parts.sessions.drop(sandbox_id)
         self.parts.locks.forget(sandbox_id)
@@ -391,10 +433,13 @@ class Node:
         return self.parts.daemon.stats()
 
     async def destroy_all(self) -> int:
-        """Kill every sandbox and remove the gateway: `declawd down`, and test teardown."""
+        """Kill every sandbox and remove the gateway: `declawd down`, and test teardown.
+        Warm pools stop first and are drained with the rest."""
+        if self.pools is not None:
+            await self.pools.stop()
         count = 0
         for rec in await asyncio.to_thread(self.store.list_live_sandboxes):
-            if await self._kill(rec.sandbox_id, None, wait=True):
+            if await self._kill(rec.sandbox_id, None, wait=True) and not rec.pooled:
                 count += 1
         self.parts.daemon.load()
         await reconcile(self.parts)

@@ -51,8 +51,15 @@ class Networks(Protocol):
     async def destroy(self, sandbox_id: str, slot: int) -> None: ...
 
     async def update_policy(
-        self, sandbox_id: str, slot: int, policy: EgressPolicy, *, inspect: bool = False
-    ) -> None: ...
+        self,
+        sandbox_id: str,
+        slot: int,
+        policy: EgressPolicy,
+        *,
+        inspect: bool = False,
+        cut: bool = True,
+    ) -> None:
+        """Replace the sandbox's rules; then cut its flows the new rules refuse (`cut`)."""
 
     async def sweep(self, keep: set[str]) -> list[str]: ...
 

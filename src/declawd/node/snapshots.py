@@ -304,7 +304,7 @@ class PeriodicSnapshots:
         store = self.parts.store
         taken = []
         live = await asyncio.to_thread(store.list_live_sandboxes)
-        running = [r for r in live if r.state is SandboxState.RUNNING]
+        running = [r for r in live if r.state is SandboxState.RUNNING and not r.pooled]
         ids = {r.sandbox_id for r in running}
         self._failed_at = {k: v for k, v in self._failed_at.items() if k in ids}
         for rec in running:

@@ -1,8 +1,8 @@
 """Persistence for declawd: teams, API keys, sandboxes, idempotency, templates, audit,
 and each sandbox's traffic access (ports).
 
-SQLite in WAL mode at `<state_dir>/declawd.db`, schema versioned by `PRAGMA
-user_version`. Sandboxes travel as frozen `SandboxRecord`s; the other tables as plain dicts
+SQLite in WAL mode at `<state_dir>/declawd.db` (schema versioned by `PRAGMA user_version`),
+or PostgreSQL when the settings' `database_url` names one (store/pg.py). Sandboxes travel as frozen `SandboxRecord`s; the other tables as plain dicts
 with JSON columns decoded. See docs/store.md.
 """
 
@@ -16,7 +16,7 @@ from declawd.store.errors import (
 )
 from declawd.store.model import LIVE_STATES, SandboxRecord, SandboxState
 from declawd.store.sandboxes import parse_metadata_query
-from declawd.store.store import Store
+from declawd.store.store import Store, database_target, open_store
 from declawd.store.traffic import TrafficAccess
 
 __all__ = [
@@ -32,5 +32,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TrafficAccess",
+    "database_target",
+    "open_store",
     "parse_metadata_query",
 ]

@@ -10,7 +10,6 @@ gives a stable page order and a resumable cursor for the stream.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +20,10 @@ from declawd.store.records import Repository, decode_token, encode_token
 REQUIRED_FIELDS = ("sandbox_id", "kind", "verdict")
 AUDIT_FIELDS = ("sandbox_id", "kind", "verdict", "reason", "name", "address", "port", "protocol")
 MAX_AUDIT_LIMIT = 1000
+_INSERT = (
+    "INSERT INTO audit_events (time, sandbox_id, kind, verdict, reason, name, address, port,"
+    " protocol) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 # Every event with the detail row it may have (an `http` event's request fields).
 _SELECT = (
     "SELECT e.*, d.detail AS detail FROM audit_events e"
@@ -37,7 +40,7 @@ def _epoch(value: Any) -> float:
     return float(value)
 
 
-def event_from_row(row: sqlite3.Row) -> dict[str, Any]:
+def event_from_row(row: Any) -> dict[str, Any]:
     """The API's event shape (declaw-api.md §11.4) from a `_SELECT` row: the columns, then
     the detail's keys (an `http` event: the SDK's AuditEntry fields and ours); a column
     wins a clash."""
@@ -84,17 +87,23 @@ class Audit(Repository):
             for e in events
         ]
         with self._db.write() as c:
+            # In order; runs without a detail go in one executemany (PostgreSQL pipelines
+            # it), an event with one needs its id back (RETURNING: both backends).
+            run: list[tuple[Any, ...]] = []
             for e, row in zip(events, rows, strict=True):
-                cur = c.execute(
-                    "INSERT INTO audit_events (time, sandbox_id, kind, verdict, reason, name,"
-                    " address, port, protocol) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
+                if e.get("detail") is None:
+                    run.append(row)
+                    continue
+                if run:
+                    c.executemany(_INSERT, run)
+                    run = []
+                event_id = c.execute(_INSERT + " RETURNING id", row).fetchone()[0]
+                c.execute(
+                    "INSERT INTO audit_details (event_id, detail) VALUES (?, ?)",
+                    (event_id, json.dumps(dict(e["detail"]), separators=(",", ":"))),
                 )
-                if e.get("detail") is not None:
-                    c.execute(
-                        "INSERT INTO audit_details (event_id, detail) VALUES (?, ?)",
-                        (cur.lastrowid, json.dumps(dict(e["detail"]), separators=(",", ":"))),
-                    )
+            if run:
+                c.executemany(_INSERT, run)
 
     def query_audit(
         self,

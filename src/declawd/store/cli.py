@@ -1,6 +1,6 @@
 """`declawd keys`: create, list and revoke API keys in the instance's database.
 
-Works against the state directory directly (no server needed) and is safe while the
+Works against the state directory's SQLite file (or DECLAWD_DATABASE_URL) directly (no server needed) and is safe while the
 server runs: a revocation is seen by the server's very next authentication.
 The plaintext of a key is printed once, at creation, and never stored.
 """
@@ -16,7 +16,7 @@ import typer
 
 from declawd.cli_options import AsJson, StateDir, settings_from_env
 from declawd.store.errors import AmbiguousKey, Duplicate
-from declawd.store.store import Store
+from declawd.store.store import Store, open_store
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -26,7 +26,8 @@ app = typer.Typer(
 
 
 def _open(state_dir: Path | None) -> Store:
-    return Store(settings_from_env(state_dir=state_dir).db_path)
+    # DECLAWD_DATABASE_URL, when set, names the server's PostgreSQL database.
+    return open_store(settings_from_env(state_dir=state_dir))
 
 
 def _when(ts: float | None) -> str:

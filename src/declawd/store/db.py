@@ -1,6 +1,10 @@
-"""SQLite connection handling and schema migrations for `declawd.db`.
+"""SQLite connection handling and schema migrations for `declawd.db`, and the choice of backend.
 
-One connection per thread (the server calls the store from anyio worker threads and
+`open_database(target)` gives the SQLite `Database` for a path (or `sqlite:///path`) and the
+PostgreSQL one (`store/pg.py`, which runs these same migrations translated) for a
+`postgresql://` URL; both answer the `Backend` protocol the store's mixins use.
+
+SQLite: one connection per thread (the server calls the store from anyio worker threads and
 from the event loop; several processes share the file). Invariant: every write runs in
 `BEGIN IMMEDIATE`, so a writer takes the lock up front and waits (busy_timeout) instead
 of failing with "database is locked" when it would upgrade a stale read snapshot.
@@ -15,7 +19,7 @@ import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from declawd.store.errors import Duplicate, SchemaTooNew
 
@@ -333,8 +337,69 @@ def split_statements(script: str) -> list[str]:
     return out
 
 
+class WriteConnection(Protocol):
+    """What `write()` yields: `sqlite3.Connection`, or `pg.PgConnection` (same calls)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any]], /) -> Any: ...
+
+
+class Backend(Protocol):
+    """The calls the store's mixins make; rows index by position and by column name."""
+
+    @property
+    def dialect(self) -> str: ...
+
+    def query(self, sql: str, params: Sequence[Any] = ...) -> list[Any]: ...
+
+    def query_one(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
+
+    def write(self) -> contextlib.AbstractContextManager[WriteConnection]: ...
+
+    def user_version(self) -> int: ...
+
+    def migrate(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+SQLITE_URL_PREFIX = "sqlite:///"
+POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(target: object) -> bool:
+    """Whether `target` is a PostgreSQL URL (else it names a SQLite file)."""
+    return isinstance(target, str) and target.startswith(POSTGRES_URL_PREFIXES)
+
+
+def open_database(
+    target: Path | str, migrations: Sequence[str] = MIGRATIONS, *, pool_size: int | None = None
+) -> Backend:
+    """The backend `target` names: a `postgresql://` (or `postgres://`) URL selects
+    PostgreSQL (`pool_size=N` in its query, or the argument, sizes the pool); a path or
+    `sqlite:///path` selects the SQLite file there. Creates and migrates as needed."""
+    if is_postgres_url(target):
+        assert isinstance(target, str)
+        from declawd.store.pg import PgDatabase  # psycopg only where PostgreSQL is used
+
+        return PgDatabase(target, migrations, pool_size=pool_size)
+    return Database(sqlite_path(target), migrations)
+
+
+def sqlite_path(target: Path | str) -> Path:
+    """The file of a SQLite target: a path, or `sqlite:///relative` / `sqlite:////absolute`."""
+    if isinstance(target, str) and target.startswith("sqlite:"):
+        if not target.startswith(SQLITE_URL_PREFIX):
+            raise ValueError(f"expected {SQLITE_URL_PREFIX}PATH, got {target!r}")
+        return Path(target[len(SQLITE_URL_PREFIX) :])
+    return Path(target)
+
+
 class Database:
     """Per-thread connections to one SQLite file, plus transaction helpers."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: Path | str, migrations: Sequence[str] = MIGRATIONS) -> None:
         self.path = Path(path)
@@ -388,11 +453,20 @@ class Database:
         self._conns = alive
 
     def close(self) -> None:
-        """Close every thread's connection. Idempotent; callers must be done using it."""
+        """Close the store: no thread opens a connection any more. Idempotent.
+
+        The calling thread's connection and those of threads that ended are closed now.
+        Another live thread's connection is only let go: it may be inside a statement this
+        very moment (a background write still running at shutdown), and closing a SQLite
+        connection under a running statement crashes the process (it did, in the unit
+        suite). It closes when that thread drops it; its next `conn()` raises."""
+        me = threading.current_thread()
         with self._lock:
             self._closed = True
-            for _, c in self._conns:
-                c.close()
+            for ref, c in self._conns:
+                owner = ref()
+                if owner is None or owner is me or not owner.is_alive():
+                    c.close()
             self._conns = []
         self._local = threading.local()
 

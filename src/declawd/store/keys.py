@@ -65,7 +65,8 @@ class TeamsAndKeys(Repository):
     def create_api_key(self, team_id: str, name: str = "") -> tuple[str, str]:
         """Returns (key_id, plaintext). The plaintext is not recoverable afterwards.
 
-        An unknown team_id violates the foreign key (sqlite3.IntegrityError).
+        An unknown team_id violates the foreign key (the backend's IntegrityError:
+        sqlite3's or psycopg's).
         """
         key_id = new_id("key")
         plaintext = generate_key()

@@ -37,7 +37,8 @@ class Metrics(Repository):
             return
         with self._db.write() as c:
             c.executemany(
-                f"INSERT OR IGNORE INTO sandbox_metrics ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO sandbox_metrics ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 [
                     (
                         s.sandbox_id,

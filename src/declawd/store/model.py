@@ -30,6 +30,10 @@ class SandboxState(StrEnum):
 
 LIVE_STATES: tuple[SandboxState, ...] = tuple(s for s in SandboxState if s.is_live)
 
+# The team of the sandboxes a warm pool keeps made and parked (node/pool.py): no API key
+# belongs to it, so no route finds them; a create that claims one gives it its team.
+POOL_TEAM = "__pool__"
+
 
 @dataclass(frozen=True)
 class SandboxRecord:
@@ -74,6 +78,11 @@ class SandboxRecord:
     @property
     def is_live(self) -> bool:
         return self.state.is_live
+
+    @property
+    def pooled(self) -> bool:
+        """Parked in a warm pool: made, unclaimed, nobody's yet."""
+        return self.team_id == POOL_TEAM
 
     def replace(self, **changes: Any) -> SandboxRecord:
         return dataclasses.replace(self, **changes)

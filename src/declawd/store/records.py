@@ -10,13 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from declawd.errors import InvalidInput
-from declawd.store.db import Database
+from declawd.store.db import Backend
 
 Clock = Callable[[], float]
 
@@ -31,7 +30,7 @@ def encode_json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
 
-def row_to_dict(row: sqlite3.Row, json_cols: Collection[str]) -> dict[str, Any]:
+def row_to_dict(row: Any, json_cols: Collection[str]) -> dict[str, Any]:
     out = dict(row)
     for col in json_cols:
         if col in out and out[col] is not None:
@@ -48,20 +47,25 @@ def encode_values(
     return {k: encode_json(v) if k in json_cols else v for k, v in fields.items()}
 
 
-def insert_row(db: Database, table: str, values: Mapping[str, Any]) -> None:
-    cols = ", ".join(values)
+def quoted(column: str) -> str:
+    """A column name as an SQL identifier (`user` is reserved in PostgreSQL)."""
+    return f'"{column}"'
+
+
+def insert_row(db: Backend, table: str, values: Mapping[str, Any]) -> None:
+    cols = ", ".join(quoted(k) for k in values)
     marks = ", ".join("?" for _ in values)
     with db.write() as c:
         c.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", list(values.values()))
 
 
-def update_row(db: Database, table: str, key_col: str, key: str, values: Mapping[str, Any]) -> bool:
+def update_row(db: Backend, table: str, key_col: str, key: str, values: Mapping[str, Any]) -> bool:
     """UPDATE one row by primary key; returns whether it existed."""
     with db.write() as c:
         if not values:
             row = c.execute(f"SELECT 1 FROM {table} WHERE {key_col} = ?", (key,)).fetchone()
             return row is not None
-        sets = ", ".join(f"{k} = ?" for k in values)
+        sets = ", ".join(f"{quoted(k)} = ?" for k in values)
         cur = c.execute(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", [*values.values(), key])
         return cur.rowcount > 0
 
@@ -86,10 +90,10 @@ def decode_token(token: str, check: Callable[[Any], bool]) -> Any:
 class Repository:
     """Base of the store's mixins: the shared database and clock."""
 
-    _db: Database
+    _db: Backend
     _clock: Clock
 
-    def __init__(self, db: Database, clock: Clock = time.time) -> None:
+    def __init__(self, db: Backend, clock: Clock = time.time) -> None:
         self._db = db
         self._clock = clock
 

@@ -33,6 +33,7 @@ from declawd.store.records import (
     encode_values,
     insert_row,
     placeholders,
+    quoted,
     row_to_dict,
     update_row,
     valid_time_id_token,
@@ -41,6 +42,14 @@ from declawd.store.records import (
 IDEMPOTENCY_TTL = 24 * 3600.0
 MAX_LIST_LIMIT = 1000
 _METADATA_QUERY_MAX = 8192
+
+
+# One metadata key/value pair matched exactly (string values only), per dialect.
+_METADATA_MATCH = {
+    "sqlite": "EXISTS (SELECT 1 FROM json_each(sandboxes.metadata) AS m"
+    " WHERE m.key = ? AND m.type = 'text' AND m.value = ?)",
+    "postgresql": "sandboxes.metadata::jsonb @> jsonb_build_object(?::text, ?::text)",
+}
 
 
 def _record(row: Any) -> SandboxRecord:
@@ -90,7 +99,7 @@ class Sandboxes(Repository):
         `from_states`; returns the record as it was before, or None if it was not."""
         allowed = [SandboxState(s).value for s in from_states]
         values = _encode({**fields, "state": to_state})
-        sets = ", ".join(f"{k} = ?" for k in values)
+        sets = ", ".join(f"{quoted(k)} = ?" for k in values)
         with self._db.write() as c:
             row = c.execute(
                 f"SELECT * FROM sandboxes WHERE sandbox_id = ? AND state IN ({placeholders(allowed)})",
@@ -129,10 +138,7 @@ class Sandboxes(Repository):
         ]
         params: list[Any] = [team_id, *wanted]
         for key, value in (metadata or {}).items():
-            where.append(
-                "EXISTS (SELECT 1 FROM json_each(sandboxes.metadata) AS m"
-                " WHERE m.key = ? AND m.type = 'text' AND m.value = ?)"
-            )
+            where.append(_METADATA_MATCH[self._db.dialect])
             params.extend([key, value])
         if next_token:
             created_at, last_id = decode_token(next_token, valid_time_id_token)

@@ -26,6 +26,7 @@ from declawd.store.records import (
     encode_values,
     insert_row,
     placeholders,
+    quoted,
     row_to_dict,
     update_row,
     valid_time_id_token,
@@ -164,7 +165,8 @@ class Snapshots(Repository):
                     retry_after=2.0,
                 )
             c.execute(
-                f"INSERT INTO snapshots ({', '.join(values)}) VALUES ({placeholders(values)})",
+                f"INSERT INTO snapshots ({', '.join(map(quoted, values))})"
+                f" VALUES ({placeholders(values)})",
                 list(values.values()),
             )
 

@@ -1,8 +1,9 @@
-"""`Store`: the one persistence interface of declawd, over SQLite (`declawd.db`).
+"""`Store`: the one persistence interface of declawd, over SQLite or PostgreSQL.
 
-Every method is synchronous, short and thread-safe (one connection per thread); callers
-in the event loop may call it directly or via `anyio.to_thread`. Several processes may
-open the same file (the server, the gateway daemon, `declawd keys`).
+Every method is synchronous, short and thread-safe (SQLite: one connection per thread;
+PostgreSQL: a connection pool); callers in the event loop may call it directly or via
+`anyio.to_thread`. Several processes may open the same database (the server, the gateway
+daemon, `declawd keys`). `open_store(settings)` picks the backend the settings name.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from declawd.store.audit import Audit
-from declawd.store.db import Database
+from declawd.store.db import open_database
 from declawd.store.keys import TeamsAndKeys
 from declawd.store.metrics import Metrics
 from declawd.store.records import Clock
@@ -23,24 +25,45 @@ from declawd.store.templates import Templates
 from declawd.store.traffic import Traffic
 from declawd.store.volumes import Volumes
 
+if TYPE_CHECKING:
+    from declawd.config import Settings
+
 
 class Store(
     TeamsAndKeys, Sandboxes, Snapshots, Templates, Audit, Metrics, Volumes, Traffic, Sessions
 ):
-    def __init__(self, db_path: Path | str, *, clock: Clock = time.time) -> None:
-        """Open (creating and migrating if needed) the database at `db_path`.
+    def __init__(
+        self, target: Path | str, *, clock: Clock = time.time, pool_size: int | None = None
+    ) -> None:
+        """Open (creating and migrating if needed) the database `target` names: a
+        `postgresql://` URL, or a SQLite file (a path or `sqlite:///path`).
 
-        `clock` returns epoch seconds; tests inject one to age records.
+        `clock` returns epoch seconds; tests inject one to age records. `pool_size`
+        overrides the PostgreSQL pool's size (default 10, or `pool_size=N` in the URL).
         """
-        super().__init__(Database(db_path), clock)
-        self.db_path = Path(db_path)
+        db = open_database(target, pool_size=pool_size)
+        super().__init__(db, clock)
+        # The SQLite file, for tools that open it themselves; None on PostgreSQL.
+        self.db_path: Path | None = getattr(db, "path", None)
+
+    @classmethod
+    def open(
+        cls, target: Path | str, *, clock: Clock = time.time, pool_size: int | None = None
+    ) -> Store:
+        """Same as `Store(target)`: a URL or path selects the backend."""
+        return cls(target, clock=clock, pool_size=pool_size)
+
+    @property
+    def dialect(self) -> str:
+        """ "sqlite" or "postgresql"."""
+        return self._db.dialect
 
     @property
     def schema_version(self) -> int:
         return self._db.user_version()
 
     def close(self) -> None:
-        """Close every thread's connection; idempotent."""
+        """Close every connection; idempotent."""
         self._db.close()
 
     def __enter__(self) -> Store:
@@ -53,3 +76,14 @@ class Store(
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def database_target(settings: Settings) -> Path | str:
+    """The database the settings name: `database_url` when set, else SQLite at `db_path`."""
+    return settings.database_url or settings.db_path
+
+
+def open_store(settings: Settings, *, clock: Clock = time.time) -> Store:
+    """The server's store: PostgreSQL when `database_url` (DECLAWD_DATABASE_URL) is a
+    `postgresql://` URL, SQLite at `<state_dir>/declawd.db` when it is empty."""
+    return Store(database_target(settings), clock=clock)

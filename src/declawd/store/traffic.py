@@ -69,8 +69,12 @@ class Traffic(Repository):
         )
         with self._db.write() as c:
             c.execute(
-                "INSERT OR REPLACE INTO sandbox_traffic (sandbox_id, token,"
-                " allow_public_traffic, mask_request_host, created_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO sandbox_traffic (sandbox_id, token, allow_public_traffic,"
+                " mask_request_host, created_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (sandbox_id) DO UPDATE SET token = excluded.token,"
+                " allow_public_traffic = excluded.allow_public_traffic,"
+                " mask_request_host = excluded.mask_request_host,"
+                " created_at = excluded.created_at",
                 (
                     sandbox_id,
                     access.token,
@@ -95,8 +99,9 @@ class Traffic(Repository):
             return found
         with self._db.write() as c:
             c.execute(
-                "INSERT OR IGNORE INTO sandbox_traffic (sandbox_id, token,"
-                " allow_public_traffic, mask_request_host, created_at) VALUES (?, ?, 1, NULL, ?)",
+                "INSERT INTO sandbox_traffic (sandbox_id, token, allow_public_traffic,"
+                " mask_request_host, created_at) VALUES (?, ?, 1, NULL, ?)"
+                " ON CONFLICT DO NOTHING",
                 (sandbox_id, new_traffic_token(), self._clock()),
             )
             row = c.execute(

@@ -256,11 +256,11 @@ def delete(
 @app.command("gc")
 def gc(state_dir: StateDir = None, templates_dir: TemplatesDir = None) -> None:
     """Remove cached layers that no template uses (run on the server's machine)."""
-    from declawd.store import Store
+    from declawd.store import open_store
     from declawd.templates.service import TemplateService
 
     settings = _settings(state_dir, templates_dir)
-    with Store(settings.db_path) as store:
+    with open_store(settings) as store:
         # an hour of grace: a server's build in progress has layers no record names yet
         out = TemplateService(settings, store).gc(min_age_s=3600)
     console.print(

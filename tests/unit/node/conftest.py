@@ -16,7 +16,7 @@ def _numbered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def fakes(tmp_path: Path) -> AsyncIterator[NodeFakes]:
-    with NodeFakes.build(tmp_path) as f:
+async def fakes(tmp_path: Path, db_target: Path | str) -> AsyncIterator[NodeFakes]:
+    with NodeFakes.build(tmp_path, db=db_target) as f:
         yield f
         await f.settle()  # background work (teardowns, pause snapshots) ends with the test

@@ -137,6 +137,8 @@ class FakeNetworks:
         self.policies: dict[str, EgressPolicy] = {}
         # Whether each sandbox's rules redirect all its TCP (content inspection active).
         self.inspect: dict[str, bool] = {}
+        # Whether the last update_policy of each sandbox cut its disallowed flows.
+        self.cuts: dict[str, bool] = {}
         self.gateway_up = False
 
     def plan(self, sandbox_id: str, slot: int) -> NetworkPlan:
@@ -171,11 +173,18 @@ class FakeNetworks:
         self.inspect.pop(sandbox_id, None)
 
     async def update_policy(
-        self, sandbox_id: str, slot: int, policy: EgressPolicy, *, inspect: bool = False
+        self,
+        sandbox_id: str,
+        slot: int,
+        policy: EgressPolicy,
+        *,
+        inspect: bool = False,
+        cut: bool = True,
     ) -> None:
         await self.steps.ahit("networks.update_policy")
         self.policies[sandbox_id] = policy
         self.inspect[sandbox_id] = inspect
+        self.cuts[sandbox_id] = cut
 
     async def sweep(self, keep: set[str]) -> list[str]:
         await self.steps.ahit("networks.sweep")
@@ -444,10 +453,12 @@ class NodeFakes:
 
     @classmethod
     @contextmanager
-    def build(cls, tmp_path: Path, faults: Faults | None = None) -> Iterator[NodeFakes]:
+    def build(
+        cls, tmp_path: Path, faults: Faults | None = None, db: Path | str | None = None
+    ) -> Iterator[NodeFakes]:
         settings = Settings(state_dir=tmp_path / "state", instance="unit")
         steps = Steps()
-        store = Store(settings.db_path)
+        store = Store(db or settings.db_path)
         runtimes = {"runc": FakeRuntime("runc", steps), "runsc": FakeRuntime("runsc", steps)}
         networks, gateway = FakeNetworks(steps), FakeGateway(steps)
         bundle = tmp_path / "upstream-ca.pem"
