@@ -17,6 +17,7 @@ from collections.abc import Callable
 import bench_command
 import bench_create
 import bench_datapath
+import bench_density
 import bench_egress
 import bench_guard_latency
 import bench_inspect
@@ -36,6 +37,7 @@ SERVER_BENCHES: dict[str, Callable[[harness.Server, bool], Report]] = {
     "guard_latency": bench_guard_latency.main,
     "resolver": bench_resolver.main,
     "persistence": bench_persistence.main,
+    "density": bench_density.main,
 }
 ALL = ("datapath", "nft_control", *SERVER_BENCHES)
 

@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
 
         from declawd.api.app import create_app
         from declawd.cli_options import settings_from_env
+        from declawd.host.limits import raise_host_limits
 
         logging.basicConfig(
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -56,6 +57,8 @@ def register(app: typer.Typer) -> None:
             runtime=runtime,
             lab=lab,
         )
+        # Before the app (and with it the gateway daemon, which inherits the rlimit) starts.
+        raise_host_limits(settings.pool)
         uvicorn.run(
             create_app(settings),
             host=settings.host,

@@ -12,8 +12,10 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -33,10 +35,29 @@ class Stats:
     pids: int
 
 
-def _hierarchies() -> dict[str, Path]:
-    """Mount point per v1 controller (and "" for the v2 hierarchy) from mountinfo."""
+def _hierarchies() -> Mapping[str, Path]:
+    """Mount point per v1 controller (and "" for the v2 hierarchy), read once per process.
+
+    The cgroup hierarchies are mounted at boot and never move, while mountinfo grows by
+    four lines a sandbox (netns, quota disk, overlay, envd tmpfs): parsing it on every
+    `read_stats` made one metrics sweep over 500 sandboxes parse a million lines. A
+    lookup that finds nothing (hierarchies not mounted yet) is not kept.
+    """
+    global _found
+    if _found is None:
+        found = _read_hierarchies("/proc/self/mountinfo")
+        if not found:
+            return found
+        _found = MappingProxyType(found)
+    return _found
+
+
+_found: Mapping[str, Path] | None = None
+
+
+def _read_hierarchies(mountinfo: str) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    with open("/proc/self/mountinfo") as f:
+    with open(mountinfo) as f:
         for line in f:
             left, _, right = line.partition(" - ")
             fstype, _source, superopts = right.split()[:3]

@@ -122,9 +122,14 @@ def _unescape(field: str) -> str:
 
 
 def mount_points() -> set[str]:
-    """Every mount point in this process's mount namespace."""
+    """Every mount point in this process's mount namespace.
+
+    mountinfo has four lines per sandbox, and this runs several times per create and kill:
+    only a field with an escape goes through the (character by character) `_unescape`.
+    """
     with open("/proc/self/mountinfo") as f:
-        return {_unescape(line.split(" ", 5)[4]) for line in f}
+        fields = (line.split(" ", 5)[4] for line in f)
+        return {_unescape(p) if "\\" in p else p for p in fields}
 
 
 def is_mounted(target: Path) -> bool:
