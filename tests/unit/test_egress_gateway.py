@@ -98,6 +98,34 @@ async def test_an_entry_written_before_inspection_existed_inspects_nothing(
     assert load_state(path) == {"sbx-old": SandboxEntry("sbx-old", 2, "10.77.0.10", POLICY)}
 
 
+def test_a_reload_parses_only_the_items_that_changed(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+
+    def write(items: dict[str, Any]) -> None:
+        path.write_text(json.dumps({"sandboxes": items}))
+
+    def item(slot: int, policy: EgressPolicy = POLICY) -> dict[str, Any]:
+        return {"slot": slot, "address": f"10.77.0.{4 * slot + 2}", "policy": policy.to_wire()}
+
+    cache: dict[str, Any] = {}
+    write({"a": item(1), "b": item(2), "c": item(3)})
+    first = load_state(path, None, cache)
+    write({"a": item(1), "b": item(2, EgressPolicy.open()), "d": item(4)})
+    second = load_state(path, first, cache)
+    assert second["a"] is first["a"]  # unchanged: the same entry, not parsed again
+    assert second["b"] == SandboxEntry("b", 2, "10.77.0.10", EgressPolicy.open())
+    assert second["d"] == SandboxEntry("d", 4, "10.77.0.18", POLICY)
+    assert set(cache) == {"a", "b", "d"}  # "c" left the file, and the cache
+    # A fallback (deny-all for a policy that does not parse) is parsed again every time,
+    # so the item that fixes it is never shadowed by the cache.
+    write({"a": {**item(1), "policy": {"allow_out": ["not a name!"]}}})
+    assert load_state(path, second, cache)["a"].policy == DENY_ALL
+    assert "a" not in cache
+    # The same item as a cached one under the file's new content parses as it reads.
+    write({"a": item(1)})
+    assert load_state(path, None, cache)["a"] == SandboxEntry("a", 1, "10.77.0.6", POLICY)
+
+
 @pytest.mark.parametrize(
     "broken",
     [

@@ -28,6 +28,7 @@ from declawd.egress.audit import AuditEvent, AuditWriter
 from declawd.egress.gatewaystate import (
     DENY_ALL,
     GatewayConfig,
+    ParseCache,
     load_state,
     parse_upstream,
     upstream_context,
@@ -86,6 +87,8 @@ class GatewayDaemon:
         self.nflog: NflogReader | None = None
         self._control: asyncio.Server | None = None
         self._reload_lock = asyncio.Lock()
+        # state.json items parsed at the last reload (gatewaystate.load_state).
+        self._parsed: ParseCache = {}
         self._pruner: asyncio.Task[None] | None = None
         # For the `stats` command: decisions the resolver and proxy do not count themselves
         # (inspected requests, the datapath's logged packets), by verdict.
@@ -238,7 +241,7 @@ class GatewayDaemon:
     # State -----------------------------------------------------------------------------
     def _read_state(self) -> dict[str, SandboxEntry] | None:
         try:
-            return load_state(self.config.state_path, self.sandboxes)
+            return load_state(self.config.state_path, self.sandboxes, self._parsed)
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -253,6 +256,8 @@ class GatewayDaemon:
         inspection_changed: list[str] = []
         for sid, entry in old.items():
             fresh = new.get(sid)
+            if fresh is entry:
+                continue  # its item in state.json did not change (the parse cache's entry)
             if fresh is None or fresh.ca != entry.ca:
                 # Gone, or a new CA under the same id (a restore): no leaf of the old one.
                 self.leaves.forget(sid)
