@@ -11,6 +11,7 @@ import typer
 
 from declawd import audit_cli, sandbox_cli
 from declawd.api import cli as server_cli
+from declawd.cluster.cli import cluster_app, node_app
 from declawd.egress.cli import app as gateway_app
 from declawd.lab.cli import app as lab_app
 from declawd.store.cli import app as keys_app
@@ -33,6 +34,8 @@ app.add_typer(template_app, name="template")
 app.add_typer(lab_app, name="lab")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(sandbox_cli.app, name="sandbox")
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(node_app, name="node")
 
 
 def main() -> None:

@@ -64,6 +64,21 @@ class Settings:
     # budget in MiB (0: a 32nd of the machine's memory).
     warm_pool: str = "auto"
     warm_pool_memory_mb: int = 0
+    # Cluster mode (docs/cluster.md). A node agent's id ('' in the single-process default:
+    # then this process's node owns every sandbox), the name its certificate carries (its
+    # id when empty), the address the control plane calls it at, and its internal port.
+    cluster: bool = False  # `declawd server --cluster`: the control plane, no local node
+    node_id: str = ""
+    node_name: str = ""
+    node_address: str = "127.0.0.1"
+    node_port: int = 8444
+    # The control plane: its internal (mTLS) port, the directory of the cluster CA, how
+    # long a node certificate lives, how often nodes heartbeat and when one is down.
+    internal_port: int = 8443
+    cluster_ca_dir: str = ""
+    node_cert_hours: float = 24.0
+    heartbeat_interval_s: float = 2.0
+    node_down_after_s: float = 10.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -112,6 +127,12 @@ class Settings:
         parse_pool_spec(self.warm_pool)  # raises ValueError naming the entry
         if not self.inspect_buffer_limit_mb > 0:
             raise ValueError("inspect_buffer_limit_mb: must be a positive size in MiB")
+        if not self.heartbeat_interval_s > 0:
+            raise ValueError("heartbeat_interval_s: must be a positive number of seconds")
+        if not self.node_down_after_s > self.heartbeat_interval_s:
+            raise ValueError("node_down_after_s: must be longer than heartbeat_interval_s")
+        if not self.node_cert_hours > 0:
+            raise ValueError("node_cert_hours: must be a positive number of hours")
 
     # Derived paths -----------------------------------------------------------------
     @property
@@ -149,6 +170,16 @@ class Settings:
     @property
     def keys_dir(self) -> Path:
         return self.state_dir / "keys"
+
+    @property
+    def cluster_ca_path(self) -> Path:
+        """The control plane's cluster CA (`ca.crt`, `ca.key`, its own certificates)."""
+        return Path(self.cluster_ca_dir) if self.cluster_ca_dir else self.state_dir / "cluster-ca"
+
+    @property
+    def node_tls_dir(self) -> Path:
+        """A node agent's key, certificate and the cluster CA's certificate."""
+        return self.state_dir / "cluster"
 
     @property
     def envd_path(self) -> Path:

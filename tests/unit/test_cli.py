@@ -18,7 +18,18 @@ from typer.testing import CliRunner
 from declawd import audit_cli
 from declawd.client import AuditEvent
 
-COMMANDS = ("server", "down", "audit", "keys", "template", "lab", "gateway", "sandbox")
+COMMANDS = (
+    "server",
+    "down",
+    "audit",
+    "keys",
+    "template",
+    "lab",
+    "gateway",
+    "sandbox",
+    "cluster",
+    "node",
+)
 # words that describe how the code is built, not what a command does for its user; a
 # dotted `declawd.x` names a Python module (the file declawd.db is fine)
 IMPLEMENTATION_WORDS = re.compile(r"lazily|import|module|typer|declawd\.(?!db\b)\w")

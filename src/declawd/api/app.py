@@ -27,6 +27,7 @@ from declawd.errors import DeclawdError, Unauthorized
 from declawd.store import Store, open_store
 
 if TYPE_CHECKING:
+    from declawd.cluster.remote import RemoteNode
     from declawd.node.node import Node
     from declawd.templates.model import Template
     from declawd.templates.service import TemplateService
@@ -44,7 +45,7 @@ class Team:
 class Services:
     settings: Settings
     store: Store
-    node: Node
+    node: Node | RemoteNode  # RemoteNode: cluster mode (docs/cluster.md)
     templates: TemplateService
     started_at: float
     dev_key_path: str | None = None
@@ -89,7 +90,13 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(settings)
-        node = Node.on_this_machine(settings, store)
+        node: Node | RemoteNode
+        if settings.cluster:
+            from declawd.cluster.remote import RemoteNode
+
+            node = RemoteNode.for_cluster(settings, store)  # the nodes build the templates
+        else:
+            node = Node.on_this_machine(settings, store)
         templates = TemplateService(settings, store, runtime_name=settings.runtime)
         svc = Services(settings, store, node, templates, time.time())
         app.state.services = svc
@@ -103,7 +110,8 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
                     "created a dev API key for team 'default'; it is in %s", svc.dev_key_path
                 )
             await asyncio.to_thread(store.idempotency_abandon_in_progress)
-            await templates.ensure_builtin(["base", "python"])
+            if not settings.cluster:
+                await templates.ensure_builtin(["base", "python"])
             await node.start(templates=_builtin_resolver(templates), builtins=catalog_names())
         try:
             yield

@@ -37,6 +37,14 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[
             str, typer.Option("--log-level", help="Log level: debug, info or warning.")
         ] = "info",
+        cluster: Annotated[
+            bool | None,
+            typer.Option(
+                "--cluster/--no-cluster",
+                help="Be a control plane: sandboxes run on node agents (docs/cluster.md).",
+                show_default=False,
+            ),
+        ] = None,
     ) -> None:
         """Run the API server the Declaw SDK talks to, and the sandboxes it starts here."""
         import uvicorn
@@ -56,6 +64,7 @@ def register(app: typer.Typer) -> None:
             instance=instance,
             runtime=runtime,
             lab=lab,
+            cluster=cluster,
         )
         # Before the app (and with it the gateway daemon, which inherits the rlimit) starts.
         raise_host_limits(settings.pool)

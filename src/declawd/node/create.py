@@ -103,6 +103,7 @@ def new_record(parts: NodeParts, req: CreateRequest, now: float) -> SandboxRecor
         cpu_count=float(tpl.cpu_count or settings.default_cpu_count),
         memory_mb=int(tpl.memory_mb or settings.default_memory_mb),
         lifecycle=dict(req.lifecycle),
+        node_id=settings.node_id,
     )
 
 

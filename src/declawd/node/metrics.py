@@ -160,7 +160,7 @@ class MetricsSampler:
     def _sample_all(self) -> tuple[list[MetricsSample], list[str]]:
         store = self.parts.store
         taken: list[MetricsSample] = []
-        for rec in store.list_live_sandboxes():
+        for rec in store.list_live_sandboxes(self.parts.settings.node_id):
             if rec.state not in SAMPLED_STATES or rec.pooled:
                 continue
             try:
@@ -169,7 +169,7 @@ class MetricsSampler:
                 log.debug("metrics of %s: not sampled: %s", rec.sandbox_id, exc)
             except Exception:
                 log.exception("metrics of %s: not sampled", rec.sandbox_id)
-        live = {r.sandbox_id for r in store.list_live_sandboxes()}
+        live = {r.sandbox_id for r in store.list_live_sandboxes(self.parts.settings.node_id)}
         stored = [s for s in taken if s.sandbox_id in live]
         store.add_metrics_samples(stored)
         return stored, [s.sandbox_id for s in taken if s.sandbox_id not in live]
@@ -178,7 +178,7 @@ class MetricsSampler:
         """Retention and the per-sandbox bound (blocking)."""
         store = self.parts.store
         dropped = store.delete_metrics_of_killed(self._clock() - self.retention_s)
-        for rec in store.list_live_sandboxes():
+        for rec in store.list_live_sandboxes(self.parts.settings.node_id):
             dropped += store.trim_metrics(rec.sandbox_id, self.keep)
         if dropped:
             log.info("metrics: %d old samples dropped", dropped)

@@ -438,7 +438,7 @@ class Node:
         if self.pools is not None:
             await self.pools.stop()
         count = 0
-        for rec in await asyncio.to_thread(self.store.list_live_sandboxes):
+        for rec in await asyncio.to_thread(self.store.list_live_sandboxes, self.settings.node_id):
             if await self._kill(rec.sandbox_id, None, wait=True) and not rec.pooled:
                 count += 1
         self.parts.daemon.load()

@@ -136,7 +136,9 @@ class WarmPools:
     async def start(self) -> None:
         """Adopt the pooled sandboxes a previous run left (reconcile kept the whole ones),
         then refill in the background."""
-        for rec in await asyncio.to_thread(self.parts.store.list_live_sandboxes):
+        for rec in await asyncio.to_thread(
+            self.parts.store.list_live_sandboxes, self.parts.settings.node_id
+        ):
             if rec.pooled and rec.state is SandboxState.RUNNING:
                 self._parked[rec.sandbox_id] = PoolKey(rec.template_id, rec.runtime)
         self._task = asyncio.get_running_loop().create_task(self.run())
@@ -250,7 +252,9 @@ class WarmPools:
         # Sandboxes that died while parked (the reaper killed them) leave their pool.
         live = {
             r.sandbox_id
-            for r in await asyncio.to_thread(self.parts.store.list_live_sandboxes)
+            for r in await asyncio.to_thread(
+                self.parts.store.list_live_sandboxes, self.parts.settings.node_id
+            )
             if r.pooled and r.state is SandboxState.RUNNING
         }
         for pool in self._pools.values():

@@ -67,7 +67,9 @@ class Reaper:
 
     async def tick(self) -> None:
         now = self._clock()
-        for rec in await asyncio.to_thread(self.parts.store.list_unreleased_sandboxes):
+        for rec in await asyncio.to_thread(
+            self.parts.store.list_unreleased_sandboxes, self.parts.settings.node_id
+        ):
             if rec.sandbox_id in self._busy:
                 continue
             if rec.state is SandboxState.RUNNING and rec.end_at is not None and rec.end_at <= now:

@@ -39,7 +39,7 @@ async def reconcile(parts: NodeParts) -> set[str]:
     """Sweep everything; returns the ids of the sandboxes kept."""
     store = parts.store
     keep: set[str] = set()
-    for rec in await asyncio.to_thread(store.list_unreleased_sandboxes):
+    for rec in await asyncio.to_thread(store.list_unreleased_sandboxes, parts.settings.node_id):
         if rec.is_live and await is_whole(parts, rec):
             keep.add(rec.sandbox_id)
             continue

@@ -303,7 +303,7 @@ class PeriodicSnapshots:
         """Snapshot every running sandbox that is due; returns the snapshots taken."""
         store = self.parts.store
         taken = []
-        live = await asyncio.to_thread(store.list_live_sandboxes)
+        live = await asyncio.to_thread(store.list_live_sandboxes, self.parts.settings.node_id)
         running = [r for r in live if r.state is SandboxState.RUNNING and not r.pooled]
         ids = {r.sandbox_id for r in running}
         self._failed_at = {k: v for k, v in self._failed_at.items() if k in ids}
@@ -377,11 +377,20 @@ async def recover(parts: NodeParts) -> None:
 
 def _recover(parts: NodeParts) -> None:
     settings, store = parts.settings, parts.store
-    for snap in store.list_snapshots_in_state(SnapshotState.WRITING):
+
+    def ours(snap: SnapshotRecord) -> bool:
+        # On a shared database a node judges only its own sandboxes' snapshots: the others'
+        # blobs are under their own nodes' state directories.
+        if not settings.node_id:
+            return True
+        rec = store.get_sandbox(snap.sandbox_id)
+        return rec is not None and rec.node_id == settings.node_id
+
+    for snap in filter(ours, store.list_snapshots_in_state(SnapshotState.WRITING)):
         log.warning("snapshot %s of %s: %s", snap.snapshot_id, snap.sandbox_id, INTERRUPTED)
         _remove_blobs(settings, snap.snapshot_id)
         store.update_snapshot(snap.snapshot_id, state=SnapshotState.FAILED, error=INTERRUPTED)
-    for snap in store.list_snapshots_in_state(SnapshotState.READY):
+    for snap in filter(ours, store.list_snapshots_in_state(SnapshotState.READY)):
         if not fs_blob(settings, snap.snapshot_id).is_file():
             log.error("snapshot %s: its blob is missing; marked failed", snap.snapshot_id)
             store.update_snapshot(

@@ -311,9 +311,35 @@ CREATE INDEX dashboard_sessions_key ON dashboard_sessions (key_id);
 CREATE INDEX dashboard_sessions_seen ON dashboard_sessions (last_seen_at);
 """
 
+# v7: cluster mode (docs/cluster.md). Each sandbox is on one node (`node_id`, '' in the
+# single-process default); a node's slots are its own address pool's, so a slot is held once
+# per node. The node registry (heartbeat, capacity) and the hashed single-use join tokens.
+_V7 = """
+ALTER TABLE sandboxes ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+DROP INDEX sandboxes_held_slot;
+CREATE UNIQUE INDEX sandboxes_held_slot ON sandboxes (node_id, slot) WHERE released = 0;
+CREATE INDEX sandboxes_node ON sandboxes (node_id, released);
+CREATE TABLE nodes (
+    node_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    joined_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    capacity TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE join_tokens (
+    token_hash TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL,
+    used_by TEXT
+);
+"""
+
 # Applied in order; migration i (0-based) brings the schema to user_version i + 1.
 # Append only: never edit a script that has shipped.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
 
 
 def _rollback(c: sqlite3.Connection) -> None:

@@ -66,6 +66,8 @@ class SandboxRecord:
     remaining_s: float | None = None
     # The create's lifecycle: {"on_timeout": "kill"|"pause", "auto_resume": bool}.
     lifecycle: Mapping[str, Any] = field(default_factory=dict)
+    # The node it runs on (cluster mode, docs/cluster.md); '' in the single-process default.
+    node_id: str = ""
 
     @property
     def on_timeout(self) -> str:
@@ -98,6 +100,7 @@ def record_from_row(row: Mapping[str, Any]) -> SandboxRecord:
     values = {k: row[k] for k in RECORD_FIELDS if k in row}
     values["state"] = SandboxState(values["state"])
     values["released"] = bool(values.get("released"))
+    values["node_id"] = values.get("node_id") or ""
     normalize_sandbox_config(values)
     return SandboxRecord(**values)
 

@@ -20,6 +20,7 @@ from declawd.store.errors import RecordNotFound
 from declawd.store.model import (
     JSON_FIELDS,
     LIVE_STATES,
+    POOL_TEAM,
     RECORD_FIELDS,
     SandboxRecord,
     SandboxState,
@@ -156,23 +157,38 @@ class Sandboxes(Repository):
             token = encode_token([last.created_at, last.sandbox_id])
         return page, token
 
-    def list_live_sandboxes(self) -> list[SandboxRecord]:
-        """Every sandbox users can see, on any team (creating, running, paused)."""
+    def list_live_sandboxes(self, node_id: str | None = None) -> list[SandboxRecord]:
+        """Every sandbox users can see, on any team (creating, running, paused); with
+        `node_id`, only that node's (a node lists its own: docs/cluster.md)."""
         live = [s.value for s in LIVE_STATES]
+        on_node, params = _on_node(node_id)
         rows = self._db.query(
-            f"SELECT * FROM sandboxes WHERE state IN ({placeholders(live)})"
+            f"SELECT * FROM sandboxes WHERE state IN ({placeholders(live)}){on_node}"
             " ORDER BY created_at, sandbox_id",
-            live,
+            [*live, *params],
         )
         return [_record(r) for r in rows]
 
-    def list_unreleased_sandboxes(self) -> list[SandboxRecord]:
+    def list_unreleased_sandboxes(self, node_id: str | None = None) -> list[SandboxRecord]:
         """Every sandbox that may still hold host resources: the live ones, and killed ones
-        whose teardown has not finished (the reconcile sweep's work list)."""
+        whose teardown has not finished (the reconcile sweep's work list); with `node_id`,
+        only that node's."""
+        on_node, params = _on_node(node_id)
         rows = self._db.query(
-            "SELECT * FROM sandboxes WHERE released = 0 ORDER BY created_at, sandbox_id"
+            f"SELECT * FROM sandboxes WHERE released = 0{on_node} ORDER BY created_at, sandbox_id",
+            params,
         )
         return [_record(r) for r in rows]
+
+    def count_live_by_node(self) -> dict[str, int]:
+        """Live sandboxes (pooled ones included) per node id: placement's load figure."""
+        live = [s.value for s in LIVE_STATES]
+        rows = self._db.query(
+            f"SELECT node_id, COUNT(*) FROM sandboxes WHERE state IN ({placeholders(live)})"
+            " AND team_id != ? GROUP BY node_id",
+            [*live, POOL_TEAM],
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def allocate_slot(self, sandbox_id: str) -> int:
         """Lowest slot >= 1 not held by another unreleased sandbox, recorded on this one.
@@ -182,14 +198,17 @@ class Sandboxes(Repository):
         """
         with self._db.write() as c:
             row = c.execute(
-                "SELECT state, slot FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,)
+                "SELECT state, slot, node_id FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,)
             ).fetchone()
             if row is None or row["state"] != SandboxState.CREATING.value:
                 raise RecordNotFound(f"creating sandbox {sandbox_id} not found")
             if row["slot"] is not None:
                 return int(row["slot"])
+            # Slots are addresses of the sandbox's node's own pool: held once per node.
             taken = c.execute(
-                "SELECT slot FROM sandboxes WHERE released = 0 AND slot IS NOT NULL ORDER BY slot"
+                "SELECT slot FROM sandboxes WHERE released = 0 AND slot IS NOT NULL"
+                " AND node_id = ? ORDER BY slot",
+                (row["node_id"],),
             ).fetchall()
             slot = 1
             for (s,) in taken:
@@ -252,6 +271,13 @@ class Sandboxes(Repository):
         still be running, so a crash mid-create does not block its key for 24 h."""
         with self._db.write() as c:
             return c.execute("DELETE FROM idempotency WHERE state = 'in_progress'").rowcount
+
+
+def _on_node(node_id: str | None) -> tuple[str, list[Any]]:
+    """The `AND node_id = ?` clause of a node-scoped list (none for None)."""
+    if node_id is None:
+        return "", []
+    return " AND node_id = ?", [node_id]
 
 
 def parse_metadata_query(value: str) -> dict[str, str]:

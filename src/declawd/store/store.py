@@ -17,6 +17,7 @@ from declawd.store.audit import Audit
 from declawd.store.db import open_database
 from declawd.store.keys import TeamsAndKeys
 from declawd.store.metrics import Metrics
+from declawd.store.nodes import Nodes
 from declawd.store.records import Clock
 from declawd.store.sandboxes import Sandboxes
 from declawd.store.sessions import Sessions
@@ -30,7 +31,16 @@ if TYPE_CHECKING:
 
 
 class Store(
-    TeamsAndKeys, Sandboxes, Snapshots, Templates, Audit, Metrics, Volumes, Traffic, Sessions
+    TeamsAndKeys,
+    Sandboxes,
+    Snapshots,
+    Templates,
+    Audit,
+    Metrics,
+    Volumes,
+    Traffic,
+    Sessions,
+    Nodes,
 ):
     def __init__(
         self, target: Path | str, *, clock: Clock = time.time, pool_size: int | None = None
