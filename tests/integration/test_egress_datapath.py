@@ -360,6 +360,37 @@ def test_destroy_leaves_nothing(env: Env) -> None:
     assert asyncio.run(count_resources(env.settings)) == before
 
 
+def test_sandbox_network_is_made_as_ip_would_make_it(
+    env: Env, sandboxes: list[SandboxNetwork]
+) -> None:
+    """The in-process create (rtnetlink, /proc/sys) leaves what `ip` itself reads back."""
+    sandboxes.append(sbx := env.sandbox("sbx-000000000019", 19, EgressPolicy()))
+
+    def ip(*argv: str) -> list[dict[str, object]]:
+        out = subprocess.run(["ip", "-j", *argv], check=True, capture_output=True, text=True)
+        return json.loads(out.stdout or "[]")  # type: ignore[no-any-return]
+
+    assert sbx.netns in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                       text=True, check=True).stdout  # fmt: skip
+    (gw_link,) = ip("-n", env.gw, "addr", "show", "dev", sbx.ifname)
+    assert "UP" in gw_link["flags"]  # type: ignore[operator]
+    assert ip("-n", env.gw, "link", "show", "dev", sbx.ifname)[0]["ifalias"] == sbx.sandbox_id
+    assert [a["local"] for a in gw_link["addr_info"]] == [sbx.gateway_address]  # type: ignore[index, attr-defined]
+    links = {link["ifname"]: link for link in ip("-n", sbx.netns, "addr", "show")}
+    assert set(links) == {"lo", "eth0"}
+    assert "UP" in links["lo"]["flags"] and "UP" in links["eth0"]["flags"]  # type: ignore[operator]
+    # IPv6 is off everywhere: no ::1, no link-local address on eth0.
+    assert [a["local"] for a in links["eth0"]["addr_info"]] == [sbx.address]  # type: ignore[index, attr-defined]
+    assert [a["family"] for a in links["lo"]["addr_info"]] == ["inet"]  # type: ignore[index, attr-defined]
+    (default,) = ip("-n", sbx.netns, "route", "show", "default")
+    assert default["gateway"] == sbx.gateway_address and default["dev"] == "eth0"
+    for dev in ("all", "default", "eth0"):
+        out = subprocess.run(["ip", "netns", "exec", sbx.netns, "cat",
+                              f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        assert out.stdout.strip() == "1", dev
+
+
 @pytest.mark.parametrize("backend", ["netlink", "text"])
 def test_failed_create_rolls_back(env: Env, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     before = asyncio.run(count_resources(env.settings))

@@ -1,7 +1,8 @@
 """The per-sandbox disk quota filesystem: ENOSPC at the quota, idempotent create/destroy.
 
 Needs root (mkfs, loop devices, mount). Every test removes its image, loop device and
-mount, also when an assertion fails halfway.
+mount, also when an assertion fails halfway; the formatted images live in the test's own
+cache directory.
 """
 
 from __future__ import annotations
@@ -13,19 +14,25 @@ from pathlib import Path
 
 import pytest
 
-from declawd.host import CommandFailed
-from declawd.runtime import is_mounted, quota
+from declawd.runtime import is_mounted, loop, quota
+from declawd.runtime.overlay import MountError
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(quota, "default_cache_dir", lambda _image: cache)
     image, mountpoint = tmp_path / "disk.img", tmp_path / "disk"
     try:
         yield image, mountpoint
     finally:
         quota.destroy_disk(image, mountpoint)
+
+
+def _attached(image: Path) -> bool:
+    return any(str(image) in line for line in os.popen("losetup -a").read().splitlines())
 
 
 def test_writes_beyond_quota_fail_with_enospc(disk: tuple[Path, Path]) -> None:
@@ -57,7 +64,7 @@ def test_create_and_destroy_are_idempotent_and_leave_nothing(disk: tuple[Path, P
     quota.destroy_disk(image, mountpoint)
     assert not is_mounted(mountpoint)
     assert not image.exists()
-    assert not any(str(image) in line for line in os.popen("losetup -a").read().splitlines())
+    assert not _attached(image)
 
 
 def test_failed_create_leaves_nothing(disk: tuple[Path, Path]) -> None:
@@ -75,9 +82,78 @@ def test_failed_mount_leaves_no_image_or_loop_device(
     disk: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image, mountpoint = disk
-    monkeypatch.setattr(quota, "MOUNT_OPTIONS", "loop,no_such_option")
-    with pytest.raises(CommandFailed, match="mount -t ext4 -o loop,no_such_option"):
+    monkeypatch.setattr(quota, "MOUNT_DATA", "no_such_option")
+    with pytest.raises(MountError, match="mount ext4 on"):
         quota.create_disk(image, mountpoint, 64)
     assert not image.exists()
     assert not is_mounted(mountpoint)
-    assert not any(str(image) in line for line in os.popen("losetup -a").read().splitlines())
+    assert not _attached(image)
+
+
+def test_a_failed_attach_leaves_no_image(
+    disk: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image, mountpoint = disk
+
+    def refuse(_backing: Path) -> tuple[str, int]:
+        raise loop.LoopError(errno.EBUSY, "no free loop device")
+
+    monkeypatch.setattr(loop, "attach", refuse)
+    with pytest.raises(loop.LoopError):
+        quota.create_disk(image, mountpoint, 64)
+    assert not image.exists()
+    assert not is_mounted(mountpoint)
+
+
+def test_a_10_gib_disk_allocates_a_few_mib_and_is_made_without_mkfs(
+    disk: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image, mountpoint = disk
+    quota.create_disk(image, mountpoint, 10240)  # formats the cached image
+    quota.destroy_disk(image, mountpoint)
+
+    def no_process(*argv: str, **_kw: object) -> None:
+        raise AssertionError(f"ran {argv}")
+
+    monkeypatch.setattr(quota, "run_sync", no_process)
+    quota.create_disk(image, mountpoint, 10240)
+    assert image.stat().st_size == 10240 * 2**20
+    assert image.stat().st_blocks * 512 < 16 * 2**20
+    st = os.statvfs(mountpoint)
+    assert st.f_blocks * st.f_frsize > 9 * 2**30
+    (mountpoint / "f").write_bytes(b"x" * 4096)
+    assert (mountpoint / "f").read_bytes() == b"x" * 4096
+
+
+def test_two_disks_from_one_formatted_image_are_independent(
+    disk: tuple[Path, Path], tmp_path: Path
+) -> None:
+    image, mountpoint = disk
+    image2, mountpoint2 = tmp_path / "disk2.img", tmp_path / "disk2"
+    try:
+        quota.create_disk(image, mountpoint, 32)
+        quota.create_disk(image2, mountpoint2, 32)  # same ext4 UUID: ext4 mounts both
+        (mountpoint / "only-in-one").write_text("1")
+        assert not (mountpoint2 / "only-in-one").exists()
+        assert quota.loop_devices(image) != quota.loop_devices(image2)
+    finally:
+        quota.destroy_disk(image2, mountpoint2)
+    assert not _attached(image2)
+
+
+def test_formatted_image_is_remade_when_of_another_size_or_version(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = quota.formatted(cache, 16)
+    assert quota.formatted(cache, 16) == first
+    made = first.stat().st_mtime_ns
+    with open(first, "r+b") as f:
+        f.truncate(8 * 2**20)  # truncated (a crash, a full disk): not that size any more
+    assert quota.formatted(cache, 16).stat().st_size == 16 * 2**20
+    assert first.stat().st_mtime_ns != made
+    stale = cache / "ext4-v0-000000000000-16m.img"
+    stale.write_bytes(b"old")
+    quota.formatted(cache, 32)
+    assert not stale.exists()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        f"ext4-{quota.format_tag()}-{n}m.img" for n in (16, 32)
+    )

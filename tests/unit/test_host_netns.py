@@ -1,12 +1,13 @@
-"""host.netns without root: paths, listing, and how create/delete read a command's result."""
+"""host.netns without root: paths, listing, idempotent create/delete, sysctl files."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from declawd.host import CommandFailed, Completed, call_in_netns, link_exists, list_netns
+from declawd.host import NetnsError, call_in_netns, link_exists, list_netns, write_sysctls
 from declawd.host import netns as hn
 
 
@@ -14,10 +15,6 @@ from declawd.host import netns as hn
 def netns_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(hn, "NETNS_DIR", tmp_path)
     return tmp_path
-
-
-def _done(returncode: int, stderr: str = "") -> Completed:
-    return Completed(("ip", "netns", "x"), returncode, "", stderr)
 
 
 def test_netns_path_takes_a_name_or_a_path() -> None:
@@ -37,26 +34,35 @@ def test_list_netns_without_the_directory(tmp_path: Path, monkeypatch: pytest.Mo
     assert list_netns() == []
 
 
-def test_add_counts_a_lost_race_as_success_and_anything_else_as_failure(netns_dir: Path) -> None:
-    assert hn._added("a", _done(0)) is True
-    with pytest.raises(CommandFailed, match="Permission denied"):
-        hn._added("a", _done(1, "Permission denied"))
-    (netns_dir / "a").touch()  # someone else made it meanwhile
-    assert hn._added("a", _done(1, "File exists")) is False
+def test_add_of_an_existing_netns_is_a_no_op(netns_dir: Path) -> None:
+    (netns_dir / "a").touch()
+    assert hn.add_netns_sync("a") is False
+    assert asyncio.run(hn.add_netns("a")) is False
 
 
 def test_delete_removes_a_stale_file_and_ignores_one_already_gone(netns_dir: Path) -> None:
     stale = netns_dir / "a"
-    stale.touch()  # no namespace mounted on it: `ip netns delete` failed, unlink succeeds
-    hn._deleted("a", _done(1, "Invalid argument"))
+    stale.touch()  # no namespace mounted on it (a crash between create and mount)
+    hn.delete_netns_sync("a")
     assert not stale.exists()
-    hn._deleted("a", _done(0))
+    hn.delete_netns_sync("a")
+    asyncio.run(hn.delete_netns("a"))
 
 
 def test_delete_reports_a_namespace_it_could_not_remove(netns_dir: Path) -> None:
     (netns_dir / "busy").mkdir()  # unlink refuses a directory, as it refuses a mounted file
-    with pytest.raises(CommandFailed, match="Device or resource busy"):
-        hn._deleted("busy", _done(1, "Device or resource busy"))
+    with pytest.raises(NetnsError, match="netns busy: unlink"):
+        hn.delete_netns_sync("busy")
+
+
+def test_sysctls_are_written_as_proc_sys_files(tmp_path: Path) -> None:
+    conf = tmp_path / "net" / "ipv6" / "conf" / "all"
+    conf.mkdir(parents=True)
+    (conf / "disable_ipv6").write_text("0\n")
+    write_sysctls({"net.ipv6.conf.all.disable_ipv6": "1"}, root=tmp_path)
+    assert (conf / "disable_ipv6").read_text() == "1\n"
+    with pytest.raises(FileNotFoundError):
+        write_sysctls({"net.no.such.key": "1"}, root=tmp_path)
 
 
 def test_link_exists_in_the_callers_netns() -> None:

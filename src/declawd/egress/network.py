@@ -2,7 +2,8 @@
 
 `Gateway` owns `<instance>-gw` (forwarding, the base nft table) and asks its `Upstream` for
 the way out; `HostUpstream` is the production one (veth `host0` into the host, NAT there).
-A `SandboxNetwork` owns one sandbox's netns, its veth `s<slot>`↔`eth0` and its nft objects.
+A `SandboxNetwork` owns one sandbox's netns, its veth `s<slot>`↔`eth0` and its nft objects,
+made in-process (rtnetlink, /proc/sys, one nft transaction), without a process per create.
 Invariants: every create has its idempotent teardown next to it and rolls back on failure;
 per-sandbox nft changes are single transactions; re-running `Gateway.ensure` keeps every
 sandbox's chains, sets and map elements (rules survive a server restart).
@@ -14,6 +15,7 @@ import asyncio
 import functools
 import ipaddress
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,9 @@ from declawd.egress.nftctl import NftError, forget_netns, nft
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import Unavailable
 from declawd.host import (
+    NetnsThread,
     add_netns,
+    call_in_netns,
     delete_link,
     delete_netns,
     link_exists,
@@ -44,7 +48,9 @@ from declawd.host import (
     run,
     sysctls,
     undo_all,
+    write_sysctls,
 )
+from declawd.host.rtnl import Rtnl
 from declawd.upstream import Upstream
 
 HOST_NFT_TABLE = "ip declawd_host"
@@ -243,39 +249,56 @@ class SandboxNetwork:
         return self
 
     async def _create(self, policy: EgressPolicy, inspect: bool) -> None:
-        gw, sbx, s = self.settings.gateway_netns, self.netns, self.ifname
+        gw = self.settings.gateway_netns
         if not netns_exists(gw):
             raise Unavailable(f"gateway netns {gw} is missing (Gateway.ensure first)")
-        await add_netns(sbx)
-        await delete_link(s, gw)  # leftovers of a slot's previous holder
-        await run("ip", "link", "add", s, "netns", gw, "type", "veth",
-                  "peer", "name", "eth0", "netns", sbx)  # fmt: skip
-        # Four independent steps, each one process (or in-process nft), run concurrently;
-        # all of them finish before a failure propagates, so `destroy` never races one.
-        # The alias ties the slot to its sandbox, so `sweep` can tell what to keep.
-        gw_batch = (
-            f"link set {s} alias {self.sandbox_id}\n"
-            f"addr replace {self.gateway_address}/30 dev {s}\n"
-            f"link set {s} up\n"
-        )
-        sbx_batch = (
-            "link set lo up\n"
-            f"addr replace {self.address}/30 dev eth0\n"
-            "link set eth0 up\n"
-            f"route replace default via {self.gateway_address}\n"
-        )
-        results = await asyncio.gather(
-            sysctls(
-                sbx, {f"net.ipv6.conf.{d}.disable_ipv6": "1" for d in ("all", "default", "eth0")}
-            ),
-            nftctl.sandbox_add(gw, self.slot, self.address, policy, inspect),
-            run("ip", "-n", gw, "-batch", "-", stdin=gw_batch),
-            run("ip", "-n", sbx, "-batch", "-", stdin=sbx_batch),
-            return_exceptions=True,
-        )
+        # The sandbox's thread makes its netns and stays in it; the nft transaction runs
+        # alongside the links. All of it finishes before a failure propagates, so `destroy`
+        # never races a step.
+        sbx = await asyncio.to_thread(NetnsThread, self.netns, create=True)
+        try:
+            results = await asyncio.gather(
+                nftctl.sandbox_add(gw, self.slot, self.address, policy, inspect),
+                self._links(sbx),
+                return_exceptions=True,
+            )
+        finally:
+            sbx.close()
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    async def _links(self, sbx: NetnsThread) -> None:
+        """veth s<slot> (gateway) ↔ eth0 (sandbox), addresses, routes, IPv6 off: rtnetlink
+        requests from a thread in each netns, no process."""
+        gw = await asyncio.to_thread(NetnsThread, self.settings.gateway_netns)
+        try:
+            await asyncio.gather(gw.run(self._gateway_end), sbx.run(_sandbox_base))
+            await sbx.run(self._sandbox_end)
+        finally:
+            gw.close()
+
+    def _gateway_end(self) -> None:
+        s = self.ifname
+        fd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with Rtnl() as rtnl:
+                rtnl.delete(s)  # leftovers of a slot's previous holder
+                rtnl.add_veth(s, "eth0", fd)
+                idx = rtnl.require(s)
+                # The alias ties the slot to its sandbox, so `sweep` can tell what to keep.
+                rtnl.set_link(idx, up=True, alias=self.sandbox_id)
+                rtnl.replace_address(idx, self.gateway_address, 30)
+        finally:
+            os.close(fd)
+
+    def _sandbox_end(self) -> None:
+        write_sysctls({"net.ipv6.conf.eth0.disable_ipv6": "1"})
+        with Rtnl() as rtnl:
+            idx = rtnl.require("eth0")
+            rtnl.replace_address(idx, self.address, 30)
+            rtnl.set_link(idx, up=True)
+            rtnl.replace_default_route(self.gateway_address)
 
     async def update_policy(
         self, policy: EgressPolicy, *, inspect: bool = False, cut: bool = True
@@ -343,16 +366,28 @@ async def _table_json(gw: str) -> list[dict[str, Any]]:
 _SLOT_OBJ = re.compile(r"^(?:pre|nat|fwd|in|r4|a4|d4)_(\d+)$")
 
 
+def _sandbox_base() -> None:
+    """A fresh sandbox netns, before its eth0 arrives: IPv6 off, loopback up."""
+    write_sysctls({f"net.ipv6.conf.{d}.disable_ipv6": "1" for d in ("all", "default")})
+    with Rtnl() as rtnl:
+        rtnl.set_link(rtnl.require("lo"), up=True)
+
+
+def _aliases() -> dict[str, str]:
+    with Rtnl() as rtnl:
+        return rtnl.aliases()
+
+
 async def _gw_links(gw: str) -> dict[int, str]:
     """slot → alias (sandbox id) of the s<slot> veths in the gateway netns."""
     if not netns_exists(gw):
         return {}
-    listed = await run("ip", "-j", "-n", gw, "link", "show")
+    listed = await asyncio.to_thread(call_in_netns, gw, _aliases)
     links: dict[int, str] = {}
-    for link in json.loads(listed.stdout or "[]"):
-        m = re.fullmatch(r"s(\d+)", link.get("ifname", ""))
+    for name, alias in listed.items():
+        m = re.fullmatch(r"s(\d+)", name)
         if m:
-            links[int(m.group(1))] = link.get("ifalias", "")
+            links[int(m.group(1))] = alias
     return links
 
 

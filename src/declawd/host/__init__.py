@@ -1,7 +1,7 @@
 """Host plumbing: run a command (optionally inside a netns) and enter network namespaces.
 
 The one home for what every package needs from the host: `run`/`run_sync` with a single
-error type `CommandFailed`, named netns create/delete/enter, and `undo_all` for teardown
+error type `CommandFailed`, named netns create/delete/enter (syscalls; rtnetlink in `host.rtnl`), and `undo_all` for teardown
 that reports what it could not undo. Nothing else in declawd spawns a short-lived command
 or calls `setns` itself.
 """
@@ -16,6 +16,7 @@ from declawd.host.commands import (
 )
 from declawd.host.netns import (
     NETNS_DIR,
+    NetnsError,
     NetnsThread,
     add_netns,
     add_netns_sync,
@@ -31,6 +32,7 @@ from declawd.host.netns import (
     netns_path,
     socket_in_netns,
     sysctls,
+    write_sysctls,
 )
 from declawd.host.teardown import TeardownFailed, undo_all, undo_all_sync
 
@@ -38,6 +40,7 @@ __all__ = [
     "NETNS_DIR",
     "CommandFailed",
     "Completed",
+    "NetnsError",
     "NetnsThread",
     "TeardownFailed",
     "add_netns",
@@ -60,4 +63,5 @@ __all__ = [
     "sysctls",
     "undo_all",
     "undo_all_sync",
+    "write_sysctls",
 ]

@@ -93,7 +93,12 @@ class SandboxResources:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
         if self.settings.disk_quota_mb > 0:
-            quota.create_disk(self.disk_image, self.disk, self.settings.disk_quota_mb)
+            quota.create_disk(
+                self.disk_image,
+                self.disk,
+                self.settings.disk_quota_mb,
+                cache_dir=self.settings.run_dir / "quota",
+            )
         for d in (self.upper, self.work, self.rootfs, self.envd_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
@@ -190,12 +195,15 @@ class SandboxHost:
         self._compat: tuple[Path, Path] | None = None
 
     def prepare_node(self) -> None:
-        """Directories and the envd binary; blocking, once at start."""
+        """Directories, the envd binary and the formatted quota image (so the first create
+        copies it instead of running mkfs); blocking, once at start."""
         from declawd.envd import ensure_envd
 
         for d in (self.settings.sandboxes_dir, self.settings.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._envd_binary = ensure_envd(self.settings.envd_path)
+        if self.settings.disk_quota_mb > 0:
+            quota.formatted(self.settings.run_dir / "quota", self.settings.disk_quota_mb)
 
     def resources(self, sandbox_id: str) -> SandboxResources:
         return SandboxResources(self.settings, sandbox_id)

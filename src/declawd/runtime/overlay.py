@@ -93,6 +93,11 @@ def mount_tmpfs(target: Path, size_bytes: int, mode: int = 0o700) -> None:
     )
 
 
+def mount_device(device: str, target: Path, fstype: str, flags: int, data: str) -> None:
+    """Mount the block device `device` (a filesystem of type `fstype`) on target."""
+    _mount(device, target, fstype, flags, data)
+
+
 def unmount(target: Path) -> None:
     """Unmount target; idempotent (not mounted / missing is fine), lazy when busy."""
     path = str(target).encode()

@@ -3,14 +3,22 @@
 Invariant: whatever the sandbox writes lands in its own fixed-size filesystem, so filling
 it fails with ENOSPC inside the sandbox and never fills the host. `create_disk` and
 `destroy_disk` sit side by side; both are idempotent, and a create that fails halfway
-leaves no image, loop device or mount behind.
+leaves no image, loop device or mount behind. No process per create: the filesystem is
+made once per size (`formatted`), each sandbox copies its few MiB of metadata, and the loop
+device and mount are syscalls.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 from declawd.host import run_sync, undo_all_sync
+from declawd.runtime import loop
 from declawd.runtime import overlay as ovl
 
 # No journal (the upper dir dies with the sandbox, crash consistency buys nothing), no
@@ -27,28 +35,111 @@ MKFS_ARGS: tuple[str, ...] = (
     "-E",
     "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
 )
-# `loop` makes mount(8) attach the device with autoclear: the last unmount detaches it.
-MOUNT_OPTIONS = "loop,nosuid,nodev,noinit_itable"
+# Bumped when something other than MKFS_ARGS changes what a formatted image holds.
+FORMAT_VERSION = 1
+MS_NOSUID = ovl.MS_NOSUID
+MS_NODEV = ovl.MS_NODEV
+MOUNT_FLAGS = MS_NOSUID | MS_NODEV
+# The images are copies of one never-mounted filesystem, so the kernel must not start
+# zeroing their (already zero) inode tables in the background.
+MOUNT_DATA = "noinit_itable"
+CACHE_SUBDIR = "quota"
 _TIMEOUT_S = 60
 
 
-def create_disk(image: Path, mountpoint: Path, size_mb: int) -> None:
+def format_tag() -> str:
+    """Names what a formatted image is: the format version and the mkfs arguments."""
+    digest = hashlib.sha256("\0".join(MKFS_ARGS).encode()).hexdigest()[:12]
+    return f"v{FORMAT_VERSION}-{digest}"
+
+
+def default_cache_dir(image: Path) -> Path:
+    """`<state dir>/run/quota` for an image at `<state dir>/sandboxes/<id>/disk.img`."""
+    return image.parent.parent.parent / "run" / CACHE_SUBDIR
+
+
+def formatted(cache_dir: Path, size_mb: int) -> Path:
+    """The node's formatted, never-mounted `size_mb` image; made (once) when missing.
+
+    Keyed by size and `format_tag`, and checked for its size, so a stale or truncated file
+    is made again; a new one is written beside and renamed into place, which makes
+    concurrent first creates safe (the last rename wins, both are identical).
+    """
+    path = cache_dir / f"ext4-{format_tag()}-{size_mb}m.img"
+    size = size_mb * 1024 * 1024
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size == size:
+            return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".img", dir=cache_dir)
+    try:
+        os.ftruncate(fd, size)
+        os.close(fd)
+        fd = -1
+        run_sync(*MKFS_ARGS, tmp, timeout=_TIMEOUT_S)
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for old in cache_dir.glob("ext4-*.img"):
+        if not old.name.startswith(f"ext4-{format_tag()}-"):
+            old.unlink(missing_ok=True)  # another format version's: never used again
+    return path
+
+
+def copy_sparse(source: Path, target: Path) -> int:
+    """Copy `source` into a new sparse `target` of the same size, data extents only
+    (SEEK_DATA/SEEK_HOLE + copy_file_range, in the kernel); returns the bytes copied."""
+    copied = 0
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        os.ftruncate(dst.fileno(), size)
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break  # only a hole is left
+                raise
+            end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+            pos = start
+            while pos < end:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), end - pos, pos, pos)
+                if n == 0:
+                    raise OSError(f"copy {source}: short copy at {pos}")
+                pos += n
+            copied += end - start
+            offset = end
+    return copied
+
+
+def create_disk(
+    image: Path, mountpoint: Path, size_mb: int, *, cache_dir: Path | None = None
+) -> None:
     """Make a `size_mb` ext4 filesystem in the sparse file `image` and mount it.
 
-    A no-op when already mounted; on any failure everything made so far is removed, and
-    a failing mkfs or mount raises CommandFailed with its stderr.
+    `cache_dir` holds the formatted images (default: `default_cache_dir(image)`). Every
+    image is a copy of one filesystem, so they share its UUID: ext4 does not mind (unlike
+    xfs or btrfs, it never looks filesystems up by UUID). A no-op when already mounted; on
+    any failure everything made so far is removed.
     """
     if size_mb <= 0:
         raise ValueError("size_mb: must be positive")
     if ovl.is_mounted(mountpoint):
         return
+    source = formatted(cache_dir or default_cache_dir(image), size_mb)
     try:
         mountpoint.mkdir(parents=True, exist_ok=True)
-        with open(image, "wb") as f:
-            f.truncate(size_mb * 1024 * 1024)
-        run_sync(*MKFS_ARGS, str(image), timeout=_TIMEOUT_S)
-        run_sync("mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(mountpoint),
-                 timeout=_TIMEOUT_S)  # fmt: skip
+        image.unlink(missing_ok=True)  # a half-made one from a crash
+        copy_sparse(source, image)
+        device, fd = loop.attach(image)
+        try:
+            ovl.mount_device(device, mountpoint, "ext4", MOUNT_FLAGS, MOUNT_DATA)
+        finally:
+            os.close(fd)  # mounted: the mount holds the device; else autoclear frees it
         mountpoint.chmod(0o700)
     except BaseException:
         destroy_disk(image, mountpoint)
@@ -61,22 +152,11 @@ def destroy_disk(image: Path, mountpoint: Path) -> None:
     undo_all_sync(
         f"disk {image}",
         lambda: ovl.unmount(mountpoint),
-        lambda: _detach_loop_devices(image),
+        lambda: loop.detach_all(image),
         lambda: image.unlink(missing_ok=True),
     )
 
 
-def _detach_loop_devices(image: Path) -> None:
-    """Still attached: a lazy unmount in progress or a crash between attach and mount."""
-    for dev in loop_devices(image):
-        done = run_sync("losetup", "-d", dev, check=False, timeout=_TIMEOUT_S)
-        if not done.ok and dev in loop_devices(image):  # else autoclear beat us to it
-            done.check()
-
-
 def loop_devices(image: Path) -> list[str]:
-    """Loop devices whose backing file is `image` (empty when none or image is gone)."""
-    if not image.exists():
-        return []
-    listed = run_sync("losetup", "-j", str(image), "-O", "NAME", "-n", timeout=_TIMEOUT_S)
-    return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
+    """Loop devices whose backing file is `image` (empty when none is)."""
+    return loop.devices_of(image)
