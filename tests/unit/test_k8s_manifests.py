@@ -13,13 +13,15 @@ import json
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from declawd.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -28,12 +30,14 @@ JUSTIFIED = K8S / "checkov-justified.yaml"
 TOOLS = ROOT / ".venv-tools" / "bin"
 # The oldest Kubernetes these manifests claim and the newest the pinned tools know.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+# Each Secret and its keys; EVERY_KEY: mounted whole, its keys are the operator's (one join
+# token per host, named after it).
+EVERY_KEY = "*"
 SECRETS = {
     "declawd-database": {"url"},
     "declawd-cluster-ca": {"ca.crt", "ca.key"},
     "declawd-vault-key": {"vault.key"},
-    "declawd-join-token": {"token"},
-    "declawd-admin-api-key": {"api-key"},
+    "declawd-join-tokens": {EVERY_KEY},
 }
 # Offline: no platform download, no guideline mapping, no PyPI version check.
 CHECKOV_ENV = {"CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE"}
@@ -178,7 +182,6 @@ def test_overlay_renders_the_whole_deployment_and_no_secret(overlay: str) -> Non
             ("ServiceAccount", "declawd-api"),
             ("ServiceAccount", "declawd-node"),
             ("ConfigMap", "declawd-settings"),
-            ("PersistentVolumeClaim", "declawd-blobs"),
             ("Deployment", "declawd-api"),
             ("Service", "declawd-api"),
             ("Service", "declawd-internal"),
@@ -202,30 +205,31 @@ def test_workloads_follow_the_cluster_interface(overlay: str) -> None:
     for c in (api_c, node_c):
         assert re.fullmatch(r"ghcr\.io/declawd/declawd:\d+\.\d+\.\d+(-[a-z0-9.]+)?", c["image"])
     assert api_c["args"] == ["server", "--cluster", "--host", "0.0.0.0", "--port", "8080"]
-    assert node_c["args"] == [
-        "node",
-        "--control-plane",
-        "https://declawd-internal:8443",
-        "--join-token-file",
-        "/etc/declawd/join/token",
-    ]
+    # A join token of its own per host (they are single use), by the host's name.
+    assert node_c["args"] == ["node", "--join-token-file", "/etc/declawd/join/$(DECLAWD_NODE_NAME)"]
     assert {p["containerPort"] for p in api_c["ports"]} == {8080, 8443}
     assert {p["containerPort"] for p in node_c["ports"]} == {8444}
     assert api_c["readinessProbe"]["httpGet"]["path"] == "/health"
     assert api_c["livenessProbe"]["httpGet"]["path"] == "/health"
     assert node_c["lifecycle"]["preStop"]["exec"]["command"] == ["declawd", "node", "drain"]
     api_env = {e["name"]: e for e in api_c["env"]}
-    assert api_env["DECLAWD_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == (
-        "declawd-database"
-    )
-    assert api_env["DECLAWD_STATE_DIR"]["value"] == "/var/lib/declawd"
+    node_env = {e["name"]: e for e in node_c["env"]}
+    # Every name one the code reads: a Settings field, or the CLI's --control-plane.
+    known = {f"DECLAWD_{f.name.upper()}" for f in fields(Settings)} | {"DECLAWD_CONTROL_PLANE"}
+    for env in (api_env, node_env):
+        assert set(env) - known == set()
+        assert env["DECLAWD_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == (
+            "declawd-database"
+        )
+        assert env["DECLAWD_STATE_DIR"]["value"] == "/var/lib/declawd"
     assert api_env["DECLAWD_CLUSTER_CA_DIR"]["value"] == "/etc/declawd/cluster-ca"
-    assert api_env["DECLAWD_VAULT_KEY_FILE"]["value"] == "/etc/declawd/vault/vault.key"
-    assert api_env["DECLAWD_BLOB_DIR"]["value"] == "/mnt/declawd-blobs"
+    assert node_env["DECLAWD_CONTROL_PLANE"]["value"] == "https://declawd-internal:8443"
+    assert {"DECLAWD_NODE_NAME", "DECLAWD_NODE_ADDRESS"} <= set(node_env)
+    # The vault's master key where the code reads it: <state dir>/keys/vault.key.
+    assert {m["mountPath"] for m in api_c["volumeMounts"]} >= {"/var/lib/declawd/keys/vault.key"}
     assert {m["mountPath"] for m in node_c["volumeMounts"]} >= {
         "/var/lib/declawd",
         "/sys/fs/cgroup",
-        "/mnt/declawd-blobs",
         "/etc/declawd/join",
     }
     assert node["hostNetwork"] and node["hostPID"]
@@ -257,7 +261,7 @@ def test_secrets_are_external_and_match_the_documented_ones(overlay: str) -> Non
         spec = d["spec"]["template"]["spec"]
         for v in spec.get("volumes", []):
             if "secret" in v:
-                keys = {i["key"] for i in v["secret"]["items"]}
+                keys = {i["key"] for i in v["secret"].get("items", [])} or {EVERY_KEY}
                 used.setdefault(v["secret"]["secretName"], set()).update(keys)
         for c in spec["containers"]:
             for e in c.get("env", []):
@@ -269,7 +273,8 @@ def test_secrets_are_external_and_match_the_documented_ones(overlay: str) -> Non
     for name, keys in SECRETS.items():
         command = re.search(rf"kubectl -n declawd create secret generic {name}\b[^\n]*", guide)
         assert command, f"docs/operations.md does not say how to create {name}"
-        assert {k for k in keys if f"--from-file={k}=" not in command[0]} == set(), command[0]
+        wanted = {"--from-file="} if keys == {EVERY_KEY} else {f"--from-file={k}=" for k in keys}
+        assert {w for w in wanted if w not in command[0]} == set(), command[0]
 
 
 # --- kubernetes-validate ------------------------------------------------------------------

@@ -80,6 +80,15 @@ def serve(
             "--db", help="Audit database (default: <state-dir>/declawd.db).", show_default=False
         ),
     ] = None,
+    database_url: Annotated[
+        str,
+        typer.Option(
+            "--database-url",
+            envvar="DECLAWD_DATABASE_URL",
+            help="The store's postgresql:// URL: audit events go there.",
+            show_default=False,
+        ),
+    ] = "",
     no_nflog: Annotated[
         bool, typer.Option("--no-nflog", help="Do not read denied packets from NFLOG group 7.")
     ] = False,
@@ -139,6 +148,7 @@ def serve(
         exempt=exempt or [],
         nflog=not no_nflog,
         db_path=db_path,
+        database_url=database_url,
         upstream_ca=upstream_ca,
         vault_key=vault_key,
         judge_url=judge_url,

@@ -78,7 +78,7 @@ class GatewayDaemon:
         self._by_address: dict[str, SandboxEntry] = {}
         self._by_slot: dict[int, SandboxEntry] = {}
         self.resolved = ResolvedNames()
-        self.audit = AuditWriter(config.audit_db)
+        self.audit = AuditWriter(config.audit_target)
         self.leaves = LeafContexts(self._ca_of, config.leaves_dir)
         self.vault = VaultReader(config.audit_db, config.vault_key_path)
         self.guard_services = guard_services(config)

@@ -113,6 +113,8 @@ class GatewayConfig:
     exempt: Sequence[str] = ()
     nflog: bool = True
     db_path: Path | None = None
+    # PostgreSQL mode (docs/store.md): audit events go to the store's database at this URL.
+    database_url: str = ""
     extra_ranges: list[IPNetwork] = field(default_factory=list)
     # Inspected upstreams are verified against this bundle (None: the system's store).
     upstream_ca: Path | None = None
@@ -136,6 +138,11 @@ class GatewayConfig:
     @property
     def audit_db(self) -> Path:
         return self.db_path or self.state_dir / "declawd.db"
+
+    @property
+    def audit_target(self) -> Path | str:
+        """Where audit events are written: the store's PostgreSQL URL, else `audit_db`."""
+        return self.database_url or self.audit_db
 
     @property
     def leaves_dir(self) -> Path:

@@ -33,6 +33,7 @@ from declawd.vault.crypto import master_key_path
 
 log = logging.getLogger(__name__)
 
+STORE_URL_ENV = "DECLAWD_DATABASE_URL"  # read by `declawd gateway serve --database-url`
 STATS_MAX_BYTES = 1 << 20  # the answer is a few hundred bytes; more is not the daemon
 
 
@@ -204,6 +205,14 @@ class GatewayDaemon:
             args += ["--judge-model", self.settings.injection_judge_model]
         return args
 
+    def _env(self) -> dict[str, str]:
+        """The daemon's environment: the store's URL (its audit events go to the store's
+        database, docs/store.md) in the environment, not on a command line `ps` shows."""
+        env = {k: v for k, v in os.environ.items() if k != STORE_URL_ENV}
+        if self.settings.database_url:
+            env[STORE_URL_ENV] = self.settings.database_url
+        return env
+
     async def start(self) -> None:
         if self.alive():
             return
@@ -214,6 +223,7 @@ class GatewayDaemon:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._command_line(),
+                env=self._env(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logf,
                 stderr=logf,
