@@ -201,9 +201,16 @@ def test_a_warm_create_is_indistinguishable_from_a_cold_one(
         assert {k: v for k, v in view_w.items() if k not in differ} == {
             k: v for k, v in view_c.items() if k not in differ
         }
-        audit_w = _audit(DeclawdClient(api_key=own.key, domain=f"localhost:{own.port}"), warm)
-        audit_c = _audit(DeclawdClient(), cold)
-        assert audit_w == audit_c and audit_w  # the probes were audited, and only they
+        # The gateways write audit events in batches: wait for both to have written them.
+        warm_client = DeclawdClient(api_key=own.key, domain=f"localhost:{own.port}")
+        both: list[list[tuple[str, str, str | None, int | None]]] = []
+
+        def same() -> bool:
+            both[:] = [_audit(warm_client, warm), _audit(DeclawdClient(), cold)]
+            return both[0] == both[1] and len(both[0]) >= 6
+
+        # The probes were audited (dns and connection, allow and deny), and only they.
+        assert eventually(same, timeout=30), both
     finally:
         warm.kill()
         cold.kill()
