@@ -21,8 +21,19 @@ trap cleanup EXIT INT TERM
 export DECLAW_DOMAIN=localhost:$PORT
 DECLAW_API_KEY=$(cat "$STATE_DIR/keys/dev-api-key")
 export DECLAW_API_KEY
+# Warm pools fill in the background from the start (DECLAWD_WARM_POOL, default auto): give
+# them a moment, so the seed's create binds a parked sandbox instead of making one.
+for _ in $(seq 1 150); do
+  $BIN/declawd sandbox pools --json 2>/dev/null | $BIN/python -c \
+    'import json,sys; p=json.load(sys.stdin)["pools"]; sys.exit(0 if all(x["ready"]>=x["target"] for x in p) else 1)' \
+    && break
+  sleep 0.2
+done
+echo "==> warm pools"
+$BIN/declawd sandbox pools || true
 echo "==> seed scenario: examples/network-l4-enforcement"
 echo
 $BIN/python examples/network-l4-enforcement/main.py
 echo
+grep -o "created sbx-[0-9a-f]* in [0-9]* ms ([a-z]*" "$LOGS/server.log" | tail -1 | sed 's/^/seed sandbox: /; s/$/)/' || true
 echo "Explore: make serve  (the dashboard at http://localhost:${DECLAWD_PORT:-8080}/ and the dev key are printed; Ctrl-C stops everything)"

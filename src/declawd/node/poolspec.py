@@ -68,7 +68,7 @@ def parse_pool_spec(raw: str) -> PoolSpec:
 
 def auto_size(mem_total_bytes: int) -> int:
     """Sandboxes kept per built-in template when the setting is `auto`: one per 8 GiB of
-    memory, at least 1 and at most 4 (24 GiB: 3)."""
+    memory, at least 1 and at most 4 (23.5 GiB: 2; 24 GiB: 3)."""
     return max(1, min(4, mem_total_bytes // (8 * GIB)))
 
 
