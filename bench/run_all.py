@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 
+import bench_cluster
 import bench_command
 import bench_create
 import bench_datapath
@@ -38,6 +39,7 @@ SERVER_BENCHES: dict[str, Callable[[harness.Server, bool], Report]] = {
     "resolver": bench_resolver.main,
     "persistence": bench_persistence.main,
     "density": bench_density.main,
+    "cluster": bench_cluster.main,
 }
 ALL = ("datapath", "nft_control", *SERVER_BENCHES)
 
