@@ -27,7 +27,7 @@ from declawd.config import Settings
 from declawd.egress import nft as nftc
 from declawd.egress.network import Gateway, SandboxNetwork, slot_addresses
 from declawd.egress.nftctl import forget_netns, nft_sync
-from declawd.egress.nftsets import NftSets, admit_command, resolved_set
+from declawd.egress.nftsets import NftSets, admit_command
 from declawd.egress.policy import EgressPolicy
 from declawd.host import delete_netns, netns_path, run
 from declawd.upstream import choose_upstream
@@ -48,7 +48,8 @@ def _time_apply(
         t = time.perf_counter()
         nft_sync(netns, nftc.sandbox_add_script(slot, addr, POLICY), backend=backend)
         out.append((time.perf_counter() - t) * 1000)
-        nft_sync(netns, nftc.sandbox_remove_script(slot), backend=backend)
+        installed = nftc.sandbox_elements(addr, POLICY)
+        nft_sync(netns, nftc.sandbox_remove_script(slot, installed), backend=backend)
     return out
 
 
@@ -62,6 +63,10 @@ def rule_bench(
     sets: NftSets | None = None
     try:
         nft_sync(ns, nftc.base_script(nftc.BaseLayout("lab0", nftc.floor_networks())))
+        # The resolver admits by the sandbox veth's ifindex: a veth `s1` stands in for it.
+        asyncio.run(
+            run("ip", "-n", ns, "link", "add", nftc.ifname(1), "type", "veth", "peer", "s1p")
+        )
         sets = admitter = NftSets(backend="netlink", netns_path=netns_path(ns))
         present = 0
         for target in present_counts:
@@ -70,7 +75,8 @@ def rule_bench(
                 present += 1
                 _, addr = slot_addresses(settings, present)
                 nft_sync(ns, nftc.sandbox_add_script(present, addr, POLICY))
-                nft_sync(ns, nftc.add_resolved_script(present, ["203.0.113.10"], 300))
+                # resolved addresses are keyed by ifindex; any number serves as a key here
+                nft_sync(ns, nftc.add_resolved_script(1000 + present, ["203.0.113.10"], 300))
             for backend in ("lib", "nsenter"):
                 ms = _time_apply(ns, settings, 1000, backend, rounds)
                 found[f"apply one sandbox ({backend}) @{present}"] = ms
@@ -80,7 +86,9 @@ def rule_bench(
             ms = []
             for _ in range(rounds):
                 t = time.perf_counter()
-                nft_sync(ns, nftc.sandbox_update_script(1, addr, POLICY))
+                # what the slot holds now (the node reads it from `rec` first)
+                held = nftc.sandbox_elements(addr, POLICY)
+                nft_sync(ns, nftc.sandbox_update_script(1, addr, POLICY, previous=held))
                 ms.append((time.perf_counter() - t) * 1000)
             found[f"update policy transaction @{present}"] = ms
             print(f"update_policy transaction, {present:4d} present:  "
@@ -89,7 +97,7 @@ def rule_bench(
             found[f"resolver admit via libnftables (one address) @{present}"] = _time(
                 rounds,
                 lambda i: nft_sync(
-                    ns, admit_command(nftc.TABLE, resolved_set(1), {f"203.0.113.{i % 200}": 300})
+                    ns, admit_command(nftc.TABLE, 999, {f"203.0.113.{i % 200}": 300})
                 ),
             )
             found[f"resolver admit via netlink (one address) @{present}"] = _time(

@@ -1,11 +1,13 @@
-"""Add / replace / remove one sandbox's nft rules with 1, 100 and 500 sandboxes present, both ways.
+"""Add / replace / remove one sandbox's nft elements with 1, 100 and 500 sandboxes present,
+both ways.
 
 Run as root: `.venv/bin/python bench/bench_nft_control.py [--quick]`. Works in a throw-away
 netns (`dcwbnc-gw`, or $DECLAWD_BENCH_NFT_CONTROL_NETNS) holding only the nft table: the
 control path's netlink batches (`nftrules`, the default) against nft.py's scripts through
-libnftables (`text`). Baseline for each figure: the same operation with 1 sandbox present
-(goal for the netlink backend: <= 1.5x at 500). Sandboxes present carry the bench policy
-and one resolved address each. Cleans up the netns.
+libnftables (`text`); each operation includes reading the slot's record back (`rec`), as
+nftctl does. Baseline for each figure: the same operation with 1 sandbox present (goal for
+the netlink backend: <= 1.5x at 500). Sandboxes present carry the bench policy and one
+resolved address each (keyed by a stand-in ifindex: no veths here). Cleans up the netns.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def measure(present_counts: tuple[int, ...], rounds: int) -> dict[str, list[floa
             while present < target:
                 present += 1
                 nftctl.sandbox_add_sync(NETNS, present, _addr(present), POLICY, backend="netlink")
-                nftctl.nft_sync(NETNS, nftc.add_resolved_script(present, ["203.0.113.10"], 300))
+                resolved = nftc.add_resolved_script(10000 + present, ["203.0.113.10"], 300)
+                nftctl.nft_sync(NETNS, resolved)
             for backend in BACKENDS:
 
                 def add(_i: int, b: str = backend) -> None:
@@ -73,9 +76,7 @@ def measure(present_counts: tuple[int, ...], rounds: int) -> dict[str, list[floa
                     policy = OTHER if i % 2 else POLICY
                     nftctl.sandbox_update_sync(NETNS, SLOT, _addr(SLOT), policy, backend=b)
 
-                found[f"add one sandbox's rules ({backend}) @{present}"] = _time(
-                    rounds, add, remove
-                )
+                found[f"add one sandbox ({backend}) @{present}"] = _time(rounds, add, remove)
                 add(0)
                 found[f"replace its policy ({backend}) @{present}"] = _time(
                     rounds, update, lambda i: None
@@ -94,7 +95,7 @@ def main(quick: bool = False) -> Report:
     present = (1, 100) if quick else PRESENT
     rounds = 10 if quick else ROUNDS
     report = Report("nft_control", params={"present": list(present), "rounds": rounds})
-    header(f"nft control path: one sandbox's rules with {present} sandboxes present")
+    header(f"nft control path: one sandbox's elements with {present} sandboxes present")
     found = measure(present, rounds)
     header("nft control path figures (baseline: the same with 1 sandbox present)")
     many = present[-1]

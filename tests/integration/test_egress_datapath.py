@@ -21,10 +21,16 @@ import pytest
 from declawd.config import Settings
 from declawd.egress import nft as nftc
 from declawd.egress import nftctl
-from declawd.egress.network import Gateway, SandboxNetwork, count_resources, sweep
+from declawd.egress.network import (
+    Gateway,
+    SandboxNetwork,
+    count_resources,
+    remove_slot_rules,
+    sweep,
+)
 from declawd.egress.nfnetlink import NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, Element, ipv4_element
 from declawd.egress.nftctl import NftError, nft_sync
-from declawd.egress.nftsets import NftSets
+from declawd.egress.nftsets import NftSets, resolved_key
 from declawd.egress.policy import EgressPolicy
 from declawd.host import in_netns, netns_exists, netns_path
 from declawd.lab.upstream import LabUpstream
@@ -268,11 +274,42 @@ def test_forged_source_dropped(env: Env, sandboxes: list[SandboxNetwork]) -> Non
     assert "forged-pkt" not in log
 
 
+def ifindex(gw: str, slot: int) -> int:
+    out = subprocess.run(["ip", "-n", gw, "-j", "link", "show", nftc.ifname(slot)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return int(json.loads(out.stdout)[0]["ifindex"])
+
+
+def test_cidrs_of_every_length_match_exactly(env: Env, sandboxes: list[SandboxNetwork]) -> None:
+    """The masked lookups (one hash set per prefix length) against addresses inside,
+    at the edge of and just outside each allowed network, from two sandboxes at once."""
+    pol = EgressPolicy.parse(["203.0.113.10/31", "198.51.100.0/24"], ["0.0.0.0/0"])
+    sandboxes.append(sbx := env.sandbox("sbx-000000000022", 22, pol))
+    sandboxes.append(other := env.sandbox("sbx-000000000023", 23, EgressPolicy.parse(
+        ["203.0.113.66/32"], ["0.0.0.0/0"])))  # fmt: skip
+    for addr in ("203.0.113.11", "198.51.100.1", "198.51.100.254"):
+        subprocess.run(["ip", "-n", env.settings.lab_netns, "addr", "add", f"{addr}/32",
+                        "dev", "lo"], check=False)  # fmt: skip
+    got = probe(
+        sbx,
+        ["tcp", GOOD, 8080],  # 203.0.113.10, in the /31
+        ["tcp", "203.0.113.11", 8080],  # the /31's other address
+        ["tcp", "198.51.100.254", 8080],  # in the /24
+        ["tcp", EVIL, 8080],  # another sandbox's CIDR, not this one's
+    )
+    assert got == [f"ok:lab:{GOOD}", "ok:lab:203.0.113.11", "ok:lab:198.51.100.254", "refused"]
+    assert probe(other, ["tcp", EVIL, 8080], ["tcp", GOOD, 8080]) == [f"ok:lab:{EVIL}", "refused"]
+    # /0: everything that is not the floor.
+    asyncio.run(sbx.update_policy(EgressPolicy.parse(["0.0.0.0/0"], [])))
+    assert probe(sbx, ["tcp", EVIL, 8080], ["tcp", "169.254.169.254", 80]) == [
+        f"ok:lab:{EVIL}", "refused"]  # fmt: skip
+
+
 def test_resolved_set_redirects_tcp_to_proxy(env: Env, sandboxes: list[SandboxNetwork]) -> None:
     pol = EgressPolicy.parse(["lab.example.com"], ["0.0.0.0/0"])
     sandboxes.append(sbx := env.sandbox("sbx-000000000006", 6, pol))
     before = probe(sbx, ["tcp", EVIL, 8080])
-    nft_sync(env.gw, nftc.add_resolved_script(6, [EVIL], 300))
+    nft_sync(env.gw, nftc.add_resolved_script(ifindex(env.gw, 6), [EVIL], 300))
     tcp, udp, unresolved = probe(
         sbx, ["tcp", EVIL, 8080], ["udp", EVIL, 9999, "quic"], ["tcp", GOOD, 8080]
     )
@@ -306,15 +343,14 @@ def test_per_packet_rules_independent_of_sandbox_count(
     pol = EgressPolicy.parse([f"{GOOD}/32"], ["0.0.0.0/0"])
     sandboxes.append(env.sandbox("sbx-000000000008", 8, pol))
     one = _chain_rules(env.gw)
+    res_one = asyncio.run(count_resources(env.settings))
     for slot in (9, 10, 11):
         sandboxes.append(env.sandbox(f"sbx-0000000000{slot:02d}", slot, pol))
-    many = _chain_rules(env.gw)
-    base = ("prerouting_raw", "prerouting_nat", "forward", "input", "postrouting_nat")
-    assert {c: one[c] for c in base} == {c: many[c] for c in base}
-    # A packet traverses its base chains plus only its own sandbox's chains.
-    assert many["fwd_8"] == one["fwd_8"] == many["fwd_11"]
+    # Sandboxes are set elements: the chains and their rules do not change at all.
+    assert _chain_rules(env.gw) == one
     res = asyncio.run(count_resources(env.settings))
-    assert res["map_elements"] == 4 * len(sandboxes)
+    assert res["slots"] == res_one["slots"] + 3
+    assert res["set_elements"] == res_one["set_elements"] + 3 * 7  # flags 2, src, cidr, records 3
 
 
 def test_update_policy_cuts_no_longer_allowed(env: Env, sandboxes: list[SandboxNetwork]) -> None:
@@ -337,10 +373,39 @@ def test_update_policy_cuts_no_longer_allowed(env: Env, sandboxes: list[SandboxN
 def test_rules_survive_gateway_ensure(env: Env, sandboxes: list[SandboxNetwork]) -> None:
     pol = EgressPolicy.parse([f"{GOOD}/32"], ["0.0.0.0/0"])
     sandboxes.append(sbx := env.sandbox("sbx-000000000013", 13, pol))
-    before = _chain_rules(env.gw)
+    before = _chain_rules(env.gw), nftctl.read_record(env.gw, 13)
     asyncio.run(Gateway(env.settings, LabUpstream(env.settings)).ensure())  # a server restart
-    assert _chain_rules(env.gw) == before
+    assert (_chain_rules(env.gw), nftctl.read_record(env.gw, 13)) == before
     assert probe(sbx, ["tcp", GOOD, 8080], ["tcp", EVIL, 8080]) == [f"ok:lab:{GOOD}", "refused"]
+
+
+def test_a_table_of_the_old_layout_is_migrated_at_ensure(
+    env: Env, sandboxes: list[SandboxNetwork]
+) -> None:
+    """A node upgraded while sandboxes run: `ensure` turns the previous layout (per-sandbox
+    chains) into the flat one with every sandbox's rules, in one transaction."""
+    pol = EgressPolicy.parse([f"{GOOD}/32"], ["0.0.0.0/0"])
+    sandboxes.append(sbx := env.sandbox("sbx-000000000024", 24, pol))
+    assert sbx.address == "10.199.0.98"  # the address nft_old_layout.nft was made for
+    old = (Path(__file__).parent / "nft_old_layout.nft").read_text()
+    nft_sync(env.gw, f"delete table {nftc.TABLE}\n{old}")
+    assert "fwd_by_if" in nft_sync(env.gw, f"list table {nftc.TABLE}")
+    assert probe(sbx, ["tcp", GOOD, 8080], ["tcp", EVIL, 8080]) == [f"ok:lab:{GOOD}", "refused"]
+    asyncio.run(Gateway(env.settings, LabUpstream(env.settings)).ensure())
+    table = nft_sync(env.gw, f"list table {nftc.TABLE}")
+    assert "_by_if" not in table and "fwd_24" not in table and "a4_24" not in table
+    assert probe(sbx, ["tcp", GOOD, 8080], ["tcp", EVIL, 8080]) == [f"ok:lab:{GOOD}", "refused"]
+    assert nftctl.read_record(env.gw, 24) == nftc.Elements(
+        (), nftc.sandbox_elements(sbx.address, pol).keyed
+    )
+    # The old table's other sandbox (no veth here) came along, and is removed exactly.
+    assert nftctl.read_record(env.gw, 25) != nftc.NOTHING
+    asyncio.run(remove_slot_rules(env.gw, 25))
+    assert nftctl.read_record(env.gw, 25) == nftc.NOTHING
+    assert '"s25"' not in nft_sync(env.gw, f"list table {nftc.TABLE}")
+    rules, held = _chain_rules(env.gw), nftctl.read_record(env.gw, 24)
+    asyncio.run(Gateway(env.settings, LabUpstream(env.settings)).ensure())  # no migration now
+    assert (_chain_rules(env.gw), nftctl.read_record(env.gw, 24)) == (rules, held)
 
 
 def test_destroy_leaves_nothing(env: Env) -> None:
@@ -350,7 +415,8 @@ def test_destroy_leaves_nothing(env: Env) -> None:
     asyncio.run(sbx.destroy())
     asyncio.run(sbx.destroy())  # idempotent
     after = asyncio.run(count_resources(env.settings))
-    assert during["chains"] == before["chains"] + 4
+    assert during["slots"] == before["slots"] + 1
+    assert during["set_elements"] > before["set_elements"]
     assert during["sandbox_netns"] == before["sandbox_netns"] + 1
     assert after == before
     # A fresh handle (another process after a crash) on a half-created sandbox.
@@ -429,12 +495,12 @@ def test_sweep_removes_unknown_sandboxes(env: Env) -> None:
 
 ADMIT_SCRIPT = r"""
 import json, sys
-from declawd.egress.nftsets import NftSets
+from declawd.egress.nftsets import NftSets, resolved_key
 slot, steps = int(sys.argv[1]), json.loads(sys.argv[2])
 sets = NftSets()  # backend from DECLAWD_NFTSETS_BACKEND, socket/context in this netns
 try:
     for op, timeouts in steps:
-        getattr(sets, op)(slot, timeouts)
+        getattr(sets, op)(*(() if timeouts is None else (slot, timeouts)))
     print(sets.backend)
 finally:
     sets.close()
@@ -442,12 +508,14 @@ finally:
 
 
 def _r4(gw: str, slot: int) -> dict[str, int]:
-    """address → configured timeout (s) of r4_<slot>'s elements."""
-    out = nft_sync(gw, f"list set {nftc.TABLE} r4_{slot}", json_out=True)
+    """address → configured timeout (s) of the slot's elements in resolved4."""
+    out = nft_sync(gw, f"list set {nftc.TABLE} {nftc.RESOLVED4}", json_out=True)
     found: dict[str, int] = {}
     for item in json.loads(out)["nftables"]:
         for el in item.get("set", {}).get("elem", []):
-            found[el["elem"]["val"]] = el["elem"]["timeout"]
+            iface, address = el["elem"]["val"]["concat"]
+            if iface == nftc.ifname(slot):
+                found[address] = el["elem"]["timeout"]
     return found
 
 
@@ -460,6 +528,7 @@ def test_admit_backends_agree(env: Env, sandboxes: list[SandboxNetwork], backend
         ["admit", {GOOD: 300, EVIL: 60.2}],  # 60.2 s rounds up to 61 s
         ["admit", {GOOD: 30}],  # re-admit resets the timeout, even to a shorter one
     ]
+    nft_sync(env.gw, nftc.add_resolved_script(ifindex(env.gw, 20), ["203.0.113.99"], 300))
     out = subprocess.run(
         nsenter(env.gw, sys.executable, "-c", ADMIT_SCRIPT, "20", json.dumps(steps)),
         capture_output=True, text=True, timeout=60,
@@ -467,15 +536,23 @@ def test_admit_backends_agree(env: Env, sandboxes: list[SandboxNetwork], backend
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == backend
-    assert _r4(env.gw, 20) == {GOOD: 30, EVIL: 61}
-    steps = [["replace", {EVIL: 100}]]
+    assert _r4(env.gw, 20) == {GOOD: 30, EVIL: 61, "203.0.113.99": 300}
+    # The object deletes what it admitted itself; a daemon starts with `reset` (flush).
+    steps = [["admit", {GOOD: 30}], ["replace", {EVIL: 100}]]
     out = subprocess.run(
         nsenter(env.gw, sys.executable, "-c", ADMIT_SCRIPT, "20", json.dumps(steps)),
         capture_output=True, text=True, timeout=60,
         env={**os.environ, "DECLAWD_NFTSETS_BACKEND": backend},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert _r4(env.gw, 20) == {EVIL: 100}
+    assert _r4(env.gw, 20) == {EVIL: 100, "203.0.113.99": 300}
+    out = subprocess.run(
+        nsenter(env.gw, sys.executable, "-c", ADMIT_SCRIPT, "20", json.dumps([["reset", None]])),
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DECLAWD_NFTSETS_BACKEND": backend},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert _r4(env.gw, 20) == {}
 
 
 def test_netlink_admit_feeds_the_datapath_and_reports_errors(
@@ -489,20 +566,21 @@ def test_netlink_admit_feeds_the_datapath_and_reports_errors(
         sets.admit(21, {EVIL: 300})
         assert _r4(env.gw, 21) == {EVIL: 300}
         assert probe(sbx, ["tcp", EVIL, 8080]) == [f"ok:proxy:{EVIL}:8080"]
-        with pytest.raises(NftError, match="r4_999: No such file"):
-            sets.admit(999, {GOOD: 60})  # no such set
-        with pytest.raises(NftError, match="a4_21: Invalid argument"):
+        with pytest.raises(NftError, match="no interface s999"):
+            sets.admit(999, {GOOD: 60})  # no such sandbox: never admitted
+        with pytest.raises(NftError, match="r4_21: No such file"):
             sets._netlink._sock.setelems(  # type: ignore[union-attr]
-                nftc.TABLE, "a4_21", [(NFT_MSG_NEWSETELEM, [ipv4_element(GOOD, 60)])]
-            )  # a timeout on a set without `flags timeout`
+                nftc.TABLE, "r4_21", [(NFT_MSG_NEWSETELEM, [ipv4_element(GOOD, 60)])]
+            )  # no such set
         # One batch is all or nothing: the add before a failing delete is rolled back.
         with pytest.raises(NftError, match="No such file"):
+            index = ifindex(env.gw, 21)
             sets._netlink._sock.setelems(  # type: ignore[union-attr]
                 nftc.TABLE,
-                "r4_21",
+                nftc.RESOLVED4,
                 [
-                    (NFT_MSG_NEWSETELEM, [ipv4_element(GOOD, 60)]),
-                    (NFT_MSG_DELSETELEM, [Element(ipv4_element("203.0.113.99").key)]),
+                    (NFT_MSG_NEWSETELEM, [Element(resolved_key(index, GOOD), 60_000)]),
+                    (NFT_MSG_DELSETELEM, [Element(resolved_key(index, "203.0.113.99"))]),
                 ],
             )
         assert _r4(env.gw, 21) == {EVIL: 300}

@@ -4,8 +4,9 @@ Topology (instance "dcwtgw", so it never collides with a running server):
   dcwtgw-sbx1  eth0 10.77.0.6/30  ── veth ──  s1 10.77.0.5/30  dcwtgw-gw
   dcwtgw-gw    lab0 100.96.0.1/30 ── veth ──  up0 100.96.0.2/30 dcwtgw-lab (DNS 198.51.100.53)
 The gw netns gets a minimal nft table of our own: port-53 redirect to the resolver, and
-`ip daddr @r4_1 tcp dport 443` redirected to a probe listener, which is how we see that an
-address is in the set by the time the client has the answer.
+`iif . ip daddr @resolved4 tcp dport 443` redirected to a probe listener, which is how we see
+that an address is in the set by the time the client has the answer; a logged refusal on
+port 9 carries the shared rules' prefix (no slot: the daemon takes it from the interface).
 """
 
 from __future__ import annotations
@@ -186,19 +187,19 @@ class Topology:
         sh("ip", "-n", GW, "route", "add", "default", "via", "100.96.0.2")
         sh("ip", "-n", LAB, "route", "add", "10.77.0.0/16", "via", "100.96.0.1")
         ruleset = textwrap.dedent(
-            f"""
-            table inet declawd {{
-                set r4_{SLOT} {{ type ipv4_addr; flags timeout; }}
-                chain pre {{
+            """
+            table inet declawd {
+                set resolved4 { type iface_index . ipv4_addr; flags timeout; }
+                chain pre {
                     type nat hook prerouting priority dstnat;
-                    iifname "s1" meta l4proto {{ tcp, udp }} th dport 53 redirect to :5353
-                    iifname "s1" ip daddr @r4_{SLOT} tcp dport 443 redirect to :15443
-                }}
-                chain input {{
+                    iifname "s1" meta l4proto { tcp, udp } th dport 53 redirect to :5353
+                    iifname "s1" iif . ip daddr @resolved4 tcp dport 443 redirect to :15443
+                }
+                chain input {
                     type filter hook input priority 0;
-                    iifname "s1" tcp dport 9 log prefix "deny:{SLOT}:gateway" group 7 reject with tcp reset
-                }}
-            }}
+                    iifname "s1" tcp dport 9 log prefix "deny:gateway" group 7 reject with tcp reset
+                }
+            }
             """
         )
         subprocess.run(in_ns(GW, "nft", "-f", "-"), input=ruleset, text=True, check=True)
@@ -288,7 +289,7 @@ class Topology:
         return json.loads(out.stdout)
 
     def r4(self) -> str:
-        return sh(*in_ns(GW, "nft", "list", "set", "inet", "declawd", f"r4_{SLOT}")).stdout
+        return sh(*in_ns(GW, "nft", "list", "set", "inet", "declawd", "resolved4")).stdout
 
     def upstream_queries(self) -> list[str]:
         return self.query_log.read_text().splitlines() if self.query_log.exists() else []
@@ -406,13 +407,13 @@ def test_reload_applies_new_policy(topo: Topology) -> None:
 
 
 def test_failed_admit_answers_servfail(topo: Topology) -> None:
-    # Slot 2 has no r4_2 set: the kernel refuses the admit, so the answer is never released.
+    # Slot 2 has no veth s2: nothing can be admitted for it, so the answer is never released.
     topo.write_state(ENFORCED, slot=2)
     try:
         assert topo.control("reload") == "ok"
         out = topo.client(op="query", name="api.openai.com", qtype="A", server=LAB_DNS)
         assert out["rcode"] == 2 and out["answers"] == []  # SERVFAIL
-        assert "r4_2" in topo.daemon_log()  # the kernel's refusal names the set
+        assert "no interface s2" in topo.daemon_log()  # the refusal names the interface
     finally:
         topo.write_state(ENFORCED)
         assert topo.control("reload") == "ok"

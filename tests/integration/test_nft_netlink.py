@@ -20,6 +20,7 @@ import pytest
 
 from declawd.egress import nft as nftc
 from declawd.egress import nftctl, nftrules
+from declawd.egress.nfnetlink import NFT_MSG_NEWSETELEM
 from declawd.egress.nftctl import NftError
 from declawd.egress.policy import EgressPolicy
 from tests.unit import test_nft_netlink as golden
@@ -63,15 +64,18 @@ def listing(ns: str) -> list[dict[str, Any]]:
     return [clean(i) for i in items if "metainfo" not in i]
 
 
-def slot_objects(ns: str, slot: int) -> list[dict[str, Any]]:
-    names = {*nftc.chain_names(slot), *nftc.set_names(slot)}
+def slot_objects(ns: str, slot: int) -> list[Any]:
+    """The elements of the slot's interface in any set or map (in listing order)."""
+    name = nftc.ifname(slot)
     out = []
     for item in listing(ns):
         ((kind, body),) = item.items()
-        if body.get("name") in names or body.get("chain") in names:
-            out.append(item)
-        elif kind == "map":
-            out += [{"elem": e} for e in body.get("elem", []) if e[0] == nftc.ifname(slot)]
+        for elem in body.get("elem", []) if kind in ("set", "map") else []:
+            key = elem[0] if kind == "map" else elem
+            if isinstance(key, dict) and "concat" in key:
+                key = key["concat"][0]
+            if key == name:
+                out.append((body["name"], elem))
     return out
 
 
@@ -96,7 +100,8 @@ def test_same_ruleset_and_bytes_as_nft(pair: tuple[str, str]) -> None:
     for case, (script, batch) in golden.CASES.items():
         if case == "update_keep_names":  # resolved addresses must survive this update
             for ns in pair:
-                nft(ns, "-f", "-", stdin=nftc.add_resolved_script(5, ["203.0.113.77"], 300))
+                # (keyed by ifindex: 1, the netns' loopback, stands in for a veth)
+                nft(ns, "-f", "-", stdin=nftc.add_resolved_script(1, ["203.0.113.77"], 300))
         b = batch()
         nftctl.apply_batch(nl, b, case)
         captured[case] = golden.parse_mnl(nft(txt, "--debug=mnl", "-f", "-", stdin=script()))
@@ -135,19 +140,25 @@ def test_add_replace_remove_with_many_present(pair: tuple[str, str]) -> None:
     assert slot_objects(nl, extra) == slot_objects(txt, extra)
     nftctl.sandbox_remove_sync(nl, extra)
     assert slot_objects(nl, extra) == []
-    assert len([i for i in listing(nl) if "chain" in i]) == 5 + 4 * MANY
+    # Sandboxes are elements only: the ruleset is the base one whatever the count.
+    fresh = listing(txt)
+    for kinds in (("chain",), ("rule",)):
+        assert [i for i in listing(nl) if set(i) & set(kinds)] == [
+            i for i in fresh if set(i) & set(kinds)
+        ]
+    assert len(slot_objects(nl, MANY)) == len(slot_objects(nl, 1)) > 0
 
 
 def test_refused_batch_changes_nothing(pair: tuple[str, str]) -> None:
     nl, _ = pair
     before = listing(nl)
     b = nftrules.sandbox_add(6, "10.81.0.26", POLICY)
-    # A rule in a chain that does not exist, last: everything before it must be rolled back.
+    # An element of a set that does not exist, last: everything before it is rolled back.
     bad = nftrules.Batch()
-    nftrules._rule(bad, "no_such_chain", (nftc.Verdict("accept"),), 1)
+    nftrules._elements(bad, NFT_MSG_NEWSETELEM, "no_such_set", [nftrules.element(bytes(4))])
     b.messages += bad.messages
     b.labels += bad.labels
-    with pytest.raises(NftError, match="no_such_chain"):
+    with pytest.raises(NftError, match="no_such_set"):
         nftctl.apply_batch(nl, b, "sandbox 6")
     assert listing(nl) == before
 

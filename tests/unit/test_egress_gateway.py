@@ -5,7 +5,9 @@ dropped when a sandbox goes or gets a new CA, http audit events, and its command
 from __future__ import annotations
 
 import json
+import socket
 import stat
+import struct
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from declawd.config import Settings
 from declawd.egress import gateway
 from declawd.egress.audit import AuditEvent
 from declawd.egress.gatewaystate import DENY_ALL, load_state, upstream_context
+from declawd.egress.nflog import NflogRecord
 from declawd.egress.policy import EgressPolicy
 from declawd.egress.resolver import SandboxEntry
 from declawd.inspect.ca import SandboxCA
@@ -48,11 +51,20 @@ INSPECTION = InspectionPolicy(
 
 
 class FakeSets:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
     def admit(self, slot: int, timeouts: Mapping[str, float]) -> None:
         pass
 
+    def reset(self) -> None:
+        self.calls.append("reset")
+
+    def prune(self) -> None:
+        self.calls.append("prune")
+
     def replace(self, slot: int, timeouts: Mapping[str, float]) -> None:
-        pass
+        self.calls.append(f"replace {slot} {sorted(timeouts)}")
 
     def close(self) -> None:
         pass
@@ -219,6 +231,63 @@ async def test_the_proxy_sees_the_inspection_and_leaves_follow_the_ca(
     assert len(daemon.leaves) == 0
     with pytest.raises(LookupError, match="has no CA"):
         daemon.leaves.server_context("sbx-1", "api.openai.com")
+
+
+async def test_the_daemon_starts_with_an_empty_resolved_set(daemon: RecordingDaemon) -> None:
+    assert isinstance(daemon.nft, FakeSets) and daemon.nft.calls == ["reset"]
+
+
+async def test_a_policy_change_reseeds_the_sandboxs_resolved_addresses(
+    daemon: RecordingDaemon,
+) -> None:
+    assert isinstance(daemon.nft, FakeSets)
+    await _reload(daemon, {"sbx-1": GatewayEntry(3, "10.77.0.14", POLICY)})
+    daemon.resolved.record("sbx-1", "api.openai.com", ["203.0.113.10"], 300)
+    narrower = EgressPolicy.parse(["api.openai.com", "x.example"], ["0.0.0.0/0"])
+    await _reload(daemon, {"sbx-1": GatewayEntry(3, "10.77.0.14", narrower)})
+    gone = EgressPolicy.parse(["x.example"], ["0.0.0.0/0"])
+    await _reload(daemon, {"sbx-1": GatewayEntry(3, "10.77.0.14", gone)})
+    daemon.resolved.record("sbx-1", "x.example", ["203.0.113.20"], 300)
+    await _reload(daemon, {"sbx-1": GatewayEntry(3, "10.77.0.14", EgressPolicy.open())})
+    assert daemon.nft.calls[1:] == [
+        "replace 3 ['203.0.113.10']",  # still allowed
+        "replace 3 []",  # its name is no longer allowed
+        "replace 3 []",  # names no longer matter: none left behind
+    ]
+
+
+def _ipv4_tcp(src: str, dst: str, dport: int) -> bytes:
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+    return header + struct.pack("!HH", 40000, dport) + bytes(16)
+
+
+async def test_datapath_events_name_the_sandbox_of_the_input_interface(
+    daemon: RecordingDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _reload(daemon, {"sbx-1": GatewayEntry(3, "10.77.0.14", POLICY),
+                           "sbx-2": GatewayEntry(4, "10.77.0.18", POLICY)})  # fmt: skip
+    names = {41: "s3", 42: "s4", 43: "lab0"}
+
+    def indextoname(index: int) -> str:
+        if index not in names:
+            raise OSError(6, "No such device or address")
+        return names[index]
+
+    monkeypatch.setattr(socket, "if_indextoname", indextoname)
+    packet = _ipv4_tcp("10.77.0.18", "169.254.169.254", 80)
+    daemon._on_nflog(NflogRecord("deny:floor", packet, 42))
+    daemon._on_nflog(NflogRecord("allow:open", _ipv4_tcp("10.77.0.14", "203.0.113.5", 443), 41))
+    for indev in (43, 44, None):  # not a sandbox's, gone, none: no event
+        daemon._on_nflog(NflogRecord("deny:default", packet, indev))
+    daemon._on_nflog(NflogRecord("deny:4:floor", packet, 42))  # not ours
+    assert daemon.events == [
+        AuditEvent("sbx-2", "connection", "deny", "floor", address="169.254.169.254", port=80,
+                   protocol="tcp"),
+        AuditEvent("sbx-1", "connection", "allow", "open", address="203.0.113.5", port=443,
+                   protocol="tcp"),
+    ]  # fmt: skip
+    assert daemon.decisions["datapath"] == {"allow": 1, "deny": 4}
 
 
 async def test_http_audit_events_carry_the_request_record(daemon: RecordingDaemon) -> None:

@@ -19,6 +19,7 @@ from declawd.egress.nflog import (
     parse_messages,
     parse_packet,
     parse_prefix,
+    slot_of,
 )
 
 
@@ -66,10 +67,10 @@ def nflog_message(prefix: str, payload: bytes, indev: int = 5, seq: int = 1) -> 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("deny:3:floor", LogPrefix("deny", 3, "floor")),
-        ("allow:12:open", LogPrefix("allow", 12, "open")),
-        ("deny:1:udp_dns_only ", LogPrefix("deny", 1, "udp_dns_only")),
-        ("deny:1:a:b", LogPrefix("deny", 1, "a:b")),
+        ("deny:floor", LogPrefix("deny", "floor")),
+        ("allow:open", LogPrefix("allow", "open")),
+        ("deny:udp_dns_only ", LogPrefix("deny", "udp_dns_only")),
+        ("deny:gateway\x00", LogPrefix("deny", "gateway")),
     ],
 )
 def test_prefix_parsed(text: str, expected: LogPrefix) -> None:
@@ -77,10 +78,28 @@ def test_prefix_parsed(text: str, expected: LogPrefix) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "deny", "deny:x:floor", "drop:1:floor", "deny:1:", "deny:-1:x"]
+    # The old layout's `<verdict>:<slot>:<reason>` named the slot; the shared rules cannot.
+    "text",
+    ["", "deny", "drop:floor", "deny:", "deny:3:floor", "deny:a:b"],
 )
 def test_foreign_or_malformed_prefix_ignored(text: str) -> None:
     assert parse_prefix(text) is None
+
+
+def test_slot_of_the_input_interface() -> None:
+    names = {5: "s12", 6: "lab0", 7: "s", 8: "sx1"}
+
+    def indextoname(index: int) -> str:
+        if index not in names:
+            raise OSError(6, "No such device or address")
+        return names[index]
+
+    assert slot_of(5, indextoname) == 12
+    assert [slot_of(i, indextoname) for i in (None, 6, 7, 8, 9)] == [None] * 5
+
+
+def test_slot_of_the_loopback_in_this_netns() -> None:
+    assert slot_of(socket.if_nametoindex("lo")) is None  # a real lookup: not a sandbox's
 
 
 def test_ipv4_tcp_packet() -> None:
@@ -120,11 +139,11 @@ def test_truncated_packets_rejected(data: bytes) -> None:
 
 
 def test_netlink_batch_of_two_packet_messages() -> None:
-    one = nflog_message("deny:3:floor", ipv4("10.77.0.14", "169.254.169.254", 6, tcp(1, 80)))
-    two = nflog_message("allow:4:open", ipv4("10.77.0.18", "203.0.113.10", 17, udp(1, 53)))
+    one = nflog_message("deny:floor", ipv4("10.77.0.14", "169.254.169.254", 6, tcp(1, 80)))
+    two = nflog_message("allow:open", ipv4("10.77.0.18", "203.0.113.10", 17, udp(1, 53)), 9)
     records = list(parse_messages(one + two))
-    assert [r.prefix for r in records] == ["deny:3:floor", "allow:4:open"]
-    assert records[0].indev == 5
+    assert [r.prefix for r in records] == ["deny:floor", "allow:open"]
+    assert [r.indev for r in records] == [5, 9]
     info = parse_packet(records[0].payload)
     assert info is not None and (info.dst, info.dport) == ("169.254.169.254", 80)
 

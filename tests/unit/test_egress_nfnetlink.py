@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import socket
 import struct
+import time
 
 import pytest
 
 from declawd.egress import nfnetlink as nl
-from declawd.egress.nftsets import BACKEND_ENV, NftSets, admit_ops, replace_ops
+from declawd.egress.nftctl import NftError
+from declawd.egress.nftsets import (
+    BACKEND_ENV,
+    EXPIRY_GRACE_S,
+    NftSets,
+    admit_command,
+    admit_ops,
+    replace_command,
+    replace_ops,
+    resolved_key,
+)
 
 
 def attrs(data: bytes) -> list[tuple[int, bool, bytes]]:
@@ -114,21 +126,103 @@ def test_parse_acks() -> None:
     assert list(nl.parse_acks(other + _error(2, 0))) == [nl.Ack(2, 0)]
 
 
+def _key(ifindex: int, address: str) -> bytes:
+    return struct.pack("=I", ifindex) + socket.inet_aton(address)
+
+
+def test_resolved_keys_are_host_order_ifindex_then_address() -> None:
+    assert resolved_key(7, "203.0.113.1") == struct.pack("=I", 7) + bytes([203, 0, 113, 1])
+
+
 def test_admit_ops_add_delete_add() -> None:
-    ops = admit_ops({"203.0.113.9": 30, "203.0.113.1": 300})
+    ops = admit_ops(7, {"203.0.113.9": 30, "203.0.113.1": 300.2})
     assert [op for op, _ in ops] == [nl.NFT_MSG_NEWSETELEM, nl.NFT_MSG_DELSETELEM,
                                       nl.NFT_MSG_NEWSETELEM]  # fmt: skip
-    timed = [nl.ipv4_element("203.0.113.1", 300), nl.ipv4_element("203.0.113.9", 30)]
+    timed = [
+        nl.Element(_key(7, "203.0.113.1"), 301_000),
+        nl.Element(_key(7, "203.0.113.9"), 30_000),
+    ]
     assert ops[0][1] == ops[2][1] == timed
     assert ops[1][1] == [nl.Element(e.key) for e in timed]
 
 
-def test_replace_ops() -> None:
-    assert replace_ops({}) == [(nl.NFT_MSG_DELSETELEM, None)]
-    assert replace_ops({"203.0.113.1": 5}) == [
-        (nl.NFT_MSG_DELSETELEM, None),
-        (nl.NFT_MSG_NEWSETELEM, [nl.ipv4_element("203.0.113.1", 5)]),
+def test_replace_ops_delete_exactly_what_was_admitted() -> None:
+    assert replace_ops(7, {}, []) == []
+    every = [nl.Element(_key(7, a)) for a in ("203.0.113.1", "203.0.113.2", "203.0.113.3")]
+    assert replace_ops(7, {"203.0.113.1": 5}, ["203.0.113.3", "203.0.113.2"]) == [
+        (nl.NFT_MSG_NEWSETELEM, every),  # an element already expired cannot fail the batch
+        (nl.NFT_MSG_DELSETELEM, every),
+        (nl.NFT_MSG_NEWSETELEM, [nl.Element(_key(7, "203.0.113.1"), 5000)]),
     ]
+
+
+def test_text_commands_match_the_ops() -> None:
+    assert admit_command("inet declawd", 7, {"203.0.113.1": 0.5}) == (
+        "add element inet declawd resolved4 { 7 . 203.0.113.1 timeout 1s }\n"
+        "delete element inet declawd resolved4 { 7 . 203.0.113.1 }\n"
+        "add element inet declawd resolved4 { 7 . 203.0.113.1 timeout 1s }\n"
+    )
+    assert replace_command("inet declawd", 7, {}, []) == ""
+    assert replace_command("inet declawd", 7, {}, ["203.0.113.2"]) == (
+        "add element inet declawd resolved4 { 7 . 203.0.113.2 }\n"
+        "delete element inet declawd resolved4 { 7 . 203.0.113.2 }\n"
+    )
+    with pytest.raises(ValueError):
+        admit_command("inet declawd", 7, {"203.0.113.1 } ; flush ruleset ; {": 5})
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def run(self, cmd: str) -> str:
+        self.commands.append(cmd)
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+def test_replace_deletes_what_this_object_admitted(monkeypatch: pytest.MonkeyPatch) -> None:
+    sets = NftSets(backend="binary")
+    rec = Recorder()
+    sets._text = rec
+    monkeypatch.setattr(sets, "ifindex", lambda slot: 40 + slot)
+    sets.admit(1, {"203.0.113.1": 30})
+    sets.admit(2, {"203.0.113.9": 30})
+    sets.admit(1, {"203.0.113.2": 30})
+    rec.commands.clear()
+    sets.replace(1, {"203.0.113.2": 10})
+    assert rec.commands == [replace_command("inet declawd", 41, {"203.0.113.2": 10},
+                                            ["203.0.113.1", "203.0.113.2"])]  # fmt: skip
+    rec.commands.clear()
+    sets.replace(1, {})  # only what the last replace put in remains to delete
+    assert rec.commands == [replace_command("inet declawd", 41, {}, ["203.0.113.2"])]
+    sets.reset()
+    assert rec.commands[-1] == "flush set inet declawd resolved4\n"
+    rec.commands.clear()
+    sets.replace(2, {})  # forgotten with the flush: nothing to do
+    assert rec.commands == []
+
+
+def test_prune_forgets_only_what_surely_expired(monkeypatch: pytest.MonkeyPatch) -> None:
+    sets = NftSets(backend="binary")
+    sets._text = Recorder()
+    monkeypatch.setattr(sets, "ifindex", lambda slot: 40 + slot)
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    sets.admit(1, {"203.0.113.1": 30, "203.0.113.2": 300})
+    now[0] += 30 + EXPIRY_GRACE_S + 1
+    sets.prune()
+    assert sets._admitted == {41: {"203.0.113.2": 1000.0 + 300 + EXPIRY_GRACE_S}}
+    now[0] += 300
+    sets.prune()
+    assert sets._admitted == {}
+
+
+def test_ifindex_of_a_missing_interface_is_an_nft_error() -> None:
+    with pytest.raises(NftError, match="no interface s99999"):
+        NftSets(backend="binary").ifindex(99999)
 
 
 def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:

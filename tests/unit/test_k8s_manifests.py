@@ -227,6 +227,8 @@ def test_workloads_follow_the_cluster_interface(overlay: str) -> None:
     assert {"DECLAWD_NODE_NAME", "DECLAWD_NODE_ADDRESS"} <= set(node_env)
     # The vault's master key where the code reads it: <state dir>/keys/vault.key.
     assert {m["mountPath"] for m in api_c["volumeMounts"]} >= {"/var/lib/declawd/keys/vault.key"}
+    # ... and on the API only: a node gets its sandboxes' values over the internal API.
+    assert "declawd-vault-key" not in json.dumps(node)
     assert {m["mountPath"] for m in node_c["volumeMounts"]} >= {
         "/var/lib/declawd",
         "/sys/fs/cgroup",

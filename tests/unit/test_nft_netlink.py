@@ -33,7 +33,15 @@ DENY = P.parse(
 DOM = P.parse(["api.openai.com", "*.github.com"], ["0.0.0.0/0"])
 ALLZERO = P.parse(["0.0.0.0/0"], [])
 
-# name → (nft.py script, nftrules batch); the live capture applies them in this order.
+
+def had(address: str, policy: P, inspect: bool = False) -> nftc.Elements:
+    """What `rec` holds for a slot installed with `policy` (as nftctl reads it back)."""
+    full = nftc.sandbox_elements(address, policy, inspect)
+    return nftc.Elements((), full.keyed)
+
+
+# name → (nft.py script, nftrules batch); the live capture applies them in this order, and
+# each case's `previous` is what the slot holds after the cases before it.
 CASES: dict[str, tuple[Callable[[], str], Callable[[], nftrules.Batch]]] = {
     "add_cidr_domains": (
         lambda: nftc.sandbox_add_script(5, "10.81.0.22", A),
@@ -56,18 +64,25 @@ CASES: dict[str, tuple[Callable[[], str], Callable[[], nftrules.Batch]]] = {
         lambda: nftrules.sandbox_add(300, "10.81.4.178", ALLZERO),
     ),
     "update_keep_names": (
-        lambda: nftc.sandbox_update_script(5, "10.81.0.22", A),
-        lambda: nftrules.sandbox_update(5, "10.81.0.22", A),
+        lambda: nftc.sandbox_update_script(5, "10.81.0.22", A, False, had("10.81.0.22", A)),
+        lambda: nftrules.sandbox_update(5, "10.81.0.22", A, False, had("10.81.0.22", A)),
     ),
     "update_open": (
-        lambda: nftc.sandbox_update_script(5, "10.81.0.22", P.open()),
-        lambda: nftrules.sandbox_update(5, "10.81.0.22", P.open()),
+        lambda: nftc.sandbox_update_script(5, "10.81.0.22", P.open(), False, had("10.81.0.22", A)),
+        lambda: nftrules.sandbox_update(5, "10.81.0.22", P.open(), False, had("10.81.0.22", A)),
     ),
     "update_deny_inspect": (
-        lambda: nftc.sandbox_update_script(12, "10.81.0.50", DENY, True),
-        lambda: nftrules.sandbox_update(12, "10.81.0.50", DENY, True),
+        lambda: nftc.sandbox_update_script(12, "10.81.0.50", DENY, True, had("10.81.0.50", DENY)),
+        lambda: nftrules.sandbox_update(12, "10.81.0.50", DENY, True, had("10.81.0.50", DENY)),
     ),
-    "remove": (lambda: nftc.sandbox_remove_script(5), lambda: nftrules.sandbox_remove(5)),
+    "readd_over_stale": (
+        lambda: nftc.sandbox_add_script(12, "10.81.0.54", A, False, had("10.81.0.50", DENY)),
+        lambda: nftrules.sandbox_add(12, "10.81.0.54", A, False, had("10.81.0.50", DENY)),
+    ),
+    "remove": (
+        lambda: nftc.sandbox_remove_script(5, had("10.81.0.22", P.open())),
+        lambda: nftrules.sandbox_remove(5, had("10.81.0.22", P.open())),
+    ),
     "remove_absent": (lambda: nftc.sandbox_remove_script(77), lambda: nftrules.sandbox_remove(77)),
 }
 
@@ -246,33 +261,16 @@ def test_every_golden_case_is_tested() -> None:
     assert set(GOLDEN) == set(CASES)
 
 
-def test_interval_elements() -> None:
-    def keys(nets: list[str]) -> list[tuple[str, bool]]:
-        out = []
-        for parts in nftrules.interval_elements(P.parse(nets, []).allow_cidrs_v4):
-            nodes = tree(b"".join(parts))
-            key = _get(_get(nodes, nftrules.NFTA_SET_ELEM_KEY), 1)
-            out.append((".".join(str(b) for b in key), _get(nodes, 3) == nl.be32(1)))
-        return out
-
-    assert keys(["10.0.0.0/8", "11.0.0.0/8"]) == [
-        ("0.0.0.0", True), ("10.0.0.0", False), ("11.0.0.0", True),
-        ("11.0.0.0", False), ("12.0.0.0", True),
-    ]  # fmt: skip
-    assert keys(["0.0.0.0/8", "1.2.3.4"]) == [
-        ("0.0.0.0", False), ("1.0.0.0", True), ("1.2.3.4", False), ("1.2.3.5", True),
-    ]  # fmt: skip
-    assert keys(["0.0.0.0/0"]) == [("0.0.0.0", False)]
-    assert keys(["224.0.0.0/3"]) == [("0.0.0.0", True), ("224.0.0.0", False)]
-
-
 def test_a_thousand_cidrs_take_several_element_messages() -> None:
-    nets = [f"10.{i // 256}.{i % 256}.1" for i in range(1000)]
-    b = nftrules.sandbox_add(8, "10.81.0.34", P.parse(nets, []))
-    chunks = [m for m, lb in zip(b.messages, b.labels, strict=True) if lb == "add element a4_8"]
-    assert len(chunks) == 2 and all(len(m) < 65536 for m in chunks)
-    n = [len(_get(tree(m[20:]), nftrules.NFTA_SET_ELEM_LIST_ELEMENTS)) for m in chunks]
-    assert n == [1024, 2001 - 1024]  # a zero end, then a start and an end per address
+    allow = [f"10.{i // 256}.{i % 256}.1" for i in range(1000)]
+    deny = [f"11.{i // 256}.{i % 256}.1" for i in range(1000)]
+    b = nftrules.sandbox_add(8, "10.81.0.34", P.parse(allow, deny))
+    for set_name, sizes in (("allow4_32", [1000]), ("deny4_32", [1000]), ("rec", [1024, 977])):
+        chunks = [m for m, lb in zip(b.messages, b.labels, strict=True)
+                  if lb.startswith(f"add element {set_name} ")]  # fmt: skip
+        assert all(len(m) < 65536 for m in chunks)
+        n = [len(_get(tree(m[20:]), nftrules.NFTA_SET_ELEM_LIST_ELEMENTS)) for m in chunks]
+        assert n == sizes, set_name
 
 
 def test_every_message_asks_for_an_ack_and_labels_match() -> None:
@@ -281,10 +279,45 @@ def test_every_message_asks_for_an_ack_and_labels_match() -> None:
     for m in b.messages:
         flags = struct.unpack_from("=H", m, 6)[0]
         assert flags & nl.NLM_F_REQUEST and flags & nl.NLM_F_ACK
-    rules = [lb for lb in b.labels if lb.startswith("add rule fwd_5 ")]
-    assert rules[0] == "add rule fwd_5 #1: ip daddr @floor4 " + nftc.LOG_LIMIT + (
-        ' log prefix "deny:5:floor" group 7'
-    )
+    flags = ("slots", "open", "inspect", "has_allow", "has_deny")
+    assert b.labels[-5:] == [f"add element {f} (1)" for f in flags]
+
+
+def test_a_record_reads_back_as_the_keyed_elements() -> None:
+    full = nftc.sandbox_elements("10.81.0.22", DENY)
+    b = nftrules.sandbox_add(5, "10.81.0.22", DENY)
+    (rec,) = [m for m, lb in zip(b.messages, b.labels, strict=True)
+              if lb.startswith("add element rec ")]  # fmt: skip
+    entries = _get(tree(rec[20:]), nftrules.NFTA_SET_ELEM_LIST_ELEMENTS)
+    keys = [_get(_get(e, nftrules.NFTA_SET_ELEM_KEY), 1) for _, e in entries]
+    data = [_get(_get(e, nftrules.NFTA_SET_ELEM_DATA), 1) for _, e in entries]
+    assert keys == [nftrules.record_key(5, i) for i in range(len(full.keyed))]
+    assert nftrules.parse_record(data) == nftc.Elements((), full.keyed)
+    assert nftrules.parse_count(struct.pack("=I", 6)) == 6
+    with pytest.raises(ValueError):
+        nftrules.parse_record([bytes(8)[:7]])
+    with pytest.raises(ValueError):
+        nftrules.parse_record([bytes(4) + struct.pack("=I", len(nftc.KEYED_SETS))])
+
+
+def test_element_replies_parsed() -> None:
+    """A GETSETELEM answer: one NEWSETELEM per key found, then the ACK (or ENOENT)."""
+
+    def reply(seq: int, key: bytes, data: bytes) -> bytes:
+        elem = nl.nested(1, nl.nested(1, nl.attr(1, key)), nl.nested(2, nl.attr(1, data)))
+        body = nl.attr(1, nl.string("declawd")) + nl.attr(2, nl.string("rec"))
+        body += nl.nested(3, elem)
+        return nl.message((10 << 8) | nl.NFT_MSG_NEWSETELEM, 0, seq, 1, 0, body)
+
+    def ack(seq: int, err: int) -> bytes:
+        body = struct.pack("=i", err) + struct.pack("=IHHII", 16, 0, 0, seq, 0)
+        return struct.pack("=IHHII", 16 + len(body), nl.NLMSG_ERROR, 0x100, seq, 0) + body
+
+    data = reply(9, b"k1", b"d1") + reply(8, b"old", b"x") + reply(9, b"k2", b"d2") + ack(9, 0)
+    assert list(nl.element_replies(data, 9)) == [(b"k1", b"d1"), (b"k2", b"d2"), nl.Ack(9, 0)]
+    assert list(nl.element_replies(ack(4, -2), 4)) == [nl.Ack(4, -2)]
+    req = nl.getsetelem_message(1, "declawd", "nrec", [b"a" * 16], seq=3)
+    assert struct.unpack_from("=HH", req, 4) == ((10 << 8) | 13, nl.NLM_F_REQUEST | nl.NLM_F_ACK)
 
 
 def test_with_seq_numbers_a_message() -> None:
@@ -307,13 +340,17 @@ def test_control_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_text_backend_runs_the_scripts(monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[tuple[str, str]] = []
     monkeypatch.setattr(nftctl, "nft_sync", lambda ns, script, **kw: ran.append((ns, script)))
+    held = {3: had("10.81.0.14", A)}
+    monkeypatch.setattr(nftctl, "read_record", lambda ns, slot: held.get(slot, nftc.NOTHING))
     nftctl.sandbox_add_sync("gw", 3, "10.81.0.14", A, backend="text")
     nftctl.sandbox_update_sync("gw", 3, "10.81.0.14", P.open(), backend="text")
     nftctl.sandbox_remove_sync("gw", 3, backend="text")
+    nftctl.sandbox_remove_sync("gw", 4, backend="text")
     assert ran == [
-        ("gw", nftc.sandbox_add_script(3, "10.81.0.14", A)),
-        ("gw", nftc.sandbox_update_script(3, "10.81.0.14", P.open())),
-        ("gw", nftc.sandbox_remove_script(3)),
+        ("gw", nftc.sandbox_add_script(3, "10.81.0.14", A, False, held[3])),
+        ("gw", nftc.sandbox_update_script(3, "10.81.0.14", P.open(), False, held[3])),
+        ("gw", nftc.sandbox_remove_script(3, held[3])),
+        ("gw", nftc.sandbox_remove_script(4)),
     ]
 
 
@@ -349,64 +386,30 @@ def test_netlink_refusal_names_the_message() -> None:
     sock._lock = threading.Lock()
     sock._seq = 0
     sock._sock = fake  # type: ignore[assignment]
-    b = nftrules.sandbox_remove(4)
-    with pytest.raises(nftctl.NftError, match=r"at add set d4_4: No such file or directory"):
+    b = nftrules.sandbox_remove(4, had("10.81.0.18", A))
+    with pytest.raises(nftctl.NftError, match=r"at delete element rec \(2\): No such file"):
         sock.transact(b.messages, labels=b.labels, context="inet declawd sandbox 4")
-    assert [t for t, _ in from_wire(fake.sent)][1:4] == [9, 9, 9]  # the three NEWSETs
+    assert [t for t, _ in from_wire(fake.sent)][1:4] == [14, 14, 14]  # src4, allow4_32, rec
 
 
 GOLDEN_BLOB = (
-    "c-rk<?T({55`C4?{JuX7#&+0Oxw>i*LQA8))7`o~yQ{0!zWYM32{v|ujRBKB8BNdRqbucdRk>`=q5k{5x?EoBAD6#gF7H39A"
-    "8()E|MBhj-^<^=eJ2^|A9ee;{XZ`_<CNDt6M`4*Yi0X4Cq(45V6T)B^*FVEsd|$2&x_$*aeaRKba8!Nk=rkH|G&uh^5J#z{g"
-    "2<ic`3%Tdy2^~p08MbSFtQ#s@YAGyy*T<PbBMJ?|$f-XT5y+dPYWXbiaKf=KJ-z9bRkLt33Kxp8WjT-{eJ9lheB<r*jmmdId"
-    "!5rkveW^A^CH_LX9Z0Ny<h5l~72C2z*Iy$U$Z)gX7+z(;`923`VeHaPkCm(2!QF_z%UN)E|x36mi8mr(dfh?zk0S|$)81N&Y"
-    "=$UPGRU*L1~HIz?nij!YZ%HO|mCJH{}vaA>>b_@JhBjaVcp=hhaMW|oNCmAv`<n;=58Ij4)$>dWg{VFN9Ze8!fOCgO+i*cqU"
-    "#-r7~Hoj;4{ez)f0s6!dBOzYDLK|PrUwJ#gtnT0JGrqKcBT8CPMypm&B3e_l@9{xDF$Bz#2|N|Ym_VvLzmamg>1%at$60n+j"
-    "LY#TL*89VE$=TjWNW}IX+!2CPtR_iF52WH%Bvq{-T3limVCqWTWPxI7Yp^z2L09ND%SpNRZJz4YkMTC@nxAUk_Bz;{o4NFgP"
-    "_<E-J~ATPvVHlWhAqlBa1RpM%H$OEQ{(0x#0-8wTOzL{}8dgr3bl>9O2~n9_0X1ZdNp<Tv4=4*M)f}Q{<L;%bWp`KfNOn4o5"
-    "nKBQ>Y5yfjUY&Wd3PIge_HSAG^uNYAs{Asar=``_p`$ChnlvDOmx+CR>4h*TUx+3mqOLh=s5PG5N!72hGOhxx_GK8Y{sv6n<"
-    "zl{+tq#*t|bhu?HbJofRyZFJF&4<-&-!y&hH$mBC{p^yKXDXY$x`jByEN~X(S?3kAtwc;+0={NEDF!40f#AAuvc9U?pB{FN@"
-    "Y2On<E|Rp>w^(tB#IE%@cCG4d)JzB4wWgAxhH;u1N`8NKvR(sh9aj+c+P>Nd$~wz5ycQ*jc^s#pn1^Go>X>^M^FpE%4pU@O>"
-    "p4vKjJIQDZQ?FgDKf>PBJ&HTl-xAfX0Gl4vkG<DT*bCfmbWNkUVhFj)sFi9ybF`|yGud4(wBw-W%>{*Zoik0XPQmR=;%NiVt"
-    "5enDN$hs>hga&+b0CdQwGY>@izz*1PTIWMxdyx=SK*XXV_(k-k75Mw_LW%a2X1_3_pXdvdfsq6>D_7KhH(k{wxP7f$oEhN>f"
-    "rvIa1`)t7e_XbaY%`c?^`KlNIY#-=!gXjYxsO9*l@@H6kl7(r-j^Z~9<FVzUw1h??_8bQ#CNWIX1GPOFc|$sBEmbS1yPe>86"
-    "|Ki)n+n)+8L`CVwkONjjLP%JX}J%Az}OR*Iw;v!JMkOqPUsHpQ6pi{(!W`iJ#xCj(rwLuU?+*^Pi=(-K=QN)E-ON3Cwmq;i)"
-    "B=7|@3F0+bn|LkOAzsS~1o1lX+}|`Lh}UEbzH4(}<g{3qcr6_f#OrMwF<s)d7>ZgDufdnipWcx`ygrB{0kKR#ydFD5wWwAB|"
-    "1&%?jq?zYTL}1{vv)CT@;?P2<KTa$i0>4DjDJo3XOxVD?exQ4P<B42bW}gs(Oep3jhEHd13t;B5*;YN<n(%(y15?vDVL4CR9"
-    "+GX&peA`CX<N{2P?BNq`NZm^%@n;YDFZKhDsGED1fL1M+4Av1PY+%2owYg0tFn6Jp$$E91XE1M?-+45ooZd;%JDd91W2GM<d"
-    "FJtia^GI2v(AWJ5~t#nD(cA}4fPaWpQ?+u!rK8I^|b&S;(rH>1*E;||4kX-s%evr+NERbR14jS0!A|1-BSq5OQANi_SUPZ_7"
-    "Q8_!i9o6*;-`#cMo!XoMv(uh-7+?_&tIz^tsto>F>irG`xf1bIfP+4W}6!y#pnPm7>-f(DH4W(8wL2u3?*_;iYkTkKkfMF>L"
-    "7N9b}w}49H2@O6npJa13>VvTcJ_4*Z@DgCNffv!pW&@q0<61}NvwU1>)n7v4BOzwWXQ~%1A=XxsS_;oSQ#gH)!VAw79yL=6@"
-    "?hlS%$Iv+KKdZ@6`q-o1!g|JAnNObP?8Re;c6|dvC0-+esfGDxMh(d0^G7KC_VHzw;a#y5j|m-#g1rj%eHaE<T8?3Sc6*zN{"
-    "}D%;Gm8KZdt01WbD+zU;%^0r&gM9SeDjG6NdzY1q_y5uS+`|6AYGTXRu(2TzBHtlK0?@`*2I-7@yxSl6nub*h?ht2e7R}rUS"
-    "-9&9sd}Jh&Ehm=0##QN+vV>~-Z#1;^ahF;UE;m`~d=_b%oShg)|SnK}(LcIr-#1nPhafwDtD0tL4XfdXzD0tJDBKmiGK!$3J"
-    "!F<m&$Lrfaz;ybFCh5`xH&tOkQ0=?~uEsuwEyn7^%y-1)@Mr383>_q~NGa?%eW-k)xvJp9XIRgpw{b%*#?Q?0bu2LIeLcO{i"
-    "itXR4E0$s_^y(@D1q_)WSbz#VZvlF*u2Qo>P_M2sP=M72LA|=X1?Yrt-3Ir1b(LB<5z?z`iG;#K0$(tb=+#Bm?$uSU)2mBPA"
-    "ox^)MY(B6@Ts<-vE=-~49RlcUR}}=!Kd2B5!3C}RSrch_*9_5<WKKN;8PvMk$}x5=+!lL2=waOD>9Aq5YRXXn2xh|F>ChfDh"
-    "I{jkYG9{)T>K6Ccx3;i}mV?l98~T{sO(a%58gfsf>hPU0<YE7iy!pOHipM(t;f*EKt?d8I7lV8L54>%|ooSOvCFqNIp2`u8x"
-    "VK9YuTEj=A?z`2?MKN=ZrQyelbdsd4Po4G^~fiD`TgHeY~912Kny>InuL0tE~<1PTHLfdZ=MhJo@7yNuQPeclX(U51~*o{H*"
-    "Ok~<IYexGINh$2!wqm0N(ZrY3L8D~T`w$)x#&t)TW(!Uhdv-<PT_y2T1=aW1YX}Lc{qf`aw?j%pe)XnZGwoB8`dzy_a5YoFt"
-    "Rug+4H1)XGXUxk~MO0Hopq<u4r=3dGyafzdDOi9?0^R~t@5nyp2HVc(Y}Uq7G1kCGfYk<G0&F($>K$pbflm2!Ws~`&QCD#JO"
-    "DKFKBp3L6fp4L~AX&S`#?{i37K6cC6vsq@5F05XK!_#l^AL-3e&9m~8PNtQHg-gV5W9^dCYO=S@(qMo0v@9mTk4>W1VU`8j%"
-    "4fyLAxWM-FekY2K8=ftu%2+Ab3H$+x0@2!!d#2B~MPf!xFj8#6LJmJ=_vG?){<`$#LVZ*h?gCVzRA6ri1=*IK*MmKeosj_f3"
-    "i&Iq7vxa$IEt@DWgYAcPSpKnNpH5GV)~K<T#&lv7&8^uv2DFy~3_6i&aWsD5BDoFvXP*i%93Z@cCYaPvK!<X({aC?m20H}`_"
-    "n#~G0gNxB!Le%Xke(AEx8|F4fr^{aXLXVZMVyj4G&&(PjUOdDT9y^|b@?cX~omSQXPPGW%qhCC1~K!u&R0KIn-(`*pbJBbAf"
-    "u-YJ~capaNojjx4;9ln=rWF$*osVWp$d`uiEh?&O#Y%7a(uktW1xeRR>e2gkn<qt^eXjE8V|nuP=kNw1?Dla$**(tN{d+pGb"
-    "$U8Ur2t{~-6}W?2?+ZJ$YGKlxu+9bx2Ka-4iNTj95LOVPHZT)0bvL7IDdLa0)+h_js!RqK~E<*#0m~kYWO(kxkK^}!GPdh<L"
-    "1jQhbYlZZR;h`I3NXN9jvbT#|LXRQ)7c-a7eJa61s`HbWE_i$QNs-h9z>BO~T=p$T2sC8H}zqmPqVcpJUhR4@5=Hl*F#}z)j"
-    "ZJHci&xm^e;BF%QR_IOg8P{1dc4VCyznQ-%Up!+V>UM3c3_xxnKiV1|S6ia-J36@h|4L7;#czG0v|!!BdBCTllCVVB`&u=u-"
-    "-5tH@(qj>{|)u9+TtOOj^07xM?toJ2M^2a?1;EIAP3a%))qTq^xD+)&hR}^RQ^G;5{6~z%890{mj5Mw}$fkT2A11uegF<%c$"
-    "=OS#38;Puuy3=bWf(!hBi~$LQKmig4fr3Cmpa3!k$QU4FfQ)%V#xBj<-!DJjK0liJ*L>($r9nS3nx_ICt2A7UL$N)eW0eNCi"
-    "KSQs=-AnSj!D(L1q>H*f(58ex3_>wgN_ZhosYXZ8&|i-8u$pX+Q3VI%?4iBGn)-`*p@3q<^#W6zU(bwl0TL=P`H->id&-LGU"
-    ">-^pg>OjpScYb<mbywV%jDR7C5Edc&_r;jD`%|=UI@Yio2G|PN&G0%Gz(Gq?m1~{`1UbDU}W9TB?T;%0iJ(<qfBZ)lmBsVNe"
-    "N2R;dqyf;;d9z1Gqika6Luuwx<tXN(jPfHQ7^BBS|XB09H6^aRitJE8$++{O`;%SdM74mcxFXnrWPgE|u6j0bTf+%uAV(bg9"
-    "Zho~0SD!2oGcw`!9bO0IyXza6#nLv$~?qVhm37|26#=Bm~bT}q}#?KBkc1%1a*iNsy3(C&tl#cAF<IV%Qy7R!ralj|<Y%RJQ"
-    "qn5n8w{_Xw<N6BkrlN>;lt0N#iDOcp#X*zFNGRGPEk!ERJh<L|xT1YbG3m>8y(>uU421KYZ5=WlJSlc@+c?AnoXcT)f^f&Nf"
-    "_&cAOzUPUIOevFiQ@$vFQo05dl&PEqh7d+Or6ObJ9VeWV|Kun!8#-0F@v6oKmk1yfr3Cmpn%7`VW1qVm@XXWAtsY~@lAnDLx"
-    "IQaXRvj6%zrgM-~Zj9>xDxxbiE))?Rqhf#@Xmp7M@>^fXjg+qt6PXGE1mS^orJb4Z1EE>1c*6kD+<M$%<>O@3!Ia8j+fn2P5"
-    "KJjmYXHej}1@@?b<_vk}?ccHW3C;}ky`k2#{#>LZ%pIVCWTa*1on>aY>`YvS_%9W-(H?S`5>@V6+Mpv%y=-`Uc2mn~g)+0u2"
-    "FEnauC1$Csq1he1^kWiQsZiVqnb^dJLf^Y59Veb;DkM%oyI27Ce);_TmTjAC|Qnm0~`veP6aq2BVzqQX`+g<D9+YE<PDkk-O"
-    "Y?8g|<0vDtddXh(ahws^+;*?}c-e^bBN-!(HmZ;Bj$qUJIJPF?^>Hjsme<FRH3_<v+BkHAZlxA1z!tm#w^Gw%g)Loo+0u2FE"
-    "nRon;&nG$P)GVpFblo_356-)kN^E2^i89W"
+    "c-rk<*>2k~5d4)O&wUUNkyd{t2n<DHfS`#JBx#GH=)ae`9NW>oV^VVH)=jH}9juni+0m}__d3n<ZT67AZu94-^kMgQ{r&3Zh"
+    "VgG#*Aa`VPiDXN?@Fpz36&|PwUTyQV!zyOH<}lFqUN))U)lU4*1R}hY$9H4XPe@8^;1^kY9ZpN?^B##oV=-yZ$8(z->z<$Bp"
+    "~Hcg^XqMkW~mK+3H?Lc8_VdRU{lD%4$T3wTdWF2`xV%iX9@#YeXBnMa1{zexs8PTWJh3Nw|6r5p-NFhX@9)j{CV}?ZA}~vco"
+    "?%T-I?Xs*xNa8xeQX*dE2y1Z1YR5wqJe>n&Qy_+E%=TAw212^C>>XOCe~IsxIPwp|kkk7Kn`H6k(BX7#6pQN-*TM`O!<psV*"
+    "!9-p<3-&lgP*^$}xD#j-xO&h;2eM@T5>i68k8Y0!b%B|Oz(diQ+=@5}QiBkKS*lH_9M`odw9P0VS?6#Iay_oFX3y0E+<xqNY"
+    "-liApZF;d>N`slq$yIcSVBo4bL_+6OdU2dekKj}W$5_NLW6=c0VhFjO>zK|wG77LC0`g?^szc9{^*APxo82ET41(?Rl%+9<U"
+    "SwVv1R4?DyG9^7^ZJZNFkS0FT@~DF*gvPrHAZl+3PV4_P4$b6kngQ{jF3?gX7&OV|L+WLT(hkc3!Wg9DcOe1o+=_aD^7hN)T"
+    "hV<qx&Brf*#oJ(^bu>$jtOPJHQhyA~wJi`)$?B6F<)EQMQJ>q<#E)1~$r;XpMp+#^)W%Sv`MPaxlJ}F}~=)Uwgmg2ZzNo#+P"
+    "08Z(`lS_-e-Zar^j<C-T^19x#oWDUW#ocm)RJ0VqUxtp|k+uk{Qd+h;1(En}~;XR=t?Gg(|pj6#H;3MgdwsW1ZBnQtMZ5YS~"
+    "$6cW1Z37%VkL@ybZJ-Ko!dnWT`Pp-Vmp3`EwPuUaYhd5yhjfgHxCF5kz^zrfeck!ne8ex-Iu}m7#i_D9Qp%Kwt421|!A4VWM"
+    "vnq>5FkO{JA)wO+l%L>eLx0>U7GrtGXL#_j`Wkg0Ovnh~I^Bp0v{8s!iH)`82%WBf{4SmDWWN{UG;J00S%C(giGbu7g$SP<4"
+    "<IWD)X$eZeK*@5#=LBI>659;_$48jVasPF;N}*#TvpBqR+4Iy!=;K){<^mE*3hKkog#-OjnJeKnlwU_#&F4FXwnEx8W-54QB"
+    "&liPa}}yK#l`BUVRu@9yxX%*e-y!&sVlDhqlvi&4&cST>?SBH4mZZD_G~)1<+?_qR;_JEn0w%tLn~7RwuM6I3lYP+7cw7Edk"
+    "qxAOUR%*tP>nXgk2R8Aw8#0k*ARPLh*RZ84nWjA|2T4>#l60LmYPGXL@rLK%N~2%$`WZDshOLDG485Sjr)Ghk>249$R{8L*Q"
+    "Dgl52gmJyl(Lo=ZN$2Nra#Odvcucmw`+b{FFeS1$IO;AySiV{?mprQm7C8#KYuPlJCIA;Y8>PT1d04zthf!C?NspYC~Ug}6G"
+    "D#(~R(pf6VBI-z|tztgwNH6!{iOzH0DzkjDY2_+QNKfJc2Ni6ttq^4;1(#pA6ebj<hN4ujMX4Qg?@M;Gg~Hq~QJDL|ZMNy%o"
+    "7s7Ki%IWO(!IXLqz{>&XYPX#0iU@KLIix%3m6gLEdU@yXL$Dv2-z9lJu{5#%*#3o!Te<%g@Ew>9Wa9F%Q^}H;0-_^B!D*n^&"
+    "`3c_aEJ%;nn"
 )
 GOLDEN = decode_golden(GOLDEN_BLOB) if GOLDEN_BLOB else {}

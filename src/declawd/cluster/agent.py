@@ -6,7 +6,8 @@ shared store (which reconciles: what the store no longer says is live here is ki
 the internal API on `--listen` (client certificates required, and only the control
 plane's), then registration as `up`. From then on it heartbeats its capacity, renews its
 certificate once 2/3 of its lifetime has passed, and, when the control plane answers that
-it was marked down, reconciles again before it registers and takes work.
+it was marked down, reconciles again before it registers and takes work. Its gateway
+asks it for vault values on a unix socket (`cluster/secrets.py`); it has no vault key.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from declawd.cluster import ca as cca
+from declawd.cluster.secrets import SecretBroker, serve_secrets, vault_socket_path
 from declawd.cluster.tls import reload_cert, require_peer, tls_server
 from declawd.cluster.wire import error_body, policy_from_wire, vault_from_wire
 from declawd.config import Settings
@@ -361,6 +363,8 @@ class NodeAgent:
         self.ident = node_identity(settings)
         self.url = f"https://{settings.node_address}:{settings.node_port}"
         self.templates: list[str] = []
+        # The gateway's vault values, fetched from the control plane, held in memory only.
+        self.secrets = SecretBroker(self.control_plane, self.ident)
 
     async def ensure_identity(self) -> None:
         at = cert_renew_at(self.ident)
@@ -393,6 +397,7 @@ class NodeAgent:
         settings = self.settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         await self.ensure_identity()
+        secrets_server = await serve_secrets(self.secrets.lookup, vault_socket_path(settings))
         store = open_store(settings)
         templates = TemplateService(settings, store, runtime_name=settings.runtime)
         built = await templates.ensure_builtin(BUILTINS)
@@ -426,6 +431,8 @@ class NodeAgent:
             server.should_exit = True
             await asyncio.gather(serving, return_exceptions=True)
             await app.state.envd_http.close()
+            secrets_server.close()
+            await self.secrets.close()
             await templates.close()
             await node.close()
 
@@ -446,6 +453,7 @@ class NodeAgent:
                 if at is not None and at <= datetime.datetime.now(datetime.UTC):
                     await renew(settings, self.control_plane, self.ident)
                     reload_cert(server, self.ident)
+                    await self.secrets.renewed()
                     log.info("node certificate renewed")
             except (httpx.HTTPError, OSError, DeclawdError) as exc:
                 log.warning("heartbeat: %s", exc)

@@ -1,4 +1,5 @@
-"""The control plane's internal API (port 8443): join, renewal, registration, heartbeat.
+"""The control plane's internal API (port 8443): join, renewal, registration, heartbeat,
+and the vault values a node's gateway injects (`vault/secret`, docs/cluster.md).
 
 TLS with a server certificate of the cluster CA; client certificates are asked for and
 verified, and every route but `ca` and `join` needs one (the node's id is its common
@@ -21,6 +22,8 @@ from declawd.cluster.wire import error_body
 from declawd.config import Settings
 from declawd.errors import DeclawdError, Forbidden, InvalidInput, NotFound
 from declawd.store import Store
+from declawd.vault.crypto import MasterKey, master_key_path
+from declawd.vault.store import VaultRecords
 
 API = "/internal/v1"
 
@@ -110,5 +113,31 @@ def control_app(settings: Settings, store: Store, ca: cca.ClusterCA) -> FastAPI:
         if not await asyncio.to_thread(store.set_node_state, node_id, "draining"):
             raise NotFound(f"node '{node_id}' is not registered")
         return {"state": "draining"}
+
+    vault = VaultRecords.of(store)
+    keys: list[MasterKey] = []  # loaded on first need: a cluster may have no secret yet
+
+    def master_key() -> MasterKey:
+        if not keys:
+            keys.append(MasterKey.load(master_key_path(settings.keys_dir)))
+        return keys[0]
+
+    @app.post(f"{API}/vault/secret")
+    async def vault_secret(request: Request) -> Any:
+        """A secret's current value for the calling node's gateway: only if it is bound to a
+        live sandbox on that node (else one 404 for every reason). A caller that sends the
+        version it holds gets `unchanged` without the value while it is current."""
+        node_id = node_of(request)
+        body = await request.json()
+        secret_id = str(body.get("secret_id") or "")
+        held = body.get("version")
+        row = await asyncio.to_thread(vault.value_for_node, secret_id, node_id)
+        if row is None:
+            raise NotFound("no such secret for this node")
+        version, blob = row
+        if type(held) is int and held == version:
+            return {"version": version, "unchanged": True}
+        value = await asyncio.to_thread(lambda: master_key().decrypt(blob, secret_id).reveal())
+        return {"version": version, "value": value}
 
     return app

@@ -108,6 +108,14 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    vault_socket: Annotated[
+        Path | None,
+        typer.Option(
+            "--vault-socket",
+            help="Cluster mode: ask the node agent's socket for vault values (no key here).",
+            show_default=False,
+        ),
+    ] = None,
     judge_url: Annotated[
         str,
         typer.Option(
@@ -151,6 +159,7 @@ def serve(
         database_url=database_url,
         upstream_ca=upstream_ca,
         vault_key=vault_key,
+        vault_socket=vault_socket,
         judge_url=judge_url,
         judge_model=judge_model,
     )

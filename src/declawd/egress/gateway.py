@@ -33,7 +33,7 @@ from declawd.egress.gatewaystate import (
     parse_upstream,
     upstream_context,
 )
-from declawd.egress.nflog import NflogReader, NflogRecord, parse_packet, parse_prefix
+from declawd.egress.nflog import NflogReader, NflogRecord, parse_packet, parse_prefix, slot_of
 from declawd.egress.nftsets import NftSets
 from declawd.egress.policy import IPNetwork, is_non_public
 from declawd.egress.proxy import SandboxView, SniProxy
@@ -47,6 +47,7 @@ from declawd.inspect.ca import CaRef, LeafContexts
 from declawd.inspect.http import HttpInspector
 from declawd.inspect.model import HttpAudit, HttpLayer, InspectContext, InspectionPolicy
 from declawd.inspect.pipeline import GuardServices
+from declawd.vault.nodesource import NodeSecretSource
 from declawd.vault.reader import VaultReader
 
 # Re-exported: the CLI and tests reach the daemon's inputs through this module.
@@ -80,7 +81,11 @@ class GatewayDaemon:
         self.resolved = ResolvedNames()
         self.audit = AuditWriter(config.audit_target)
         self.leaves = LeafContexts(self._ca_of, config.leaves_dir)
-        self.vault = VaultReader(config.audit_db, config.vault_key_path)
+        self.vault: VaultReader | NodeSecretSource = (
+            NodeSecretSource(config.vault_socket)
+            if config.vault_socket is not None
+            else VaultReader(config.audit_db, config.vault_key_path)
+        )
         self.guard_services = guard_services(config)
         self.resolver: Resolver | None = None
         self.proxy: SniProxy | None = None
@@ -129,6 +134,12 @@ class GatewayDaemon:
             await self.audit.start()
             if self.nft is None:
                 self.nft = NftSets()
+            try:
+                # Nothing admitted before this start is remembered, so `replace` could not
+                # delete it: start from an empty resolved4 (names are admitted again).
+                self.nft.reset()
+            except Exception as exc:
+                log.error("cannot flush resolved addresses: %s", exc)
             self._apply(self._read_state() or {})
             self.resolver = Resolver(
                 lookup=self.lookup,
@@ -295,13 +306,17 @@ class GatewayDaemon:
     async def _policy_changed(self, entry: SandboxEntry) -> None:
         sid, policy = entry.sandbox_id, entry.policy
         self.resolved.retain(sid, policy.name_allowed)
-        if policy.domains_enforced and policy.allow_domains and self.nft is not None:
-            # r4 must hold exactly the addresses of names still allowed.
-            now_left = {a: max(1.0, t) for a, t in self.resolved.remaining(sid).items()}
+        if self.nft is not None:
+            # resolved4 must hold exactly the addresses of names still allowed: none when
+            # names no longer matter (inert then, but they would count again if a later
+            # policy has names before this daemon re-seeds it).
+            names = policy.domains_enforced and policy.allow_domains
+            remaining = self.resolved.remaining(sid) if names else {}
+            now_left = {a: max(1.0, t) for a, t in remaining.items()}
             try:
                 await asyncio.to_thread(self.nft.replace, entry.slot, now_left)
             except Exception as exc:
-                log.error("re-seeding r4_%d for %s failed: %s", entry.slot, sid, exc)
+                log.error("re-seeding resolved4 of slot %d for %s failed: %s", entry.slot, sid, exc)
         if self.resolver is not None:
             # After the set was rewritten: no cached answer may claim an admission from before.
             self.resolver.forget_answers(sid)
@@ -445,9 +460,10 @@ class GatewayDaemon:
         if prefix is None:
             return
         self._decided("datapath", prefix.verdict)
-        entry = self._by_slot.get(prefix.slot)
+        slot = slot_of(record.indev)
+        entry = None if slot is None else self._by_slot.get(slot)
         if entry is None:
-            log.debug("nflog event for unknown slot %d", prefix.slot)
+            log.debug("nflog event for unknown interface %s", record.indev)
             return
         packet = parse_packet(record.payload)
         self.emit(
@@ -466,3 +482,5 @@ class GatewayDaemon:
         while True:
             await asyncio.sleep(60)
             self.resolved.prune()
+            if self.nft is not None:
+                self.nft.prune()

@@ -119,6 +119,8 @@ class GatewayConfig:
     # Inspected upstreams are verified against this bundle (None: the system's store).
     upstream_ca: Path | None = None
     vault_key: Path | None = None
+    # Cluster mode: vault values come from the node agent's socket (no key on the node).
+    vault_socket: Path | None = None
     # The injection judge (empty URL: none); verified against upstream_ca over https.
     judge_url: str = ""
     judge_model: str = "injection-judge"

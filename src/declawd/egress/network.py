@@ -15,6 +15,7 @@ import asyncio
 import functools
 import ipaddress
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from declawd.config import Settings
 from declawd.egress import conntrack, nftctl
 from declawd.egress import nft as nftc
 from declawd.egress.nftctl import NftError, forget_netns, nft
+from declawd.egress.nftmigrate import old_layout_slots
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import Unavailable
 from declawd.host import (
@@ -52,6 +54,8 @@ from declawd.host import (
 )
 from declawd.host.rtnl import Rtnl
 from declawd.upstream import Upstream
+
+log = logging.getLogger(__name__)
 
 HOST_NFT_TABLE = "ip declawd_host"
 # A policy that accepts no address at L4: "cut every flow that is not redirected".
@@ -110,6 +114,14 @@ class Gateway:
                 node_ranges(self.settings), _v4_ranges(self.settings.exempt_ranges)
             ),
         )
+        items = await _table_json(gw)
+        if any(item.get("map", {}).get("name") in nftc.OLD_LAYOUT_MAPS for item in items):
+            # A table of the previous layout (a node upgraded while sandboxes run): rebuilt
+            # with their elements in one transaction, so their rules never lapse.
+            slots = old_layout_slots(items)
+            log.info("nft: migrating %s to the flat layout (%d sandboxes)", nftc.TABLE, len(slots))
+            await nft(gw, nftc.migrate_script(layout, slots))
+            return
         await nft(gw, nftc.base_script(layout))
 
     async def teardown(self) -> None:
@@ -363,7 +375,34 @@ async def _table_json(gw: str) -> list[dict[str, Any]]:
     return items
 
 
-_SLOT_OBJ = re.compile(r"^(?:pre|nat|fwd|in|r4|a4|d4)_(\d+)$")
+# Sets whose elements are one sandbox's, keyed by its interface name first.
+_SANDBOX_SETS = frozenset(
+    {*nftc.FLAG_SETS, nftc.SRC4, nftc.REC, nftc.NREC}
+    | {nftc.allow_set(n) for n in nftc.PREFIX_LENGTHS}
+    | {nftc.deny_set(n) for n in nftc.PREFIX_LENGTHS}
+)
+
+
+def _element_ifname(elem: Any) -> str:
+    """The interface name an element of a sandbox set is keyed by (JSON listing)."""
+    key = elem[0] if isinstance(elem, list) else elem  # a map element is [key, data]
+    if isinstance(key, dict) and "concat" in key:
+        key = key["concat"][0]
+    return str(key)
+
+
+def _slot_elements(items: list[dict[str, Any]]) -> dict[int, int]:
+    """slot → how many elements of sandbox sets it holds."""
+    out: dict[int, int] = {}
+    for item in items:
+        body = item.get("set") or item.get("map") or {}
+        if body.get("name") not in _SANDBOX_SETS:
+            continue
+        for elem in body.get("elem", []):
+            m = re.fullmatch(r"s(\d+)", _element_ifname(elem))
+            if m:
+                out[int(m.group(1))] = out.get(int(m.group(1)), 0) + 1
+    return out
 
 
 def _sandbox_base() -> None:
@@ -402,11 +441,7 @@ async def sweep(settings: Settings, keep: set[str]) -> list[str]:
     links = await _gw_links(gw)
     kept_slots = {slot for slot, sid in links.items() if sid in keep}
     slots = set(links)
-    for item in await _table_json(gw):
-        obj = item.get("chain") or item.get("set") or item.get("map") or {}
-        m = _SLOT_OBJ.match(str(obj.get("name", "")))
-        if m:
-            slots.add(int(m.group(1)))
+    slots |= set(_slot_elements(await _table_json(gw)))
 
     async def drop_slot(slot: int) -> None:
         await undo_all(
@@ -434,26 +469,23 @@ async def sweep(settings: Settings, keep: set[str]) -> list[str]:
 
 
 async def count_resources(settings: Settings) -> dict[str, int]:
-    """What exists now, for leak tests: netns, veths, per-sandbox chains/sets/elements."""
+    """What exists now, for leak tests: netns, veths, sandboxes' set elements, the ruleset.
+
+    Resolved addresses (keyed by an ifindex never reused soon) and log meters' state expire
+    on their own and are not counted.
+    """
     gw = settings.gateway_netns
     counts = {"sandbox_netns": len(list_netns(f"{settings.instance}-sbx-"))}
     counts["gw_veths"] = len(await _gw_links(gw))
-    chains = sets = set_elements = map_elements = rules = 0
-    for item in await _table_json(gw):
-        if "chain" in item and _SLOT_OBJ.match(item["chain"]["name"]):
-            chains += 1
-        elif "set" in item and _SLOT_OBJ.match(item["set"]["name"]):
-            sets += 1
-            set_elements += len(item["set"].get("elem", []))
-        elif "map" in item:
-            map_elements += len(item["map"].get("elem", []))
-        elif "rule" in item and _SLOT_OBJ.match(item["rule"]["chain"]):
-            rules += 1
+    items = await _table_json(gw)
+    per_slot = _slot_elements(items)
+    slots: dict[str, Any] = next(
+        (i["set"] for i in items if i.get("set", {}).get("name") == nftc.SLOTS), {}
+    )
     counts.update(
-        chains=chains,
-        sets=sets,
-        set_elements=set_elements,
-        map_elements=map_elements,
-        sandbox_rules=rules,
+        slots=len(slots.get("elem", [])),
+        set_elements=sum(per_slot.values()),
+        chains=sum(1 for i in items if "chain" in i),
+        rules=sum(1 for i in items if "rule" in i),
     )
     return counts

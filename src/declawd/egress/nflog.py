@@ -1,7 +1,9 @@
 """Datapath audit: read NFLOG group 7 over netlink and turn each logged packet into an event.
 
-The nft rules log a connection's first packet with a prefix `<verdict>:<slot>:<reason>`
-(e.g. `deny:3:floor`); the packet's IP/TCP/UDP headers give address, port and protocol. The
+The nft rules log a connection's first packet with a prefix `<verdict>:<reason>` (e.g.
+`deny:floor`); the rules are shared by every sandbox, so the sandbox is the packet's input
+interface (NFULA_IFINDEX_INDEV, the veth `s<slot>` in the gateway netns, see `slot_of`); the
+packet's IP/TCP/UDP headers give address, port and protocol. The
 parsing here is pure (bytes in, records out) so it is tested without a kernel; `NflogReader`
 is the thin socket part. Malformed messages are skipped, never fatal.
 """
@@ -60,7 +62,6 @@ _VERDICTS = {"allow", "deny"}
 @dataclass(frozen=True)
 class LogPrefix:
     verdict: str
-    slot: int
     reason: str
 
 
@@ -80,18 +81,28 @@ class NflogRecord:
 
 
 def parse_prefix(prefix: str) -> LogPrefix | None:
-    """`deny:3:floor` → LogPrefix; anything else (another table's logs) → None."""
-    parts = prefix.strip().rstrip("\x00").strip().split(":", 2)
-    if len(parts) != 3 or parts[0] not in _VERDICTS:
+    """`deny:floor` → LogPrefix; anything else (another table's logs) → None."""
+    parts = prefix.strip().rstrip("\x00").strip().split(":")
+    if len(parts) != 2 or parts[0] not in _VERDICTS:
+        return None
+    reason = parts[1].strip()
+    if not reason:
+        return None
+    return LogPrefix(parts[0], reason)
+
+
+def slot_of(indev: int | None, indextoname: Callable[[int], str] | None = None) -> int | None:
+    """The slot whose veth `s<slot>` has ifindex `indev` (in the caller's netns), or None
+    (no input interface, not a sandbox's, or gone since the packet was logged)."""
+    if indev is None:
         return None
     try:
-        slot = int(parts[1])
-    except ValueError:
+        name = (indextoname or socket.if_indextoname)(indev)
+    except OSError:
         return None
-    reason = parts[2].strip()
-    if slot < 0 or not reason:
+    if not (name.startswith("s") and name[1:].isdigit()):
         return None
-    return LogPrefix(parts[0], slot, reason)
+    return int(name[1:])
 
 
 def parse_packet(payload: bytes) -> PacketInfo | None:

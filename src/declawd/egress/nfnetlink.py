@@ -11,6 +11,7 @@ NftError instead of passing silently.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -36,6 +37,7 @@ NFT_MSG_DELRULE = 8
 NFT_MSG_NEWSET = 9
 NFT_MSG_DELSET = 11
 NFT_MSG_NEWSETELEM = 12
+NFT_MSG_GETSETELEM = 13
 NFT_MSG_DELSETELEM = 14
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
@@ -52,6 +54,7 @@ NFTA_SET_ELEM_LIST_SET = 2
 NFTA_SET_ELEM_LIST_ELEMENTS = 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY = 1
+NFTA_SET_ELEM_DATA = 2
 NFTA_SET_ELEM_TIMEOUT = 4
 NFTA_DATA_VALUE = 1
 
@@ -164,6 +167,43 @@ def batch(messages: Sequence[bytes], begin_seq: int, end_seq: int) -> bytes:
     return begin + b"".join(messages) + end
 
 
+def getsetelem_message(family: int, table: str, set_name: str, keys: Sequence[bytes], *,
+                       seq: int) -> bytes:  # fmt: skip
+    """NFT_MSG_GETSETELEM for exact keys: the kernel answers one NEWSETELEM per key found,
+    in order, and stops at the first absent one (ENOENT)."""
+    attrs = attr(NFTA_SET_ELEM_LIST_TABLE, string(table))
+    attrs += attr(NFTA_SET_ELEM_LIST_SET, string(set_name))
+    items = [nested(NFTA_LIST_ELEM, nested(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, k)))
+             for k in keys]  # fmt: skip
+    attrs += nested(NFTA_SET_ELEM_LIST_ELEMENTS, *items)
+    mtype = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM
+    return message(mtype, NLM_F_REQUEST | NLM_F_ACK, seq, family, 0, attrs)
+
+
+def element_replies(data: bytes, seq: int) -> Iterator[tuple[bytes, bytes] | Ack]:
+    """(key, data) of every element in the NEWSETELEM replies numbered `seq` in one
+    datagram (data is b"" for a plain set), then the request's Ack when it is there."""
+    newsetelem = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM
+    off = 0
+    while off + 16 <= len(data):
+        length, mtype, _flags, mseq = struct.unpack_from("=IHHI", data, off)
+        if length < 16 or off + length > len(data):
+            return
+        if mseq == seq and mtype == newsetelem:
+            for atype, value in attributes(data[off + 20 : off + length]):
+                if atype != NFTA_SET_ELEM_LIST_ELEMENTS:
+                    continue
+                for _, elem in attributes(value):
+                    parts = dict(attributes(elem))
+                    key = dict(attributes(parts.get(NFTA_SET_ELEM_KEY, b"")))
+                    val = dict(attributes(parts.get(NFTA_SET_ELEM_DATA, b"")))
+                    yield key.get(NFTA_DATA_VALUE, b""), val.get(NFTA_DATA_VALUE, b"")
+        off += align(length)
+    for ack in parse_acks(data):
+        if ack.seq == seq:
+            yield ack
+
+
 def parse_acks(data: bytes) -> Iterator[Ack]:
     """Every NLMSG_ERROR (error 0 = ACK) in one datagram, with its extended-ACK text if any."""
     off = 0
@@ -266,6 +306,34 @@ class NfTablesSocket:
             if labels and ack.seq in seqs:
                 where = f" at {labels[seqs.index(ack.seq)]}"
             raise NftError(f"{context}{where}: {os.strerror(-ack.error)}{detail}")
+
+    def get_elements(self, table: str, set_name: str, keys: Sequence[bytes]) -> list[bytes] | None:
+        """The data of each key's element, in order (b"" for a plain set); None when one is
+        absent. A read, not a transaction: it sees the last committed state."""
+        family, name = split_table(table)
+        found: list[bytes] = []
+        with self._lock:
+            sock = self._sock
+            if sock is None:
+                raise NftError("nf_tables socket closed")
+            seq = self._next()
+            try:
+                sock.send(getsetelem_message(family, name, set_name, keys, seq=seq))
+                sock.settimeout(ACK_TIMEOUT_S)
+                while True:
+                    for item in element_replies(sock.recv(1 << 20), seq):
+                        if not isinstance(item, Ack):
+                            found.append(item[1])
+                        elif item.error == -errno.ENOENT:
+                            return None
+                        elif item.error:
+                            raise NftError(f"{table} {set_name}: {os.strerror(-item.error)}")
+                        else:
+                            return found
+            except TimeoutError as exc:
+                raise NftError("no answer from nf_tables") from exc
+            except OSError as exc:
+                raise NftError(f"{table} {set_name}: netlink: {exc}") from exc
 
     @staticmethod
     def _collect(sock: socket.socket, begin: int, end: int, pending: set[int]) -> list[Ack]:

@@ -1,12 +1,22 @@
 """Policy → nftables compiler (pure): the text of every transaction the datapath runs.
 
-One `inet declawd` table in the gateway netns; base chains dispatch through verdict maps
-keyed by `iifname` to per-sandbox chains, so per-packet cost does not grow with the number
-of sandboxes. Invariants: each script is applied as ONE `nft -f` transaction (all or
-nothing); every refusal is logged (rate-limited) to nflog group 7 before it happens; the
-base script never touches per-sandbox objects, so re-running it keeps sandboxes' rules.
-Per-sandbox rules are built from `Term`s that render this text and that `nftrules` encodes
-as the same netlink expressions, so both control-path backends install identical rules.
+One `inet declawd` table in the gateway netns with a fixed ruleset: every rule is created
+with the base table, and a sandbox is nothing but elements of shared sets keyed by its veth
+(`iifname`, or `iif` for resolved addresses). Adding, replacing or removing a sandbox is
+therefore a transaction of set elements alone: no rule, no jump or goto in an element, so the
+kernel neither re-validates the table nor searches ~1500 per-sandbox sets by name, and the
+cost does not grow with the node. CIDRs live in one plain hash set per prefix length
+(`allow4_<L>` / `deny4_<L>`, keyed `ifname . network`), matched by `ip daddr & mask_L`; a
+concatenated interval set would be simpler but deletes cost time in proportion to its size.
+Flag sets (`has_allow`, `has_deny`) skip those lookups for sandboxes without CIDRs.
+
+Invariants: each script is applied as ONE `nft -f` transaction (all or nothing); every
+refusal is logged (rate-limited per interface) to nflog group 7 before it happens, with the
+prefix `<verdict>:<reason>` (the audit reader takes the sandbox from the packet's input
+interface); the base script never touches sandbox elements, so re-running it keeps them.
+What a sandbox's keyed elements are is recorded in the table itself, in the same transaction
+(`rec`, `nrec`), so replace and remove (and the startup sweep) delete exactly them without
+knowing the policy they came from.
 """
 
 from __future__ import annotations
@@ -14,31 +24,63 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from declawd.addresses import DNS_PORT, HOST_LINK, LAB_LINK, PROXY_PORT, RESOLVER_PORT
 from declawd.egress.policy import FLOOR_V4, EgressPolicy
 
 TABLE = "inet declawd"
 NFLOG_GROUP = 7
-# Per rule, so one flooding sandbox exhausts only its own rules' log budget.
+# Each log point has its own meter keyed by the interface: one flooding sandbox exhausts
+# only its own budget at that point, as with the per-sandbox rules of the old layout.
 LOG_RATE_PER_S = 20
 LOG_BURST = 40
 LOG_LIMIT = f"limit rate {LOG_RATE_PER_S}/second burst {LOG_BURST} packets"
-MAPS = ("pre_by_if", "nat_by_if", "fwd_by_if", "in_by_if")
-L4_DNS: tuple[Literal["tcp", "udp"], ...] = ("udp", "tcp")  # DNS to the resolver, either way
+METER_TIMEOUT_S = 60  # an idle interface's meter state expires (it would be full again anyway)
+PREFIX_LENGTHS = range(33)
+
+SLOTS = "slots"  # ifname: registered sandboxes (anything else named s* is dropped)
+SRC4 = "src4"  # ifname . ipv4_addr: the sandbox's own address (anti-spoof)
+OPEN, DOMAINS, INSPECT, HAS_ALLOW, HAS_DENY = "open", "domains", "inspect", "has_allow", "has_deny"
+FLAG_SETS = (SLOTS, OPEN, DOMAINS, INSPECT, HAS_ALLOW, HAS_DENY)
+RESOLVED4 = "resolved4"  # iface_index . ipv4_addr, timeout: admitted by the resolver
+REC = "rec"  # ifname . mark (index) : ipv4_addr . mark (set code): the keyed elements
+NREC = "nrec"  # ifname : mark: how many `rec` entries the sandbox has
+# Maps of the previous layout (per-sandbox chains): their presence means "rebuild".
+OLD_LAYOUT_MAPS = ("pre_by_if", "nat_by_if", "fwd_by_if", "in_by_if")
+L4_DNS = ("udp", "tcp")  # DNS to the resolver, either way
+# Log points (reason → verdict), each with its meter set `log_<reason>`.
+LOG_POINTS = {
+    "ipv6": "deny",
+    "spoof": "deny",
+    "floor": "deny",
+    "udp_quic_inspect": "deny",
+    "cidr": "allow",
+    "udp_dns_only": "deny",
+    "deny_cidr": "deny",
+    "open": "allow",
+    "default": "deny",
+    "gateway": "deny",
+}
 
 
 def ifname(slot: int) -> str:
     return f"s{slot}"
 
 
-def chain_names(slot: int) -> tuple[str, str, str, str]:
-    return (f"pre_{slot}", f"nat_{slot}", f"fwd_{slot}", f"in_{slot}")
+def allow_set(length: int) -> str:
+    return f"allow4_{length}"
 
 
-def set_names(slot: int) -> tuple[str, str, str]:
-    return (f"r4_{slot}", f"a4_{slot}", f"d4_{slot}")
+def deny_set(length: int) -> str:
+    return f"deny4_{length}"
+
+
+# A `rec` entry names its set by a code: 0 = src4, 1 + L = allow4_L, 34 + L = deny4_L.
+KEYED_SETS = (SRC4, *(allow_set(n) for n in PREFIX_LENGTHS), *(deny_set(n) for n in PREFIX_LENGTHS))
+
+
+def mask(length: int) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Network(f"0.0.0.0/{length}").netmask
 
 
 def floor_networks(
@@ -72,305 +114,301 @@ class BaseLayout:
     floor: Sequence[ipaddress.IPv4Network]
 
 
-def base_script(layout: BaseLayout) -> str:
-    """Create or refresh the base table. Keeps maps, their elements and sandbox objects."""
+def _log(reason: str) -> str:
+    """Log to nflog, rate-limited per interface at this log point."""
+    verdict = LOG_POINTS[reason]
+    return (
+        f"update @log_{reason} {{ iifname {LOG_LIMIT} }} "
+        f'log prefix "{verdict}:{reason}" group {NFLOG_GROUP}'
+    )
+
+
+def _refuse(reason: str, match: str = "") -> list[str]:
+    """Log, then refuse so the client sees it at once: TCP RST, else ICMP admin-prohibited."""
+    m = f"{match} " if match else ""
+    return [
+        f"{m}{_log(reason)}",
+        f"{m}meta l4proto tcp reject with tcp reset",
+        f"{m}reject with icmpx admin-prohibited",
+    ]
+
+
+def _cidr_lookups(set_of: str, then: str) -> list[str]:
+    """One masked lookup per prefix length, longest first: `daddr & mask_L == net` is
+    `daddr ∈ net/L`, and each set holds only networks of its length."""
+    name = allow_set if set_of == "allow" else deny_set
+    return [f"iifname . ip daddr & {mask(n)} @{name(n)} {then}" for n in reversed(PREFIX_LENGTHS)]
+
+
+def base_rules() -> dict[str, list[str]]:
+    """The fixed rules of every chain, in evaluation order (without the uplink's NAT)."""
+    floor = "ip daddr @floor4"
+    resolved = f"iifname @{DOMAINS} iif . ip daddr @{RESOLVED4}"
+    return {
+        # raw priority: runs before conntrack, so spoofed packets never create state.
+        "prerouting_raw": [
+            'iifname != "s*" accept',
+            # An s* interface that is not (or no longer) registered sends nothing.
+            f"iifname != @{SLOTS} drop",
+            f"meta nfproto ipv6 {_log('ipv6')}",
+            "meta nfproto ipv6 drop",
+            f"iifname . ip saddr != @{SRC4} {_log('spoof')}",
+            f"iifname . ip saddr != @{SRC4} drop",
+        ],
+        "prerouting_nat": [
+            f"iifname != @{SLOTS} accept",
+            *(f"{p} dport {DNS_PORT} redirect to :{RESOLVER_PORT}" for p in L4_DNS),
+            # Floor destinations stay on the L4 path (refused in forward).
+            f"{floor} accept",
+            # Inspection: all other TCP to the proxy, CIDR-allowed destinations too.
+            f"iifname @{INSPECT} meta l4proto tcp redirect to :{PROXY_PORT}",
+            # CIDR-allowed destinations never reach the proxy (L4 path).
+            f"iifname @{DOMAINS} iifname @{HAS_ALLOW} jump nat_allow",
+            f"{resolved} meta l4proto tcp redirect to :{PROXY_PORT}",
+        ],
+        "nat_allow": _cidr_lookups("allow", "accept"),
+        "forward": [
+            "ct state established,related accept",
+            "ct state invalid drop",
+            f"iifname != @{SLOTS} drop",
+            *_refuse("floor", floor),
+            # Before any accept: a CIDR-allowed or open destination must not carry QUIC
+            # from an inspected sandbox either (clients fall back to TCP, i.e. the proxy).
+            f"iifname @{INSPECT} udp dport 443 {_log('udp_quic_inspect')}",
+            f"iifname @{INSPECT} udp dport 443 reject with icmpx admin-prohibited",
+            f"iifname @{HAS_ALLOW} jump fwd_allow",
+            # What reaches forward for a resolved address is not TCP (that went to the
+            # proxy): UDP (QUIC) to name-only destinations is refused.
+            *_refuse("udp_dns_only", resolved),
+            f"iifname @{HAS_DENY} jump fwd_deny",
+            f"iifname @{OPEN} {_log('open')}",
+            f"iifname @{OPEN} accept",
+            *_refuse("default"),
+        ],
+        "fwd_allow": _cidr_lookups("allow", "goto allowed_cidr"),
+        "allowed_cidr": [_log("cidr"), "accept"],
+        "fwd_deny": _cidr_lookups("deny", "goto denied_cidr"),
+        "denied_cidr": _refuse("deny_cidr"),
+        "input": [
+            "ct state established,related accept",
+            "ct state invalid drop",
+            'iif "lo" accept',
+            f"iifname != @{SLOTS} drop",
+            *(f"ct status dnat {p} dport {RESOLVER_PORT} accept" for p in L4_DNS),
+            f"ct status dnat tcp dport {PROXY_PORT} accept",
+            *_refuse("gateway"),
+        ],
+    }
+
+
+BASE_CHAINS = {
+    "prerouting_raw": "type filter hook prerouting priority raw; policy accept;",
+    "prerouting_nat": "type nat hook prerouting priority dstnat; policy accept;",
+    "forward": "type filter hook forward priority filter; policy drop;",
+    "input": "type filter hook input priority filter; policy drop;",
+    "postrouting_nat": "type nat hook postrouting priority srcnat; policy accept;",
+}
+
+
+def base_sets() -> list[tuple[str, str]]:
+    """(name, spec) of every set and map, created with the table."""
+    sets = [(name, "type ifname;") for name in FLAG_SETS]
+    sets.append((SRC4, "type ifname . ipv4_addr;"))
+    sets += [(allow_set(n), "type ifname . ipv4_addr;") for n in PREFIX_LENGTHS]
+    sets += [(deny_set(n), "type ifname . ipv4_addr;") for n in PREFIX_LENGTHS]
+    sets.append((RESOLVED4, "type iface_index . ipv4_addr; flags timeout;"))
+    meter = f"type ifname; flags dynamic,timeout; timeout {METER_TIMEOUT_S}s;"
+    sets += [(f"log_{reason}", meter) for reason in LOG_POINTS]
+    return sets
+
+
+def base_script(layout: BaseLayout, *, rebuild: bool = False) -> str:
+    """Create or refresh the base table. Keeps every set's elements (the sandboxes).
+
+    `rebuild`: delete the table first, in the same transaction (a table of another
+    layout): no sandbox is registered afterwards, so their s* traffic is dropped until
+    their elements are added again.
+    """
     t = TABLE
-    lines = [
-        f"add table {t}",
+    lines = [f"add table {t}"]
+    if rebuild:
+        lines += [f"delete table {t}", f"add table {t}"]
+    lines += [
         f"add set {t} floor4 {{ type ipv4_addr; flags interval; }}",
         f"flush set {t} floor4",
         f"add element {t} floor4 {{ {_elements(layout.floor)} }}",
     ]
-    lines += [f"add map {t} {m} {{ type ifname : verdict; }}" for m in MAPS]
-    chains = {
-        # raw priority: runs before conntrack, so spoofed packets never create state.
-        "prerouting_raw": "type filter hook prerouting priority raw; policy accept;",
-        "prerouting_nat": "type nat hook prerouting priority dstnat; policy accept;",
-        "forward": "type filter hook forward priority filter; policy drop;",
-        "input": "type filter hook input priority filter; policy drop;",
-        "postrouting_nat": "type nat hook postrouting priority srcnat; policy accept;",
-    }
-    for name, spec in chains.items():
-        lines += [f"add chain {t} {name} {{ {spec} }}", f"flush chain {t} {name}"]
-    up = layout.upstream_if
+    lines += [f"add set {t} {name} {{ {spec} }}" for name, spec in base_sets()]
     lines += [
-        f"add rule {t} prerouting_raw iifname vmap @pre_by_if",
-        # An s* interface without its map element (mid-create or stale) sends nothing.
-        f'add rule {t} prerouting_raw iifname "s*" drop',
-        f"add rule {t} prerouting_nat iifname vmap @nat_by_if",
-        f"add rule {t} forward ct state established,related accept",
-        f"add rule {t} forward ct state invalid drop",
-        f"add rule {t} forward iifname vmap @fwd_by_if",
-        f"add rule {t} input ct state established,related accept",
-        f"add rule {t} input ct state invalid drop",
-        f'add rule {t} input iif "lo" accept',
-        f"add rule {t} input iifname vmap @in_by_if",
-        f'add rule {t} postrouting_nat oifname "{up}" masquerade',
+        f"add map {t} {REC} {{ type ifname . mark : ipv4_addr . mark; }}",
+        f"add map {t} {NREC} {{ type ifname : mark; }}",
     ]
+    rules = base_rules()
+    for name, spec in BASE_CHAINS.items():
+        lines += [f"add chain {t} {name} {{ {spec} }}", f"flush chain {t} {name}"]
+    for name in rules:
+        if name not in BASE_CHAINS:
+            lines += [f"add chain {t} {name}", f"flush chain {t} {name}"]
+    for name, body in rules.items():
+        lines += [f"add rule {t} {name} {r}" for r in body]
+    lines.append(f'add rule {t} postrouting_nat oifname "{layout.upstream_if}" masquerade')
     return "\n".join(lines) + "\n"
 
 
-# Rule terms: one source for the text below and for the netlink encoding (`nftrules`).
+# One sandbox: elements -------------------------------------------------------------------
 @dataclass(frozen=True)
-class Meta:
-    """`meta nfproto ipv6`, `meta l4proto tcp`."""
-
-    key: Literal["nfproto", "l4proto"]
-    value: Literal["ipv4", "ipv6", "tcp", "udp"]
-
-    def __str__(self) -> str:
-        return f"meta {self.key} {self.value}"
-
-
-@dataclass(frozen=True)
-class Saddr:
-    """`ip saddr != 10.0.0.2` (or `==` when not negated)."""
-
-    address: str
-    negate: bool = False
-
-    def __str__(self) -> str:
-        return f"ip saddr {'!= ' if self.negate else ''}{ipaddress.IPv4Address(self.address)}"
-
-
-@dataclass(frozen=True)
-class DaddrIn:
-    """`ip daddr @set`."""
+class Keyed:
+    """One `ifname . ipv4_addr` element of a keyed set (src4, allow4_L, deny4_L)."""
 
     set_name: str
+    address: ipaddress.IPv4Address
 
-    def __str__(self) -> str:
-        return f"ip daddr @{self.set_name}"
+    @property
+    def code(self) -> int:
+        return KEYED_SETS.index(self.set_name)
 
-
-@dataclass(frozen=True)
-class Dport:
-    """`udp dport 443`, `tcp dport 15001`."""
-
-    proto: Literal["tcp", "udp"]
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.proto} dport {self.port}"
+    @classmethod
+    def from_code(cls, code: int, address: ipaddress.IPv4Address) -> Keyed:
+        if not 0 <= code < len(KEYED_SETS):
+            raise ValueError(f"bad keyed-set code {code}")
+        return cls(KEYED_SETS[code], address)
 
 
 @dataclass(frozen=True)
-class CtStatusDnat:
-    def __str__(self) -> str:
-        return "ct status dnat"
+class Elements:
+    """Everything one sandbox puts into the shared sets (besides resolved addresses)."""
+
+    flags: tuple[str, ...]  # ifname-keyed sets it is in, SLOTS among them
+    keyed: tuple[Keyed, ...]  # in `rec` order
 
 
-@dataclass(frozen=True)
-class LimitLog:
-    """Rate-limited log to the nflog group: `limit rate ... log prefix "..." group 7`."""
-
-    prefix: str
-
-    def __str__(self) -> str:
-        return f'{LOG_LIMIT} log prefix "{self.prefix}" group {NFLOG_GROUP}'
+NOTHING = Elements((), ())  # what an absent slot has (remove of an unknown slot)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    name: Literal["accept", "drop", "return"]
+def sandbox_elements(address: str, policy: EgressPolicy, inspect: bool = False) -> Elements:
+    """The sandbox's elements under `policy`.
 
-    def __str__(self) -> str:
-        return self.name
-
-
-@dataclass(frozen=True)
-class Redirect:
-    port: int
-
-    def __str__(self) -> str:
-        return f"redirect to :{self.port}"
-
-
-@dataclass(frozen=True)
-class Reject:
-    """TCP reset (after `meta l4proto tcp`), else ICMP(x) administratively prohibited."""
-
-    tcp_reset: bool = False
-
-    def __str__(self) -> str:
-        return "reject with tcp reset" if self.tcp_reset else "reject with icmpx admin-prohibited"
-
-
-Term = Meta | Saddr | DaddrIn | Dport | CtStatusDnat | LimitLog | Verdict | Redirect | Reject
-Rule = tuple[Term, ...]
-
-
-def render(rule: Rule) -> str:
-    return " ".join(str(t) for t in rule)
-
-
-def _log(slot: int, verdict: str, reason: str, match: Rule = ()) -> Rule:
-    return (*match, LimitLog(f"{verdict}:{slot}:{reason}"))
-
-
-def _refuse(slot: int, reason: str, match: Rule = ()) -> list[Rule]:
-    """Log, then refuse so the client sees it at once: TCP RST, else ICMP admin-prohibited."""
-    return [
-        _log(slot, "deny", reason, match),
-        (*match, Meta("l4proto", "tcp"), Reject(tcp_reset=True)),
-        (*match, Reject()),
-    ]
-
-
-def _accept(slot: int, reason: str, match: Rule = ()) -> list[Rule]:
-    return [_log(slot, "allow", reason, match), (*match, Verdict("accept"))]
-
-
-def sandbox_rule_terms(
-    slot: int, address: str, policy: EgressPolicy, inspect: bool = False
-) -> dict[str, list[Rule]]:
-    """Rules of the four per-sandbox chains, in evaluation order, as terms.
-
-    `inspect` (the sandbox's InspectionPolicy is active): all its non-floor TCP goes to the
-    proxy, whatever the policy (the proxy then gives the L4 verdict too), and its UDP to
-    port 443 is refused so QUIC clients fall back to TCP through the proxy. Without it the
-    rules are exactly those of the egress policy alone.
+    `inspect` (its InspectionPolicy is active): all its non-floor TCP goes to the proxy,
+    whatever the policy (the proxy then gives the L4 verdict too), and its UDP to port 443
+    is refused so QUIC clients fall back to TCP through the proxy.
     """
-    r4, a4, d4 = set_names(slot)
-    floor = (DaddrIn("floor4"),)
-    pre: list[Rule] = [
-        _log(slot, "deny", "ipv6", (Meta("nfproto", "ipv6"),)),
-        (Meta("nfproto", "ipv6"), Verdict("drop")),
-        _log(slot, "deny", "spoof", (Saddr(address, negate=True),)),
-        (Saddr(address, negate=True), Verdict("drop")),
-    ]
-    # `tcp dport 53` and `udp dport 53` as two rules, not `meta l4proto { tcp, udp }`: each
-    # anonymous set is a table set the kernel names by scanning all of the table's sets.
-    nat: list[Rule] = [(Dport(p, DNS_PORT), Redirect(RESOLVER_PORT)) for p in L4_DNS]
-    fwd = _refuse(slot, "floor", floor)
-    domains = policy.domains_enforced and policy.allow_domains
-    if inspect:
-        # Floor destinations stay on the L4 path, refused below; CIDR-allowed ones do not.
-        nat += [(*floor, Verdict("return")), (Meta("l4proto", "tcp"), Redirect(PROXY_PORT))]
-        # Before any accept: a CIDR-allowed or open destination must not carry QUIC either.
-        quic = (Dport("udp", 443),)
-        fwd += [_log(slot, "deny", "udp_quic_inspect", quic), (*quic, Reject())]
-    if policy.allow_cidrs_v4:
-        fwd += _accept(slot, "cidr", (DaddrIn(a4),))
-    if domains and not inspect:
-        # Floor and CIDR-allowed destinations never reach the proxy (L4 path).
-        nat.append((*floor, Verdict("return")))
-        if policy.allow_cidrs_v4:
-            nat.append((DaddrIn(a4), Verdict("return")))
-        nat.append((DaddrIn(r4), Meta("l4proto", "tcp"), Redirect(PROXY_PORT)))
-    if domains:
-        # UDP (QUIC) to name-only destinations is refused so clients fall back to TCP.
-        fwd += _refuse(slot, "udp_dns_only", (DaddrIn(r4),))
-    if policy.deny_cidrs_v4:
-        fwd += _refuse(slot, "deny_cidr", (DaddrIn(d4),))
-    fwd += _accept(slot, "open") if policy.default_allows else _refuse(slot, "default")
-    dnat = (CtStatusDnat(),)
-    inp: list[Rule] = [
-        *((*dnat, Dport(p, RESOLVER_PORT), Verdict("accept")) for p in L4_DNS),
-        (*dnat, Dport("tcp", PROXY_PORT), Verdict("accept")),
-        *_refuse(slot, "gateway"),
-    ]
-    pre_c, nat_c, fwd_c, in_c = chain_names(slot)
-    return {pre_c: pre, nat_c: nat, fwd_c: fwd, in_c: inp}
+    return elements_of(
+        address,
+        policy.allow_cidrs_v4,
+        policy.deny_cidrs_v4,
+        open_=policy.default_allows,
+        domains=bool(policy.domains_enforced and policy.allow_domains),
+        inspect=inspect,
+    )
 
 
-def sandbox_rules(
-    slot: int, address: str, policy: EgressPolicy, inspect: bool = False
-) -> dict[str, list[str]]:
-    """Rule bodies of the four per-sandbox chains, in evaluation order (nft text)."""
-    terms = sandbox_rule_terms(slot, address, policy, inspect)
-    return {chain: [render(r) for r in rules] for chain, rules in terms.items()}
+def elements_of(
+    address: str,
+    allow: Iterable[ipaddress.IPv4Network],
+    deny: Iterable[ipaddress.IPv4Network],
+    *,
+    open_: bool,
+    domains: bool,
+    inspect: bool,
+) -> Elements:
+    """A sandbox's elements from what its rules decide (also used to migrate old tables)."""
+    allowed = list(ipaddress.collapse_addresses(allow))
+    denied = list(ipaddress.collapse_addresses(deny))
+    wanted = {OPEN: open_, DOMAINS: domains, INSPECT: inspect, HAS_ALLOW: bool(allowed),
+              HAS_DENY: bool(denied)}  # fmt: skip
+    flags = (SLOTS, *(f for f in FLAG_SETS[1:] if wanted[f]))
+    keyed = [Keyed(SRC4, ipaddress.IPv4Address(address))]
+    keyed += [Keyed(allow_set(n.prefixlen), n.network_address) for n in allowed]
+    keyed += [Keyed(deny_set(n.prefixlen), n.network_address) for n in denied]
+    return Elements(flags, tuple(keyed))
 
 
-def cidr_content(slot: int, policy: EgressPolicy) -> dict[str, list[ipaddress.IPv4Network]]:
-    """The CIDR sets' elements (collapsed), only for sets that get any."""
-    _, a4, d4 = set_names(slot)
-    out = {}
-    if policy.allow_cidrs_v4:
-        out[a4] = list(ipaddress.collapse_addresses(policy.allow_cidrs_v4))
-    if policy.deny_cidrs_v4:
-        out[d4] = list(ipaddress.collapse_addresses(policy.deny_cidrs_v4))
+def _key(slot: int, address: ipaddress.IPv4Address) -> str:
+    return f'"{ifname(slot)}" . {address}'
+
+
+def _by_set(keyed: Iterable[Keyed]) -> dict[str, list[Keyed]]:
+    out: dict[str, list[Keyed]] = {}
+    for k in keyed:
+        out.setdefault(k.set_name, []).append(k)
     return out
 
 
-def _set_content(slot: int, policy: EgressPolicy) -> list[str]:
-    return [
-        f"add element {TABLE} {name} {{ {_elements(nets)} }}"
-        for name, nets in cidr_content(slot, policy).items()
-    ]
-
-
-def _declare(slot: int) -> list[str]:
-    """Idempotent declarations of the sandbox's sets and chains (no-ops if present)."""
-    r4, a4, d4 = set_names(slot)
-    t = TABLE
-    lines = [
-        f"add set {t} {r4} {{ type ipv4_addr; flags timeout; }}",
-        f"add set {t} {a4} {{ type ipv4_addr; flags interval; }}",
-        f"add set {t} {d4} {{ type ipv4_addr; flags interval; }}",
-    ]
-    lines += [f"add chain {t} {c}" for c in chain_names(slot)]
+def _install(slot: int, new: Elements) -> list[str]:
+    t, name = TABLE, f'"{ifname(slot)}"'
+    lines = [f"add element {t} {s} {{ {', '.join(_key(slot, k.address) for k in ks)} }}"
+             for s, ks in _by_set(new.keyed).items()]  # fmt: skip
+    if new.keyed:
+        recs = ", ".join(f"{name} . {i} : {k.address} . {k.code}" for i, k in enumerate(new.keyed))
+        lines.append(f"add element {t} {REC} {{ {recs} }}")
+    lines.append(f"add element {t} {NREC} {{ {name} : {len(new.keyed)} }}")
+    # Flags last: SLOTS registers the interface once the rest is in place.
+    lines += [f"add element {t} {f} {{ {name} }}" for f in new.flags]
     return lines
 
 
-def _map_elements(slot: int) -> list[tuple[str, str]]:
-    return list(zip(MAPS, chain_names(slot), strict=True))
-
-
-def sandbox_add_script(slot: int, address: str, policy: EgressPolicy, inspect: bool = False) -> str:
-    """Install one sandbox (replacing any stale leftovers of the same slot)."""
-    t = TABLE
-    r4, a4, d4 = set_names(slot)
-    lines = _declare(slot)
-    lines += [f"flush chain {t} {c}" for c in chain_names(slot)]
-    lines += [f"flush set {t} {s}" for s in (r4, a4, d4)]
-    lines += _set_content(slot, policy)
-    for chain, rules in sandbox_rules(slot, address, policy, inspect).items():
-        lines += [f"add rule {t} {chain} {r}" for r in rules]
-    # Map elements last: the interface is dispatched only to complete chains.
+def _uninstall(slot: int, old: Elements, keep_flags: Iterable[str] = ()) -> list[str]:
+    """Delete `old`'s keyed elements and records (they exist: `rec` says so) and every flag
+    not in `keep_flags` (added first, so it is valid whether or not the flag was set)."""
+    t, name = TABLE, f'"{ifname(slot)}"'
+    lines = [f"delete element {t} {s} {{ {', '.join(_key(slot, k.address) for k in ks)} }}"
+             for s, ks in _by_set(old.keyed).items()]  # fmt: skip
+    if old.keyed:
+        recs = ", ".join(f"{name} . {i}" for i in range(len(old.keyed)))
+        lines.append(f"delete element {t} {REC} {{ {recs} }}")
     lines += [
-        f'add element {t} {m} {{ "{ifname(slot)}" : goto {c} }}' for m, c in _map_elements(slot)
+        f"add element {t} {NREC} {{ {name} : {len(old.keyed)} }}",
+        f"delete element {t} {NREC} {{ {name} }}",
     ]
-    return "\n".join(lines) + "\n"
+    drop = [f for f in FLAG_SETS if f not in set(keep_flags)]
+    lines += [f"add element {t} {f} {{ {name} }}" for f in drop]
+    lines += [f"delete element {t} {f} {{ {name} }}" for f in drop]
+    return lines
+
+
+def sandbox_add_script(
+    slot: int,
+    address: str,
+    policy: EgressPolicy,
+    inspect: bool = False,
+    previous: Elements = NOTHING,
+) -> str:
+    """Install one sandbox, replacing what the slot had (`previous`, read from `rec`)."""
+    return sandbox_update_script(slot, address, policy, inspect, previous)
 
 
 def sandbox_update_script(
-    slot: int, address: str, policy: EgressPolicy, inspect: bool = False
+    slot: int,
+    address: str,
+    policy: EgressPolicy,
+    inspect: bool = False,
+    previous: Elements = NOTHING,
 ) -> str:
-    """Replace a sandbox's rules and CIDR sets atomically; resolved addresses survive
-    unless names no longer matter under the new policy."""
-    t = TABLE
-    r4, a4, d4 = set_names(slot)
-    lines = _declare(slot)
-    lines += [f"flush chain {t} {c}" for c in chain_names(slot)]
-    lines += [f"flush set {t} {a4}", f"flush set {t} {d4}"]
-    if not (policy.domains_enforced and policy.allow_domains):
-        lines.append(f"flush set {t} {r4}")
-    lines += _set_content(slot, policy)
-    for chain, rules in sandbox_rules(slot, address, policy, inspect).items():
-        lines += [f"add rule {t} {chain} {r}" for r in rules]
+    """Make the slot's elements exactly those of `policy`, atomically: `previous` (what
+    `rec` holds for it) out, the new ones in. Resolved addresses stay; they count only
+    while the sandbox is in `domains`."""
+    new = sandbox_elements(address, policy, inspect)
+    lines = _uninstall(slot, previous, keep_flags=new.flags) + _install(slot, new)
     return "\n".join(lines) + "\n"
 
 
-def sandbox_remove_script(slot: int) -> str:
-    """Remove everything of one slot; valid whether or not any of it exists.
-
-    nft 1.0.6 has no `destroy`, so objects are first declared (no-op when present)
-    and then deleted, in the same transaction.
-    """
-    t = TABLE
-    lines = _declare(slot)
-    lines += [
-        f'add element {t} {m} {{ "{ifname(slot)}" : goto {c} }}' for m, c in _map_elements(slot)
-    ]
-    lines += [f'delete element {t} {m} {{ "{ifname(slot)}" }}' for m in MAPS]
-    lines += [f"flush chain {t} {c}" for c in chain_names(slot)]
-    lines += [f"delete chain {t} {c}" for c in chain_names(slot)]
-    lines += [f"delete set {t} {s}" for s in set_names(slot)]
-    return "\n".join(lines) + "\n"
+def sandbox_remove_script(slot: int, previous: Elements = NOTHING) -> str:
+    """Remove everything of one slot; valid whether or not it is installed (`previous`:
+    what `rec` holds for it). Its resolved addresses are keyed by the veth's ifindex,
+    which the kernel never hands out again soon: they only expire."""
+    return "\n".join(_uninstall(slot, previous)) + "\n"
 
 
-def add_resolved_script(slot: int, addresses: Iterable[str], timeout_s: int) -> str:
-    """What the gateway daemon runs (documented here for tests and the bench)."""
-    elems = ", ".join(f"{a} timeout {int(timeout_s)}s" for a in addresses)
-    return f"add element {TABLE} {set_names(slot)[0]} {{ {elems} }}\n"
+def migrate_script(layout: BaseLayout, slots: dict[int, Elements]) -> str:
+    """Rebuild a table of another layout and install `slots` in the same transaction, so
+    live sandboxes never go without their rules."""
+    lines = [line for slot, new in sorted(slots.items()) for line in _install(slot, new)]
+    return base_script(layout, rebuild=True) + "".join(f"{line}\n" for line in lines)
+
+
+def add_resolved_script(ifindex: int, addresses: Iterable[str], timeout_s: int) -> str:
+    """What the gateway daemon does for an interface (documented here for tests and benches)."""
+    elems = ", ".join(
+        f"{int(ifindex)} . {ipaddress.IPv4Address(a)} timeout {int(timeout_s)}s" for a in addresses
+    )
+    return f"add element {TABLE} {RESOLVED4} {{ {elems} }}\n"

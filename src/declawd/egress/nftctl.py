@@ -5,7 +5,8 @@ A libnftables context talks netlink through a socket that belongs to the netns o
 that opened it, so a context for another namespace lives on a `NetnsThread` there: no fork
 per transaction. The `nft` binary (`DECLAWD_NFT_BACKEND=nsenter`, or when the library is
 missing) runs under nsenter. `sandbox_add/update/remove` send netlink batches whose cost does
-not grow with the node (`DECLAWD_NFT_CONTROL_BACKEND=text` runs the scripts instead).
+not grow with the node (`DECLAWD_NFT_CONTROL_BACKEND=text` runs the scripts instead); both
+first read what the slot holds (`read_record`, exact-key netlink reads) to delete exactly it.
 Invariant: every change is applied as one transaction, and a refusal raises NftError carrying
 nft's (or the kernel's) message.
 """
@@ -204,6 +205,39 @@ def apply_batch(netns: str, batch: Batch, what: str) -> None:
     sock.transact(batch.messages, labels=batch.labels, context=f"{nftc.TABLE} {what}")
 
 
+RECORD_KEYS_PER_REQUEST = 1024  # a nested attribute holds at most 64 KiB
+
+
+def read_record(netns: str, slot: int) -> nftc.Elements:
+    """What the slot holds in the shared sets, from its `nrec` / `rec` entries (two exact-key
+    reads, whatever the node's size); NOTHING when it holds nothing (or there is no table).
+
+    Callers serialise changes to one slot (the server's per-sandbox operations), so the
+    record cannot change between this read and the transaction built from it.
+    """
+    from declawd.egress import nftrules
+
+    try:
+        sock = _socket(netns)
+    except OSError as exc:
+        raise NftError(f"{nftc.TABLE} slot {slot}: nf_tables netlink in {netns}: {exc}") from exc
+    count = sock.get_elements(nftc.TABLE, nftc.NREC, [nftrules.count_key(slot)])
+    if not count:
+        return nftc.NOTHING
+    n = nftrules.parse_count(count[0])
+    entries: list[bytes] = []
+    for start in range(0, n, RECORD_KEYS_PER_REQUEST):
+        keys = [
+            nftrules.record_key(slot, i)
+            for i in range(start, min(n, start + RECORD_KEYS_PER_REQUEST))
+        ]
+        got = sock.get_elements(nftc.TABLE, nftc.REC, keys)
+        if got is None or len(got) != len(keys):
+            raise NftError(f"{nftc.TABLE} slot {slot}: nrec says {n} entries, rec lacks some")
+        entries += got
+    return nftrules.parse_record(entries)
+
+
 def sandbox_add_sync(
     netns: str,
     slot: int,
@@ -213,13 +247,15 @@ def sandbox_add_sync(
     *,
     backend: str | None = None,
 ) -> None:
-    """Install one sandbox's sets, chains, rules and map elements (one transaction)."""
+    """Install one sandbox's elements, replacing what its slot held (one transaction)."""
+    previous = read_record(netns, slot)
     if control_backend(backend) == "text":
-        nft_sync(netns, nftc.sandbox_add_script(slot, address, policy, inspect))
+        nft_sync(netns, nftc.sandbox_add_script(slot, address, policy, inspect, previous))
         return
     from declawd.egress import nftrules
 
-    apply_batch(netns, nftrules.sandbox_add(slot, address, policy, inspect), f"sandbox {slot}")
+    batch = nftrules.sandbox_add(slot, address, policy, inspect, previous)
+    apply_batch(netns, batch, f"sandbox {slot}")
 
 
 def sandbox_update_sync(
@@ -231,24 +267,26 @@ def sandbox_update_sync(
     *,
     backend: str | None = None,
 ) -> None:
-    """Replace one sandbox's rules and CIDR sets (one transaction)."""
+    """Make one sandbox's elements those of `policy` (one transaction)."""
+    previous = read_record(netns, slot)
     if control_backend(backend) == "text":
-        nft_sync(netns, nftc.sandbox_update_script(slot, address, policy, inspect))
+        nft_sync(netns, nftc.sandbox_update_script(slot, address, policy, inspect, previous))
         return
     from declawd.egress import nftrules
 
-    batch = nftrules.sandbox_update(slot, address, policy, inspect)
+    batch = nftrules.sandbox_update(slot, address, policy, inspect, previous)
     apply_batch(netns, batch, f"sandbox {slot}")
 
 
 def sandbox_remove_sync(netns: str, slot: int, *, backend: str | None = None) -> None:
     """Remove everything of one slot, whether or not any of it exists (one transaction)."""
+    previous = read_record(netns, slot)
     if control_backend(backend) == "text":
-        nft_sync(netns, nftc.sandbox_remove_script(slot))
+        nft_sync(netns, nftc.sandbox_remove_script(slot, previous))
         return
     from declawd.egress import nftrules
 
-    apply_batch(netns, nftrules.sandbox_remove(slot), f"sandbox {slot}")
+    apply_batch(netns, nftrules.sandbox_remove(slot, previous), f"sandbox {slot}")
 
 
 async def sandbox_add(

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from declawd.cluster.secrets import vault_socket_path
 from declawd.config import Settings
 from declawd.egress.proxy import PEEK_TIMEOUT_S
 from declawd.errors import Unreachable
@@ -195,8 +196,12 @@ class GatewayDaemon:
 
     def _inspection_args(self) -> list[str]:
         """Where the daemon finds what inspected connections need: the CAs the upstream's
-        servers are verified against (none given: the system's store) and the vault key."""
-        args = ["--vault-key", str(master_key_path(self.settings.keys_dir))]
+        servers are verified against (none given: the system's store) and the vault key, or
+        on a cluster node (which has no key) the agent's vault socket."""
+        if self.settings.node_id:
+            args = ["--vault-socket", str(vault_socket_path(self.settings))]
+        else:
+            args = ["--vault-key", str(master_key_path(self.settings.keys_dir))]
         bundle = self.upstream.ca_bundle()
         if bundle is not None:
             args += ["--upstream-ca", str(bundle)]

@@ -247,6 +247,15 @@ class VaultRecords(Repository):
             for r in rows
         )
 
+    def value_for_node(self, secret_id: str, node_id: str) -> tuple[int, bytes] | None:
+        """(version, ciphertext) of the secret if it is bound to a live sandbox placed on
+        node `node_id` (cluster mode: what that node's gateway may inject), else None: an
+        unknown secret, an unbound one and one bound only elsewhere look the same."""
+        if not node_id:
+            return None
+        row = self._db.query_one(_NODE_VALUE, (secret_id, node_id))
+        return (int(row["version"]), bytes(row["ciphertext"])) if row else None
+
     def sandboxes_using(self, secret_ids: Sequence[str]) -> list[str]:
         """Live sandboxes bound to any of these secrets, in id order."""
         if not secret_ids:
@@ -264,4 +273,12 @@ class VaultRecords(Repository):
 _LIVE_USERS = (
     "SELECT DISTINCT r.sandbox_id FROM sandbox_vault_refs r JOIN sandboxes s USING (sandbox_id)"
     " WHERE r.secret_id = ? AND s.released = 0 ORDER BY r.sandbox_id"
+)
+# A secret's value for a node: bound to at least one sandbox of that node that is not killed
+# and not released (a killed sandbox of a lost node stays unreleased for a while).
+_NODE_VALUE = (
+    "SELECT v.version, v.ciphertext FROM vault_secrets v WHERE v.secret_id = ? AND EXISTS ("
+    "SELECT 1 FROM sandbox_vault_refs r JOIN sandboxes s USING (sandbox_id)"
+    " WHERE r.secret_id = v.secret_id AND s.node_id = ? AND s.released = 0"
+    " AND s.state <> 'killed')"
 )
