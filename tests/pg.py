@@ -2,7 +2,8 @@
 
 `PgServer.start()` runs `initdb` into a fresh directory under /tmp (as the `postgres` user
 when we are root: the server refuses to run as root), then `postgres` listening on a unix
-socket in that directory only (no TCP), fsync off. The server is started through
+socket in that directory only (no TCP unless `listen` names an address: then also there, trusting
+`trust_net`), fsync off. The server is started through
 `setpriv --pdeathsig SIGQUIT`, so it shuts down even if the test process is killed;
 `stop()` shuts it down and removes the directory. `create_database()` hands out a fresh
 database (C collation, as the store's SQLite ordering) and `drop_database()` drops it with
@@ -47,8 +48,11 @@ def find_bindir() -> Path:
 
 
 class PgServer:
-    def __init__(self) -> None:
+    def __init__(self, listen: str = "", port: int = 5432, trust_net: str = "") -> None:
+        """`listen`, `port`, `trust_net`: also serve TCP on `listen:port`, to clients from
+        `trust_net` without a password (the cluster test's private bridge)."""
         self.bindir = find_bindir()
+        self.listen, self.port, self.trust_net = listen, port, trust_net
         self.root: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -58,7 +62,12 @@ class PgServer:
         return self.root / "sock"
 
     def url(self, dbname: str) -> str:
-        return f"postgresql://{SUPERUSER}@/{dbname}?host={self.socket_dir}"
+        return f"postgresql://{SUPERUSER}@/{dbname}?host={self.socket_dir}&port={self.port}"
+
+    def tcp_url(self, dbname: str) -> str:
+        """`dbname` over TCP at `listen:port` (needs `listen`)."""
+        assert self.listen, "PgServer(listen=...) serves no TCP"
+        return f"postgresql://{SUPERUSER}@{self.listen}:{self.port}/{dbname}"
 
     def _as_owner(self) -> list[str]:
         """setpriv's arguments that run a command as the server's owner (and stop it when we
@@ -103,6 +112,9 @@ class PgServer:
             check=True,
             capture_output=True,
         )
+        if self.trust_net:
+            with open(data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {self.trust_net} trust\n")
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [
@@ -112,8 +124,10 @@ class PgServer:
                     str(data),
                     "-k",
                     str(self.socket_dir),
+                    "-p",
+                    str(self.port),
                     "-c",
-                    "listen_addresses=",
+                    f"listen_addresses={self.listen}",
                     "-c",
                     "fsync=off",
                     "-c",
