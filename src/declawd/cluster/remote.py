@@ -29,11 +29,11 @@ from declawd.cluster.tls import tls_server
 from declawd.cluster.wire import create_to_wire, error_from_body
 from declawd.config import Settings
 from declawd.egress.policy import EgressPolicy
-from declawd.errors import Busy, Conflict, NotFound, NotSupported, Unreachable
+from declawd.errors import NotFound, NotSupported, Unreachable
 from declawd.node import pausing
 from declawd.node.create import CreateRequest
 from declawd.node.envd_client import EnvdClient
-from declawd.node.node import Need
+from declawd.node.node import Need, check_need
 from declawd.node.pool import Resolve
 from declawd.node.spec import sandbox_env
 from declawd.node.trust import trust_env
@@ -182,28 +182,12 @@ class RemoteNode:
 
     # lookup ------------------------------------------------------------------------
     async def lookup(self, team_id: str, sandbox_id: str, need: Need = Need.LIVE) -> SandboxRecord:
-        """As `Node.lookup`; a sandbox lost with its node is a 404 that says so."""
+        """As `Node.lookup` (`check_need`); a sandbox lost with its node is a 404 that says so."""
         rec = await asyncio.to_thread(self.store.get_sandbox, sandbox_id, team_id)
-        if rec is None or (rec.started_at is None and rec.state is not SandboxState.CREATING):
-            raise NotFound(f"sandbox '{sandbox_id}' not found")
-        if need is Need.RECORD:
-            return rec
-        if not rec.is_live:
-            if rec.error and rec.error.startswith("sandbox lost with node"):
-                raise NotFound(f"sandbox '{sandbox_id}' not found: {rec.error}")
-            raise NotFound(f"sandbox '{sandbox_id}' not found")
-        if need is Need.RUNNING:
-            if rec.state is SandboxState.CREATING:
-                raise Busy(f"sandbox '{sandbox_id}' is still being created")
-            if rec.state is SandboxState.PAUSED:
-                if rec.auto_resume:
-                    return await self.resume(rec, at_least_s=pausing.AUTO_RESUME_MIN_S)
-                raise Conflict(
-                    f"sandbox is paused: '{sandbox_id}' (resume it, or create it with"
-                    " lifecycle auto_resume)",
-                    code="sandbox_paused",
-                )
-        return rec
+        found = check_need(rec, sandbox_id, need)
+        if need is Need.RUNNING and found.state is SandboxState.PAUSED:
+            return await self.resume(found, at_least_s=pausing.AUTO_RESUME_MIN_S)
+        return found
 
     # lifecycle ---------------------------------------------------------------------
     async def create(self, req: CreateRequest) -> SandboxRecord:

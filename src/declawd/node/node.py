@@ -35,6 +35,7 @@ from declawd.node.release import release_and_record
 from declawd.runtime import cgroups as cg
 from declawd.runtime import dir_size
 from declawd.store import SandboxRecord, SandboxState, Store
+from declawd.store.nodes import LOST_PREFIX
 from declawd.store.snapshots import SnapshotRecord
 from declawd.templates.model import Template
 from declawd.vault import bindings_for
@@ -51,6 +52,30 @@ class Need(enum.Enum):
     RECORD = "record"  # any sandbox that ever ran, killed ones too (audit)
     LIVE = "live"  # one users can see: creating, running or paused
     RUNNING = "running"  # one that can run commands and serve files now
+
+
+def check_need(rec: SandboxRecord | None, sandbox_id: str, need: Need) -> SandboxRecord:
+    """The record if a caller that `need`s it may act on it, else the error it gets: the one
+    definition, shared by `Node.lookup` and cluster mode's `RemoteNode.lookup`. A paused
+    sandbox passes `RUNNING` only with auto-resume (the caller resumes it first)."""
+    if rec is None or (rec.started_at is None and rec.state is not SandboxState.CREATING):
+        raise NotFound(f"sandbox '{sandbox_id}' not found")
+    if need is Need.RECORD:
+        return rec
+    if not rec.is_live:
+        if rec.error and rec.error.startswith(LOST_PREFIX):
+            raise NotFound(f"sandbox '{sandbox_id}' not found: {rec.error}")
+        raise NotFound(f"sandbox '{sandbox_id}' not found")
+    if need is Need.RUNNING:
+        if rec.state is SandboxState.CREATING:
+            raise Busy(f"sandbox '{sandbox_id}' is still being created")
+        if rec.state is SandboxState.PAUSED and not rec.auto_resume:
+            raise Conflict(
+                f"sandbox is paused: '{sandbox_id}' (resume it, or create it with"
+                " lifecycle auto_resume)",
+                code="sandbox_paused",
+            )
+    return rec
 
 
 class Node:
@@ -131,24 +156,10 @@ class Node:
     # lookup -----------------------------------------------------------------------
     async def lookup(self, team_id: str, sandbox_id: str, need: Need = Need.LIVE) -> SandboxRecord:
         rec = await asyncio.to_thread(self.store.get_sandbox, sandbox_id, team_id)
-        if rec is None or (rec.started_at is None and rec.state is not SandboxState.CREATING):
-            raise NotFound(f"sandbox '{sandbox_id}' not found")
-        if need is Need.RECORD:
-            return rec
-        if not rec.is_live:
-            raise NotFound(f"sandbox '{sandbox_id}' not found")
-        if need is Need.RUNNING:
-            if rec.state is SandboxState.CREATING:
-                raise Busy(f"sandbox '{sandbox_id}' is still being created")
-            if rec.state is SandboxState.PAUSED:
-                if rec.auto_resume:
-                    return await self.resume(rec, at_least_s=pausing.AUTO_RESUME_MIN_S)
-                raise Conflict(
-                    f"sandbox is paused: '{sandbox_id}' (resume it, or create it with"
-                    " lifecycle auto_resume)",
-                    code="sandbox_paused",
-                )
-        return rec
+        found = check_need(rec, sandbox_id, need)
+        if need is Need.RUNNING and found.state is SandboxState.PAUSED:
+            return await self.resume(found, at_least_s=pausing.AUTO_RESUME_MIN_S)
+        return found
 
     # lifecycle --------------------------------------------------------------------
     async def create(self, req: CreateRequest) -> SandboxRecord:

@@ -19,6 +19,9 @@ from declawd.store.records import Repository, encode_json, placeholders, row_to_
 
 NODE_STATES = ("up", "draining", "down")
 
+# How the error of a sandbox lost with its node begins (`lost_message`).
+LOST_PREFIX = "sandbox lost with node"
+
 
 @dataclass(frozen=True)
 class NodeRecord:
@@ -154,4 +157,4 @@ class Nodes(Repository):
 
 def lost_message(node_name: str) -> str:
     """The error of a sandbox killed because its node stopped heartbeating."""
-    return f"sandbox lost with node {node_name}: the node stopped answering"
+    return f"{LOST_PREFIX} {node_name}: the node stopped answering"
