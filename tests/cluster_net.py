@@ -6,7 +6,9 @@ is a veth to the bridge `dcwhbr` (172.30.14.1/24) in the real host's namespace, 
 PostgreSQL and the API servers listen. The range is private and none of the address pools,
 the lab link (100.96.0.0/30), the host link or the uplink (192.0.2.0/24). A host netns has
 no default route and the real host does not forward, so a node reaches the bridge subnet
-and nothing else; its sandboxes leave only through its own gateway to its own lab.
+and nothing else; its sandboxes leave only through its own gateway to its own lab. The
+node's gateway netns does not reach the bridge at all (PostgreSQL is on TCP only): its
+audit reaches the store through the node agent.
 
 Processes enter a host netns with `nsenter --net` (`HostNetns.argv`), which switches the
 network namespace only. That matters: the node code makes *named* netns (its gateway, its

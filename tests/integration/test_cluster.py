@@ -442,19 +442,10 @@ def cluster() -> Iterator[Cluster]:
 
 
 def _store_url(pg: PgServer, dbname: str) -> str:
-    """The store's URL: TCP over the bridge first (agents and API servers use it), then
-    the server's unix socket, 1 s apart (libpq tries the hosts in order).
-
-    The fallback is for the nodes' gateway daemons only: a node hands its store URL to its
-    daemon, which runs inside the gateway netns, and that netns's only way out is its lab
-    (in production: the host link), so the bridge is unreachable from it and its audit
-    would be lost. See docs/cluster.md, "Not done yet".
-    """
-    assert pg.root is not None
-    return (
-        f"postgresql://postgres@/{dbname}?host={BRIDGE_ADDRESS},{pg.socket_dir}"
-        f"&port={PG_PORT},{PG_PORT}&connect_timeout=1"
-    )
+    """The store's URL, TCP over the bridge only, as on a real network: agents and API
+    servers connect to it; a node's gateway daemon, in a netns that cannot reach the
+    bridge, gets none and writes its audit to its agent's spool (docs/cluster.md)."""
+    return pg.tcp_url(dbname) + "?connect_timeout=5"
 
 
 def _healthy(url: str) -> bool:
@@ -540,6 +531,11 @@ def test_cluster_three_hosts(cluster: Cluster) -> None:
         sid = sbx.sandbox_id
         assert eventually(partial(c.audited, sid, ("dns", "deny", "evil.com")), 10), c.audit(sid)
         assert ("dns", "allow", "api.openai.com") in c.audit(sid, via=1)
+    for n in c.nodes:  # ... through its agent's spool: the daemon is given no store URL
+        pid = int((n.state_dir / "gateway" / "gateway.pid").read_text())
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not [e for e in environ if e.startswith(b"DECLAWD_DATABASE_URL=")], n.instance
+        assert (n.state_dir / "cluster" / "audit-spool.db").stat().st_mode & 0o777 == 0o600
     seen = leftovers()  # what the teardown check must find gone, present now
     for n in c.nodes:
         assert {f"{n.instance}-gw", f"{n.instance}-lab"} <= set(seen["netns"]), seen

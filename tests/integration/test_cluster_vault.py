@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from declaw import Sandbox, VaultClient, VaultScope
@@ -86,6 +87,26 @@ def _gateway_argv(node: NodeUnderTest) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
 
+def _changes_within_two_requests(
+    sbx: Sandbox, node: Any, t0: float, *, before: str, after: str
+) -> None:
+    """After a rotation or a delete the next request carries the new value, or, when the
+    gateway answered it from memory on its event loop and re-checks in the background
+    (docs/cluster.md), the old one; from the first request with the new value on, every
+    request carries it; nothing else ever goes out. The re-check is one control-plane round
+    trip, so the second request has it in practice; five are allowed."""
+    seen: list[str] = []
+    while f"Bearer {after}" not in seen[-1:]:
+        assert len(seen) < 5, seen
+        m = "m" + secrets.token_hex(6)
+        _send(sbx, m)
+        seen.append(_upstream_auth(node, m, t0))
+        assert seen[-1] in (f"Bearer {before}", f"Bearer {after}"), seen
+    m = "m" + secrets.token_hex(6)
+    _send(sbx, m)
+    assert _upstream_auth(node, m, t0) == f"Bearer {after}", seen
+
+
 def test_vault_values_come_from_the_control_plane(cluster: Cluster, vault: VaultClient) -> None:
     c = cluster
     value = f"sk-cluster-{secrets.token_hex(12)}"
@@ -116,9 +137,7 @@ def test_vault_values_come_from_the_control_plane(cluster: Cluster, vault: Vault
         assert _upstream_auth(node, m, t0) == f"Bearer {value}"
 
         vault.rotate_secret(name, rotated)
-        m = "m" + secrets.token_hex(6)
-        _send(sbx, m)  # the very next request
-        assert _upstream_auth(node, m, t0) == f"Bearer {rotated}"
+        _changes_within_two_requests(sbx, node, t0, before=value, after=rotated)
 
         # The cost of a lookup through the node's socket, as the gateway makes it.
         source = NodeSecretSource(sock)
@@ -139,9 +158,7 @@ def test_vault_values_come_from_the_control_plane(cluster: Cluster, vault: Vault
         )
 
         vault.delete_secret(name)
-        m = "m" + secrets.token_hex(6)
-        _send(sbx, m)
-        assert _upstream_auth(node, m, t0) == f"Bearer {PLACEHOLDER}"
+        _changes_within_two_requests(sbx, node, t0, before=rotated, after=PLACEHOLDER)
     finally:
         sbx.kill()
     for n in c.nodes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -49,3 +50,23 @@ def test_the_store_migration_creates_the_details_table_the_gateway_also_creates(
     from declawd.egress.audit import DETAILS_SCHEMA
 
     assert DETAILS_SCHEMA.strip() in MIGRATIONS[3]
+
+
+@pytest.mark.asyncio
+async def test_flush_and_stop_racing_the_writer_task_write_each_event_once(tmp_path: Path) -> None:
+    # `flush()` while the task flushes, and `stop()` while a batch is in its worker thread,
+    # used to write that batch a second time (it leaves `_pending` only once written).
+    db = tmp_path / "declawd.db"
+    writer = AuditWriter(db, batch_size=5, flush_interval_s=0.001)
+    await writer.start()
+    try:
+        for i in range(300):
+            writer.emit(AuditEvent("sbx1", "dns", "deny", "r", name=f"n{i}"))
+            if i % 7 == 0:
+                await asyncio.gather(writer.flush(), asyncio.sleep(0))
+    finally:
+        await writer.stop()
+    conn = sqlite3.connect(db)
+    names = [r[0] for r in conn.execute("SELECT name FROM audit_events ORDER BY id")]
+    conn.close()
+    assert names == [f"n{i}" for i in range(300)]

@@ -8,6 +8,8 @@ plane's), then registration as `up`. From then on it heartbeats its capacity, re
 certificate once 2/3 of its lifetime has passed, and, when the control plane answers that
 it was marked down, reconciles again before it registers and takes work. Its gateway
 asks it for vault values on a unix socket (`cluster/secrets.py`); it has no vault key.
+Its gateway's audit events arrive in a node-local spool that it ships to the store
+(`cluster/auditspool.py`): the gateway's netns need not reach the store.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from declawd.cluster import ca as cca
+from declawd.cluster.auditspool import AuditShipper, audit_spool_path
 from declawd.cluster.secrets import SecretBroker, serve_secrets, vault_socket_path
 from declawd.cluster.tls import reload_cert, require_peer, tls_server
 from declawd.cluster.wire import error_body, policy_from_wire, vault_from_wire
@@ -399,6 +402,8 @@ class NodeAgent:
         await self.ensure_identity()
         secrets_server = await serve_secrets(self.secrets.lookup, vault_socket_path(settings))
         store = open_store(settings)
+        shipper = AuditShipper(audit_spool_path(settings), store)
+        await asyncio.to_thread(shipper.open)  # before the node starts its gateway daemon
         templates = TemplateService(settings, store, runtime_name=settings.runtime)
         built = await templates.ensure_builtin(BUILTINS)
         self.templates = [t.template_id for t in built]
@@ -408,6 +413,7 @@ class NodeAgent:
         server = tls_server(
             app, self.ident, settings.node_address, settings.node_port, require_client=True
         )
+        shipping = asyncio.get_running_loop().create_task(shipper.run(), name="audit-shipper")
         serving = asyncio.get_running_loop().create_task(server.serve())
         try:
             while not server.started:
@@ -429,7 +435,9 @@ class NodeAgent:
             await asyncio.gather(beating, stopping, return_exceptions=True)
         finally:
             server.should_exit = True
-            await asyncio.gather(serving, return_exceptions=True)
+            shipping.cancel()  # what is left stays in the spool for the next start
+            await asyncio.gather(serving, shipping, return_exceptions=True)
+            shipper.close()
             await app.state.envd_http.close()
             secrets_server.close()
             await self.secrets.close()

@@ -9,7 +9,9 @@ The target is the server's SQLite file, or, when the server runs on PostgreSQL, 
 `postgresql://` URL: the gateway then writes through the store's backend (`store/pg.py`, a
 pool of two, migrating under the write lock if it comes first), so every API server reads
 every node's events and ids commit in order under the store's write lock. The URL must be
-reachable from the gateway's netns: a unix-socket URL always is.
+reachable from the gateway's netns: a unix-socket URL always is. A cluster node's gateway
+(whose netns may reach no store) writes a node-local SQLite spool instead, which the node
+agent ships to the store (`cluster/auditspool.py`).
 """
 
 from __future__ import annotations
@@ -112,7 +114,11 @@ class AuditWriter:
         self._pending: list[AuditEvent] = []
         self._dropped: Counter[str] = Counter()
         self._wake = asyncio.Event()
+        # One flush at a time: `flush()`, `stop()` and the task would otherwise write the
+        # same head of `_pending` twice (a batch is dropped from it only once written).
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()  # set by `stop`: the task ends after its flush
         self._conn: sqlite3.Connection | None = None
         # PostgreSQL mode: the store's backend for the server's URL (None on SQLite).
         self._backend: Backend | None = None
@@ -129,17 +135,20 @@ class AuditWriter:
             )
         else:
             self._conn = await asyncio.to_thread(open_db, Path(self.db_path))
+        self._closing.clear()
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def stop(self) -> None:
         """Flush what is pending, then close. Idempotent."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Told, not cancelled: a cancel would leave a batch that its worker thread is
+            # still writing in `_pending`, to be written again below.
+            self._closing.set()
+            self._wake.set()
+            await task
         if self._conn is not None or self._backend is not None:
-            await self._flush_all()
+            await self.flush()
             conn, self._conn = self._conn, None
             backend, self._backend = self._backend, None
             if conn is not None:
@@ -159,21 +168,26 @@ class AuditWriter:
 
     async def flush(self) -> None:
         """Write everything queued so far (tests and shutdown)."""
-        await self._flush_all()
+        async with self._flushing:
+            await self._flush_locked()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             self._wake.clear()
+            if self._closing.is_set():
+                return  # `stop` writes what is left
             try:
-                await self._flush_all()
+                async with self._flushing:
+                    await self._flush_locked()
             except self._retryable as exc:
                 # Keep the events and retry: a locked or briefly unavailable db is not fatal.
                 log.warning("audit flush failed, will retry: %s", exc)
-                await asyncio.sleep(1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), 1.0)  # `stop` ends the wait
 
-    async def _flush_all(self) -> None:
+    async def _flush_locked(self) -> None:
         while self._pending or self._dropped:
             batch = self._pending[: self.batch_size]
             summaries = [

@@ -89,6 +89,14 @@ def serve(
             show_default=False,
         ),
     ] = "",
+    audit_spool: Annotated[
+        Path | None,
+        typer.Option(
+            "--audit-spool",
+            help="Cluster mode: audit events go to this SQLite file, which the node agent ships.",
+            show_default=False,
+        ),
+    ] = None,
     no_nflog: Annotated[
         bool, typer.Option("--no-nflog", help="Do not read denied packets from NFLOG group 7.")
     ] = False,
@@ -157,6 +165,7 @@ def serve(
         nflog=not no_nflog,
         db_path=db_path,
         database_url=database_url,
+        audit_spool=audit_spool,
         upstream_ca=upstream_ca,
         vault_key=vault_key,
         vault_socket=vault_socket,

@@ -115,6 +115,9 @@ class GatewayConfig:
     db_path: Path | None = None
     # PostgreSQL mode (docs/store.md): audit events go to the store's database at this URL.
     database_url: str = ""
+    # Cluster mode (docs/cluster.md): audit events go to this node-local SQLite spool, which
+    # the node agent ships to the store (the gateway netns cannot reach the store itself).
+    audit_spool: Path | None = None
     extra_ranges: list[IPNetwork] = field(default_factory=list)
     # Inspected upstreams are verified against this bundle (None: the system's store).
     upstream_ca: Path | None = None
@@ -143,8 +146,9 @@ class GatewayConfig:
 
     @property
     def audit_target(self) -> Path | str:
-        """Where audit events are written: the store's PostgreSQL URL, else `audit_db`."""
-        return self.database_url or self.audit_db
+        """Where audit events are written: the node agent's spool, else the store's
+        PostgreSQL URL, else `audit_db`."""
+        return self.audit_spool or self.database_url or self.audit_db
 
     @property
     def leaves_dir(self) -> Path:

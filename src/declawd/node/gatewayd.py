@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from declawd.cluster.auditspool import audit_spool_path
 from declawd.cluster.secrets import vault_socket_path
 from declawd.config import Settings
 from declawd.egress.proxy import PEEK_TIMEOUT_S
@@ -197,9 +198,15 @@ class GatewayDaemon:
     def _inspection_args(self) -> list[str]:
         """Where the daemon finds what inspected connections need: the CAs the upstream's
         servers are verified against (none given: the system's store) and the vault key, or
-        on a cluster node (which has no key) the agent's vault socket."""
+        on a cluster node (which has no key) the agent's vault socket; there its audit goes
+        to the agent's spool too (its netns may not reach the store)."""
         if self.settings.node_id:
-            args = ["--vault-socket", str(vault_socket_path(self.settings))]
+            args = [
+                "--vault-socket",
+                str(vault_socket_path(self.settings)),
+                "--audit-spool",
+                str(audit_spool_path(self.settings)),
+            ]
         else:
             args = ["--vault-key", str(master_key_path(self.settings.keys_dir))]
         bundle = self.upstream.ca_bundle()
@@ -212,9 +219,10 @@ class GatewayDaemon:
 
     def _env(self) -> dict[str, str]:
         """The daemon's environment: the store's URL (its audit events go to the store's
-        database, docs/store.md) in the environment, not on a command line `ps` shows."""
+        database, docs/store.md) in the environment, not on a command line `ps` shows. A
+        cluster node's daemon gets none: its audit goes to the agent's spool."""
         env = {k: v for k, v in os.environ.items() if k != STORE_URL_ENV}
-        if self.settings.database_url:
+        if self.settings.database_url and not self.settings.node_id:
             env[STORE_URL_ENV] = self.settings.database_url
         return env
 
