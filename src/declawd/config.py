@@ -20,6 +20,9 @@ _ENV_PREFIX = "DECLAWD_"
 class Settings:
     state_dir: Path = Path("/var/lib/declawd")
     templates_dir: Path | None = None
+    # The blob store (docs/blobs.md): snapshots, volumes and published template layers. Empty:
+    # the state directory. In a cluster, a shared filesystem mounted on every host (NFS).
+    blob_dir: Path | None = None
     instance: str = "declawd"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -93,6 +96,8 @@ class Settings:
         s.state_dir = Path(s.state_dir)
         if s.templates_dir is not None:
             s.templates_dir = Path(s.templates_dir)
+        if s.blob_dir is not None:
+            s.blob_dir = Path(s.blob_dir)
         s.validate()
         return s
 
@@ -148,12 +153,23 @@ class Settings:
         return self.state_dir / "sandboxes"
 
     @property
+    def blobs_path(self) -> Path:
+        """The blob store's root (blobs/): `blob_dir`, else the state directory."""
+        return self.blob_dir or self.state_dir
+
+    @property
+    def blobs_shared(self) -> bool:
+        """Whether the blob store is shared by several hosts (template layers are then
+        published to it and fetched from it)."""
+        return self.blob_dir is not None
+
+    @property
     def snapshots_dir(self) -> Path:
-        return self.state_dir / "snapshots"
+        return self.blobs_path / "snapshots"
 
     @property
     def volumes_dir(self) -> Path:
-        return self.state_dir / "volumes"
+        return self.blobs_path / "volumes"
 
     @property
     def run_dir(self) -> Path:
