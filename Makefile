@@ -8,7 +8,8 @@ DECLAWD    := $(VENV)/bin/declawd
 GUARD      := $(abspath ../shared/tools/egress-guard)
 STATE_DIR  ?= /var/lib/declawd
 APT_PKGS   := nftables runc runsc mmdebstrap debootstrap iproute2 golang-go conntrack \
-              uidmap ca-certificates util-linux chromium chromium-driver postgresql
+              uidmap ca-certificates util-linux chromium chromium-driver postgresql \
+              sshfs openssh-server
 PYTEST     := $(VENV)/bin/pytest
 export DECLAWD_STATE_DIR := $(STATE_DIR)
 
@@ -25,6 +26,9 @@ system:
 	    | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "==> apt-get install $$missing"; \
+	  mkdir -p /etc/postgresql-common/createcluster.d /etc/ssh; \
+	  echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/declawd.conf; \
+	  touch /etc/ssh/sshd_not_to_be_run; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 	    --no-install-recommends $$missing; \
 	fi

@@ -286,7 +286,7 @@ def running_cluster(n_nodes: int) -> Iterator[Cluster]:
         server.start()
         url = f"http://127.0.0.1:{API_PORT}"
         server.wait_for(lambda: _healthy(url), 60, "API server")
-        key = (ROOT / "cp" / "keys" / "dev-api-key").read_text().strip()
+        key = declawd(cp_env, "keys", "create", "--team", "default").strip()  # no dev key
         for n in nodes:
             n.state_dir.mkdir(parents=True, exist_ok=True)
             token = declawd(cp_env, "cluster", "join-token", "--ttl", "600").strip()

@@ -75,6 +75,7 @@ class Settings:
     node_name: str = ""
     node_address: str = "127.0.0.1"
     node_port: int = 8444
+    node_tunnel_port: int = 8445  # port tunnels into the node's sandboxes (cluster/tunnel.py)
     # The control plane: its internal (mTLS) port, the directory of the cluster CA, how
     # long a node certificate lives, how often nodes heartbeat and when one is down.
     internal_port: int = 8443

@@ -50,9 +50,11 @@ from declaw import ALL_TRAFFIC, NetworkPolicy, NotFoundException, Sandbox, Secur
 
 from declawd.config import Settings
 from declawd.store import SandboxState, Store, open_store
+from declawd.volumes.host import unprotect
 from tests import cluster_net
 from tests.cluster_net import BRIDGE_ADDRESS, NETWORK, HostNetns
 from tests.pg import PgServer
+from tests.shared_fs import SharedFs, remove_stale
 
 FULL = os.environ.get("DECLAWD_TEST_FULL") == "1"
 pytestmark = [
@@ -68,6 +70,7 @@ API_PORT = 18310  # API server A; B is API_PORT + 10
 INTERNAL_PORT = 18311  # A's internal API; B's is INTERNAL_PORT + 10
 NODE_PORT = 18312  # every node's internal API, each on its own host netns address
 PG_PORT = 18309
+SFS_PORT = 18308  # the blob store's file server (sshd/sftp) on the bridge
 CONTROL_PLANE = f"https://{BRIDGE_ADDRESS}:{INTERNAL_PORT}"  # what the nodes join and beat to
 HEARTBEAT_S = 0.5
 DOWN_AFTER_S = 3.0
@@ -197,7 +200,12 @@ class NodeUnderTest:
             "DECLAWD_POOL": self.pool,
             "DECLAWD_NODE_ID": self.instance,
             "DECLAWD_NODE_NAME": self.name,
+            "DECLAWD_BLOB_DIR": str(self.blob_dir),
         }
+        if self.instance != f"{PREFIX}1":
+            # Only node 1 has the built-in templates' layers on its disk (the machine's
+            # build cache); the others get them from the blob store (built once).
+            self.env["DECLAWD_TEMPLATES_DIR"] = str(self.state_dir / "templates")
         token_file = str(self.state_dir / "join-token")
         inside = self.host.argv([])
         self.agent = Proc(
@@ -210,6 +218,15 @@ class NodeUnderTest:
     @property
     def state_dir(self) -> Path:
         return ROOT / self.instance
+
+    @property
+    def templates_dir(self) -> Path:
+        return Path(self.env.get("DECLAWD_TEMPLATES_DIR") or TEMPLATES_DIR)
+
+    @property
+    def blob_dir(self) -> Path:
+        """Where this host mounts the shared blob store (each host at a path of its own)."""
+        return self.state_dir / "blobs"
 
     @property
     def settings(self) -> Settings:
@@ -228,12 +245,14 @@ class NodeUnderTest:
 
     def start_agent(self, store: Store) -> None:
         self.agent.start()
+        self.wait_up(store)
 
+    def wait_up(self, store: Store) -> None:
         def registered_up() -> bool:
             node = store.get_node(self.instance)
             return node is not None and node.state == "up" and time.time() - node.last_seen < 2
 
-        self.agent.wait_for(registered_up, 120, f"node {self.instance} registered")
+        self.agent.wait_for(registered_up, 180, f"node {self.instance} registered")
 
     def drain(self) -> str:
         """`declawd node drain`, run on the node's host (it reaches the control plane over
@@ -368,6 +387,9 @@ def _api_server(env: dict[str, str], index: int) -> Proc:
         **env,
         "DECLAWD_INSTANCE": f"{PREFIX}0",
         "DECLAWD_STATE_DIR": str(state),
+        "DECLAWD_BLOB_DIR": str(state / "blobs"),
+        # No layers on an API server's disk: it judges templates by the blob store.
+        "DECLAWD_TEMPLATES_DIR": str(state / "templates"),
         "DECLAWD_INTERNAL_PORT": str(INTERNAL_PORT + 10 * index),
     }
     return Proc(
@@ -387,6 +409,7 @@ def cluster() -> Iterator[Cluster]:
     subprocess.run(["/work/shared/tools/egress-guard"], check=False, capture_output=True)
     hosts = [HostNetns(i) for i in (1, 2, 3)]
     pg = PgServer(listen=BRIDGE_ADDRESS, port=PG_PORT, trust_net=str(NETWORK))
+    sfs = SharedFs(ROOT / "blob-export", BRIDGE_ADDRESS, SFS_PORT)
     servers: list[Proc] = []
     nodes: list[NodeUnderTest] = []
     store: Store | None = None
@@ -406,17 +429,26 @@ def cluster() -> Iterator[Cluster]:
         ]
         for n in nodes:
             _down(n)
+        remove_stale(ROOT)
         shutil.rmtree(ROOT, ignore_errors=True)
         ROOT.mkdir(parents=True)
         for h in hosts:
             h.ensure()
+        # The blob store: one export on the bridge, mounted by every host at its own path.
+        sfs.start()
         servers = [_api_server(env, 0), _api_server(env, 1)]
+        for s in servers:
+            sfs.mount(Path(s.env["DECLAWD_BLOB_DIR"]))
+        for n in nodes:
+            sfs.mount(n.blob_dir, n.host.argv([]))
         cp_env = servers[0].env
         declawd(cp_env, "cluster", "init")
         store = open_store(Settings(database_url=url, state_dir=ROOT / "cpa"))
         for s in servers:
             _start_server(s)
-        key = (ROOT / "cpa" / "keys" / "dev-api-key").read_text().strip()
+        # No API server makes a dev key in cluster mode: keys are an operator's to make.
+        assert not (ROOT / "cpa" / "keys" / "dev-api-key").exists()
+        key = declawd(cp_env, "keys", "create", "--team", "default").strip()
         tokens = set()
         for n in nodes:
             n.state_dir.mkdir(parents=True, exist_ok=True)
@@ -424,7 +456,13 @@ def cluster() -> Iterator[Cluster]:
             tokens.add(token)
             (n.state_dir / "join-token").write_text(token + "\n")
             n.start_lab()
-            n.start_agent(store)
+        # Node 1 first: it publishes the built-in templates' layers; 2 and 3 then start at
+        # once, and fetch them (one waits on the other's lock, neither builds).
+        nodes[0].start_agent(store)
+        for n in nodes[1:]:
+            n.agent.start()
+        for n in nodes[1:]:
+            n.wait_up(store)
         assert len(tokens) == len(nodes), "each node has a join token of its own"
         yield Cluster(store, servers, nodes, key)
     finally:
@@ -434,6 +472,9 @@ def cluster() -> Iterator[Cluster]:
             n.agent.stop()
             _down(n)
             n.lab.stop(15)
+        for s in servers:
+            unprotect(Path(s.env["DECLAWD_BLOB_DIR"]) / "volumes")
+        sfs.stop()
         if store is not None:
             store.close()
         pg.stop()

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from declawd.blobs import FsBlobStore
 from declawd.config import Settings
-from declawd.node.snapshots import archive, fs_blob, materialize, publish
+from declawd.node.snapshots import archive, fs_key, materialize
 from declawd.runtime import mount_overlay, unmount
 from declawd.store.snapshots import SnapshotRecord, SnapshotSource, SnapshotState
 
@@ -137,17 +138,18 @@ async def test_an_upper_dir_survives_capture_and_materialize_exactly(tmp_path: P
         state=SnapshotState.READY,
         created_at=1.0,
     )
-    blob = fs_blob(settings, snap.snapshot_id)
-    blob.parent.mkdir(parents=True)
-    await archive(upper, blob)
-    assert not blob.exists()  # not visible before it is published
-    size = publish(blob)
+    blobs = FsBlobStore(settings.blobs_path)
+    blob = blobs.path(fs_key(snap.snapshot_id))
+    with blobs.writing(fs_key(snap.snapshot_id)) as partial:
+        await archive(upper, partial)
+        assert not blob.exists()  # not visible before it is published
+    size = blobs.size(fs_key(snap.snapshot_id))
     assert size == blob.stat().st_size
     assert size < SPARSE_SIZE // 8  # the hole is not stored as zeros
 
     restored = tmp_path / "restored-upper"
     restored.mkdir()
-    materialize(settings, snap, restored)
+    materialize(blobs, snap, restored)
 
     assert _tree(restored, xattr_prefixes=("user.", "trusted.")) == upper_before
     after = _merged(lower, restored, tmp_path, "after")
@@ -170,7 +172,7 @@ async def test_an_upper_dir_survives_capture_and_materialize_exactly(tmp_path: P
 
 
 def test_materialize_refuses_what_it_cannot_restore_exactly(tmp_path: Path) -> None:
-    settings = Settings(state_dir=tmp_path / "state")
+    blobs = FsBlobStore(Settings(state_dir=tmp_path / "state").blobs_path)
     snap = SnapshotRecord(
         snapshot_id="snap-0000000000f6",
         team_id="team-a",
@@ -182,12 +184,12 @@ def test_materialize_refuses_what_it_cannot_restore_exactly(tmp_path: Path) -> N
     upper = tmp_path / "upper"
     upper.mkdir()
     with pytest.raises(Exception, match="is writing, not ready"):
-        materialize(settings, snap, upper)
+        materialize(blobs, snap, upper)
     ready = snap.replace(state=SnapshotState.READY)
     with pytest.raises(Exception, match="blob is missing"):
-        materialize(settings, ready, upper)
-    fs_blob(settings, snap.snapshot_id).parent.mkdir(parents=True)
-    fs_blob(settings, snap.snapshot_id).write_bytes(b"")
+        materialize(blobs, ready, upper)
+    blobs.path(fs_key(snap.snapshot_id)).parent.mkdir(parents=True)
+    blobs.path(fs_key(snap.snapshot_id)).write_bytes(b"")
     (upper / "leftover").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
-        materialize(settings, ready, upper)
+        materialize(blobs, ready, upper)

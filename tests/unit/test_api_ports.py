@@ -34,6 +34,7 @@ from declawd.api import ports
 from declawd.api.sandboxes import parse_create_network, parse_policy
 from declawd.api.views import sandbox_view
 from declawd.errors import InvalidInput, NotFound
+from declawd.node.node import Node
 from declawd.ports import headers as h
 from declawd.ports.upstream import connect_in_netns
 from declawd.store import SandboxRecord, SandboxState, Store, TrafficAccess
@@ -544,6 +545,8 @@ class FakeNode:
 
     def netns_of(self, rec: SandboxRecord) -> str:
         return f"/var/run/netns/{rec.sandbox_id}"
+
+    connect_port = Node.connect_port  # the real one, on this fake's netns_of
 
 
 def here(netns: str, families: Sequence[int]) -> list[socket.socket | None]:

@@ -50,9 +50,8 @@ def test_put_replaces_and_delete_is_idempotent_for_files_and_trees(tmp_path: Pat
     blobs.delete("layers/k.tar")
     blobs.delete("layers/k.tar")
     assert blobs.list("volumes") == [] and blobs.list("layers") == []
-    with pytest.raises(FileNotFoundError):
-        with blobs.reading("layers/k.tar"):
-            pass
+    with pytest.raises(FileNotFoundError), blobs.reading("layers/k.tar"):
+        pass
     assert blobs.size("layers/k.tar") is None
 
 
@@ -69,9 +68,11 @@ def test_the_lock_excludes_a_second_holder_until_released(tmp_path: Path) -> Non
     a, b = FsBlobStore(tmp_path), FsBlobStore(tmp_path)  # two hosts, one shared directory
     order: list[str] = []
     with a.lock("build-x", wait_s=5, stale_s=30):
-        with pytest.raises(BlobLockTimeout, match="build-x is held by"):
-            with b.lock("build-x", wait_s=0.3, stale_s=30):
-                pass
+        with (
+            pytest.raises(BlobLockTimeout, match="build-x is held by"),
+            b.lock("build-x", wait_s=0.3, stale_s=30),
+        ):
+            pass
 
         def second() -> None:
             with b.lock("build-x", wait_s=10, stale_s=30):
@@ -102,6 +103,5 @@ def test_a_held_lock_is_renewed_so_it_never_looks_stale(tmp_path: Path) -> None:
     a, b = FsBlobStore(tmp_path), FsBlobStore(tmp_path)
     with a.lock("build-z", wait_s=1, stale_s=0.8):
         time.sleep(1.2)  # longer than stale_s: only the renewals keep it
-        with pytest.raises(BlobLockTimeout):
-            with b.lock("build-z", wait_s=0.3, stale_s=0.8):
-                pass
+        with pytest.raises(BlobLockTimeout), b.lock("build-z", wait_s=0.3, stale_s=0.8):
+            pass

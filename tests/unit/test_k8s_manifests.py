@@ -208,7 +208,14 @@ def test_workloads_follow_the_cluster_interface(overlay: str) -> None:
     # A join token of its own per host (they are single use), by the host's name.
     assert node_c["args"] == ["node", "--join-token-file", "/etc/declawd/join/$(DECLAWD_NODE_NAME)"]
     assert {p["containerPort"] for p in api_c["ports"]} == {8080, 8443}
-    assert {p["containerPort"] for p in node_c["ports"]} == {8444}
+    assert {p["containerPort"] for p in node_c["ports"]} == {8444, 8445}
+    # One shared filesystem for the blob store, at the configured path, on both.
+    blob_dir = find(docs, "ConfigMap", "declawd-settings")["data"]["DECLAWD_BLOB_DIR"]
+    for pod, c in ((api, api_c), (node, node_c)):
+        (claim,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert claim["persistentVolumeClaim"]["claimName"] == "declawd-blobs"
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert mounts[claim["name"]] == blob_dir
     assert api_c["readinessProbe"]["httpGet"]["path"] == "/health"
     assert api_c["livenessProbe"]["httpGet"]["path"] == "/health"
     assert node_c["lifecycle"]["preStop"]["exec"]["command"] == ["declawd", "node", "drain"]

@@ -90,17 +90,20 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(settings)
+        templates = TemplateService(settings, store, runtime_name=settings.runtime)
         node: Node | RemoteNode
         if settings.cluster:
             from declawd.cluster.remote import RemoteNode
 
             node = RemoteNode.for_cluster(settings, store)  # the nodes build the templates
+            templates.build_on_nodes(node.build_template)
         else:
             node = Node.on_this_machine(settings, store)
-        templates = TemplateService(settings, store, runtime_name=settings.runtime)
         svc = Services(settings, store, node, templates, time.time())
         app.state.services = svc
-        if start_node:
+        if start_node and not settings.cluster:
+            # The single-process default's convenience; a cluster's operators make keys with
+            # `declawd keys create` (docs/operations.md), or every API pod would make one.
             team_id, key, created = await asyncio.to_thread(
                 store.ensure_dev_key, settings.keys_dir / "dev-api-key"
             )
@@ -109,6 +112,7 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
                 log.warning(
                     "created a dev API key for team 'default'; it is in %s", svc.dev_key_path
                 )
+        if start_node:
             await asyncio.to_thread(store.idempotency_abandon_in_progress)
             if not settings.cluster:
                 await templates.ensure_builtin(["base", "python"])

@@ -49,7 +49,6 @@ from declawd.ports.headers import (
 from declawd.ports.upstream import (
     HttpUpstream,
     UpstreamBroken,
-    candidates,
     connect_in_netns,
 )
 from declawd.ports.websocket import Rejected, WsUpstream, bridge
@@ -154,13 +153,8 @@ def _target(scope: Scope) -> bytes:
 
 async def _open(connect: Connect, conn: HTTPConnection) -> tuple[Admitted, Any]:
     admitted = await admit(conn)
-    node = _services(conn).node
-    sock = await connect(
-        node.netns_of(admitted.rec),
-        admitted.port,
-        candidates(admitted.rec.address),
-        what=admitted.what,
-    )
+    # Here: `connect` in the sandbox's netns; in cluster mode: a tunnel to its node.
+    sock = await _services(conn).node.connect_port(admitted.rec, admitted.port, connect)
     return admitted, sock
 
 

@@ -76,7 +76,9 @@ class BlobStore(Protocol):
         filesystem backend has one (NotSupported otherwise)."""
         ...
 
-    def lock(self, name: str, *, wait_s: float, stale_s: float) -> contextlib.AbstractContextManager[None]:
+    def lock(
+        self, name: str, *, wait_s: float, stale_s: float
+    ) -> contextlib.AbstractContextManager[None]:
         """Exclusive across every host of the store: held by one holder at a time; a holder
         that stops renewing it for `stale_s` (it crashed) loses it."""
         ...
@@ -203,6 +205,12 @@ def _try_create(path: Path, holder: str) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return False
+    except PermissionError:
+        # sshfs answers a lost O_EXCL race (the file appeared on the server after this
+        # host's lookup) with SFTP's generic failure, EPERM: taken by another host.
+        if path.exists():
+            return False
+        raise
     with os.fdopen(fd, "w") as f:
         json.dump({"holder": holder}, f)
     return True

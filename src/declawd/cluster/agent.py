@@ -19,8 +19,11 @@ import datetime
 import logging
 import os
 import signal
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +37,23 @@ from declawd.cluster import ca as cca
 from declawd.cluster.auditspool import AuditShipper, audit_spool_path
 from declawd.cluster.secrets import SecretBroker, serve_secrets, vault_socket_path
 from declawd.cluster.tls import reload_cert, require_peer, tls_server
-from declawd.cluster.wire import error_body, policy_from_wire, vault_from_wire
+from declawd.cluster.tunnel import serve_tunnels
+from declawd.cluster.wire import (
+    error_body,
+    policy_from_wire,
+    sandbox_id_from_wire,
+    vault_from_wire,
+    volume_mounts_from_wire,
+)
 from declawd.config import Settings
-from declawd.errors import DeclawdError, InvalidInput, NotFound, Unreachable
+from declawd.errors import Conflict, DeclawdError, InvalidInput, NotFound, Unreachable
 from declawd.node.create import CreateRequest
 from declawd.node.node import Node
 from declawd.node.reconcile import reconcile
-from declawd.store import SandboxRecord, Store
+from declawd.ports.upstream import connect_in_netns
+from declawd.store import SandboxRecord, SandboxState, Store
 from declawd.templates.service import TemplateService
+from declawd.volumes.attach import mounts_on_node
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +162,14 @@ def free_memory_bytes() -> int:
 def capacity_of(
     node: Node, store: Store, settings: Settings, templates: list[str]
 ) -> dict[str, Any]:
+    """What a heartbeat reports; `templates` is the node's `TemplateService.present` (the
+    built-ins, then every team template built or made local here), read as it is now."""
     live = [r for r in store.list_live_sandboxes(settings.node_id) if not r.pooled]
     return {
         "free_memory_bytes": free_memory_bytes(),
         "sandboxes": len(live),
         "pools": node.pool_status(),
-        "templates": templates,
+        "templates": list(templates),
     }
 
 
@@ -195,6 +209,16 @@ def internal_app(node: Node, templates: TemplateService, settings: Settings) -> 
     async def create(request: Request) -> Any:
         body = await request.json()
         tpl = await asyncio.to_thread(templates.resolve, body["team_id"], body["template_id"])
+        volumes = volume_mounts_from_wire(body.get("volumes"))
+        sandbox_id = sandbox_id_from_wire(body.get("sandbox_id"))
+        if sandbox_id is not None and (
+            await asyncio.to_thread(store.get_sandbox, sandbox_id) is not None
+        ):
+            raise Conflict(f"sandbox '{sandbox_id}' exists already")  # a create, not a restore
+        # Live volumes come as volume ids: their sources are this host's paths.
+        mounts = await asyncio.to_thread(
+            mounts_on_node, settings, store, node.parts.blobs, body["team_id"], volumes
+        )
         req = CreateRequest(
             team_id=body["team_id"],
             template=tpl,
@@ -206,6 +230,8 @@ def internal_app(node: Node, templates: TemplateService, settings: Settings) -> 
             runtime=body.get("runtime"),
             lifecycle=dict(body.get("lifecycle") or {}),
             vault=vault_from_wire(body.get("vault") or []),
+            mounts=mounts,
+            sandbox_id=sandbox_id,
         )
         rec = await node.create(req)
         return {"sandbox_id": rec.sandbox_id}
@@ -242,7 +268,11 @@ def internal_app(node: Node, templates: TemplateService, settings: Settings) -> 
     @app.post(API + "/sandboxes/{sandbox_id}/restore")
     async def restore(sandbox_id: str, request: Request) -> Any:
         body = await request.json()
-        rec = await own(sandbox_id)
+        # Any node restores (the snapshot is on the shared blob store): the killed record
+        # may name another node, and names this one once restored.
+        rec = await asyncio.to_thread(store.get_sandbox, sandbox_id)
+        if rec is None:
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
         snap = await asyncio.to_thread(store.get_snapshot, body["snapshot_id"])
         if snap is None:
             raise NotFound(f"snapshot '{body['snapshot_id']}' not found")
@@ -287,6 +317,20 @@ def internal_app(node: Node, templates: TemplateService, settings: Settings) -> 
     async def envd(sandbox_id: str, path: str, request: Request) -> Response:
         await own(sandbox_id)
         return await envd_http.forward(sandbox_id, path, request)
+
+    @app.post(f"{API}/templates/build")
+    async def build_template(request: Request) -> Any:
+        """Run a team template build the control plane recorded (`RemoteNode.build_template`);
+        answers at once, the build's log and outcome go to the store, its layers to the blob
+        store."""
+        body = await request.json()
+        answer = await templates.run_assigned(
+            build_id=str(body["build_id"]),
+            team_id=str(body["team_id"]),
+            template_id=str(body["template_id"]),
+            alias=str(body["alias"]) if body.get("alias") is not None else None,
+        )
+        return {**answer, "node_id": settings.node_id}
 
     app.state.envd_http = envd_http
     return app
@@ -405,13 +449,18 @@ class NodeAgent:
         shipper = AuditShipper(audit_spool_path(settings), store)
         await asyncio.to_thread(shipper.open)  # before the node starts its gateway daemon
         templates = TemplateService(settings, store, runtime_name=settings.runtime)
-        built = await templates.ensure_builtin(BUILTINS)
-        self.templates = [t.template_id for t in built]
+        # With a shared blob store a built-in is built by one node, fetched by the others.
+        await templates.ensure_builtin(BUILTINS)
+        self.templates = templates.present  # live: grows as templates are made local here
         node = Node.on_this_machine(settings, store)
         await node.start(templates=_builtin_resolver(templates), builtins=catalog_names())
         app = internal_app(node, templates, settings)
         server = tls_server(
             app, self.ident, settings.node_address, settings.node_port, require_client=True
+        )
+        tunnel_tls = self.ident.server_context(require_client=True)
+        tunnels = await serve_tunnels(
+            partial(_open_port, node), tunnel_tls, settings.node_address, settings.node_tunnel_port
         )
         shipping = asyncio.get_running_loop().create_task(shipper.run(), name="audit-shipper")
         serving = asyncio.get_running_loop().create_task(server.serve())
@@ -423,7 +472,9 @@ class NodeAgent:
                 await asyncio.sleep(0.05)
             await self.register()
             log.info("node %s up at %s", settings.node_name, self.url)
-            beating = asyncio.get_running_loop().create_task(self._beat(node, store, server))
+            beating = asyncio.get_running_loop().create_task(
+                self._beat(node, store, server, tunnel_tls)
+            )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -435,6 +486,7 @@ class NodeAgent:
             await asyncio.gather(beating, stopping, return_exceptions=True)
         finally:
             server.should_exit = True
+            tunnels.close()
             shipping.cancel()  # what is left stays in the spool for the next start
             await asyncio.gather(serving, shipping, return_exceptions=True)
             shipper.close()
@@ -444,13 +496,16 @@ class NodeAgent:
             await templates.close()
             await node.close()
 
-    async def _beat(self, node: Node, store: Store, server: Any) -> None:
+    async def _beat(
+        self, node: Node, store: Store, server: Any, tunnel_tls: ssl.SSLContext
+    ) -> None:
         settings = self.settings
         while True:
             try:
                 capacity = await asyncio.to_thread(
                     capacity_of, node, store, settings, self.templates
                 )
+                capacity["tunnel_port"] = settings.node_tunnel_port
                 answer = await self._call("/heartbeat", {"capacity": capacity})
                 if answer.get("state") == "down":
                     # Its sandboxes were declared lost: kill them here before taking work.
@@ -461,11 +516,23 @@ class NodeAgent:
                 if at is not None and at <= datetime.datetime.now(datetime.UTC):
                     await renew(settings, self.control_plane, self.ident)
                     reload_cert(server, self.ident)
+                    tunnel_tls.load_cert_chain(self.ident.cert, self.ident.key)
                     await self.secrets.renewed()
                     log.info("node certificate renewed")
             except (httpx.HTTPError, OSError, DeclawdError) as exc:
                 log.warning("heartbeat: %s", exc)
             await asyncio.sleep(settings.heartbeat_interval_s)
+
+
+async def _open_port(node: Node, sandbox_id: str, port: int) -> socket.socket:
+    """A tunnel's connection: `port` in one of this node's running sandboxes."""
+    rec = await asyncio.to_thread(node.store.get_sandbox, sandbox_id)
+    if rec is None or rec.node_id != node.settings.node_id or not rec.is_live:
+        raise NotFound(f"sandbox '{sandbox_id}' not found")
+    if rec.state is not SandboxState.RUNNING:
+        raise Conflict(f"sandbox '{sandbox_id}' is {rec.state.value}, not running")
+    sock: socket.socket = await node.connect_port(rec, port, connect_in_netns)
+    return sock
 
 
 def drain(settings: Settings, control_plane: str) -> dict[str, Any]:

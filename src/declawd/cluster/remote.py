@@ -10,14 +10,16 @@ picks. It also runs the internal API nodes join and heartbeat on, and the lost-n
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -26,12 +28,13 @@ from declawd.cluster.control import control_app
 from declawd.cluster.placement import choose_node
 from declawd.cluster.sweep import run_sweeps
 from declawd.cluster.tls import tls_server
+from declawd.cluster.tunnel import open_tunnel
 from declawd.cluster.wire import create_to_wire, error_from_body
 from declawd.config import Settings
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import NotFound, NotSupported, Unreachable
 from declawd.node import pausing
-from declawd.node.create import CreateRequest
+from declawd.node.create import CreateRequest, new_sandbox_id
 from declawd.node.envd_client import EnvdClient
 from declawd.node.node import Need, check_need
 from declawd.node.pool import Resolve
@@ -46,10 +49,7 @@ log = logging.getLogger(__name__)
 
 API = "/internal/v1"
 CERT_HOURS_OWN = 24 * 30  # the control plane's own certificates, re-made at every start
-PORTS_IN_CLUSTER = (
-    "forwarding ports is not available in cluster mode yet (docs/cluster.md); "
-    "run a single-process server for sbx.get_host()"
-)
+NETNS_IN_CLUSTER = "a sandbox's network namespace is on its node, not on the API server"
 
 
 class _NodeTransport(httpx.AsyncBaseTransport):
@@ -96,7 +96,7 @@ class RemoteNode:
         self._transports: dict[str, httpx.AsyncHTTPTransport] = {}
         self._http = httpx.AsyncClient(verify=self._ssl, timeout=httpx.Timeout(120, connect=5))
         self._sync = httpx.Client(verify=self._ssl, timeout=httpx.Timeout(30, connect=5))
-        self._clients: dict[str, EnvdClient] = {}
+        self._clients: dict[str, tuple[str, EnvdClient]] = {}  # sandbox → (node, client)
         self._pty_subscribed: dict[str, set[int]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -135,7 +135,7 @@ class RemoteNode:
         for t in [*self._tasks[1:], *self._background]:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
-        for c in self._clients.values():
+        for _node_id, c in self._clients.values():
             await c.aclose()
         for transport in self._transports.values():
             await transport.aclose()
@@ -190,28 +190,49 @@ class RemoteNode:
         return found
 
     # lifecycle ---------------------------------------------------------------------
-    async def create(self, req: CreateRequest) -> SandboxRecord:
-        if req.mounts or req.after_start:
-            raise NotSupported("volumes are not available in cluster mode yet (docs/cluster.md)")
+    async def _place(self, template: Template) -> NodeRecord:
+        """The node a create or a restore of `template` goes to (`placement`)."""
         nodes = await asyncio.to_thread(self.store.list_nodes)
         counts = await asyncio.to_thread(self.store.count_live_by_node)
-        node = choose_node(
+        return choose_node(
             nodes,
-            template_id=req.template.template_id,
-            builtin=req.template.team_id == "",
+            template_id=template.template_id,
+            builtin=template.team_id == "",
             live_counts=counts,
             now=time.time(),
             fresh_s=self.settings.node_down_after_s,
+            shared=self.settings.blobs_shared,  # any node can fetch a template's layers
         )
-        answer = await self._call(node.node_id, "POST", "/sandboxes", create_to_wire(req))
+
+    async def create(self, req: CreateRequest) -> SandboxRecord:
+        """On the node `placement` picks. Live volumes go as volume ids (`wire`), and then
+        the id is chosen here and `prepare` (which records the attachments) runs first, as
+        in the single-process create, so a volume delete racing it is refused; a pooled
+        sandbox never serves mounts anyway. Otherwise the node chooses the id (a warm
+        pool's or a new one) and `prepare` runs once it answered. Copied volumes
+        (`after_start`) go through the sandbox's envd from here once it runs; any failure
+        after the node made it kills it."""
+        node = await self._place(req.template)
+        prepared = False
+        if req.mounts:
+            req = dataclasses.replace(req, sandbox_id=req.sandbox_id or new_sandbox_id())
+        body = create_to_wire(req)  # before `prepare`: a mount it cannot send changes nothing
+        if req.mounts and req.sandbox_id is not None:
+            if req.prepare is not None:
+                await req.prepare(req.sandbox_id)
+            prepared = True
+        answer = await self._call(node.node_id, "POST", "/sandboxes", body)
         sandbox_id = str(answer["sandbox_id"])
-        if req.prepare is not None:
-            # After the node made it (it chooses the id, a warm pool's or a new one).
-            try:
+        try:
+            if req.prepare is not None and not prepared:
                 await req.prepare(sandbox_id)
-            except BaseException:
-                await self.kill(sandbox_id)
-                raise
+            if req.after_start:
+                client = self.envd(await self._reread(sandbox_id))
+                for work in req.after_start:
+                    await work(client)
+        except BaseException:
+            await self.kill(sandbox_id)
+            raise
         return await self._reread(sandbox_id)
 
     async def kill(self, sandbox_id: str, *, wait: bool = True) -> bool:
@@ -226,9 +247,9 @@ class RemoteNode:
 
     def _forget(self, sandbox_id: str) -> None:
         self._pty_subscribed.pop(sandbox_id, None)
-        client = self._clients.pop(sandbox_id, None)
-        if client is not None:
-            self.background(client.aclose())
+        cached = self._clients.pop(sandbox_id, None)
+        if cached is not None:
+            self.background(cached[1].aclose())
 
     async def pause(self, rec: SandboxRecord) -> SandboxRecord:
         await self._call(rec.node_id, "POST", f"/sandboxes/{rec.sandbox_id}/pause", {})
@@ -254,10 +275,17 @@ class RemoteNode:
     async def restore(
         self, rec: SandboxRecord, snap: SnapshotRecord, template: Template
     ) -> SandboxRecord:
-        """On the node that holds the snapshot's blobs (its sandbox's; blobs are per node
-        in this slice)."""
+        """Placed like a create of the snapshot's template when the blob store is shared
+        (`DECLAWD_BLOB_DIR`: every node reads the snapshot), so a sandbox lost with its node
+        comes back on another; the record then names the new node. Blobs on each node's own
+        disk: only the sandbox's old node has the snapshot, so it goes there."""
+        if self.settings.blobs_shared:
+            node_id = (await self._place(template)).node_id
+        else:
+            node_id = rec.node_id
         body = {"snapshot_id": snap.snapshot_id, "template_id": template.template_id}
-        await self._call(rec.node_id, "POST", f"/sandboxes/{rec.sandbox_id}/restore", body)
+        await self._call(node_id, "POST", f"/sandboxes/{rec.sandbox_id}/restore", body)
+        self._forget(rec.sandbox_id)  # an envd client of the old node would be stale
         return await self._reread(rec.sandbox_id)
 
     async def set_timeout(self, rec: SandboxRecord, seconds: int) -> float:
@@ -300,8 +328,13 @@ class RemoteNode:
 
     # sessions ----------------------------------------------------------------------
     def envd(self, rec: SandboxRecord) -> EnvdClient:
-        client = self._clients.get(rec.sandbox_id)
+        """The sandbox's envd through its node, cached per sandbox while it stays on that
+        node (a restore may move it: the client made for the old node is dropped)."""
+        cached = self._clients.get(rec.sandbox_id)
+        client = cached[1] if cached is not None and cached[0] == rec.node_id else None
         if client is None:
+            if cached is not None:
+                self._forget(rec.sandbox_id)
             node = self._node(rec.node_id)
             inner = self._transports.get(node.url)
             if inner is None:
@@ -310,14 +343,24 @@ class RemoteNode:
                 f"{node.url}{API}/envd/{rec.sandbox_id}",
                 transport=_NodeTransport(inner, node.url, rec.sandbox_id),
             )
-            self._clients[rec.sandbox_id] = client
+            self._clients[rec.sandbox_id] = (rec.node_id, client)
         return client
 
     def envs(self, rec: SandboxRecord) -> dict[str, str]:
         return sandbox_env(rec.sandbox_id, rec.template_id, rec.envs, trust_env())
 
     def netns_of(self, rec: SandboxRecord) -> str:
-        raise NotSupported(PORTS_IN_CLUSTER)
+        raise NotSupported(NETNS_IN_CLUSTER)
+
+    async def connect_port(
+        self, rec: SandboxRecord, port: int, connect: Callable[..., Awaitable[Any]]
+    ) -> socket.socket:
+        """The ports route's connection: a tunnel to the sandbox's node, which connects in
+        the sandbox's netns as `Node.connect_port` does (`connect` is the node's business)."""
+        node = await asyncio.to_thread(self._node, rec.node_id)
+        host = urlsplit(node.url).hostname or ""
+        tunnel_port = int(node.capacity.get("tunnel_port") or self.settings.node_tunnel_port)
+        return await open_tunnel(host, tunnel_port, self._ssl, rec.sandbox_id, port)
 
     def pty_since(self, rec: SandboxRecord, pid: int) -> int:
         """As the node's sessions: the first subscriber (through this API server) from the
@@ -367,6 +410,30 @@ class RemoteNode:
             "memory_bytes": 0,
             "budget_bytes": 0,
         }
+
+    # templates ---------------------------------------------------------------------
+    async def build_template(
+        self, *, build_id: str, team_id: str, template_id: str, alias: str | None
+    ) -> str:
+        """Send the recorded build `build_id` to the least loaded node that is up (API
+        servers run no containers); the node answers at once and runs it, its log and
+        outcome go to the store. Returns that node's id (`TemplateService.build_on_nodes`)."""
+        from declawd.cluster.placement import choose_build_node
+
+        nodes = await asyncio.to_thread(self.store.list_nodes)
+        counts = await asyncio.to_thread(self.store.count_live_by_node)
+        node = choose_build_node(
+            nodes, live_counts=counts, now=time.time(), fresh_s=self.settings.node_down_after_s
+        )
+        body = {
+            "build_id": build_id,
+            "team_id": team_id,
+            "template_id": template_id,
+            "alias": alias,
+        }
+        await self._call(node.node_id, "POST", "/templates/build", body)
+        log.info("template %s: build %s sent to node %s", template_id, build_id, node.name)
+        return node.node_id
 
 
 def _answer(node: NodeRecord, resp: httpx.Response) -> Any:

@@ -3,17 +3,31 @@
 A node answers a domain error as `{"message", "code", "error": <class name>}`; the
 control plane raises the same `declawd.errors` class with the same message, so a route
 answers exactly what it would in the single-process server.
+
+A create's live volumes travel as data, never as a host path (the shared blob store may be
+mounted at another path on each host): `"volumes": [{"volume_id", "subpath", "target",
+"read_only"}]`, and the node resolves each in its own blob store (volumes/attach.py). With
+live volumes the control plane chooses the id (`"sandbox_id"`, else null) so their
+attachments are recorded before the node mounts them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from declawd import errors
 from declawd.egress.policy import EgressPolicy
 from declawd.inspect.model import VaultBinding
 from declawd.node.create import CreateRequest
+from declawd.runtime import Mount
+from declawd.volumes.attach import MAX_ATTACHMENTS, VolumeMount, VolumeMountSpec
+from declawd.volumes.paths import mount_path, volume_path
+
+# The record id shape (store/records.py `new_id`).
+_SANDBOX_ID = re.compile(r"sbx-[0-9a-f]{12}")
+_VOLUME_ID = re.compile(r"vol-[0-9a-f]{12}")
 
 _ERRORS: dict[str, type[errors.DeclawdError]] = {
     cls.__name__: cls
@@ -53,7 +67,70 @@ def create_to_wire(req: CreateRequest) -> dict[str, Any]:
         "runtime": req.runtime,
         "lifecycle": dict(req.lifecycle),
         "vault": [b.to_wire() for b in req.vault],
+        "sandbox_id": req.sandbox_id,
+        "volumes": volume_mounts_to_wire(req.mounts),
     }
+
+
+def volume_mounts_to_wire(mounts: Sequence[Mount]) -> list[dict[str, Any]]:
+    """A create's live volumes as data; any other mount (a host path) cannot be sent."""
+    out: list[dict[str, Any]] = []
+    for m in mounts:
+        if not isinstance(m, VolumeMount) or not m.volume_id:
+            raise errors.NotSupported(
+                f"mount {m.destination}: only a volume can be mounted on another node"
+            )
+        out.append(
+            {
+                "volume_id": m.volume_id,
+                "subpath": m.subpath,
+                "target": m.destination,
+                "read_only": m.read_only,
+            }
+        )
+    return out
+
+
+def volume_mounts_from_wire(raw: object) -> list[VolumeMountSpec]:
+    """The node's side, checked whole (InvalidInput naming `volumes[i].<field>`): ids of
+    the record shape, a subpath that stays inside its volume, a mount path a sandbox may
+    have (volumes/paths.py), a boolean `read_only`."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise errors.InvalidInput("volumes", "must be an array")
+    if len(raw) > MAX_ATTACHMENTS:
+        raise errors.InvalidInput("volumes", f"at most {MAX_ATTACHMENTS} attachments")
+    out: list[VolumeMountSpec] = []
+    for i, item in enumerate(raw):
+        label = f"volumes[{i}]"
+        if not isinstance(item, dict):
+            raise errors.InvalidInput(label, "must be an object")
+        volume_id = item.get("volume_id")
+        if not isinstance(volume_id, str) or not _VOLUME_ID.fullmatch(volume_id):
+            raise errors.InvalidInput(f"{label}.volume_id", "must be a volume id")
+        sub = item.get("subpath") or ""
+        if not isinstance(sub, str):
+            raise errors.InvalidInput(f"{label}.subpath", "must be a string")
+        if sub and volume_path(sub, f"{label}.subpath") != "/" + sub:
+            raise errors.InvalidInput(f"{label}.subpath", f"not a canonical relative path: {sub!r}")
+        target = item.get("target")
+        if mount_path(target, f"{label}.target") != target:
+            raise errors.InvalidInput(f"{label}.target", f"not a canonical path: {target!r}")
+        read_only = item.get("read_only")
+        if not isinstance(read_only, bool):
+            raise errors.InvalidInput(f"{label}.read_only", "must be a boolean")
+        out.append(VolumeMountSpec(volume_id, sub, str(target), read_only))
+    return out
+
+
+def sandbox_id_from_wire(raw: object) -> str | None:
+    """A sandbox id chosen by the control plane, or None (the node chooses)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not _SANDBOX_ID.fullmatch(raw):
+        raise errors.InvalidInput("sandbox_id", "must be a sandbox id")
+    return raw
 
 
 def policy_from_wire(raw: Mapping[str, Any] | None) -> EgressPolicy | None:

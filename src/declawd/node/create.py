@@ -115,7 +115,7 @@ def _insert_or_revive(parts: NodeParts, rec: SandboxRecord) -> None:
         return
     if existing.team_id != rec.team_id:
         raise Conflict(f"sandbox '{rec.sandbox_id}' belongs to another team")
-    if not existing.released:
+    if not existing.released and not lost_elsewhere(parts, existing):
         raise Conflict(f"sandbox '{rec.sandbox_id}' is still being torn down; retry")
     fields = {
         k: v for k, v in record_to_row(rec).items() if k not in ("sandbox_id", "team_id", "state")
@@ -136,6 +136,16 @@ def _insert_or_revive(parts: NodeParts, rec: SandboxRecord) -> None:
         is None
     ):
         raise Conflict(f"sandbox '{rec.sandbox_id}' is running; restore needs a killed sandbox")
+
+
+def lost_elsewhere(parts: NodeParts, rec: SandboxRecord) -> bool:
+    """A killed sandbox of another node that is down (or gone from the registry), blocking:
+    its teardown waits for that node's return, where it is swept as debris without a write
+    to the record (reconcile), so a restore here need not wait for it."""
+    if rec.state is not SandboxState.KILLED or rec.node_id == parts.settings.node_id:
+        return False
+    node = parts.store.get_node(rec.node_id)
+    return node is None or node.state == "down"
 
 
 def envs_of(parts: NodeParts, rec: SandboxRecord) -> dict[str, str]:

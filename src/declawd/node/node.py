@@ -13,7 +13,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from declawd import metrics
@@ -276,7 +276,9 @@ class Node:
     ) -> SandboxRecord:
         """Bring a killed sandbox back under its own id from one of its snapshots: the
         snapshot's template, policy (never a wider one than it had), envs, metadata,
-        lifecycle and timeout, and its files exactly as captured."""
+        lifecycle and timeout, and its files exactly as captured (read from the blob store,
+        so in a cluster with a shared one any node restores it; the record then names this
+        node and a slot of its own)."""
         from declawd.node.snapshots import materialize
 
         if rec.is_live:
@@ -285,7 +287,10 @@ class Node:
             )
         if snap.sandbox_id != rec.sandbox_id or not snap.is_ready:
             raise NotFound(f"snapshot '{snap.snapshot_id}' not found")
-        settings = self.settings
+        settings, blobs = self.settings, self.parts.blobs
+        if await asyncio.to_thread(creating.lost_elsewhere, self.parts, rec):
+            # Its old node died: a snapshot it was writing then stays `writing` for good.
+            await asyncio.to_thread(snapshotting.interrupt_writing, self.parts, rec.sandbox_id)
         req = CreateRequest(
             team_id=rec.team_id,
             template=template,
@@ -297,7 +302,7 @@ class Node:
             runtime=snap.runtime,
             lifecycle=dict(snap.lifecycle),
             sandbox_id=rec.sandbox_id,
-            prefill=lambda upper: materialize(settings, snap, upper),
+            prefill=lambda upper: materialize(blobs, snap, upper),
             # Its own secrets again, with their scopes as they are now (a new CA, though).
             vault=await asyncio.to_thread(bindings_for, self.store, rec.sandbox_id),
         )
@@ -409,6 +414,16 @@ class Node:
         if rec.slot is None:
             raise Busy(f"sandbox '{rec.sandbox_id}' has no network yet")
         return self.parts.networks.plan(rec.sandbox_id, rec.slot).netns_path
+
+    async def connect_port(
+        self, rec: SandboxRecord, port: int, connect: Callable[..., Awaitable[Any]]
+    ) -> Any:
+        """The ports route's connection to `port` inside the sandbox: `connect`
+        (ports/upstream.py `connect_in_netns`) from the sandbox's network namespace."""
+        from declawd.ports.upstream import candidates
+
+        what = f"sandbox {rec.sandbox_id}"
+        return await connect(self.netns_of(rec), port, candidates(rec.address), what=what)
 
     def pty_since(self, rec: SandboxRecord, pid: int) -> int:
         return self.parts.sessions.pty_since(rec.sandbox_id, pid)

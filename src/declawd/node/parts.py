@@ -3,7 +3,7 @@
 `Node` receives a `NodeParts` instead of building its collaborators, so create, undo and
 reconcile run in unit tests with fakes (tests/unit/node/), and `build_parts` is
 the one place that wires the real ones (runc/runsc, nftables in the gateway netns, the
-gateway daemon, the host's mounts and cgroups, the chosen upstream).
+gateway daemon, the host's mounts and cgroups, the chosen upstream, the blob store).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from declawd.blobs import BlobStore, open_blobs
 from declawd.config import Settings
 from declawd.egress.policy import EgressPolicy
 from declawd.inspect.ca import CaRef
@@ -151,6 +152,8 @@ class NodeParts:
     upstream: Upstream
     host: SandboxHost
     sessions: Sessions
+    # Snapshot archives and volume trees: the state directory, or the cluster's shared store.
+    blobs: BlobStore
     faults: Faults = field(default=NO_FAULTS)
     locks: SandboxLocks = field(default_factory=SandboxLocks)
 
@@ -176,5 +179,6 @@ def build_parts(settings: Settings, store: Store) -> NodeParts:
         upstream=upstream,
         host=host,
         sessions=Sessions(lambda sid: host.resources(sid).envd_socket),
+        blobs=open_blobs(settings),
         faults=Faults.from_spec(settings.faults),
     )

@@ -2,8 +2,13 @@
 
 Runs at start, before any traffic (the reaper retries failed teardowns in between). The store is the source of truth for what should exist: a live sandbox whose
 container, rootfs or envd socket is gone is killed with an error saying so; anything on the
-host that no unreleased record accounts for (containers, sandbox directories, networks,
-gateway entries) is removed.
+host that no unreleased record of this node accounts for (containers, sandbox directories,
+networks, gateway entries) is removed.
+
+A node judges by `node_id` alone: a container or netns here for a sandbox the store places
+on another node now (restored there while this node was away) is this node's debris,
+removed here, and that sandbox's record is never written (every write below is
+conditional on the record still naming this node).
 """
 
 from __future__ import annotations
@@ -51,8 +56,9 @@ async def reconcile(parts: NodeParts) -> set[str]:
             )
             rec = rec.replace(state=SandboxState.KILLED, killed_at=time.time(), error=LOST)
             await asyncio.to_thread(
-                store.update_sandbox,
+                store.update_sandbox_on_node,
                 rec.sandbox_id,
+                parts.settings.node_id,
                 state=SandboxState.KILLED,
                 killed_at=rec.killed_at,
                 error=LOST,
@@ -80,6 +86,8 @@ async def sweep_strays(parts: NodeParts, keep: set[str]) -> list[str]:
                     failed.append(f"{name} container {cid}: {exc}")
     for sandbox_id in await asyncio.to_thread(parts.host.present):
         if sandbox_id not in keep:
+            # A live agent reconciles too (told it was down): drop its envd session first.
+            await parts.sessions.drop(sandbox_id)
             failed += await parts.host.release(sandbox_id, None)
     try:
         await parts.networks.sweep(keep)

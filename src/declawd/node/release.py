@@ -61,24 +61,30 @@ async def release(parts: NodeParts, rec: SandboxRecord, *, fault_points: bool = 
 
 
 async def release_and_record(parts: NodeParts, rec: SandboxRecord) -> bool:
-    """Release a killed sandbox and record the outcome; True when nothing is left."""
+    """Release a killed sandbox and record the outcome; True when nothing is left. The
+    outcome is recorded only while the store places the sandbox on this node: one restored
+    on another node meanwhile is that node's now (what was released here was debris)."""
     failed = await release(parts, rec)
+    node_id = parts.settings.node_id
     if failed:
         metrics.sandbox_teardown_failed(rec.runtime)
         log.error("sandbox %s: teardown incomplete, left for the sweep: %s", rec.sandbox_id, failed)
+        error = (rec.error + "; " if rec.error else "") + "teardown: " + "; ".join(failed)
         await asyncio.to_thread(
-            parts.store.update_sandbox,
+            parts.store.update_sandbox_on_node,
             rec.sandbox_id,
-            error=((rec.error + "; " if rec.error else "") + "teardown: " + "; ".join(failed))[
-                :4000
-            ],
+            node_id,
+            error=error[:4000],
             released=False,
         )
         return False
-    await asyncio.to_thread(
-        parts.store.update_sandbox,
+    recorded = await asyncio.to_thread(
+        parts.store.update_sandbox_on_node,
         rec.sandbox_id,
+        node_id,
         released=True,
         killed_at=rec.killed_at or time.time(),
     )
+    if not recorded:
+        log.info("sandbox %s: released here, its record is another node's now", rec.sandbox_id)
     return True

@@ -1,12 +1,15 @@
-"""Snapshots of a sandbox's filesystem: capture, blobs on disk, periodic capture, start-up sweep.
+"""Snapshots of a sandbox's filesystem: capture, blobs, periodic capture, start-up sweep.
 
 A snapshot is the sandbox's writable overlay layer (its upper dir) archived with GNU tar,
 keeping what overlayfs needs to read it back (whiteouts are 0:0 char devices, opaque dirs
 carry `trusted.overlay.opaque`, sparse files stay sparse). Memory is not captured: see
-docs/persistence.md. Invariants: a `ready` record always has a complete blob (written to a
-partial file, fsynced, renamed, and only then marked ready); the sandbox is frozen while the
-archive is read, so the copy is consistent; a capture that fails or is cancelled leaves no
-blob behind.
+docs/persistence.md. The archive is the blob `snapshots/<id>/fs.tar` of the node's blob store
+(`NodeParts.blobs`: the state directory, or the cluster's shared store, where any node can
+restore it). Invariants: a `ready` record always has a complete blob (the store publishes it
+only once written and durable, and only then is it marked ready); the record is inserted
+before its blob is written (a sweep on another host never takes a blob being written for an
+orphan); the sandbox is frozen while the archive is read, so the copy is consistent; a
+capture that fails or is cancelled leaves no blob behind.
 """
 
 from __future__ import annotations
@@ -14,13 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from declawd.config import Settings
+from declawd.blobs import BlobStore
 from declawd.errors import Busy, Conflict, Internal, NotFound
 from declawd.host import run, run_sync
 from declawd.node.parts import NodeParts
@@ -35,6 +36,7 @@ from declawd.store.snapshots import (
 
 log = logging.getLogger(__name__)
 
+SNAPSHOTS = "snapshots"
 FS_BLOB = "fs.tar"
 # Both directions: every xattr (trusted.overlay.* included), ACLs, numeric ids (the
 # sandbox's uids mean nothing on the host), holes kept as holes.
@@ -44,6 +46,10 @@ TAR_FLAGS: tuple[str, ...] = (
     "--acls",
     "--numeric-owner",
     "--sparse",
+    # 128 KiB records (tar's default is 10 KiB): on a network filesystem each write is a
+    # request; a 66 MB layer went to sshfs at 20 MB/s in 10 KiB writes and ten times that in
+    # large ones (docs/blobs.md). Archives made with another record size still read.
+    "--blocking-factor=256",
 )
 PERIODIC_TICK_S = 5.0
 # How long a snapshot on request waits for one being written (the pause snapshot of a
@@ -52,71 +58,55 @@ WAIT_S = 60.0
 _WAIT_POLL_S = 0.2
 
 
-def snapshot_dir(settings: Settings, snapshot_id: str) -> Path:
-    return settings.snapshots_dir / snapshot_id
+def snapshot_key(snapshot_id: str) -> str:
+    """The blob-store key of everything the snapshot holds (its directory)."""
+    return f"{SNAPSHOTS}/{snapshot_id}"
 
 
-def fs_blob(settings: Settings, snapshot_id: str) -> Path:
-    return snapshot_dir(settings, snapshot_id) / FS_BLOB
+def fs_key(snapshot_id: str) -> str:
+    """The blob-store key of the snapshot's filesystem archive."""
+    return f"{snapshot_key(snapshot_id)}/{FS_BLOB}"
 
 
 # Blobs --------------------------------------------------------------------------------
 async def archive(upper: Path, dest: Path) -> None:
-    """Archive the directory `upper` into `dest.partial` (not renamed yet; see `publish`).
+    """Archive the directory `upper` into `dest` (the path `BlobStore.writing` gives, which
+    becomes the blob once the write completes). Cancelled, tar is killed."""
+    await run("tar", *TAR_FLAGS, "-cpf", str(dest), "-C", str(upper), ".")
 
-    Cancelled or failed, tar is killed and the partial file removed.
-    """
-    partial = _partial(dest)
+
+@contextlib.asynccontextmanager
+async def writing(blobs: BlobStore, key: str) -> AsyncIterator[Path]:
+    """`blobs.writing(key)` with its blocking ends (making directories; fsync and rename)
+    in a worker thread. A failure or cancellation discards the partial blob synchronously,
+    so a second cancellation cannot skip that."""
+    cm = blobs.writing(key)
+    path = await asyncio.to_thread(cm.__enter__)
     try:
-        await run("tar", *TAR_FLAGS, "-cpf", str(partial), "-C", str(upper), ".")
-    except BaseException:
-        partial.unlink(missing_ok=True)
+        yield path
+    except BaseException as exc:
+        cm.__exit__(type(exc), exc, exc.__traceback__)
         raise
+    await asyncio.to_thread(cm.__exit__, None, None, None)
 
 
-def publish(dest: Path) -> int:
-    """Make the archive written by `archive` durable and visible as `dest` (blocking);
-    returns its size. A crash before the rename leaves only a partial file."""
-    partial = _partial(dest)
-    with open(partial, "rb") as f:
-        os.fsync(f.fileno())
-    partial.rename(dest)
-    fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return dest.stat().st_size
-
-
-def _partial(dest: Path) -> Path:
-    return dest.with_name(dest.name + ".partial")
-
-
-def materialize(settings: Settings, snap: SnapshotRecord, upper: Path) -> None:
+def materialize(blobs: BlobStore, snap: SnapshotRecord, upper: Path) -> None:
     """Extract the snapshot's filesystem into the empty directory `upper` (blocking), so an
     overlay of the template's layers under it shows exactly the captured files."""
     if not snap.is_ready:
         raise Conflict(f"snapshot '{snap.snapshot_id}' is {snap.state.value}, not ready")
-    blob = fs_blob(settings, snap.snapshot_id)
-    if not blob.is_file():
-        raise Internal(f"snapshot '{snap.snapshot_id}': its filesystem blob is missing")
     if any(upper.iterdir()):
         raise ValueError(f"upper: {upper} is not empty")
-    run_sync("tar", *TAR_FLAGS, "-xpf", str(blob), "-C", str(upper))
+    try:
+        with blobs.reading(fs_key(snap.snapshot_id)) as blob:
+            run_sync("tar", *TAR_FLAGS, "-xpf", str(blob), "-C", str(upper))
+    except FileNotFoundError as exc:
+        raise Internal(f"snapshot '{snap.snapshot_id}': its filesystem blob is missing") from exc
 
 
-async def delete_snapshot_blobs(settings: Settings, snapshot_id: str) -> None:
-    """Remove the snapshot's directory; idempotent."""
-    await asyncio.to_thread(_remove_blobs, settings, snapshot_id)
-
-
-def _remove_blobs(settings: Settings, snapshot_id: str) -> None:
-    directory = snapshot_dir(settings, snapshot_id)
-    if directory.parent != settings.snapshots_dir or not snapshot_id:
-        raise ValueError(f"snapshot_id: {snapshot_id!r} is not a snapshot directory name")
-    with contextlib.suppress(FileNotFoundError):  # already gone
-        shutil.rmtree(directory)
+async def delete_snapshot_blobs(blobs: BlobStore, snapshot_id: str) -> None:
+    """Remove the snapshot's blobs; idempotent."""
+    await asyncio.to_thread(blobs.delete, snapshot_key(snapshot_id))
 
 
 # Capture ------------------------------------------------------------------------------
@@ -130,29 +120,32 @@ async def capture(
     failure the record is `failed` with the error (no blob); cancelled (a resume cancelling
     a pause snapshot), the record and blob are deleted and CancelledError propagates.
     """
-    settings, store = parts.settings, parts.store
+    store, blobs = parts.store, parts.blobs
     snap = snapshot_of(rec, source, snapshot_id=new_id("snap"), created_at=time.time())
+    # The record first: a blob directory without one is an orphan to every host's sweep.
     await asyncio.to_thread(store.insert_snapshot, snap)
-    dest = fs_blob(settings, snap.snapshot_id)
+    key = fs_key(snap.snapshot_id)
     try:
-        await asyncio.to_thread(_make_dir, settings.snapshots_dir, dest.parent)
-        parts.faults.point("snapshot.before_archive")
-        frozen_ms = await _archive_consistently(parts, rec, dest, already_frozen)
-        parts.faults.point("snapshot.before_publish")
-        size = await asyncio.to_thread(publish, dest)
+        async with writing(blobs, key) as partial:
+            parts.faults.point("snapshot.before_archive")
+            frozen_ms = await _archive_consistently(parts, rec, partial, already_frozen)
+            parts.faults.point("snapshot.before_publish")
+        size = await asyncio.to_thread(blobs.size, key)
+        if size is None:
+            raise Internal(f"snapshot '{snap.snapshot_id}': its blob vanished once written")
         parts.faults.point("snapshot.before_ready")
         ready = {"state": SnapshotState.READY, "fs_bytes": size, "pause_duration_ms": frozen_ms}
         await asyncio.to_thread(store.update_snapshot, snap.snapshot_id, **ready)
     except asyncio.CancelledError:
         # Synchronous on purpose: a second cancellation must not skip the cleanup.
-        _remove_blobs(settings, snap.snapshot_id)
+        blobs.delete(snapshot_key(snap.snapshot_id))
         store.delete_snapshot(snap.snapshot_id)
         raise
     except Exception as exc:
         error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         log.warning("snapshot %s of %s failed: %s", snap.snapshot_id, rec.sandbox_id, error)
         try:
-            _remove_blobs(settings, snap.snapshot_id)
+            blobs.delete(snapshot_key(snap.snapshot_id))
         except OSError as cleanup:
             log.error("snapshot %s: blobs not removed: %s", snap.snapshot_id, cleanup)
         store.update_snapshot(snap.snapshot_id, state=SnapshotState.FAILED, error=error)
@@ -189,12 +182,6 @@ async def take(
         if fresh is None:
             raise NotFound(f"sandbox '{rec.sandbox_id}' not found")
         rec = fresh
-
-
-def _make_dir(parent: Path, directory: Path) -> None:
-    # Blobs hold whatever the sandbox wrote, secrets included: root only.
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory.mkdir(mode=0o700)
 
 
 async def _archive_consistently(
@@ -254,7 +241,7 @@ async def delete(parts: NodeParts, rec: SandboxRecord, snapshot_id: str) -> bool
     # Record first: a crash in between leaves a blob without a record (swept at start),
     # never a record without its blob.
     deleted = await asyncio.to_thread(store.delete_snapshot, snapshot_id)
-    await delete_snapshot_blobs(parts.settings, snapshot_id)
+    await delete_snapshot_blobs(parts.blobs, snapshot_id)
     return deleted
 
 
@@ -361,11 +348,12 @@ class PeriodicSnapshots:
         for snap in old:
             if snap.snapshot_id != keep:
                 await asyncio.to_thread(store.delete_snapshot, snap.snapshot_id)
-                await delete_snapshot_blobs(self.parts.settings, snap.snapshot_id)
+                await delete_snapshot_blobs(self.parts.blobs, snap.snapshot_id)
 
 
 # Start-up sweep -----------------------------------------------------------------------
 INTERRUPTED = "interrupted: the server stopped while the snapshot was written"
+INTERRUPTED_ELSEWHERE = "interrupted: the sandbox was lost with its node while this was written"
 
 
 async def recover(parts: NodeParts) -> None:
@@ -376,11 +364,12 @@ async def recover(parts: NodeParts) -> None:
 
 
 def _recover(parts: NodeParts) -> None:
-    settings, store = parts.settings, parts.store
+    settings, store, blobs = parts.settings, parts.store, parts.blobs
 
     def ours(snap: SnapshotRecord) -> bool:
-        # On a shared database a node judges only its own sandboxes' snapshots: the others'
-        # blobs are under their own nodes' state directories.
+        # On a shared database a node judges only the snapshots of the sandboxes the store
+        # places on it now: a capture in flight on another node is that node's, and so is a
+        # sandbox restored elsewhere since (its snapshots follow it to its new node).
         if not settings.node_id:
             return True
         rec = store.get_sandbox(snap.sandbox_id)
@@ -388,25 +377,42 @@ def _recover(parts: NodeParts) -> None:
 
     for snap in filter(ours, store.list_snapshots_in_state(SnapshotState.WRITING)):
         log.warning("snapshot %s of %s: %s", snap.snapshot_id, snap.sandbox_id, INTERRUPTED)
-        _remove_blobs(settings, snap.snapshot_id)
+        blobs.delete(snapshot_key(snap.snapshot_id))
         store.update_snapshot(snap.snapshot_id, state=SnapshotState.FAILED, error=INTERRUPTED)
     for snap in filter(ours, store.list_snapshots_in_state(SnapshotState.READY)):
-        if not fs_blob(settings, snap.snapshot_id).is_file():
+        if not blobs.exists(fs_key(snap.snapshot_id)):
             log.error("snapshot %s: its blob is missing; marked failed", snap.snapshot_id)
             store.update_snapshot(
                 snap.snapshot_id, state=SnapshotState.FAILED, error="filesystem blob missing"
             )
-    if not settings.snapshots_dir.is_dir():
+    # Listed before the records are read: a capture inserts its record before it makes its
+    # directory, so on a shared store a directory another host is writing right now is
+    # always known here, and only a directory whose record is gone (or never was) is removed.
+    names = blobs.list(SNAPSHOTS)
+    if not names:
         return
     known = store.snapshot_ids()
-    for entry in settings.snapshots_dir.iterdir():
-        if entry.name in known:
+    for name in names:
+        if name in known:
             continue
-        log.warning("snapshot blobs %s have no record; removing them", entry)
+        log.warning("snapshot blobs %s have no record; removing them", name)
         try:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        except OSError as exc:
-            log.error("snapshot blobs %s not removed: %s", entry, exc)
+            blobs.delete(snapshot_key(name))
+        except (OSError, ValueError) as exc:
+            log.error("snapshot blobs %s not removed: %s", name, exc)
+
+
+def interrupt_writing(parts: NodeParts, sandbox_id: str) -> None:
+    """Before the restore here of a sandbox lost with another node (`lost_elsewhere`): a
+    snapshot of it still `writing` was being written by that node when it died, and that
+    node no longer judges it at its return (the sandbox is this node's by then), so it is
+    failed here and its partial blob removed; else it would hold up every snapshot of the
+    restored sandbox (one `writing` at a time). Blocking."""
+    snap = parts.store.writing_snapshot(sandbox_id)
+    if snap is None:
+        return
+    log.warning("snapshot %s of %s: %s", snap.snapshot_id, sandbox_id, INTERRUPTED_ELSEWHERE)
+    parts.blobs.delete(snapshot_key(snap.snapshot_id))
+    parts.store.update_snapshot(
+        snap.snapshot_id, state=SnapshotState.FAILED, error=INTERRUPTED_ELSEWHERE
+    )

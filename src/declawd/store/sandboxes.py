@@ -89,6 +89,21 @@ class Sandboxes(Repository):
         if not update_row(self._db, "sandboxes", "sandbox_id", sandbox_id, _encode(dict(fields))):
             raise RecordNotFound(f"sandbox {sandbox_id} not found")
 
+    def update_sandbox_on_node(self, sandbox_id: str, node_id: str, **fields: Any) -> bool:
+        """Set the given fields only while the record places the sandbox on `node_id`;
+        False when it does not (any more): a node finishing the teardown of a sandbox that
+        was restored on another node meanwhile leaves that node's record alone."""
+        if "sandbox_id" in fields:
+            raise TypeError("sandboxes: sandbox_id cannot be changed")
+        values = _encode(dict(fields))
+        sets = ", ".join(f"{quoted(k)} = ?" for k in values)
+        with self._db.write() as c:
+            cur = c.execute(
+                f"UPDATE sandboxes SET {sets} WHERE sandbox_id = ? AND node_id = ?",
+                [*values.values(), sandbox_id, node_id],
+            )
+            return bool(cur.rowcount > 0)
+
     def transition(
         self,
         sandbox_id: str,

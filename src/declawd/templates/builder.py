@@ -5,6 +5,8 @@ container of the chosen OCI runtime, in the HOST network namespace (apt and pip 
 the package registries; see docs/templates.md), over an overlay of the layers below plus a
 fresh upper dir that becomes the new layer. Invariant: a failed step leaves no mount, no
 container and no partial layer, and raises `StepFailed` with the step, exit code and log tail.
+With a shared blob store (a `LayerDistributor`), a step whose layer another host published
+is fetched rather than built, and every layer built here is published right after its commit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from declawd.host import stream
 from declawd.runtime import Limits, Mount, OciRuntime, build_spec, mount_overlay, unmount
+from declawd.templates.distribute import LayerDistributor
 from declawd.templates.layers import LayerCache, LayerInfo
 from declawd.templates.plan import (
     CONTEXT_MOUNT,
@@ -89,6 +92,8 @@ class Builder:
         contexts_dir: Path | None = None,
     ) -> None:
         self.cache = LayerCache(templates_path)
+        # Set (by TemplateService) when the blob store is shared: fetch, and publish.
+        self.distributor: LayerDistributor | None = None
         self.runtime = OciRuntime(runtime_name, run_dir / runtime_name)  # type: ignore[arg-type]
         self.runtime_name = runtime_name
         self.instance = instance
@@ -110,11 +115,21 @@ class Builder:
                     log(f"step {i}/{total}: {step.label} [cached {key[:12]}]")
                     if on_step:
                         on_step(i, total, step.label, "cached")
+                elif self.distributor is not None and await asyncio.to_thread(
+                    self.distributor.published, key
+                ):
+                    await asyncio.to_thread(self.distributor.fetch, key)
+                    cached += 1
+                    log(f"step {i}/{total}: {step.label} [fetched {key[:12]} from the blob store]")
+                    if on_step:
+                        on_step(i, total, step.label, "cached")
                 else:
                     log(f"step {i}/{total}: {step.label}")
                     if on_step:
                         on_step(i, total, step.label, "start")
                     info = await self._build_layer(i, total, step, key, parent, keys[: i - 1], log)
+                    if self.distributor is not None:
+                        await asyncio.to_thread(self.distributor.publish, key)
                     log(
                         f"step {i}/{total}: done in {info.build_seconds:.1f}s, "
                         f"layer {key[:12]} {info.size_bytes / 1e6:.1f} MB"

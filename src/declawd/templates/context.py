@@ -3,7 +3,10 @@
 `contexts/<context_id>/files` holds the extracted tree; `context_id` is `ctx-` + the
 sha256 of the upload, so equal uploads share one dir and layer cache keys stay stable.
 Invariant: nothing is extracted unless every member is a plain file, dir or link whose
-path and target stay inside the context, and the sizes are under the caps.
+path and target stay inside the context, and the sizes are under the caps. With a shared
+blob store the upload itself is also kept there as `contexts/<context_id>.tar` (the bytes as
+uploaded), so the node that runs the build, and any API server that checks a spec against
+it, can extract the same tree (`publish_context`, `fetch_context`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ import secrets
 import shutil
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from declawd.errors import InvalidInput, TooLarge
+from declawd.errors import Internal, InvalidInput, TooLarge
+
+if TYPE_CHECKING:
+    from declawd.blobs import BlobStore
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 MAX_EXTRACTED_BYTES = 1024 * 1024 * 1024
@@ -99,3 +106,35 @@ def context_has(contexts_dir: Path, context_id: str, src: str) -> bool:
     root = (contexts_dir / context_id / "files").resolve()
     path = (root / src).resolve()
     return (path == root or root in path.parents) and (path.exists() or path.is_symlink())
+
+
+def context_blob_key(context_id: str) -> str:
+    return f"contexts/{context_id}.tar"
+
+
+def publish_context(blobs: BlobStore, context_id: str, body: bytes) -> bool:
+    """Keep the upload `body` (already stored as `context_id`) in the blob store; False if
+    it was there already (equal uploads have equal ids)."""
+    key = context_blob_key(context_id)
+    if blobs.exists(key):
+        return False
+    with blobs.writing(key) as partial:
+        partial.write_bytes(body)
+    return True
+
+
+def fetch_context(blobs: BlobStore, contexts_dir: Path, context_id: str) -> bool:
+    """Extract context `context_id` from the blob store unless it is here already; False
+    if it was here, or if the blob store does not have it either (the caller's check then
+    names it unknown). The upload is validated again, and must hash to its id."""
+    if (contexts_dir / context_id / "files").is_dir():
+        return False
+    try:
+        with blobs.reading(context_blob_key(context_id)) as path:
+            body = path.read_bytes()
+    except (FileNotFoundError, ValueError):  # ValueError: not a valid key, so no such blob
+        return False
+    got = store_context(contexts_dir, body)
+    if got != context_id:
+        raise Internal(f"build context {context_id}: its blob holds {got} instead")
+    return True

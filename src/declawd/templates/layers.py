@@ -3,7 +3,9 @@
 A layer is committed by renaming a finished temp dir (same filesystem) into place, so a
 layer dir either exists complete or not at all. Invariant: nothing under `layers/` is ever
 modified after its rename; temp dirs carry their builder's pid so a crashed build's debris
-is swept (after unmounting whatever is still mounted in it) by the next builder.
+is swept (after unmounting whatever is still mounted in it) by the next builder. A layer is
+either built here or fetched from the blob store (`distribute.py`); its `layer.json` says
+which (`origin`), so a cluster's nodes can tell a layer built once from one built twice.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 from declawd.runtime import dir_size, is_mounted, unmount
 
+ORIGINS = ("built", "fetched")
+
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -30,6 +34,15 @@ class LayerInfo:
     size_bytes: int
     build_seconds: float
     created_at: float
+    # "built" on this host, or "fetched" from the blob store (then in `fetch_seconds`).
+    origin: str = "built"
+    fetch_seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerInfo:
+        """From a `layer.json` (or a published layer's json); fields added later default."""
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in fields})
 
 
 class LayerCache:
@@ -50,9 +63,9 @@ class LayerCache:
     def info(self, key: str) -> LayerInfo | None:
         try:
             data = json.loads((self.layers_dir / key / "layer.json").read_text())
-        except (OSError, ValueError):
+            return LayerInfo.from_dict(data)
+        except (OSError, ValueError, TypeError):
             return None
-        return LayerInfo(**{k: data[k] for k in LayerInfo.__dataclass_fields__})
 
     def layer_keys(self) -> list[str]:
         if not self.layers_dir.is_dir():
@@ -71,11 +84,33 @@ class LayerCache:
         finally:
             remove_tree(tmp)
 
-    def commit(self, tmp: Path, key: str, parent: str, label: str, seconds: float) -> LayerInfo:
-        """Move `tmp/fs` into the cache as layer `key`; a concurrent identical build wins."""
+    def commit(
+        self,
+        tmp: Path,
+        key: str,
+        parent: str,
+        label: str,
+        seconds: float,
+        *,
+        origin: str = "built",
+        fetch_seconds: float = 0.0,
+    ) -> LayerInfo:
+        """Move `tmp/fs` into the cache as layer `key`; a concurrent identical build (or
+        fetch) wins. `seconds` is the layer's build time wherever it was built."""
+        if origin not in ORIGINS:
+            raise ValueError(f"origin: {origin!r} is not one of {ORIGINS}")
         fs = tmp / "fs"
         os.chmod(fs, 0o755)
-        info = LayerInfo(key, parent, label, dir_size(fs), round(seconds, 3), time.time())
+        info = LayerInfo(
+            key,
+            parent,
+            label,
+            dir_size(fs),
+            round(seconds, 3),
+            time.time(),
+            origin,
+            round(fetch_seconds, 3),
+        )
         final = tmp / "layer"
         final.mkdir()
         fs.rename(final / "fs")

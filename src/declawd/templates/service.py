@@ -4,37 +4,92 @@ Builds run as background asyncio tasks; the service answers at once. Invariants:
 is immutable once ready; an alias moves to a new template only when that build completes
 (sandboxes keep the template they started from); a failed build leaves its template in
 state "failed" with the error, and no layer debris (see builder.py).
+
+With a shared blob store (`settings.blobs_shared`, docs/cluster.md) layers are built once:
+every layer built here is published (`distribute.py`) before its template is ready, a node
+that resolves a template whose layers it lacks fetches them first, and the built-ins are
+built by whichever node takes their blob lock first while the others wait and fetch. On a
+cluster's API server (`settings.cluster`) nothing is built or fetched: `resolve` judges a
+template's layers by the blob store, and builds are sent to a node (`build_on_nodes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hashlib
 import logging
 import secrets
 import shutil
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from declawd.blobs import open_blobs
 from declawd.config import Settings
 from declawd.errors import Conflict, DeclawdError, InvalidInput, NotFound
 from declawd.store.errors import StoreError
 from declawd.templates.builder import Builder, StepFailed
 from declawd.templates.buildlog import BuildLog
 from declawd.templates.catalog import catalog_names, catalog_plan, catalog_spec
-from declawd.templates.context import context_has, store_context
+from declawd.templates.context import context_has, fetch_context, publish_context, store_context
+from declawd.templates.distribute import LOCK_STALE_S, LayerDistributor
 from declawd.templates.model import Template, template_from_record
 from declawd.templates.plan import BuildPlan, plan_spec
 from declawd.templates.spec import BuildRequest, parse_build_body, parse_spec
 
 _LOG_FLUSH_S = 1.0
+# A node waits this long for another node building a built-in (mmdebstrap and pip: minutes).
+BUILTIN_WAIT_S = 3600.0
 
 logger = logging.getLogger(__name__)
+
+
+class BuildsOnNodes(Protocol):
+    """Sends a recorded build to a node (`RemoteNode.build_template`); returns the node's id."""
+
+    async def __call__(
+        self, *, build_id: str, team_id: str, template_id: str, alias: str | None
+    ) -> str: ...
+
+
+def builtin_step(
+    keys: Iterable[str], local: Callable[[str], bool], published: Callable[[str], bool]
+) -> str:
+    """What a node does with a built-in's layers, holding its blob lock: "fetch" when the
+    blob store has them all, else "publish" when this host has them all, else "build"."""
+    keys = list(keys)
+    if all(published(k) for k in keys):
+        return "fetch"
+    if all(local(k) for k in keys):
+        return "publish"
+    return "build"
+
+
+@contextlib.asynccontextmanager
+async def _held(lock: contextlib.AbstractContextManager[None]) -> AsyncIterator[None]:
+    """Hold a blocking (blob store) lock from async code: taken and released on worker
+    threads. A caller cancelled while it is being taken releases it once it is taken."""
+    taking = asyncio.ensure_future(asyncio.to_thread(lock.__enter__))
+    try:
+        await asyncio.shield(taking)
+    except asyncio.CancelledError:
+
+        def release(t: asyncio.Future[None]) -> None:
+            if not t.cancelled() and t.exception() is None:
+                threading.Thread(target=lock.__exit__, args=(None, None, None)).start()
+
+        taking.add_done_callback(release)
+        raise
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(lock.__exit__, None, None, None)
 
 
 def _new_id(prefix: str) -> str:
@@ -59,9 +114,28 @@ class TemplateService:
             instance=settings.instance,
             contexts_dir=self.contexts_dir,
         )
+        self.blobs = open_blobs(settings) if settings.blobs_shared else None
+        self.distributor: LayerDistributor | None = None
+        if self.blobs is not None:
+            self.distributor = LayerDistributor(self.builder.cache, self.blobs)
+            self.builder.distributor = self.distributor
+        self._on_nodes: BuildsOnNodes | None = None
+        # Ids of the templates whose layers are all on this host (what a node's heartbeat
+        # reports): the built-ins, then every template built or made local here.
+        self.present: builtins.list[str] = []
+        self._present_lock = threading.Lock()  # make_local runs on worker threads
         self._logs: dict[str, BuildLog] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._active_keys: dict[str, list[str]] = {}
+
+    def build_on_nodes(self, send: BuildsOnNodes) -> None:
+        """Cluster mode's API server: send each build to a node instead of running it here."""
+        self._on_nodes = send
+
+    def _note_present(self, template_id: str) -> None:
+        with self._present_lock:
+            if template_id not in self.present:
+                self.present.append(template_id)
 
     # --- lookups ------------------------------------------------------------------
     def _record(self, team_id: str, id_or_alias: str) -> dict[str, Any]:
@@ -84,12 +158,38 @@ class TemplateService:
                 f"template '{id_or_alias}' is {rec['state']}, not ready", code="template_not_ready"
             )
         tpl = template_from_record(rec, self.builder.cache.fs)
-        missing = [p for p in tpl.layer_paths if not p.is_dir()]
+        if self.settings.cluster:
+            # An API server has no layers of its own: the nodes fetch from the blob store
+            # (without one, each node's disk is its own, and the node checks).
+            gone = self.distributor.unpublished(tpl.layer_keys) if self.distributor else []
+            if gone:
+                raise _missing(id_or_alias, gone[0])
+            return tpl
+        return self.make_local(tpl, id_or_alias)
+
+    def make_local(self, tpl: Template, name: str | None = None) -> Template:
+        """A node's step before it uses `tpl`: fetch the layers it lacks (the template's
+        whole chain, lowest first) from a shared blob store; Conflict when a layer is
+        neither here nor there. Blocking: the node's routes and warm pools run it on a
+        worker thread (through `resolve`)."""
+        missing = [
+            k for k, p in zip(tpl.layer_keys, tpl.layer_paths, strict=True) if not p.is_dir()
+        ]
+        if missing and self.distributor is None:
+            raise _missing(name or tpl.template_id, missing[0])
         if missing:
-            raise Conflict(
-                f"template '{id_or_alias}' has missing layers ({missing[0].parent.name[:12]}...); rebuild it",
-                code="template_not_ready",
+            assert self.distributor is not None
+            try:
+                fetched = self.distributor.fetch_all(missing)
+            except NotFound:
+                gone = self.distributor.unpublished(missing)
+                raise _missing(name or tpl.template_id, (gone or missing)[0]) from None
+            logger.info(
+                "template %s: %d layer(s) fetched from the blob store",
+                tpl.template_id,
+                len(fetched),
             )
+        self._note_present(tpl.template_id)
         return tpl
 
     def _public(self, rec: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +227,8 @@ class TemplateService:
         spec = req.spec
         if spec.context_id is None:
             return
+        if self.blobs is not None:  # uploaded through another API server, or for a node
+            fetch_context(self.blobs, self.contexts_dir, spec.context_id)
         if not (self.contexts_dir / spec.context_id / "files").is_dir():
             raise InvalidInput("template.context_id", f"unknown build context {spec.context_id}")
         for i, op in enumerate(spec.copies):
@@ -138,7 +240,7 @@ class TemplateService:
     async def build(self, team_id: str, body: dict[str, Any]) -> dict[str, Any]:
         req = parse_build_body(body)
         plan = plan_spec(req.spec)
-        self._check_context(req)
+        await asyncio.to_thread(self._check_context, req)  # may fetch it from the blob store
         existing = None
         if req.alias is not None:
             existing = self.store.get_template_by_alias(team_id, req.alias)
@@ -178,7 +280,7 @@ class TemplateService:
         if req.alias is not None and existing is None:
             # a brand-new alias is taken at once, so a second build under it gets a 409
             self.store.set_alias(team_id, req.alias, template_id)
-        return self._start(team_id, template_id, req.alias, plan)
+        return await self._start(team_id, template_id, req.alias, plan)
 
     async def rebuild(self, team_id: str, id_or_alias: str) -> dict[str, Any]:
         rec = self._record(team_id, id_or_alias)
@@ -188,11 +290,11 @@ class TemplateService:
             )
         req = parse_build_body({"template": (rec.get("spec") or {}).get("template"), "alias": None})
         plan = plan_spec(req.spec)
-        self._check_context(req)
+        await asyncio.to_thread(self._check_context, req)
         self.store.update_template(rec["template_id"], state="building", error=None)
-        return self._start(team_id, rec["template_id"], rec.get("alias"), plan)
+        return await self._start(team_id, rec["template_id"], rec.get("alias"), plan)
 
-    def _start(
+    async def _start(
         self, team_id: str, template_id: str, alias: str | None, plan: BuildPlan
     ) -> dict[str, Any]:
         build_id = _new_id("bld")
@@ -205,7 +307,64 @@ class TemplateService:
                 "logs": [],
             }
         )
+        if self._on_nodes is not None:
+            try:
+                await self._on_nodes(
+                    build_id=build_id, team_id=team_id, template_id=template_id, alias=alias
+                )
+            except DeclawdError as exc:
+                error = f"no node took the build: {exc.message}"
+                self.store.update_template(template_id, state="failed", error=error)
+                self.store.update_build(
+                    build_id, status="failed", logs=[f"error: {error}"], finished_at=time.time()
+                )
+                raise
+            return {
+                "build_id": build_id,
+                "status": "building",
+                "template_id": template_id,
+                "logs": [],
+            }
+        return self._begin(build_id, team_id, template_id, alias, plan)
+
+    async def run_assigned(
+        self, *, build_id: str, team_id: str, template_id: str, alias: str | None
+    ) -> dict[str, Any]:
+        """A node's side of `build_on_nodes`: run the build the API server recorded (its
+        template's spec is in the store) here, in the background. The same build sent
+        again while it runs is answered as is."""
+        build = await asyncio.to_thread(self.store.get_build, build_id)
+        rec = await asyncio.to_thread(self.store.get_template, template_id)
+        if (
+            build is None
+            or rec is None
+            or build["template_id"] != template_id
+            or rec["team_id"] != team_id
+            or build["team_id"] != team_id
+        ):
+            raise NotFound(f"build '{build_id}' of template '{template_id}' not found")
+        answer = {
+            "build_id": build_id,
+            "status": "building",
+            "template_id": template_id,
+            "logs": [],
+        }
+        if build_id in self._tasks:
+            return answer
+        if build["status"] != "building" or rec["state"] != "building":
+            raise Conflict(f"build {build_id} is {build['status']}, not building")
+        req = parse_build_body({"template": (rec.get("spec") or {}).get("template"), "alias": None})
+        plan = plan_spec(req.spec)
+        await asyncio.to_thread(self._check_context, req)
+        self._begin(build_id, team_id, template_id, alias, plan)
+        return answer
+
+    def _begin(
+        self, build_id: str, team_id: str, template_id: str, alias: str | None, plan: BuildPlan
+    ) -> dict[str, Any]:
         log = BuildLog()
+        if self.settings.node_id:
+            log.append(f"building on node {self.settings.node_name or self.settings.node_id}")
         self._logs[build_id] = log
         self._active_keys[build_id] = plan.keys
         task = asyncio.create_task(self._run(build_id, team_id, template_id, alias, plan, log))
@@ -238,6 +397,10 @@ class TemplateService:
         status, fields = "failed", {}
         try:
             result = await self.builder.build(plan, on_line)
+            if self.distributor is not None:
+                # Layers cached here from before are published too: ready means fetchable.
+                await asyncio.to_thread(self.distributor.publish_all, result.keys)
+            self._note_present(template_id)
             fields = {
                 "state": "ready",
                 "layers": result.keys,
@@ -331,7 +494,10 @@ class TemplateService:
         self.store.delete_template(tid)
 
     def upload_context(self, team_id: str, body: bytes) -> dict[str, str]:
-        return {"context_id": store_context(self.contexts_dir, body)}
+        context_id = store_context(self.contexts_dir, body)
+        if self.blobs is not None:  # for the node that runs the build (blocking)
+            publish_context(self.blobs, context_id, body)
+        return {"context_id": context_id}
 
     async def ensure_builtin(
         self, names: builtins.list[str], progress: Callable[[str], None] | None = None
@@ -339,7 +505,8 @@ class TemplateService:
         """Build (or find cached) and register the named built-ins as team '' templates.
 
         Other catalog entries whose layers are all cached (`make catalog` built them) are
-        registered too, without building: that costs a few stat calls.
+        registered too, without building: that costs a few stat calls. With a shared blob
+        store each one goes through `_share_builtin` (built once in the cluster).
         """
         log = progress or (lambda _line: None)
         out = []
@@ -352,7 +519,9 @@ class TemplateService:
         for name in [*names, *extra]:
             plan = catalog_plan(name)
             keys = plan.keys
-            if not all(cache.exists(k) for k in keys):
+            if self.distributor is not None:
+                await self._share_builtin(name, plan, log)
+            elif not all(cache.exists(k) for k in keys):
                 log(f"== template {name}")
                 await self.builder.build(plan, log)
             infos = [cache.info(k) for k in keys]
@@ -385,6 +554,33 @@ class TemplateService:
                 self.store.set_alias("", name, template_id)
             out.append(self.resolve("", template_id))
         return out
+
+    async def _share_builtin(self, name: str, plan: BuildPlan, log: Callable[[str], None]) -> str:
+        """Built once in the cluster: under the built-in's blob lock, fetch its layers if
+        the blob store has them all, else publish them if this host has them all, else
+        build (fetching what is published, publishing what it builds). Returns the step
+        taken (`builtin_step`); a fetched layer's `layer.json` says `"origin": "fetched"`."""
+        dist = self.distributor
+        assert dist is not None
+        keys = plan.keys
+        lock = dist.blobs.lock(f"build-{keys[-1]}", wait_s=BUILTIN_WAIT_S, stale_s=LOCK_STALE_S)
+        async with _held(lock):
+            step = await asyncio.to_thread(
+                builtin_step, keys, self.builder.cache.exists, dist.published
+            )
+            if step == "fetch":
+                fetched = await asyncio.to_thread(dist.fetch_all, keys)
+                if fetched:
+                    log(f"== template {name}: {len(fetched)} layer(s) fetched from the blob store")
+            elif step == "publish":
+                done = await asyncio.to_thread(dist.publish_all, keys)
+                log(f"== template {name}: {len(done)} layer(s) published to the blob store")
+            else:
+                log(f"== template {name}")
+                await self.builder.build(plan, log)
+                await asyncio.to_thread(dist.publish_all, keys)
+        logger.info("built-in %s: %s", name, step)
+        return step
 
     def _referenced_keys(self) -> set[str]:
         teams = [""] + [t["team_id"] for t in self.store.list_teams()]
@@ -450,3 +646,10 @@ class TemplateService:
         )
         out["filesystem"] = {"total_bytes": total, "used_bytes": used, "free_bytes": free}
         return out
+
+
+def _missing(name: str, key: str) -> Conflict:
+    return Conflict(
+        f"template '{name}' has missing layers ({key[:12]}...); rebuild it",
+        code="template_not_ready",
+    )

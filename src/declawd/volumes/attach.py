@@ -4,6 +4,11 @@
 `volumes[i].<field>`, 404 for a volume the team lacks). Live modes are bind mounts (`mount-ro`
 read-only even for root: no CAP_SYS_ADMIN to remount); `copy` streams a tar through envd into
 `tar` run as the sandbox user, so no sandbox path is ever resolved on the host.
+
+In cluster mode the API server's host paths mean nothing on a node (the shared blob store may
+be mounted elsewhere there): a live mount travels as its volume (`VolumeMount` →
+`VolumeMountSpec`, cluster/wire.py) and the node builds the bind mount from its own blob
+store and its own nosymfollow guard (`mounts_on_node`).
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from declawd.errors import Internal, InvalidInput, Unavailable
+from declawd.blobs import BlobStore
+from declawd.config import Settings
+from declawd.errors import Internal, InvalidInput, NotFound, Unavailable
 from declawd.node.envd_client import EnvdClient, EnvdError
 from declawd.runtime import Mount
+from declawd.store import Store
 from declawd.store.volumes import AttachmentRow
-from declawd.volumes import archives
+from declawd.volumes import archives, host
 from declawd.volumes.paths import is_within, mount_path, volume_path
 from declawd.volumes.service import VolumeService
 from declawd.volumes.tree import CHUNK, VolumeTree
@@ -97,18 +105,100 @@ async def resolve_attachments(
     return out
 
 
+@dataclass(frozen=True)
+class VolumeMount(Mount):
+    """A live attachment's bind mount that knows its volume, so cluster mode can send a
+    node the volume instead of this host's path."""
+
+    volume_id: str = ""
+    subpath: str = ""  # relative to the volume's root; "" for all of it
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options
+
+
+@dataclass(frozen=True)
+class VolumeMountSpec:
+    """A live attachment as a node receives it: which volume, where, how (no host path)."""
+
+    volume_id: str
+    subpath: str  # relative to the volume's root; "" for all of it
+    target: str  # canonical mount path inside the sandbox
+    read_only: bool
+
+
+def bind_mount(
+    volume_id: str, subpath: str, target: str, source: str, *, read_only: bool
+) -> VolumeMount:
+    return VolumeMount(
+        target,
+        source,
+        "bind",
+        ["bind", "ro" if read_only else "rw", "nosuid", "nodev"],
+        volume_id=volume_id,
+        subpath=subpath,
+    )
+
+
 def attachment_mounts(atts: Sequence[Attachment]) -> list[Mount]:
     """Bind mounts for the live attachments (`copy` ones are not mounts)."""
     return [
-        Mount(
-            a.mount_path,
-            str(a.host_path),
-            "bind",
-            ["bind", "ro" if a.mode == "mount-ro" else "rw", "nosuid", "nodev"],
+        bind_mount(
+            a.volume_id, a.subpath, a.mount_path, str(a.host_path), read_only=a.mode == "mount-ro"
         )
         for a in atts
         if a.live
     ]
+
+
+VOLUMES = "volumes"
+
+
+def tree_key(volume_id: str) -> str:
+    """The blob-store key of a volume's live tree (VolumeService's `<volumes_dir>/<id>/tree`)."""
+    return f"{VOLUMES}/{volume_id}/tree"
+
+
+def mounts_on_node(
+    settings: Settings,
+    store: Store,
+    blobs: BlobStore,
+    team_id: str,
+    specs: Sequence[VolumeMountSpec],
+) -> list[Mount]:
+    """This host's bind mounts for live attachments sent by the control plane (blocking).
+
+    Each source is resolved in this host's blob store, under its volumes directory guarded
+    `nosymfollow` on this host (a mount option is per host: the API server's guard does not
+    cover the node's runc resolving the source). The volume must be the team's and the
+    subpath a directory, checked again here: the node never mounts on the caller's word alone.
+    """
+    if not specs:
+        return []
+    try:
+        host.protect(blobs.tree(VOLUMES))
+    except Exception as exc:
+        raise Unavailable(
+            f"live mounts are unavailable on node {settings.node_name or settings.node_id}: "
+            f"its volumes directory could not be mounted nosymfollow ({exc}); use mode copy"
+        ) from exc
+    out: list[Mount] = []
+    for spec in specs:
+        if store.get_volume(spec.volume_id, team_id) is None:
+            raise NotFound(f"volume '{spec.volume_id}' not found")
+        root = blobs.tree(tree_key(spec.volume_id))
+        tree = VolumeTree(root, root.parent / "staging", None)
+        sub = "/" + spec.subpath if spec.subpath else "/"
+        st = tree.stat(sub)
+        if st is None or not st.is_dir:
+            raise NotFound(f"volume '{spec.volume_id}' has no directory {sub}")
+        out.append(
+            bind_mount(
+                spec.volume_id, spec.subpath, spec.target, tree.host(sub), read_only=spec.read_only
+            )
+        )
+    return out
 
 
 async def record_attachments(

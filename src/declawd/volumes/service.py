@@ -1,14 +1,17 @@
 """The volumes of every team: create (empty or from an archive), get, list, download, delete.
 
-A volume is a tree under `<volumes_dir>/<volume_id>/tree` with its records in the store.
-Invariants: another team's volume is NotFound; API writes never take a team past its quota
-(checked under the team's lock, live read-write mounts re-measured, since sandboxes write
-behind the API's back); a record exists only for a complete tree (orphans swept at start).
+A volume is a tree under `<volumes_dir>/<volume_id>/tree` (blob key `volumes/<id>/tree`)
+with its records in the store. Invariants: another team's volume is NotFound; API writes
+never take a team past its quota (checked under the team's lock, live read-write mounts
+re-measured, since sandboxes write behind the API's back); a record exists only for a
+complete tree (orphans swept at start, never one another server is creating on a shared
+store: see `_prepare`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,6 +22,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from declawd.blobs import BlobLockTimeout, open_blobs
 from declawd.config import Settings
 from declawd.errors import Conflict, InvalidInput, NotFound, TooLarge
 from declawd.store import Store
@@ -40,6 +44,32 @@ ARCHIVE_OVERHEAD = 1024 * archives.MAX_MEMBERS + (16 << 20)
 MAX_NAME = 255
 
 Filler = Callable[[Path, int], ArchiveReport | None]
+# Spooled uploads and staged file writes nobody touched for this long are a crash's leftovers
+# (a live one is written continuously, then consumed at once).
+SCRATCH_STALE_S = 3600.0
+# A create's lock: renewed while held, so only a crashed server's goes stale; a new volume id
+# is never contended, the wait only covers a stale lock being broken.
+CREATE_LOCK_STALE_S = 60.0
+CREATE_LOCK_WAIT_S = 5.0
+
+
+def _remove_stale(directory: Path, older_than_s: float) -> None:
+    """Remove the entries of `directory` not modified for `older_than_s` (blocking)."""
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return
+    cutoff = time.time() - older_than_s
+    for entry in entries:
+        try:
+            if entry.lstat().st_mtime >= cutoff:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        except FileNotFoundError:
+            continue
 
 
 def volume_name(raw: object, label: str = "name") -> str:
@@ -66,6 +96,9 @@ class VolumeService:
         self.settings = settings
         self.store = store
         self.root = settings.volumes_dir
+        # The blob store the volumes live in (its root holds `volumes/`): its cross-host
+        # locks guard a create against another server's start sweep.
+        self.blobs = open_blobs(settings)
         self.owner = owner if os.geteuid() == 0 else None
         self._guard = guard
         self._team_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -93,16 +126,37 @@ class VolumeService:
                 self.live_mounts = True
             except Exception as exc:
                 log.error("volumes: live mounts disabled, %s cannot be guarded: %s", self.root, exc)
-        known = self.store.list_volume_ids()
-        for entry in self.root.iterdir():
+        # On a shared blob store another API server may be making a volume, spooling an
+        # upload or writing a file right now: a tree without a record is removed only under
+        # its creation lock (held from its directory to its record), and spools and staged
+        # writes only once nobody has touched them for SCRATCH_STALE_S.
+        entries = list(self.root.iterdir())
+        known = self.store.list_volume_ids()  # read after the listing (see _sweep_orphan)
+        for entry in entries:
             if entry.name == ".incoming":
-                shutil.rmtree(entry, ignore_errors=True)
+                _remove_stale(entry, SCRATCH_STALE_S)
             elif entry.name.startswith("vol-") and entry.name not in known:
-                log.warning("volumes: removing %s, a volume with no record", entry)
-                shutil.rmtree(entry, ignore_errors=True)
+                self._sweep_orphan(entry)
             elif entry.name.startswith("vol-"):
                 shutil.rmtree(entry / "tree.partial", ignore_errors=True)
-                shutil.rmtree(entry / "staging", ignore_errors=True)
+                _remove_stale(entry / "staging", SCRATCH_STALE_S)
+
+    def _sweep_orphan(self, vdir: Path) -> None:
+        """Remove a volume directory without a record, unless its create is under way."""
+        try:
+            with self._creating(vdir.name, wait_s=0):
+                if self.store.get_volume(vdir.name) is not None:
+                    return  # its create finished between the listing and the lock
+                log.warning("volumes: removing %s, a volume with no record", vdir)
+                shutil.rmtree(vdir, ignore_errors=True)
+        except BlobLockTimeout:
+            log.info("volumes: %s has no record yet: another server is creating it", vdir.name)
+
+    def _creating(
+        self, volume_id: str, *, wait_s: float
+    ) -> contextlib.AbstractContextManager[None]:
+        """The lock a create holds from the volume's directory to its record (blocking)."""
+        return self.blobs.lock(f"volume-{volume_id}", wait_s=wait_s, stale_s=CREATE_LOCK_STALE_S)
 
     # Layout -------------------------------------------------------------------------
     def tree(self, volume_id: str) -> VolumeTree:
@@ -242,24 +296,30 @@ class VolumeService:
         volume_id = new_id("vol")
         async with self.team_lock(team_id):
             allowance = await self.allowance(team_id)
-            size = await asyncio.to_thread(self._make_tree, volume_id, fill, allowance)
-            if size > allowance:
-                await asyncio.to_thread(shutil.rmtree, self.root / volume_id, True)
-                raise self.too_large("volume")
-            now = time.time()
-            rec = VolumeRecord(
-                volume_id=volume_id,
-                team_id=team_id,
-                name=name,
-                created_at=now,
-                updated_at=now,
-                size_bytes=size,
-            )
+            # Held until the record is in: another server's start sweep leaves the tree be.
+            creating = self._creating(volume_id, wait_s=CREATE_LOCK_WAIT_S)
+            await asyncio.to_thread(creating.__enter__)
             try:
-                await asyncio.to_thread(self.store.insert_volume, rec)
-            except BaseException:
-                await asyncio.to_thread(shutil.rmtree, self.root / volume_id, True)
-                raise
+                size = await asyncio.to_thread(self._make_tree, volume_id, fill, allowance)
+                if size > allowance:
+                    await asyncio.to_thread(shutil.rmtree, self.root / volume_id, True)
+                    raise self.too_large("volume")
+                now = time.time()
+                rec = VolumeRecord(
+                    volume_id=volume_id,
+                    team_id=team_id,
+                    name=name,
+                    created_at=now,
+                    updated_at=now,
+                    size_bytes=size,
+                )
+                try:
+                    await asyncio.to_thread(self.store.insert_volume, rec)
+                except BaseException:
+                    await asyncio.to_thread(shutil.rmtree, self.root / volume_id, True)
+                    raise
+            finally:
+                await asyncio.to_thread(creating.__exit__, None, None, None)
         log.info("volume %s (%r) created for team %s: %d bytes", volume_id, name, team_id, size)
         return rec
 

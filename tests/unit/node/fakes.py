@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from declawd.blobs import open_blobs
 from declawd.config import Settings
 from declawd.egress.policy import EgressPolicy
 from declawd.node import create as create_module
@@ -311,7 +312,8 @@ class FakeHost(SandboxHost):
                 await runtime.kill(sandbox_id)
             except Exception as exc:
                 failed.append(f"container: {exc}")
-            self.cgroups.discard(sandbox_id)
+        # As the real host: the cgroup's path follows from the id, a stray's goes too.
+        self.cgroups.discard(sandbox_id)
         self.rootfs.discard(sandbox_id)
         if not failed:
             shutil.rmtree(self.resources(sandbox_id).dir, ignore_errors=True)
@@ -475,6 +477,7 @@ class NodeFakes:
             upstream=upstream,
             host=host,
             sessions=Sessions(lambda sid: host.resources(sid).envd_socket, connect=envd),
+            blobs=open_blobs(settings),
             faults=faults or Faults(),
         )
         try:

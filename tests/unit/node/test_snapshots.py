@@ -12,12 +12,19 @@ import pytest
 
 from declawd.errors import Busy, Conflict, Internal, NotFound
 from declawd.node import snapshots as snapshotting
-from declawd.node.snapshots import PeriodicSnapshots, capture, fs_blob, recover, take
+from declawd.node.snapshots import PeriodicSnapshots, capture, fs_key, recover, take
 from declawd.store import SandboxRecord, SandboxState
 from declawd.store.snapshots import SnapshotRecord, SnapshotSource, SnapshotState, snapshot_of
 from tests.unit.node.fakes import NodeFakes, record, sandbox_id
 
 SID = sandbox_id(1)
+
+
+def _blob(fakes: NodeFakes, snapshot_id: str) -> Path:
+    """Where the node's blob store (a directory here) keeps the snapshot's archive."""
+    path = fakes.settings.blobs_path / fs_key(snapshot_id)
+    assert path == fakes.settings.snapshots_dir / snapshot_id / "fs.tar"
+    return path
 
 
 def _running(fakes: NodeFakes, sid: str = SID, **changes: object) -> SandboxRecord:
@@ -53,10 +60,10 @@ async def test_a_running_sandbox_is_frozen_for_the_copy_and_thawed_after(
     assert snap.state is SnapshotState.READY and snap.source is SnapshotSource.MANUAL
     assert snap.pause_duration_ms is not None and snap.pause_duration_ms >= 0
     assert fakes.store.get_snapshot(snap.snapshot_id) == snap
-    blob = fs_blob(fakes.settings, snap.snapshot_id)
+    blob = _blob(fakes, snap.snapshot_id)
     assert snap.fs_bytes == blob.stat().st_size
     assert _members(blob) == ["./", "./home/", "./home/notes.txt"]
-    assert not blob.with_name("fs.tar.partial").exists()
+    assert [p.name for p in blob.parent.iterdir()] == ["fs.tar"]  # no partial left
     assert blob.parent.stat().st_mode & 0o777 == 0o700
 
 
@@ -105,12 +112,9 @@ async def test_cancelled_mid_copy_kills_tar_and_forgets_the_snapshot(
     copying = asyncio.Event()
 
     async def slow_archive(upper: Path, dest: Path) -> None:
-        dest.with_name("fs.tar.partial").write_bytes(b"half")
+        dest.write_bytes(b"half")  # the partial blob the store gave
         copying.set()
-        try:
-            await asyncio.sleep(3600)
-        finally:
-            dest.with_name("fs.tar.partial").unlink()
+        await asyncio.sleep(3600)
 
     monkeypatch.setattr(snapshotting, "archive", slow_archive)
     task = asyncio.create_task(capture(fakes.parts, rec, "pause", already_frozen=False))
@@ -217,7 +221,7 @@ async def test_delete_does_not_reach_another_sandbox_or_team(fakes: NodeFakes) -
     assert await fakes.node.delete_snapshot(mine, snap_other.snapshot_id) is False
     assert await fakes.node.delete_snapshot(mine, snap_theirs.snapshot_id) is False
     assert fakes.store.get_snapshot(snap_other.snapshot_id) is not None
-    assert fs_blob(fakes.settings, snap_theirs.snapshot_id).is_file()
+    assert _blob(fakes, snap_theirs.snapshot_id).is_file()
 
 
 async def test_the_pause_snapshot_of_a_paused_sandbox_is_protected(fakes: NodeFakes) -> None:
@@ -323,7 +327,7 @@ async def test_the_start_sweep_leaves_nothing_half_made(fakes: NodeFakes) -> Non
     rec = _running(fakes)
     ready = await fakes.node.snapshot(rec)
     lost = await capture(fakes.parts, rec, "manual", already_frozen=True)
-    fs_blob(fakes.settings, lost.snapshot_id).unlink()
+    _blob(fakes, lost.snapshot_id).unlink()
     crashed = snapshot_of(rec, "pause", snapshot_id="snap-00000000000c", created_at=1.0)
     fakes.store.insert_snapshot(crashed)
     partial = fakes.settings.snapshots_dir / crashed.snapshot_id / "fs.tar.partial"
@@ -340,5 +344,5 @@ async def test_the_start_sweep_leaves_nothing_half_made(fakes: NodeFakes) -> Non
     assert "interrupted" in (after[crashed.snapshot_id].error or "")
     assert after[lost.snapshot_id].error == "filesystem blob missing"
     assert not partial.parent.exists() and not orphan.exists()
-    assert fs_blob(fakes.settings, ready.snapshot_id).is_file()
+    assert _blob(fakes, ready.snapshot_id).is_file()
     assert fakes.store.get_snapshot(ready.snapshot_id).is_ready
