@@ -352,3 +352,62 @@ def test_in_host_mode_upstreams_are_verified_against_the_system_store(
     argv = gateway_argv(_settings(tmp_path, lab=False))
     assert "--upstream-ca" not in argv
     assert parsed_config(argv, monkeypatch).upstream_ca is None
+
+
+def _node_side(d: gateway.GatewayDaemon, reloads: list[str]) -> NodeGateway:
+    """The node's handle on this (running) daemon; a full reload is recorded, not made."""
+    settings = Settings(state_dir=d.config.state_dir, instance="dcunit", lab=True)
+    node_side = NodeGateway(settings, choose_upstream(settings))
+
+    async def full_reload() -> None:
+        reloads.append("reload")
+
+    node_side._reload = full_reload  # type: ignore[method-assign]
+    return node_side
+
+
+async def test_the_node_hands_the_daemon_one_sandbox_at_a_time(daemon: RecordingDaemon) -> None:
+    reloads: list[str] = []
+    node_side = _node_side(daemon, reloads)
+    await node_side.upsert("sbx-1", GatewayEntry(3, "10.77.0.14", POLICY))
+    await node_side.upsert("sbx-2", GatewayEntry(4, "10.77.0.18", POLICY))
+    assert reloads == []  # `put` was enough: the daemon never re-read the whole file
+    assert daemon.sandboxes == load_state(node_side.state_path)  # and agrees with it
+    assert daemon.lookup("10.77.0.18") == SandboxEntry("sbx-2", 4, "10.77.0.18", POLICY)
+    first = daemon.sandboxes["sbx-1"]
+    await node_side.upsert("sbx-2", GatewayEntry(4, "10.77.0.18", EgressPolicy.open()))
+    assert daemon.sandboxes["sbx-1"] is first  # only the changed sandbox was parsed
+    assert daemon.sandboxes["sbx-2"].policy == EgressPolicy.open()
+    await node_side.remove("sbx-1")
+    assert set(daemon.sandboxes) == {"sbx-2"} and daemon.lookup("10.77.0.14") is None
+    assert reloads == []
+    # A daemon restarted now reads the same from state.json, parsing nothing it has seen.
+    kept = daemon.sandboxes["sbx-2"]
+    await daemon.reload()
+    assert daemon.sandboxes == {"sbx-2": kept} and daemon.sandboxes["sbx-2"] is kept
+
+
+async def test_a_daemon_that_does_not_take_a_put_gets_a_full_reload(
+    daemon: RecordingDaemon,
+) -> None:
+    reloads: list[str] = []
+    node_side = _node_side(daemon, reloads)
+
+    async def older_daemon(line: str, timeout: float = 5.0) -> str:
+        return f"error unknown command {line[:40]!r}"
+
+    node_side._command = older_daemon  # type: ignore[method-assign]
+    await node_side.upsert("sbx-1", GatewayEntry(3, "10.77.0.14", POLICY))
+    assert reloads == ["reload"]
+
+
+async def test_a_put_the_daemon_cannot_read_is_refused_and_changes_nothing(
+    daemon: RecordingDaemon,
+) -> None:
+    reloads: list[str] = []
+    node_side = _node_side(daemon, reloads)
+    await node_side.upsert("sbx-1", GatewayEntry(3, "10.77.0.14", POLICY))
+    answer = await node_side._command("put sbx-1 {not json")
+    assert answer.startswith("error put sbx-1:"), answer
+    assert daemon.sandboxes["sbx-1"].policy == POLICY
+    assert (await node_side._command("put")).startswith("error")

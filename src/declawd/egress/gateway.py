@@ -2,8 +2,9 @@
 
 Runs inside the gateway netns (`declawd gateway serve`, launched and supervised by the node).
 Its view of the sandboxes is `gateway/state.json` (egress policy, inspection policy, CA),
-re-read on `reload` over the control socket (which also answers `ping`, and `stats` with the
-counters /metrics shows); the node starts a sandbox only after `ok`.
+re-read on `reload` over the control socket, or changed one sandbox at a time by `put <id>
+<item>` and `forget <id>` (what the node just wrote there for it; it answers `ping`, and
+`stats` with the counters /metrics shows, too); the node starts a sandbox only after `ok`.
 Invariant: fail closed by construction — the datapath redirects DNS and proxied TCP to our
 ports, so without this process those connections find no listener; a state file we cannot
 read leaves the previous state, and an entry we cannot read never loosens a sandbox.
@@ -30,6 +31,7 @@ from declawd.egress.gatewaystate import (
     GatewayConfig,
     ParseCache,
     load_state,
+    parse_item,
     parse_upstream,
     upstream_context,
 )
@@ -54,6 +56,8 @@ from declawd.vault.reader import VaultReader
 __all__ = ["DENY_ALL", "GatewayConfig", "GatewayDaemon", "load_state", "parse_upstream"]
 
 log = logging.getLogger(__name__)
+
+CONTROL_LINE_LIMIT = 16 << 20
 
 
 def guard_services(config: GatewayConfig) -> GuardServices:
@@ -206,7 +210,10 @@ class GatewayDaemon:
         path = self.config.control_path
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # stale socket of a previous (crashed) instance
-        self._control = await asyncio.start_unix_server(self._serve_control, str(path))
+        # A `put` line carries one sandbox's item (its policy may list many names).
+        self._control = await asyncio.start_unix_server(
+            self._serve_control, str(path), limit=CONTROL_LINE_LIMIT
+        )
         os.chmod(path, 0o600)
 
     async def stop(self) -> None:
@@ -293,15 +300,36 @@ class GatewayDaemon:
             new = self._read_state()
             if new is None:
                 raise ValueError("state.json unreadable; previous state kept")
-            changed, inspection_changed = self._apply(new)
-            for entry in changed:
-                await self._policy_changed(entry)
-            if self.proxy is not None:
-                for sid in inspection_changed:
-                    # A connection keeps the inspection it started with (passthrough, or an
-                    # HTTP layer built from the old policy): reset them all, so every
-                    # connection from now on is handled under the new one.
-                    self.proxy.cut(sid, lambda *_: False)
+            await self._install(new)
+
+    async def put(self, sandbox_id: str, item: Any) -> None:
+        """One sandbox's new item (what the node just wrote into state.json for it): parsed
+        alone, so a create with 500 sandboxes on the node parses one entry, not the file."""
+        async with self._reload_lock:
+            before = self.sandboxes.get(sandbox_id)
+            entry = parse_item(sandbox_id, item, before, self._parsed)
+            new = {k: v for k, v in self.sandboxes.items() if k != sandbox_id}
+            if entry is not None:
+                new[sandbox_id] = entry
+            await self._install(new)
+
+    async def forget(self, sandbox_id: str) -> None:
+        """The sandbox left state.json."""
+        async with self._reload_lock:
+            self._parsed.pop(sandbox_id, None)
+            if sandbox_id in self.sandboxes:
+                await self._install({k: v for k, v in self.sandboxes.items() if k != sandbox_id})
+
+    async def _install(self, new: dict[str, SandboxEntry]) -> None:
+        changed, inspection_changed = self._apply(new)
+        for entry in changed:
+            await self._policy_changed(entry)
+        if self.proxy is not None:
+            for sid in inspection_changed:
+                # A connection keeps the inspection it started with (passthrough, or an
+                # HTTP layer built from the old policy): reset them all, so every
+                # connection from now on is handled under the new one.
+                self.proxy.cut(sid, lambda *_: False)
 
     async def _policy_changed(self, entry: SandboxEntry) -> None:
         sid, policy = entry.sandbox_id, entry.policy
@@ -402,6 +430,8 @@ class GatewayDaemon:
                     except Exception as exc:
                         log.exception("reload failed")
                         answer = f"error {exc}".replace("\n", " ")
+                elif command.startswith(("put ", "forget ")):
+                    answer = await self._delta(command)
                 else:
                     answer = f"error unknown command {command[:40]!r}"
                 writer.write(answer.encode() + b"\n")
@@ -413,6 +443,24 @@ class GatewayDaemon:
             # The peer may have gone first: the socket's own error is no failure of ours.
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    async def _delta(self, command: str) -> str:
+        """`put <sandbox id> <its state.json item as JSON>` or `forget <sandbox id>`."""
+        verb, _, rest = command.partition(" ")
+        sandbox_id, _, raw = rest.partition(" ")
+        if not sandbox_id:
+            return f"error {verb}: no sandbox id"
+        try:
+            if verb == "forget":
+                await self.forget(sandbox_id)
+            else:
+                await self.put(sandbox_id, json.loads(raw))
+        except ValueError as exc:
+            return f"error {verb} {sandbox_id}: {exc}".replace("\n", " ")
+        except Exception as exc:
+            log.exception("%s %s failed", verb, sandbox_id)
+            return f"error {verb} {sandbox_id}: {exc}".replace("\n", " ")
+        return "ok"
 
     # Audit sources ---------------------------------------------------------------------
     def _on_proxy_audit(self, event: dict[str, Any]) -> None:

@@ -53,39 +53,47 @@ def load_state(
             del cache[gone]
     for sandbox_id, item in sandboxes.items():
         sid = str(sandbox_id)
-        if cache is not None:
-            hit = cache.get(sid)
-            if hit is not None and hit[0] == item:
-                out[sid] = hit[1]
-                continue
-            cache.pop(sid, None)
-        try:
-            slot = int(item["slot"])
-            address = str(ipaddress.IPv4Address(item["address"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error("state.json: sandbox %s skipped: %s", sid, exc)
-            continue
-        try:
-            policy = EgressPolicy.from_wire(item.get("policy"))
-        except (PolicyError, AttributeError, TypeError) as exc:
-            log.error("state.json: sandbox %s has an invalid policy (%s): deny-all", sid, exc)
-            policy = DENY_ALL
-        try:
-            inspection = InspectionPolicy.from_wire(item.get("inspection"))
-            ca = _ca_ref(item)
-        except (KeyError, AttributeError, TypeError, ValueError) as exc:
-            before = (previous or {}).get(sid)
-            if before is not None and (before.slot, before.address) == (slot, address):
-                log.error("state.json: sandbox %s: invalid inspection (%s): kept as was", sid, exc)
-                out[sid] = before
-            else:
-                log.error("state.json: sandbox %s: invalid inspection (%s): deny-all", sid, exc)
-                out[sid] = SandboxEntry(sid, slot, address, DENY_ALL)
-            continue
-        out[sid] = SandboxEntry(sid, slot, address, policy, inspection, ca)
-        if cache is not None and policy is not DENY_ALL:
-            cache[sid] = (item, out[sid])  # a fallback is parsed again next time
+        entry = parse_item(sid, item, (previous or {}).get(sid), cache)
+        if entry is not None:
+            out[sid] = entry
     return out
+
+
+def parse_item(
+    sid: str, item: Any, before: SandboxEntry | None, cache: ParseCache | None = None
+) -> SandboxEntry | None:
+    """One sandbox's item of state.json (or of a `put`), failing closed as `load_state`
+    says; None when it has no usable slot or address (skipped, logged). `before`: the entry
+    the daemon has for it now."""
+    if cache is not None:
+        hit = cache.get(sid)
+        if hit is not None and hit[0] == item:
+            return hit[1]
+        cache.pop(sid, None)
+    try:
+        slot = int(item["slot"])
+        address = str(ipaddress.IPv4Address(item["address"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        log.error("state.json: sandbox %s skipped: %s", sid, exc)
+        return None
+    try:
+        policy = EgressPolicy.from_wire(item.get("policy"))
+    except (PolicyError, AttributeError, TypeError) as exc:
+        log.error("state.json: sandbox %s has an invalid policy (%s): deny-all", sid, exc)
+        policy = DENY_ALL
+    try:
+        inspection = InspectionPolicy.from_wire(item.get("inspection"))
+        ca = _ca_ref(item)
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
+        if before is not None and (before.slot, before.address) == (slot, address):
+            log.error("state.json: sandbox %s: invalid inspection (%s): kept as was", sid, exc)
+            return before
+        log.error("state.json: sandbox %s: invalid inspection (%s): deny-all", sid, exc)
+        return SandboxEntry(sid, slot, address, DENY_ALL)
+    entry = SandboxEntry(sid, slot, address, policy, inspection, ca)
+    if cache is not None and policy is not DENY_ALL:
+        cache[sid] = (item, entry)  # a fallback is parsed again next time
+    return entry
 
 
 def _ca_ref(item: Mapping[str, Any]) -> CaRef | None:

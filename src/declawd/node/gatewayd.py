@@ -51,6 +51,9 @@ class GatewayDaemon:
         self.pid_path = self.dir / "gateway.pid"
         self.log_path = self.dir / "gateway.log"
         self._entries: dict[str, dict[str, Any]] = {}
+        # Each entry's JSON as written (sort_keys): state.json is their join, so a create
+        # with 500 sandboxes on the node encodes one entry, not all of them.
+        self._encoded: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
         self.restarts = 0
@@ -62,11 +65,31 @@ class GatewayDaemon:
             self._entries = dict(data.get("sandboxes", {}))
         except (FileNotFoundError, ValueError):
             self._entries = {}
+        self._encoded = {}
+
+    def _set(self, sandbox_id: str, wire: dict[str, Any]) -> str:
+        self._entries[sandbox_id] = wire
+        encoded = self._encoded[sandbox_id] = json.dumps(wire, sort_keys=True)
+        return encoded
+
+    def _drop(self, sandbox_id: str) -> bool:
+        self._encoded.pop(sandbox_id, None)
+        return self._entries.pop(sandbox_id, None) is not None
+
+    def _document(self) -> bytes:
+        """state.json: `{"sandboxes": {id: entry}}`, ids sorted, from the encoded entries."""
+        for sid, wire in self._entries.items():
+            if sid not in self._encoded:
+                self._encoded[sid] = json.dumps(wire, sort_keys=True)
+        items = ", ".join(
+            f"{json.dumps(sid)}: {self._encoded[sid]}" for sid in sorted(self._entries)
+        )
+        return ('{"sandboxes": {' + items + "}}").encode()
 
     def _write(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
-        data = json.dumps({"sandboxes": self._entries}, sort_keys=True).encode()
+        data = self._document()
         # Created 0600 (not chmod'ed after): the masked values are never briefly readable.
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -82,31 +105,33 @@ class GatewayDaemon:
         return dict(item) if isinstance(item, dict) else None
 
     async def upsert(self, sandbox_id: str, entry: GatewayEntry) -> None:
+        """Write the sandbox's entry into state.json, then have the daemon take that one
+        entry (`put`); returns once it acknowledged (the sandbox may start then)."""
         async with self._lock:
-            self._entries[sandbox_id] = entry.to_wire()
+            encoded = self._set(sandbox_id, entry.to_wire())
             self._write()
-            await self._reload()
+            await self._delta(f"put {sandbox_id} {encoded}")
 
     async def sync(self, entries: Mapping[str, GatewayEntry]) -> None:
         async with self._lock:
             for sandbox_id, entry in entries.items():
-                self._entries[sandbox_id] = entry.to_wire()
+                self._set(sandbox_id, entry.to_wire())
             self._write()
             if self.alive():
                 await self._reload()
 
     async def remove(self, sandbox_id: str) -> None:
         async with self._lock:
-            if self._entries.pop(sandbox_id, None) is None:
+            if not self._drop(sandbox_id):
                 return
             self._write()
-            with contextlib.suppress(OSError, asyncio.TimeoutError):
-                await self._reload()
+            with contextlib.suppress(OSError, asyncio.TimeoutError, Unreachable):
+                await self._delta(f"forget {sandbox_id}")
 
     async def retain(self, keep: set[str]) -> None:
         async with self._lock:
             for sid in [s for s in self._entries if s not in keep]:
-                del self._entries[sid]
+                self._drop(sid)
             self._write()
 
     # control socket ---------------------------------------------------------------
@@ -123,6 +148,17 @@ class GatewayDaemon:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    async def _delta(self, line: str) -> None:
+        """One sandbox's change (`put`/`forget`; state.json is already written). A daemon
+        that does not know the command (one started by an older declawd: it outlives the
+        server), refused it, or did not answer gets a full reload instead."""
+        try:
+            if await self._command(line) == "ok":
+                return
+        except (TimeoutError, OSError):
+            pass
+        await self._reload()
 
     async def _reload(self) -> None:
         """Make the daemon re-read state.json; start it if it is not running."""

@@ -136,6 +136,7 @@ def create_disk(
         image.unlink(missing_ok=True)  # a half-made one from a crash
         copy_sparse(source, image)
         device, fd = loop.attach(image)
+        _device_record(image).write_text(device)
         try:
             ovl.mount_device(device, mountpoint, "ext4", MOUNT_FLAGS, MOUNT_DATA)
         finally:
@@ -149,12 +150,23 @@ def create_disk(
 def destroy_disk(image: Path, mountpoint: Path) -> None:
     """Unmount, detach any loop device still backed by `image`, delete it. Idempotent;
     every step runs, and what could not be undone is raised afterwards."""
+    record = _device_record(image)
+    try:
+        known: str | None = record.read_text().strip() or None
+    except FileNotFoundError:
+        known = None  # made before records, or a crash before it was written: search
     undo_all_sync(
         f"disk {image}",
         lambda: ovl.unmount(mountpoint),
-        lambda: loop.detach_all(image),
+        lambda: loop.detach_all(image, known),
         lambda: image.unlink(missing_ok=True),
+        lambda: record.unlink(missing_ok=True),
     )
+
+
+def _device_record(image: Path) -> Path:
+    """Where the loop device an image was attached to is noted (beside the image)."""
+    return image.with_name(image.name + ".loop")
 
 
 def loop_devices(image: Path) -> list[str]:

@@ -154,3 +154,27 @@ def test_envd_listening(tmp_path: Path) -> None:
         assert envd_listening(path) is False  # bound but not listening
         listener.listen()
         assert envd_listening(path) is True
+
+
+async def test_each_running_sandbox_is_probed_once_per_probe_interval(
+    fakes: NodeFakes, reaper: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from declawd.node import reaper as reaping
+
+    await _running(fakes)
+    probed: list[Path] = []
+
+    def probe(path: Path) -> bool:
+        probed.append(path)
+        return True
+
+    monkeypatch.setattr(reaping, "envd_listening", probe)
+    await reaper.tick()
+    assert len(probed) == 1
+    reaper.clock.now += reaping.PROBE_EVERY_S - 0.5
+    await reaper.tick()
+    assert len(probed) == 1  # not due yet
+    reaper.clock.now += 0.5
+    await reaper.tick()
+    assert len(probed) == 2
+    assert reaper.kills == []
