@@ -38,7 +38,7 @@ POLICY = SecurityPolicy(
 )
 PARALLEL = 4  # creates in flight at once (2 cores: more only queues in the server)
 EDGE = 50  # the first / last creates compared for p50/p95
-PROBES = 5  # create + echo ok samples at 1 sandbox and at N
+PROBES = 15  # create + echo ok samples at 1 sandbox and at N
 SANDBOX_TIMEOUT_S = 3600
 SETTLE_S = 10.0
 MIB = 1 << 20

@@ -41,6 +41,7 @@ PREFIX = "dcwb"  # instances dcwb0 (control plane), dcwb1..; never the harness's
 API_PORT = 18401
 INTERNAL_PORT = 18402
 NODE_PORT0 = 18403
+TUNNEL_PORT0 = 18413  # node i's port tunnels (all nodes share 127.0.0.1 here)
 POOL_FMT = "10.{}.0.0/16"
 POOL_BASE = 100  # node i gets 10.(100+i).0.0/16
 CONTROL_PLANE = f"https://127.0.0.1:{INTERNAL_PORT}"
@@ -129,6 +130,7 @@ class ClusterNode:
             "DECLAWD_POOL": self.pool,
             "DECLAWD_NODE_ID": self.instance,
             "DECLAWD_NODE_NAME": f"bench-node-{self.index}",
+            "DECLAWD_NODE_TUNNEL_PORT": str(TUNNEL_PORT0 + self.index - 1),
         }
         listen = f"127.0.0.1:{NODE_PORT0 + self.index - 1}"
         token_file = str(self.state_dir / "join-token")

@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,8 +29,7 @@ from typing import Any
 import httpx
 from cryptography import x509
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import JSONResponse, Response
 
 from declawd.cluster import ca as cca
 from declawd.cluster.auditspool import AuditShipper, audit_spool_path
@@ -46,7 +44,14 @@ from declawd.cluster.wire import (
     volume_mounts_from_wire,
 )
 from declawd.config import Settings
-from declawd.errors import Conflict, DeclawdError, InvalidInput, NotFound, Unreachable
+from declawd.errors import (
+    Conflict,
+    DeclawdError,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+    Unreachable,
+)
 from declawd.node.create import CreateRequest
 from declawd.node.node import Node
 from declawd.node.reconcile import reconcile
@@ -58,7 +63,6 @@ from declawd.volumes.attach import mounts_on_node
 log = logging.getLogger(__name__)
 
 API = "/internal/v1"
-HOP_HEADERS = {"host", "connection", "transfer-encoding", "keep-alive", "upgrade"}
 BUILTINS = ["base", "python"]
 
 
@@ -178,7 +182,6 @@ def internal_app(node: Node, templates: TemplateService, settings: Settings) -> 
     """Routes mirroring the `Node` methods the API needs, for the control plane only."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     store = node.store
-    envd_http = _EnvdHttp(node)
 
     @app.exception_handler(DeclawdError)
     async def _domain_error(request: Request, exc: DeclawdError) -> JSONResponse:
@@ -311,13 +314,6 @@ def internal_app(node: Node, templates: TemplateService, settings: Settings) -> 
     async def metrics(sandbox_id: str) -> Any:
         return await asyncio.to_thread(node.metrics, await own(sandbox_id))
 
-    @app.api_route(
-        API + "/envd/{sandbox_id}/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"]
-    )
-    async def envd(sandbox_id: str, path: str, request: Request) -> Response:
-        await own(sandbox_id)
-        return await envd_http.forward(sandbox_id, path, request)
-
     @app.post(f"{API}/templates/build")
     async def build_template(request: Request) -> Any:
         """Run a team template build the control plane recorded (`RemoteNode.build_template`);
@@ -332,69 +328,7 @@ def internal_app(node: Node, templates: TemplateService, settings: Settings) -> 
         )
         return {**answer, "node_id": settings.node_id}
 
-    app.state.envd_http = envd_http
     return app
-
-
-class _EnvdHttp:
-    """A streaming reverse proxy to each sandbox's envd unix socket: bodies stream both
-    ways unbuffered, so commands, files, PTY and SSE streams work as they do locally."""
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self._clients: dict[str, httpx.AsyncClient] = {}
-
-    def _client(self, sandbox_id: str) -> httpx.AsyncClient:
-        c = self._clients.get(sandbox_id)
-        if c is None:
-            socket = str(self._node.parts.host.resources(sandbox_id).envd_socket)
-            c = self._clients[sandbox_id] = httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=socket),
-                base_url="http://envd",
-                timeout=httpx.Timeout(None, connect=5.0),
-            )
-        return c
-
-    async def forward(self, sandbox_id: str, path: str, request: Request) -> Response:
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_HEADERS]
-        client = self._client(sandbox_id)
-        has_body = request.method in ("POST", "PUT", "PATCH")
-        out = client.build_request(
-            request.method,
-            "/" + path,
-            params=httpx.QueryParams(str(request.query_params)),
-            headers=headers,
-            content=_body(request) if has_body else None,
-        )
-        try:
-            resp = await client.send(out, stream=True)
-        except httpx.TransportError as exc:
-            await self.drop(sandbox_id)
-            return JSONResponse(
-                {"message": f"envd unavailable: {exc}", "code": "unavailable"}, status_code=503
-            )
-        back = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
-        return StreamingResponse(
-            resp.aiter_raw(),
-            status_code=resp.status_code,
-            headers=back,
-            background=BackgroundTask(resp.aclose),
-        )
-
-    async def drop(self, sandbox_id: str) -> None:
-        c = self._clients.pop(sandbox_id, None)
-        if c is not None:
-            await c.aclose()
-
-    async def close(self) -> None:
-        for sandbox_id in list(self._clients):
-            await self.drop(sandbox_id)
-
-
-async def _body(request: Request) -> AsyncIterator[bytes]:
-    async for chunk in request.stream():
-        if chunk:
-            yield chunk
 
 
 # The agent -------------------------------------------------------------------------------
@@ -490,7 +424,6 @@ class NodeAgent:
             shipping.cancel()  # what is left stays in the spool for the next start
             await asyncio.gather(serving, shipping, return_exceptions=True)
             shipper.close()
-            await app.state.envd_http.close()
             secrets_server.close()
             await self.secrets.close()
             await templates.close()
@@ -524,14 +457,25 @@ class NodeAgent:
             await asyncio.sleep(settings.heartbeat_interval_s)
 
 
-async def _open_port(node: Node, sandbox_id: str, port: int) -> socket.socket:
-    """A tunnel's connection: `port` in one of this node's running sandboxes."""
+async def _open_port(node: Node, sandbox_id: str, port: int | None) -> socket.socket:
+    """A tunnel's connection: `port` in one of this node's running sandboxes, or (None) its
+    envd socket (the control plane's envd client speaks HTTP through the tunnel)."""
     rec = await asyncio.to_thread(node.store.get_sandbox, sandbox_id)
     if rec is None or rec.node_id != node.settings.node_id or not rec.is_live:
         raise NotFound(f"sandbox '{sandbox_id}' not found")
+    if port is None:
+        path = node.parts.host.resources(sandbox_id).envd_socket
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, str(path))
+        except OSError as exc:
+            sock.close()
+            raise Unavailable(f"envd of sandbox '{sandbox_id}' unavailable: {exc}") from exc
+        return sock
     if rec.state is not SandboxState.RUNNING:
         raise Conflict(f"sandbox '{sandbox_id}' is {rec.state.value}, not running")
-    sock: socket.socket = await node.connect_port(rec, port, connect_in_netns)
+    sock = await node.connect_port(rec, port, connect_in_netns)
     return sock
 
 

@@ -28,7 +28,7 @@ from declawd.cluster.control import control_app
 from declawd.cluster.placement import choose_node
 from declawd.cluster.sweep import run_sweeps
 from declawd.cluster.tls import tls_server
-from declawd.cluster.tunnel import open_tunnel
+from declawd.cluster.tunnel import EnvdTunnels, EnvdTunnelTransport, open_tunnel
 from declawd.cluster.wire import create_to_wire, error_from_body
 from declawd.config import Settings
 from declawd.egress.policy import EgressPolicy
@@ -52,29 +52,6 @@ CERT_HOURS_OWN = 24 * 30  # the control plane's own certificates, re-made at eve
 NETNS_IN_CLUSTER = "a sandbox's network namespace is on its node, not on the API server"
 
 
-class _NodeTransport(httpx.AsyncBaseTransport):
-    """One sandbox's envd requests, sent to its node's envd proxy (shared connection pool)."""
-
-    def __init__(self, inner: httpx.AsyncHTTPTransport, node_url: str, sandbox_id: str) -> None:
-        self._inner = inner
-        self._prefix = f"{node_url}{API}/envd/{sandbox_id}"
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.raw_path.decode()
-        url = httpx.URL(self._prefix + path)
-        out = httpx.Request(
-            request.method,
-            url,
-            headers=request.headers,
-            stream=request.stream,
-            extensions=request.extensions,
-        )
-        return await self._inner.handle_async_request(out)
-
-    async def aclose(self) -> None:
-        """The pool is the node's, shared by its sandboxes: closed with the facade."""
-
-
 class RemoteNode:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
@@ -93,7 +70,6 @@ class RemoteNode:
             self.ca, self._dir, "client", cca.CONTROL_PLANE, [], hours
         )
         self._ssl = self.client_identity.client_context()
-        self._transports: dict[str, httpx.AsyncHTTPTransport] = {}
         self._http = httpx.AsyncClient(verify=self._ssl, timeout=httpx.Timeout(120, connect=5))
         self._sync = httpx.Client(verify=self._ssl, timeout=httpx.Timeout(30, connect=5))
         self._clients: dict[str, tuple[str, EnvdClient]] = {}  # sandbox → (node, client)
@@ -137,8 +113,6 @@ class RemoteNode:
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         for _node_id, c in self._clients.values():
             await c.aclose()
-        for transport in self._transports.values():
-            await transport.aclose()
         await self._http.aclose()
         self._sync.close()
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -328,22 +302,21 @@ class RemoteNode:
 
     # sessions ----------------------------------------------------------------------
     def envd(self, rec: SandboxRecord) -> EnvdClient:
-        """The sandbox's envd through its node, cached per sandbox while it stays on that
-        node (a restore may move it: the client made for the old node is dropped)."""
+        """The sandbox's envd through a tunnel to its node (cluster/tunnel.py: envd's HTTP
+        as bytes the node relays), cached per sandbox while it stays on that node (a
+        restore may move it: the client made for the old node is dropped)."""
         cached = self._clients.get(rec.sandbox_id)
-        client = cached[1] if cached is not None and cached[0] == rec.node_id else None
-        if client is None:
-            if cached is not None:
-                self._forget(rec.sandbox_id)
-            node = self._node(rec.node_id)
-            inner = self._transports.get(node.url)
-            if inner is None:
-                inner = self._transports[node.url] = httpx.AsyncHTTPTransport(verify=self._ssl)
-            client = EnvdClient(
-                f"{node.url}{API}/envd/{rec.sandbox_id}",
-                transport=_NodeTransport(inner, node.url, rec.sandbox_id),
-            )
-            self._clients[rec.sandbox_id] = (rec.node_id, client)
+        if cached is not None and cached[0] == rec.node_id:
+            return cached[1]
+        if cached is not None:
+            self._forget(rec.sandbox_id)
+        node = self._node(rec.node_id)
+        host = urlsplit(node.url).hostname or ""
+        port = int(node.capacity.get("tunnel_port") or self.settings.node_tunnel_port)
+        backend = EnvdTunnels(host, port, self._ssl, rec.sandbox_id)
+        client = EnvdClient(f"envd of {rec.sandbox_id} on node {node.name}",
+                            transport=EnvdTunnelTransport(backend))  # fmt: skip
+        self._clients[rec.sandbox_id] = (rec.node_id, client)
         return client
 
     def envs(self, rec: SandboxRecord) -> dict[str, str]:

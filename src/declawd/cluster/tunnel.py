@@ -34,6 +34,9 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpcore
+import httpx
+
 from declawd.cluster.ca import CONTROL_PLANE
 from declawd.cluster.wire import error_body, error_from_body
 from declawd.errors import DeclawdError, Forbidden, InvalidInput, Unreachable
@@ -45,9 +48,10 @@ HELLO_TIMEOUT_S = 10.0
 CHUNK = 64 * 1024
 EOF_FRAME = (0).to_bytes(4, "big")
 
-# What the node does with a tunnel's hello: the connected socket in the sandbox, or a
-# domain error (not its sandbox, not running, nothing listens on the port).
-OpenPort = Callable[[str, int], Awaitable[socket.socket]]
+# What the node does with a tunnel's hello: the connected socket in the sandbox (`port`;
+# None: the sandbox's envd socket), or a domain error (not its sandbox, not running,
+# nothing listens on the port).
+OpenPort = Callable[[str, int | None], Awaitable[socket.socket]]
 
 
 def _peer_cn(writer: asyncio.StreamWriter) -> str:
@@ -63,8 +67,9 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-def parse_hello(raw: bytes) -> tuple[str, int]:
-    """The sandbox id and port a hello asks for; InvalidInput naming the field otherwise."""
+def parse_hello(raw: bytes) -> tuple[str, int | None]:
+    """The sandbox id and port a hello asks for (None: `"envd": true`, its envd socket);
+    InvalidInput naming the field otherwise."""
     try:
         hello = json.loads(raw)
     except ValueError as exc:
@@ -74,6 +79,8 @@ def parse_hello(raw: bytes) -> tuple[str, int]:
     sandbox_id, port = hello.get("sandbox_id"), hello.get("port")
     if not isinstance(sandbox_id, str) or not sandbox_id:
         raise InvalidInput("sandbox_id", "must be a sandbox id")
+    if hello.get("envd") is True and port is None:
+        return sandbox_id, None
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise InvalidInput("port", "must be an integer from 1 to 65535")
     return sandbox_id, port
@@ -173,23 +180,10 @@ async def open_tunnel(
     Errors the node answers are raised as the same domain errors; a node that does not
     answer is `Unreachable`. The pump runs until either end closes.
     """
+    reader, writer = await _hello(
+        host, port, ssl_context, {"sandbox_id": sandbox_id, "port": target}
+    )
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ssl_context, limit=CHUNK),
-            HELLO_TIMEOUT_S,
-        )
-    except (OSError, ssl.SSLError, TimeoutError) as exc:
-        raise Unreachable(f"node tunnel {host}:{port} did not answer: {exc}") from exc
-    try:
-        writer.write(_line({"sandbox_id": sandbox_id, "port": target}))
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT_S + 5)
-        answer = json.loads(raw) if raw else {}
-        if not isinstance(answer, dict) or answer.get("ok") is not True:
-            body = answer if isinstance(answer, dict) and answer else {}
-            if not body:
-                raise Unreachable(f"node tunnel {host}:{port} closed without an answer")
-            raise error_from_body(502, body)
         ours, theirs = socket.socketpair()
     except BaseException:
         writer.close()
@@ -205,6 +199,127 @@ async def open_tunnel(
     _RELAYS.add(task)
     task.add_done_callback(_RELAYS.discard)
     return ours
+
+
+async def _hello(
+    host: str, port: int, ssl_context: ssl.SSLContext, hello: dict[str, Any]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A tunnel connection the node accepted (its `ok` read), or the error it answered."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ssl_context, limit=CHUNK),
+            HELLO_TIMEOUT_S,
+        )
+    except (OSError, ssl.SSLError, TimeoutError) as exc:
+        raise Unreachable(f"node tunnel {host}:{port} did not answer: {exc}") from exc
+    try:
+        writer.write(_line(hello))
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT_S + 5)
+        answer = json.loads(raw) if raw else {}
+        if not isinstance(answer, dict) or answer.get("ok") is not True:
+            body = answer if isinstance(answer, dict) and answer else {}
+            if not body:
+                raise Unreachable(f"node tunnel {host}:{port} closed without an answer")
+            raise error_from_body(502, body)
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
+# envd over a tunnel: HTTP/1.1 from httpx straight to the sandbox's envd socket -------------
+class TunnelStream(httpcore.AsyncNetworkStream):
+    """One tunnel as httpcore's byte stream (the framing of `relay`, spoken here)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+        self._pending = b""
+        self._eof = False
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if not self._pending and not self._eof:
+            try:
+                async with asyncio.timeout(timeout):
+                    size = int.from_bytes(await self._reader.readexactly(4), "big")
+                    if size > CHUNK:
+                        raise httpcore.ReadError(f"tunnel frame of {size} bytes is over {CHUNK}")
+                    if size:
+                        self._pending = await self._reader.readexactly(size)
+                    else:
+                        self._eof = True
+            except TimeoutError as exc:
+                raise httpcore.ReadTimeout(str(exc)) from exc
+            except (asyncio.IncompleteReadError, ConnectionError, OSError, ssl.SSLError) as exc:
+                raise httpcore.ReadError(f"tunnel: {exc}") from exc
+        out, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+        return out
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        try:
+            for i in range(0, len(buffer), CHUNK):
+                part = buffer[i : i + CHUNK]
+                self._writer.write(len(part).to_bytes(4, "big") + part)
+            async with asyncio.timeout(timeout):
+                await self._writer.drain()
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout(str(exc)) from exc
+        except (ConnectionError, OSError, ssl.SSLError) as exc:
+            raise httpcore.WriteError(f"tunnel: {exc}") from exc
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
+            await self._writer.wait_closed()
+
+    def get_extra_info(self, info: str) -> Any:
+        return None
+
+
+class EnvdTunnels(httpcore.AsyncNetworkBackend):
+    """httpcore's "network" for one sandbox's envd: each connection is a tunnel to it."""
+
+    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext, sandbox_id: str):
+        self._target = (host, port, ssl_context)
+        self._hello = {"sandbox_id": sandbox_id, "envd": True}
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            reader, writer = await _hello(*self._target, self._hello)
+        except DeclawdError as exc:
+            raise httpcore.ConnectError(exc.message) from exc
+        return TunnelStream(reader, writer)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("envd tunnels are reached by connect_tcp")
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class EnvdTunnelTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport (request mapping, errors) over `EnvdTunnels`: envd's HTTP goes
+    through the node as bytes, which the node relays without parsing (one check per
+    connection, not per request). httpx has no argument for a network backend: its pool is
+    replaced by one with ours, as httpx itself builds it."""
+
+    def __init__(self, backend: EnvdTunnels) -> None:
+        super().__init__()
+        self._pool = httpcore.AsyncConnectionPool(
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=backend,
+        )
 
 
 _RELAYS: set[asyncio.Task[None]] = set()

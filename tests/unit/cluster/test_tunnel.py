@@ -8,10 +8,17 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from declawd.cluster import ca as cca
-from declawd.cluster.tunnel import open_tunnel, parse_hello, serve_tunnels
+from declawd.cluster.tunnel import (
+    EnvdTunnels,
+    EnvdTunnelTransport,
+    open_tunnel,
+    parse_hello,
+    serve_tunnels,
+)
 from declawd.errors import Forbidden, InvalidInput, NotFound, Unreachable
 
 HOURS = datetime.timedelta(hours=1)
@@ -47,12 +54,22 @@ async def upstream() -> AsyncIterator[int]:
     await server.wait_closed()
 
 
-async def _tunnels(pki: dict[str, cca.Identity], upstream: int, seen: list[tuple[str, int]]):  # type: ignore[no-untyped-def]
-    async def open_port(sandbox_id: str, port: int) -> socket.socket:
+async def _tunnels(  # type: ignore[no-untyped-def]
+    pki: dict[str, cca.Identity],
+    upstream: int,
+    seen: list[tuple[str, int | None]],
+    envd: Path | None = None,
+):
+    async def open_port(sandbox_id: str, port: int | None) -> socket.socket:
         seen.append((sandbox_id, port))
         if sandbox_id != "sbx-aaaaaaaaaaaa":
             raise NotFound(f"sandbox '{sandbox_id}' not found")
-        sock = socket.create_connection(("127.0.0.1", upstream))
+        if port is None:
+            assert envd is not None
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(str(envd))
+        else:
+            sock = socket.create_connection(("127.0.0.1", upstream))
         sock.setblocking(False)
         return sock
 
@@ -71,7 +88,7 @@ async def _recv_all(sock: socket.socket) -> bytes:
 async def test_bytes_flow_both_ways_and_end_when_the_server_closes(
     pki: dict[str, cca.Identity], upstream: int
 ) -> None:
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int | None]] = []
     server = await _tunnels(pki, upstream, seen)
     port = server.sockets[0].getsockname()[1]
     ctx = pki["cp"].client_context()
@@ -101,7 +118,7 @@ async def test_the_nodes_domain_error_comes_back_as_the_same_error(
 async def test_only_the_control_plane_may_open_a_tunnel(
     pki: dict[str, cca.Identity], upstream: int
 ) -> None:
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int | None]] = []
     server = await _tunnels(pki, upstream, seen)
     port = server.sockets[0].getsockname()[1]
     with pytest.raises(Forbidden, match="control plane only"):
@@ -140,3 +157,58 @@ def test_bad_hellos_name_the_field(raw: bytes, field: str) -> None:
 
 def test_a_good_hello() -> None:
     assert parse_hello(b'{"sandbox_id": "sbx-a", "port": 8080}\n') == ("sbx-a", 8080)
+    assert parse_hello(b'{"sandbox_id": "sbx-a", "envd": true}\n') == ("sbx-a", None)
+
+
+async def test_envd_http_through_the_tunnel_keeps_its_connection(
+    pki: dict[str, cca.Identity], upstream: int, tmp_path: Path
+) -> None:
+    """httpx over `EnvdTunnelTransport` to an HTTP server on a unix socket (envd's place):
+    requests with bodies both ways, a streamed answer, and one tunnel for all of them."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        return JSONResponse({"path": request.url.path, "length": len(body)})
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def parts():  # type: ignore[no-untyped-def]
+            for i in range(3):
+                yield f"part {i}\n".encode() * 10000
+
+        return StreamingResponse(parts())
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/stream", stream)])
+    sock_path = tmp_path / "envd.sock"
+    server = uvicorn.Server(uvicorn.Config(app, uds=str(sock_path), log_level="warning"))
+    serving = asyncio.ensure_future(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    seen: list[tuple[str, int | None]] = []
+    tunnels = await _tunnels(pki, upstream, seen, envd=sock_path)
+    port = tunnels.sockets[0].getsockname()[1]
+    backend = EnvdTunnels("127.0.0.1", port, pki["cp"].client_context(), "sbx-aaaaaaaaaaaa")
+    try:
+        async with httpx.AsyncClient(
+            transport=EnvdTunnelTransport(backend), base_url="http://envd"
+        ) as client:
+            for size in (0, 300_000):
+                r = await client.post("/echo", content=b"x" * size)
+                assert r.json() == {"path": "/echo", "length": size}
+            r = await client.get("/stream")
+            assert r.content == b"".join(f"part {i}\n".encode() * 10000 for i in range(3))
+        assert seen == [("sbx-aaaaaaaaaaaa", None)]  # one tunnel, kept alive between them
+        missing = EnvdTunnels("127.0.0.1", port, pki["cp"].client_context(), "sbx-cccccccccccc")
+        async with httpx.AsyncClient(
+            transport=EnvdTunnelTransport(missing), base_url="http://envd"
+        ) as client:
+            with pytest.raises(httpx.ConnectError, match="sandbox 'sbx-cccccccccccc' not found"):
+                await client.get("/stream")
+    finally:
+        tunnels.close()
+        server.should_exit = True
+        await serving
