@@ -311,9 +311,7 @@ class RemoteNode:
         if cached is not None:
             self._forget(rec.sandbox_id)
         node = self._node(rec.node_id)
-        host = urlsplit(node.url).hostname or ""
-        port = int(node.capacity.get("tunnel_port") or self.settings.node_tunnel_port)
-        backend = EnvdTunnels(host, port, self._ssl, rec.sandbox_id)
+        backend = EnvdTunnels(*self._tunnel_of(node), self._ssl, rec.sandbox_id)
         client = EnvdClient(f"envd of {rec.sandbox_id} on node {node.name}",
                             transport=EnvdTunnelTransport(backend))  # fmt: skip
         self._clients[rec.sandbox_id] = (rec.node_id, client)
@@ -331,9 +329,12 @@ class RemoteNode:
         """The ports route's connection: a tunnel to the sandbox's node, which connects in
         the sandbox's netns as `Node.connect_port` does (`connect` is the node's business)."""
         node = await asyncio.to_thread(self._node, rec.node_id)
+        return await open_tunnel(*self._tunnel_of(node), self._ssl, rec.sandbox_id, port)
+
+    def _tunnel_of(self, node: NodeRecord) -> tuple[str, int]:
+        """Where `node` serves tunnels: its internal API's host, the port it reports."""
         host = urlsplit(node.url).hostname or ""
-        tunnel_port = int(node.capacity.get("tunnel_port") or self.settings.node_tunnel_port)
-        return await open_tunnel(host, tunnel_port, self._ssl, rec.sandbox_id, port)
+        return host, int(node.capacity.get("tunnel_port") or self.settings.node_tunnel_port)
 
     def pty_since(self, rec: SandboxRecord, pid: int) -> int:
         """As the node's sessions: the first subscriber (through this API server) from the

@@ -22,17 +22,22 @@ from declawd.cluster.ca import Identity
 from declawd.errors import Forbidden
 
 
+def peer_common_name(conn: asyncio.BaseTransport | asyncio.StreamWriter) -> str:
+    """The common name of the verified client certificate of a TLS connection ('' without one)."""
+    cert: Any = conn.get_extra_info("peercert") or {}
+    peer = ""
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                peer = str(value)
+    return peer
+
+
 class PeerH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        cert: Any = transport.get_extra_info("peercert") or {}
-        peer = ""
-        for rdn in cert.get("subject", ()):
-            for key, value in rdn:
-                if key == "commonName":
-                    peer = str(value)
         # Per connection: every request on it sees the same verified peer.
-        self.app_state = {**self.app_state, "peer": peer}
+        self.app_state = {**self.app_state, "peer": peer_common_name(transport)}
 
 
 def peer_of(request: Request) -> str:

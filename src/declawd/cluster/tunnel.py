@@ -38,6 +38,7 @@ import httpcore
 import httpx
 
 from declawd.cluster.ca import CONTROL_PLANE
+from declawd.cluster.tls import peer_common_name
 from declawd.cluster.wire import error_body, error_from_body
 from declawd.errors import DeclawdError, Forbidden, InvalidInput, Unreachable
 
@@ -52,15 +53,6 @@ EOF_FRAME = (0).to_bytes(4, "big")
 # None: the sandbox's envd socket), or a domain error (not its sandbox, not running,
 # nothing listens on the port).
 OpenPort = Callable[[str, int | None], Awaitable[socket.socket]]
-
-
-def _peer_cn(writer: asyncio.StreamWriter) -> str:
-    cert: Any = writer.get_extra_info("peercert") or {}
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return ""
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -142,7 +134,7 @@ async def serve_tunnels(
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         inside: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
-            if _peer_cn(writer) != CONTROL_PLANE:
+            if peer_common_name(writer) != CONTROL_PLANE:
                 raise Forbidden("tunnels take calls from the control plane only")
             try:
                 raw = await asyncio.wait_for(reader.readuntil(b"\n"), HELLO_TIMEOUT_S)
