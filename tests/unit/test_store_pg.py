@@ -9,8 +9,9 @@ import psycopg
 import pytest
 
 from declawd.config import Settings
-from declawd.store import SchemaTooNew, Store, open_store
+from declawd.store import SchemaTooNew, Store, open_store, pg
 from declawd.store.db import MIGRATIONS, Database, open_database, sqlite_path
+from declawd.store.errors import Duplicate
 from declawd.store.pg import (
     DEFAULT_POOL_SIZE,
     PgDatabase,
@@ -148,6 +149,44 @@ def test_a_failed_migration_leaves_the_previous_version(pg_url: str) -> None:
     try:
         assert db.user_version() == 1
         assert db.query_one("SELECT to_regclass('b')")[0] is None
+    finally:
+        db.close()
+
+
+def test_an_idle_connection_is_checked_and_a_broken_one_replaced(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection used moments ago goes out unchecked (no extra round trip); one
+    idle past CHECK_IDLE_S is checked first, so one the server dropped meanwhile (a restart,
+    a cut session) is replaced before any caller's statement runs on it."""
+    db = open_database(pg_url, ["CREATE TABLE a (x INTEGER);"])
+    try:
+        pid = db.query_one("SELECT pg_backend_pid()")[0]
+        assert db.query_one("SELECT pg_backend_pid()")[0] == pid  # the same one, reused
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        monkeypatch.setattr(pg, "CHECK_IDLE_S", 0.0)
+        assert db.query_one("SELECT pg_backend_pid()")[0] != pid
+    finally:
+        db.close()
+
+
+def test_a_write_commits_all_or_nothing(pg_url: str) -> None:
+    """BEGIN and the write lock go in one round trip; the body's error rolls back and the
+    connection goes back to the pool clean."""
+    db = open_database(pg_url, ["CREATE TABLE a (x INTEGER PRIMARY KEY);"])
+    try:
+        with db.write() as c:
+            c.execute("INSERT INTO a (x) VALUES (?)", (1,))
+        with pytest.raises(RuntimeError, match="halfway"), db.write() as c:
+            c.execute("INSERT INTO a (x) VALUES (?)", (2,))
+            raise RuntimeError("halfway")
+        with pytest.raises(Duplicate), db.write() as c:
+            c.execute("INSERT INTO a (x) VALUES (?)", (3,))
+            c.execute("INSERT INTO a (x) VALUES (?)", (1,))
+        assert [r[0] for r in db.query("SELECT x FROM a ORDER BY x")] == [1]
+        held = db.query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")[0]
+        assert held == 0
     finally:
         db.close()
 

@@ -24,6 +24,11 @@ _INSERT = (
     "INSERT INTO audit_events (time, sandbox_id, kind, verdict, reason, name, address, port,"
     " protocol) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# PostgreSQL: the event and its detail in one statement (SQLite has no INSERT in a WITH).
+_INSERT_WITH_DETAIL = (
+    f"WITH e AS ({_INSERT} RETURNING id)"
+    " INSERT INTO audit_details (event_id, detail) SELECT id, ? FROM e"
+)
 # Every event with the detail row it may have (an `http` event's request fields).
 _SELECT = (
     "SELECT e.*, d.detail AS detail FROM audit_events e"
@@ -97,10 +102,14 @@ class Audit(Repository):
                 if run:
                     c.executemany(_INSERT, run)
                     run = []
+                detail = json.dumps(dict(e["detail"]), separators=(",", ":"))
+                if self._db.dialect == "postgresql":  # one round trip, not two
+                    c.execute(_INSERT_WITH_DETAIL, (*row, detail))
+                    continue
                 event_id = c.execute(_INSERT + " RETURNING id", row).fetchone()[0]
                 c.execute(
                     "INSERT INTO audit_details (event_id, detail) VALUES (?, ?)",
-                    (event_id, json.dumps(dict(e["detail"]), separators=(",", ":"))),
+                    (event_id, detail),
                 )
             if run:
                 c.executemany(_INSERT, run)

@@ -23,7 +23,9 @@ import contextlib
 import functools
 import re
 import threading
+import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -41,6 +43,12 @@ LOCK_TIMEOUT_MS = 5000
 WRITE_LOCK_KEY = 0x6465636C617764
 VERSION_TABLE = "declawd_schema_version"
 POOL_SIZE_PARAM = "pool_size"
+# A connection that comes back out of the pool within this long of its last use is handed
+# out as is; one idle for longer is checked first (an empty query: one more round trip).
+CHECK_IDLE_S = 5.0
+# BEGIN and the write lock in one round trip (no parameters: the simple query protocol
+# takes both statements at once).
+BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})"
 
 
 def split_url(url: str) -> tuple[str, int]:
@@ -169,6 +177,32 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
 
 
+class _IdleCheck:
+    """The pool's `check`: check a connection only when it sat idle.
+
+    psycopg_pool's `check_connection` on every checkout costs a round trip per statement
+    (a request's key lookup, sandbox lookup and audit write paid three). A connection used
+    moments ago is as good as the last statement on it showed; one idle for over
+    `CHECK_IDLE_S` (a restarted server, a dropped TCP session) is checked, and a bad one is
+    replaced by the pool before anyone gets it. What can still reach a caller is a
+    connection broken in those few seconds: its statement fails once and the pool discards
+    it (psycopg_pool drops connections returned in a bad state).
+    """
+
+    def __init__(self) -> None:
+        self._last: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def check(self, conn: psycopg.Connection[Any]) -> None:
+        last = self._last.get(conn)
+        if last is None or time.monotonic() - last > CHECK_IDLE_S:
+            psycopg_pool.ConnectionPool.check_connection(conn)
+
+    def returned(self, conn: psycopg.Connection[Any]) -> None:
+        self._last[conn] = time.monotonic()
+
+
 class PgDatabase:
     """A pool of connections to one PostgreSQL database, plus transaction helpers.
 
@@ -192,6 +226,7 @@ class PgDatabase:
         self._migrations = list(migrations)
         self._local = threading.local()
         self._closed = False
+        self._idle = idle = _IdleCheck()
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
             psycopg_pool.ConnectionPool(
                 conninfo,
@@ -199,7 +234,7 @@ class PgDatabase:
                 max_size=self.pool_size,
                 kwargs={"autocommit": True, "row_factory": _row_factory},
                 configure=_configure,
-                check=psycopg_pool.ConnectionPool.check_connection,
+                check=idle.check,
                 name="declawd-store",
                 open=False,
             )
@@ -217,10 +252,15 @@ class PgDatabase:
         self._closed = True
         self._pool.close()
 
-    def _connection(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         if self._closed:
             raise RuntimeError("store is closed")
-        return self._pool.connection()
+        with self._pool.connection() as conn:
+            try:
+                yield conn
+            finally:  # before it is back in the pool (the pool's `reset` runs in a worker)
+                self._idle.returned(conn)
 
     # Statements -----------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[PgRow]:
@@ -241,12 +281,18 @@ class PgDatabase:
         if getattr(self._local, "conn", None) is not None:
             raise RuntimeError("write() inside write() on one thread")
         try:
-            with self._connection() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            with self._connection() as conn:
+                conn.execute(BEGIN_LOCKED)
                 wrapped = PgConnection(conn)
                 self._local.conn = wrapped
                 try:
                     yield wrapped
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")  # a broken connection: the pool drops it
+                    raise
+                else:
+                    conn.execute("COMMIT")
                 finally:
                     self._local.conn = None
         except pg_errors.UniqueViolation as exc:
