@@ -113,3 +113,71 @@ def test_builds(store: Store) -> None:
     assert store.get_build("bld-2") is None
     with pytest.raises(RecordNotFound):
         store.update_build("bld-2", status="failed")
+
+
+def _building(store: Store, bid: str, tid: str, node_id: str = "", **extra: Any) -> None:
+    store.insert_template(_tpl(tid, "team-a", state="building", **extra))
+    store.insert_build(
+        {
+            "build_id": bid,
+            "template_id": tid,
+            "team_id": "team-a",
+            "status": "building",
+            "node_id": node_id,
+        }
+    )
+
+
+def test_a_build_records_its_node_and_defaults_to_none(store: Store) -> None:
+    _building(store, "bld-1", "tpl-1")
+    assert store.get_build("bld-1")["node_id"] == ""  # type: ignore[index]
+    store.update_build("bld-1", node_id="node-a")
+    assert store.get_build("bld-1")["node_id"] == "node-a"  # type: ignore[index]
+
+
+def test_finish_build_writes_build_template_and_alias_once(store: Store) -> None:
+    _building(store, "bld-1", "tpl-1")
+    ready = {"state": "ready", "layers": ["k1"], "size_bytes": 5, "error": None}
+    assert store.finish_build("bld-1", "completed", ["a", "done"], 9.0, ready, alias="app")
+    build, tpl = store.get_build("bld-1"), store.get_template("tpl-1")
+    assert build is not None and (build["status"], build["logs"], build["finished_at"]) == (
+        "completed",
+        ["a", "done"],
+        9.0,
+    )
+    assert tpl is not None and (tpl["state"], tpl["layers"], tpl["size_bytes"]) == (
+        "ready",
+        ["k1"],
+        5,
+    )
+    assert store.get_template_by_alias("team-a", "app")["template_id"] == "tpl-1"  # type: ignore[index]
+    # Once ended, a build is never finished again: nothing of a second finish is written.
+    assert not store.finish_build("bld-1", "failed", ["late"], 10.0, {"state": "failed"})
+    assert store.get_build("bld-1")["logs"] == ["a", "done"]  # type: ignore[index]
+    assert store.get_template("tpl-1")["state"] == "ready"  # type: ignore[index]
+    assert not store.finish_build("bld-missing", "failed", [], 1.0, {})
+    with pytest.raises(ValueError):
+        store.finish_build("bld-1", "building", [], 1.0, {})
+
+
+def test_finish_build_leaves_an_alias_a_newer_template_holds(store: Store) -> None:
+    _building(store, "bld-old", "tpl-old", created_at=1.0)
+    _building(store, "bld-new", "tpl-new", created_at=2.0)
+    ready = {"state": "ready"}
+    assert store.finish_build("bld-new", "completed", [], 3.0, ready, alias="app")
+    assert store.finish_build("bld-old", "completed", [], 4.0, ready, alias="app")
+    assert store.get_template_by_alias("team-a", "app")["template_id"] == "tpl-new"  # type: ignore[index]
+    # A failed build never takes the alias.
+    _building(store, "bld-f", "tpl-f", created_at=5.0)
+    assert store.finish_build("bld-f", "failed", [], 6.0, {"state": "failed"}, alias="app")
+    assert store.get_template_by_alias("team-a", "app")["template_id"] == "tpl-new"  # type: ignore[index]
+
+
+def test_build_logs_are_saved_only_while_building(store: Store) -> None:
+    _building(store, "bld-1", "tpl-1")
+    assert store.save_build_logs("bld-1", ["step 1"])
+    assert store.get_build("bld-1")["logs"] == ["step 1"]  # type: ignore[index]
+    store.finish_build("bld-1", "failed", ["step 1", "error: x"], 2.0, {"state": "failed"})
+    assert not store.save_build_logs("bld-1", ["step 1", "step 2"])
+    assert store.get_build("bld-1")["logs"] == ["step 1", "error: x"]  # type: ignore[index]
+    assert not store.save_build_logs("bld-missing", [])

@@ -181,14 +181,11 @@ async def test_a_failed_log_flush_is_logged_and_the_build_goes_on(svc, monkeypat
     from declawd.templates import service as service_module
 
     monkeypatch.setattr(service_module, "_LOG_FLUSH_S", 0.0)  # every line flushes
-    real_update = svc.store.update_build
 
-    def update_build(build_id, **fields):
-        if set(fields) == {"logs"}:  # only the flushes while building fail
-            raise sqlite3.OperationalError("database is locked")
-        real_update(build_id, **fields)
+    def save_build_logs(build_id, logs):  # only the flushes while building fail
+        raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(svc.store, "update_build", update_build)
+    monkeypatch.setattr(svc.store, "save_build_logs", save_build_logs)
     team = svc.store.create_team("t")
     info = await svc.build(team, {"template": SPEC, "alias": "mine"})
     with caplog.at_level("WARNING", logger="declawd.templates.service"):

@@ -404,6 +404,11 @@ class NodeAgent:
                     await serving  # raises what stopped it (e.g. the port is taken)
                     raise Unreachable("the internal API stopped before it started")
                 await asyncio.sleep(0.05)
+            orphans = await asyncio.to_thread(
+                store.fail_orphaned_builds, settings.node_id, settings.node_name
+            )
+            if orphans:
+                log.warning("builds of a previous run failed: %s", ", ".join(orphans))
             await self.register()
             log.info("node %s up at %s", settings.node_name, self.url)
             beating = asyncio.get_running_loop().create_task(

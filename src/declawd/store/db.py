@@ -337,9 +337,17 @@ CREATE TABLE join_tokens (
 );
 """
 
+# v8: the node a team template's build was sent to (cluster mode; '' when built in the
+# process that recorded it), so the lost-node sweep can fail the builds of a node it marks
+# down. The index holds only the builds still running.
+_V8 = """
+ALTER TABLE builds ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+CREATE INDEX builds_building_on_node ON builds (node_id) WHERE status = 'building';
+"""
+
 # Applied in order; migration i (0-based) brings the schema to user_version i + 1.
 # Append only: never edit a script that has shipped.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8]
 
 
 def _rollback(c: sqlite3.Connection) -> None:

@@ -5,6 +5,10 @@ A node row is written by the control plane when the node joins and on every hear
 are the sandbox rows whose `node_id` is its id. Join tokens are kept only as a sha256 of
 the token, with an expiry, and are spent by one join (`use_join_token` is a
 compare-and-set, so two nodes racing with one token cannot both join).
+
+A node marked `down` takes its work with it in the same transaction: its live sandboxes are
+killed and the team template builds sent to it (`builds.node_id`) failed, their templates
+too; the node, if it was only slow, cannot finish such a build late (`finish_build`).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from declawd.store.db import WriteConnection
 from declawd.store.model import LIVE_STATES, POOL_TEAM, SandboxState
 from declawd.store.records import Repository, encode_json, placeholders, row_to_dict
 
@@ -37,6 +42,15 @@ class NodeRecord:
     @property
     def templates(self) -> list[str]:
         return [str(t) for t in self.capacity.get("templates") or []]
+
+
+class NodeLoss(NamedTuple):
+    """What `mark_stale_nodes_down` took down with one node: the node as it was, the ids
+    of its sandboxes killed and of its builds failed."""
+
+    node: NodeRecord
+    sandboxes: list[str]
+    builds: list[str]
 
 
 def _node(row: Any) -> NodeRecord:
@@ -98,14 +112,16 @@ class Nodes(Repository):
             cur = c.execute("UPDATE nodes SET state = ? WHERE node_id = ?", (state, node_id))
             return bool(cur.rowcount > 0)
 
-    def mark_stale_nodes_down(self, older_than: float) -> list[tuple[NodeRecord, list[str]]]:
+    def mark_stale_nodes_down(self, older_than: float) -> list[NodeLoss]:
         """Nodes not `down` whose last heartbeat is before `older_than` become `down`, and
         their live sandboxes `killed` with an error naming the node (still unreleased: the
-        node, if it comes back, tears them down when it reconciles). Returns each node
-        marked, as it was, with the ids of the sandboxes lost; one transaction, so several
-        sweeping API servers mark each node once."""
+        node, if it comes back, tears them down when it reconciles), their builds still
+        `building` `failed` with a last log line saying so, and those builds' templates
+        still `building` `failed` with that error. Returns each node marked, as it was,
+        with what it lost; one transaction, so several sweeping API servers mark each
+        node once."""
         live = [s.value for s in LIVE_STATES]
-        marked: list[tuple[NodeRecord, list[str]]] = []
+        marked: list[NodeLoss] = []
         now = self._clock()
         with self._db.write() as c:
             rows = c.execute(
@@ -122,14 +138,24 @@ class Nodes(Repository):
                         (node.node_id, *live, POOL_TEAM),
                     ).fetchall()
                 ]
-                marked.append((node, lost))
                 c.execute("UPDATE nodes SET state = 'down' WHERE node_id = ?", (node.node_id,))
                 c.execute(
                     "UPDATE sandboxes SET state = ?, killed_at = ?, error = ?"
                     f" WHERE node_id = ? AND state IN ({placeholders(live)})",
                     (SandboxState.KILLED.value, now, lost_message(node.name), node.node_id, *live),
                 )
+                builds = _fail_builds(
+                    c, node.node_id, build_lost_message(node.name, now - node.last_seen), now
+                )
+                marked.append(NodeLoss(node, lost, builds))
         return marked
+
+    def fail_orphaned_builds(self, node_id: str, node_name: str) -> list[str]:
+        """A node agent's step at start, before it registers: the builds the store still
+        says run on it ran in the process that is gone (a restart quicker than the down
+        timeout is never swept), so they fail as the sweep fails them. Returns their ids."""
+        with self._db.write() as c:
+            return _fail_builds(c, node_id, build_restart_message(node_name), self._clock())
 
     # --- join tokens --------------------------------------------------------------
     def create_join_token(self, ttl_s: float) -> str:
@@ -153,6 +179,42 @@ class Nodes(Repository):
                 (now, node_id, hash_token(token), now),
             )
             return bool(cur.rowcount == 1)
+
+
+def _fail_builds(c: WriteConnection, node_id: str, error: str, now: float) -> list[str]:
+    """Within a write transaction: fail the node's running builds (their log ends with
+    `error: <error>`) and their templates still building. Returns their ids."""
+    rows = c.execute(
+        "SELECT build_id, template_id, logs FROM builds"
+        " WHERE node_id = ? AND status = 'building' ORDER BY build_id",
+        (node_id,),
+    ).fetchall()
+    for row in rows:
+        build = row_to_dict(row, ("logs",))
+        logs = [*(build["logs"] or []), f"error: {error}"]
+        c.execute(
+            "UPDATE builds SET status = 'failed', finished_at = ?, logs = ? WHERE build_id = ?",
+            (now, encode_json(logs), build["build_id"]),
+        )
+        c.execute(
+            "UPDATE templates SET state = 'failed', error = ?"
+            " WHERE template_id = ? AND state = 'building'",
+            (error, build["template_id"]),
+        )
+    return [str(r["build_id"]) for r in rows]
+
+
+def build_lost_message(node_name: str, silent_s: float) -> str:
+    """The error of a team template build whose node stopped heartbeating mid-build."""
+    return (
+        f"node {node_name} was lost during the build (no heartbeat for {silent_s:.0f} s);"
+        " rebuild the template"
+    )
+
+
+def build_restart_message(node_name: str) -> str:
+    """The error of a team template build whose node agent restarted mid-build."""
+    return f"node {node_name} restarted during the build; rebuild the template"
 
 
 def lost_message(node_name: str) -> str:

@@ -3,17 +3,23 @@
 Built-in templates have team_id '' and are visible to every team. The alias table is
 the only source of alias resolution (a template's own `alias` column records what it was
 built as): a team's alias shadows a built-in of the same name.
+
+A build's outcome is written once: `finish_build` and `save_build_logs` apply only while
+the build is still `building`, so a build the lost-node sweep failed (store/nodes.py) keeps
+that failure when its node, only slow, finishes it late.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from declawd.store.db import WriteConnection
 from declawd.store.errors import RecordNotFound
 from declawd.store.records import (
     Repository,
     encode_values,
     insert_row,
+    quoted,
     row_to_dict,
     update_row,
 )
@@ -49,6 +55,7 @@ BUILD_COLUMNS = (
     "logs",
     "created_at",
     "finished_at",
+    "node_id",
 )
 BUILD_JSON = ("logs",)
 
@@ -138,3 +145,80 @@ class Templates(Repository):
         values = encode_values("builds", fields, BUILD_COLUMNS, BUILD_JSON)
         if not update_row(self._db, "builds", "build_id", build_id, values):
             raise RecordNotFound(f"build {build_id} not found")
+
+    def save_build_logs(self, build_id: str, logs: list[str]) -> bool:
+        """The log so far of a running build; False (nothing written) once it has ended,
+        so a late flush never overwrites the final log of a build failed meanwhile."""
+        values = encode_values("builds", {"logs": logs}, BUILD_COLUMNS, BUILD_JSON)
+        with self._db.write() as c:
+            cur = c.execute(
+                "UPDATE builds SET logs = ? WHERE build_id = ? AND status = 'building'",
+                (values["logs"], build_id),
+            )
+            return bool(cur.rowcount == 1)
+
+    def finish_build(
+        self,
+        build_id: str,
+        status: str,
+        logs: list[str],
+        finished_at: float,
+        template_fields: dict[str, Any],
+        alias: str | None = None,
+    ) -> bool:
+        """The outcome of a build (`completed` or `failed`) and of its template, in one
+        transaction, if the build is still `building`; False (nothing written) when it has
+        ended already (failed by the lost-node sweep) or does not exist. A completed build
+        also takes the team's `alias` for its template in that transaction (so whoever sees
+        it completed finds the alias moved), unless the alias already names a newer one."""
+        if status == "building":
+            raise ValueError("finish_build: status must be an outcome, not 'building'")
+        build = encode_values(
+            "builds",
+            {"status": status, "logs": logs, "finished_at": finished_at},
+            BUILD_COLUMNS,
+            BUILD_JSON,
+        )
+        template = encode_values("templates", template_fields, TEMPLATE_COLUMNS, TEMPLATE_JSON)
+        if "template_id" in template:
+            raise TypeError("templates: template_id cannot be changed")
+        with self._db.write() as c:
+            rows = c.execute(
+                "UPDATE builds SET status = ?, logs = ?, finished_at = ?"
+                " WHERE build_id = ? AND status = 'building' RETURNING template_id, team_id",
+                (build["status"], build["logs"], build["finished_at"], build_id),
+            ).fetchall()
+            if not rows:
+                return False
+            template_id, team_id = rows[0][0], rows[0][1]
+            if template:
+                sets = ", ".join(f"{quoted(k)} = ?" for k in template)
+                c.execute(
+                    f"UPDATE templates SET {sets} WHERE template_id = ?",
+                    [*template.values(), template_id],
+                )
+            if alias is not None and status == "completed":
+                _take_alias(c, team_id, alias, template_id)
+            return True
+
+
+def _take_alias(c: WriteConnection, team_id: str, alias: str, template_id: str) -> None:
+    """Point the team's alias at `template_id` unless it names a template created after it
+    (two builds under one alias: the newer one's wins, whichever finishes first)."""
+    mine = c.execute(
+        "SELECT created_at FROM templates WHERE template_id = ?", (template_id,)
+    ).fetchone()
+    if mine is None:
+        return
+    current = c.execute(
+        "SELECT t.template_id, t.created_at FROM template_aliases a JOIN templates t"
+        " USING (template_id) WHERE a.team_id = ? AND a.alias = ?",
+        (team_id, alias),
+    ).fetchone()
+    if current is not None and current[0] != template_id and (current[1] or 0) > (mine[0] or 0):
+        return
+    c.execute(
+        "INSERT INTO template_aliases (team_id, alias, template_id) VALUES (?, ?, ?)"
+        " ON CONFLICT (team_id, alias) DO UPDATE SET template_id = excluded.template_id",
+        (team_id, alias, template_id),
+    )

@@ -10,7 +10,9 @@ every layer built here is published (`distribute.py`) before its template is rea
 that resolves a template whose layers it lacks fetches them first, and the built-ins are
 built by whichever node takes their blob lock first while the others wait and fetch. On a
 cluster's API server (`settings.cluster`) nothing is built or fetched: `resolve` judges a
-template's layers by the blob store, and builds are sent to a node (`build_on_nodes`).
+template's layers by the blob store, and builds are sent to a node (`build_on_nodes`),
+recorded on the build so the lost-node sweep can fail it if that node dies; a build's
+outcome is written only while the store still has it building, so that failure stands.
 """
 
 from __future__ import annotations
@@ -309,7 +311,7 @@ class TemplateService:
         )
         if self._on_nodes is not None:
             try:
-                await self._on_nodes(
+                node_id = await self._on_nodes(
                     build_id=build_id, team_id=team_id, template_id=template_id, alias=alias
                 )
             except DeclawdError as exc:
@@ -319,6 +321,8 @@ class TemplateService:
                     build_id, status="failed", logs=[f"error: {error}"], finished_at=time.time()
                 )
                 raise
+            # What the lost-node sweep goes by to fail the build if that node dies.
+            self.store.update_build(build_id, node_id=node_id)
             return {
                 "build_id": build_id,
                 "status": "building",
@@ -382,19 +386,28 @@ class TemplateService:
         log: BuildLog,
     ) -> None:
         last_flush = [time.monotonic()]
+        ended = [False]  # the store says the build is over: the lost-node sweep failed it
 
         def on_line(line: str) -> None:
             log.append(line)
             now = time.monotonic()
-            if now - last_flush[0] >= _LOG_FLUSH_S:
-                last_flush[0] = now
-                try:
-                    self.store.update_build(build_id, logs=log.lines())
-                except (sqlite3.Error, StoreError) as exc:
-                    # the live log is in memory and the final flush retries: the build goes on
-                    logger.warning("build %s: could not save its log so far: %s", build_id, exc)
+            if ended[0] or now - last_flush[0] < _LOG_FLUSH_S:
+                return
+            last_flush[0] = now
+            try:
+                if not self.store.save_build_logs(build_id, log.lines()):
+                    ended[0] = True
+                    logger.warning(
+                        "build %s: no longer building in the store (its node was marked lost):"
+                        " its log is not saved any more",
+                        build_id,
+                    )
+            except (sqlite3.Error, StoreError) as exc:
+                # the live log is in memory and the final write retries: the build goes on
+                logger.warning("build %s: could not save its log so far: %s", build_id, exc)
 
-        status, fields = "failed", {}
+        status = "failed"
+        fields: dict[str, Any] = {"state": "failed", "error": "build interrupted"}
         try:
             result = await self.builder.build(plan, on_line)
             if self.distributor is not None:
@@ -408,9 +421,6 @@ class TemplateService:
                 "build_seconds": result.seconds,
                 "error": None,
             }
-            self.store.update_template(template_id, **fields)
-            if alias is not None:
-                self._take_alias(team_id, alias, template_id)
             on_line(
                 f"template {template_id} ready: {len(result.keys)} layers "
                 f"({result.cached_steps} cached), {result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f}s"
@@ -418,37 +428,31 @@ class TemplateService:
             status = "completed"
         except StepFailed as exc:
             on_line(f"error: {exc}")
-            self.store.update_template(template_id, state="failed", error=str(exc))
+            fields = {"state": "failed", "error": str(exc)}
         except asyncio.CancelledError:
             on_line("error: build interrupted (server shutting down)")
-            self.store.update_template(template_id, state="failed", error="build interrupted")
             raise
         except Exception as exc:
             on_line(f"error: build failed: {type(exc).__name__}: {exc}")
-            self.store.update_template(
-                template_id, state="failed", error=f"{type(exc).__name__}: {exc}"
-            )
+            fields = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
         finally:
-            self.store.update_build(
-                build_id, status=status, logs=log.lines(), finished_at=time.time()
-            )
-            self._logs.pop(build_id, None)
-            self._active_keys.pop(build_id, None)
-
-    def _take_alias(self, team_id: str, alias: str, template_id: str) -> None:
-        """Point alias at the just-built template unless a newer template already holds it."""
-        current = self.store.get_template_by_alias(team_id, alias)
-        mine = self.store.get_template(template_id)
-        if (
-            current is None
-            or current["team_id"] != team_id
-            or current["template_id"] == template_id
-            or (
-                mine is not None
-                and (current.get("created_at") or 0) <= (mine.get("created_at") or 0)
-            )
-        ):
-            self.store.set_alias(team_id, alias, template_id)
+            try:
+                # Build, template and alias in one write, and only if the build is still
+                # building: a build the lost-node sweep failed meanwhile stays failed.
+                if not self.store.finish_build(
+                    build_id, status, log.lines(), time.time(), fields, alias=alias
+                ):
+                    logger.warning(
+                        "build %s of template %s %s here, but the store had failed it"
+                        " already (its node was marked lost): that failure stands, and the"
+                        " layers built stay in this node's cache",
+                        build_id,
+                        template_id,
+                        status,
+                    )
+            finally:
+                self._logs.pop(build_id, None)
+                self._active_keys.pop(build_id, None)
 
     def build_status(self, team_id: str, build_id: str) -> dict[str, Any]:
         rec = self.store.get_build(build_id)
