@@ -9,28 +9,30 @@ GUARD      := $(abspath ../shared/tools/egress-guard)
 STATE_DIR  ?= /var/lib/declawd
 APT_PKGS   := nftables runc runsc mmdebstrap debootstrap iproute2 golang-go conntrack \
               uidmap ca-certificates util-linux chromium chromium-driver postgresql \
-              sshfs openssh-server
+              nfs-ganesha nfs-ganesha-vfs rpcbind fuse3 libfuse3-dev libnfs-dev pkg-config gcc
 PYTEST     := $(VENV)/bin/pytest
 export DECLAWD_STATE_DIR := $(STATE_DIR)
 
-.PHONY: all setup system venv envd guard templates catalog demo serve test test-full lint unit \
-        integration e2e bench clean-state tools-venv
+.PHONY: all setup system venv envd nfsfuse guard templates catalog demo serve test test-full lint \
+        unit integration e2e bench clean-state tools-venv
 
 all: setup
 
 ## --- set-up -------------------------------------------------------------------------
-setup: system venv envd
+setup: system venv envd nfsfuse
 
 system:
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	    | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "==> apt-get install $$missing"; \
-	  mkdir -p /etc/postgresql-common/createcluster.d /etc/ssh; \
+	  mkdir -p /etc/postgresql-common/createcluster.d; \
 	  echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/declawd.conf; \
-	  touch /etc/ssh/sshd_not_to_be_run; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    --no-install-recommends $$missing; \
+	  policy=; if [ ! -e /usr/sbin/policy-rc.d ]; then policy=/usr/sbin/policy-rc.d; \
+	    printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 755 $$policy; fi; \
+	  rc=0; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    --no-install-recommends $$missing || rc=$$?; \
+	  if [ -n "$$policy" ]; then rm -f $$policy; fi; exit $$rc; \
 	fi
 
 venv: $(VENV)/.stamp
@@ -51,6 +53,14 @@ $(TOOLS_VENV)/.stamp: deploy/k8s/tools-requirements.txt
 	$(TOOLS_VENV)/bin/pip install -q --upgrade pip
 	$(TOOLS_VENV)/bin/pip install -q -r deploy/k8s/tools-requirements.txt
 	touch $@
+
+# The blob store's NFS client for the cluster tests (tests/shared_fs.py): this kernel has no
+# NFS client, so NFS-Ganesha's export is mounted through FUSE by native/nfsfuse.
+NFSFUSE := $(VENV)/bin/declawd-nfsfuse
+nfsfuse: $(NFSFUSE)
+$(NFSFUSE): native/nfsfuse/nfsfuse.c | system $(VENV)/.stamp
+	@echo "==> FUSE NFS client $@"
+	gcc -O2 -Wall -Wextra -Werror -o $@ $< $$(pkg-config --cflags --libs libnfs fuse3)
 
 envd: venv
 	@$(PY) -c "from declawd.envd import ensure_envd; from declawd.config import Settings; \

@@ -1,8 +1,9 @@
 """What works on any node of a cluster, on the real cluster of test_cluster.py (its fixtures).
 
 Every host (two API servers, three nodes) mounts one shared filesystem, each at a path of
-its own (tests/shared_fs.py: an sftp export on the test bridge, mounted with sshfs from
-each host's netns; this kernel has no NFS). Through the official SDK:
+its own (tests/shared_fs.py: an NFS-Ganesha export on the test bridge, mounted from each
+host's netns by our libnfs FUSE client, since this kernel has no NFS client). Through the
+official SDK:
 
 - the built-in templates are built once: node 1 (the only one with layers on its disk)
   publishes them, nodes 2 and 3 fetch them from the blob store and build nothing, and every

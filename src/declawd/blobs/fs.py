@@ -87,7 +87,7 @@ class BlobStore(Protocol):
 class FsBlobStore:
     """Blobs as files under `root`: a local directory, or a shared filesystem (NFS) mounted at
     the same or another path on every host. Needs of the filesystem: atomic rename within a
-    directory, O_EXCL create, fsync (NFSv3+ and sshfs have all three)."""
+    directory, O_EXCL create, fsync (NFSv3+ has all three)."""
 
     kind = "fs"
 
@@ -206,8 +206,8 @@ def _try_create(path: Path, holder: str) -> bool:
     except FileExistsError:
         return False
     except PermissionError:
-        # sshfs answers a lost O_EXCL race (the file appeared on the server after this
-        # host's lookup) with SFTP's generic failure, EPERM: taken by another host.
+        # Some network filesystems (sshfs: SFTP's generic failure) answer a lost O_EXCL
+        # race (the file appeared on the server after this host's lookup) with EPERM.
         if path.exists():
             return False
         raise
