@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +36,6 @@ from declawd.errors import (
 from declawd.inspect.model import PLACEHOLDER, VaultBinding
 from declawd.inspect.policy import SecuritySpec, parse_security
 from declawd.node.create import CreateRequest
-from declawd.node.envd_client import EnvdClient
 from declawd.node.metrics import parse_range, series
 from declawd.node.node import Need
 from declawd.node.pausing import AUTO_RESUME_MIN_S
@@ -47,7 +45,6 @@ from declawd.vault import resolve_vault_refs
 from declawd.volumes.attach import (
     Attachment,
     attachment_mounts,
-    copy_into_sandbox,
     record_attachments,
     resolve_attachments,
 )
@@ -269,7 +266,7 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
         runtime=runtime,
         lifecycle=lifecycle,
         mounts=attachment_mounts(attachments),
-        after_start=[_copier(a, tpl.user or "user") for a in attachments if not a.live],
+        copies=[a for a in attachments if not a.live],
         vault=vault,
         prepare=prepare,
     )
@@ -286,13 +283,6 @@ async def create_sandbox(request: Request, team: Team = Depends(current_team)) -
             svc.store.idempotency_finish, team.team_id, idem_key, rec.sandbox_id
         )
     return JSONResponse(sandbox_view(rec, access, with_token=True), status_code=201)
-
-
-def _copier(att: Attachment, user: str) -> Callable[[EnvdClient], Awaitable[None]]:
-    async def copy(client: EnvdClient) -> None:
-        await copy_into_sandbox(client, att, user)
-
-    return copy
 
 
 _LIST_STATES = {

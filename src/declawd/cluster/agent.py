@@ -41,6 +41,7 @@ from declawd.cluster.wire import (
     policy_from_wire,
     sandbox_id_from_wire,
     vault_from_wire,
+    volume_copies_from_wire,
     volume_mounts_from_wire,
 )
 from declawd.config import Settings
@@ -58,7 +59,7 @@ from declawd.node.reconcile import reconcile
 from declawd.ports.upstream import connect_in_netns
 from declawd.store import SandboxRecord, SandboxState, Store
 from declawd.templates.service import TemplateService
-from declawd.volumes.attach import mounts_on_node
+from declawd.volumes.attach import copies_on_node, mounts_on_node
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ def internal_app(node: Node, templates: TemplateService, settings: Settings) -> 
         body = await request.json()
         tpl = await asyncio.to_thread(templates.resolve, body["team_id"], body["template_id"])
         volumes = volume_mounts_from_wire(body.get("volumes"))
+        copied = volume_copies_from_wire(body.get("copies"))
         sandbox_id = sandbox_id_from_wire(body.get("sandbox_id"))
         if sandbox_id is not None and (
             await asyncio.to_thread(store.get_sandbox, sandbox_id) is not None
@@ -221,6 +223,9 @@ def internal_app(node: Node, templates: TemplateService, settings: Settings) -> 
         # Live volumes come as volume ids: their sources are this host's paths.
         mounts = await asyncio.to_thread(
             mounts_on_node, settings, store, node.parts.blobs, body["team_id"], volumes
+        )
+        copies = await asyncio.to_thread(
+            copies_on_node, store, node.parts.blobs, body["team_id"], copied
         )
         req = CreateRequest(
             team_id=body["team_id"],
@@ -234,6 +239,7 @@ def internal_app(node: Node, templates: TemplateService, settings: Settings) -> 
             lifecycle=dict(body.get("lifecycle") or {}),
             vault=vault_from_wire(body.get("vault") or []),
             mounts=mounts,
+            copies=copies,
             sandbox_id=sandbox_id,
         )
         rec = await node.create(req)

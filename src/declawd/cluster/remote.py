@@ -183,8 +183,8 @@ class RemoteNode:
         the id is chosen here and `prepare` (which records the attachments) runs first, as
         in the single-process create, so a volume delete racing it is refused; a pooled
         sandbox never serves mounts anyway. Otherwise the node chooses the id (a warm
-        pool's or a new one) and `prepare` runs once it answered. Copied volumes
-        (`after_start`) go through the sandbox's envd from here once it runs; any failure
+        pool's or a new one) and `prepare` runs once it answered. Copied volumes go as
+        volume ids too, and the node copies them in before the start command; any failure
         after the node made it kills it."""
         node = await self._place(req.template)
         prepared = False
@@ -200,10 +200,6 @@ class RemoteNode:
         try:
             if req.prepare is not None and not prepared:
                 await req.prepare(sandbox_id)
-            if req.after_start:
-                client = self.envd(await self._reread(sandbox_id))
-                for work in req.after_start:
-                    await work(client)
         except BaseException:
             await self.kill(sandbox_id)
             raise

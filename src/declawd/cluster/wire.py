@@ -69,6 +69,7 @@ def create_to_wire(req: CreateRequest) -> dict[str, Any]:
         "vault": [b.to_wire() for b in req.vault],
         "sandbox_id": req.sandbox_id,
         "volumes": volume_mounts_to_wire(req.mounts),
+        "copies": [{"volume_id": a.volume_id, "target": a.mount_path} for a in req.copies],
     }
 
 
@@ -91,37 +92,55 @@ def volume_mounts_to_wire(mounts: Sequence[Mount]) -> list[dict[str, Any]]:
     return out
 
 
-def volume_mounts_from_wire(raw: object) -> list[VolumeMountSpec]:
-    """The node's side, checked whole (InvalidInput naming `volumes[i].<field>`): ids of
-    the record shape, a subpath that stays inside its volume, a mount path a sandbox may
-    have (volumes/paths.py), a boolean `read_only`."""
+def _volume_items(raw: object, name: str) -> list[tuple[str, dict[str, Any], str, str]]:
+    """A list of volume attachments as a node receives it, each item's common fields
+    checked (InvalidInput naming `<name>[i].<field>`): (label, item, volume id, target)."""
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise errors.InvalidInput("volumes", "must be an array")
+        raise errors.InvalidInput(name, "must be an array")
     if len(raw) > MAX_ATTACHMENTS:
-        raise errors.InvalidInput("volumes", f"at most {MAX_ATTACHMENTS} attachments")
-    out: list[VolumeMountSpec] = []
+        raise errors.InvalidInput(name, f"at most {MAX_ATTACHMENTS} attachments")
+    out: list[tuple[str, dict[str, Any], str, str]] = []
     for i, item in enumerate(raw):
-        label = f"volumes[{i}]"
+        label = f"{name}[{i}]"
         if not isinstance(item, dict):
             raise errors.InvalidInput(label, "must be an object")
         volume_id = item.get("volume_id")
         if not isinstance(volume_id, str) or not _VOLUME_ID.fullmatch(volume_id):
             raise errors.InvalidInput(f"{label}.volume_id", "must be a volume id")
+        target = item.get("target")
+        if mount_path(target, f"{label}.target") != target:
+            raise errors.InvalidInput(f"{label}.target", f"not a canonical path: {target!r}")
+        out.append((label, item, volume_id, str(target)))
+    return out
+
+
+def volume_mounts_from_wire(raw: object) -> list[VolumeMountSpec]:
+    """The node's side, checked whole (InvalidInput naming `volumes[i].<field>`): ids of
+    the record shape, a subpath that stays inside its volume, a mount path a sandbox may
+    have (volumes/paths.py), a boolean `read_only`."""
+    out: list[VolumeMountSpec] = []
+    for label, item, volume_id, target in _volume_items(raw, "volumes"):
         sub = item.get("subpath") or ""
         if not isinstance(sub, str):
             raise errors.InvalidInput(f"{label}.subpath", "must be a string")
         if sub and volume_path(sub, f"{label}.subpath") != "/" + sub:
             raise errors.InvalidInput(f"{label}.subpath", f"not a canonical relative path: {sub!r}")
-        target = item.get("target")
-        if mount_path(target, f"{label}.target") != target:
-            raise errors.InvalidInput(f"{label}.target", f"not a canonical path: {target!r}")
         read_only = item.get("read_only")
         if not isinstance(read_only, bool):
             raise errors.InvalidInput(f"{label}.read_only", "must be a boolean")
-        out.append(VolumeMountSpec(volume_id, sub, str(target), read_only))
+        out.append(VolumeMountSpec(volume_id, sub, target, read_only))
     return out
+
+
+def volume_copies_from_wire(raw: object) -> list[VolumeMountSpec]:
+    """The volumes a create copies in (mode `copy`: the whole volume, no subpath), checked
+    as mounts are (InvalidInput naming `copies[i].<field>`); read-only does not apply."""
+    return [
+        VolumeMountSpec(volume_id, "", target, False)
+        for _, _, volume_id, target in _volume_items(raw, "copies")
+    ]
 
 
 def sandbox_id_from_wire(raw: object) -> str | None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from declawd import metrics
 from declawd.egress.policy import EgressPolicy
@@ -36,6 +36,9 @@ from declawd.store.model import record_to_row
 from declawd.templates.model import Template, start_script
 from declawd.vault import attach
 
+if TYPE_CHECKING:
+    from declawd.volumes.attach import Attachment
+
 log = logging.getLogger(__name__)
 
 ENVD_READY_TIMEOUT = 15.0
@@ -52,10 +55,11 @@ class CreateRequest:
     security: Mapping[str, Any] | None = None
     runtime: str | None = None
     lifecycle: Mapping[str, Any] = field(default_factory=dict)
-    # Extra mounts (live volumes) and work to do through envd before the create answers
-    # (copied volumes); decided by the API layer, opaque here.
+    # Extra mounts (live volumes), decided by the API layer, opaque here; and the volumes
+    # copied in (mode `copy`), as data: whichever host runs the sandbox copies them through
+    # envd before the template's start command, from its own blob store path.
     mounts: Sequence[Mount] = ()
-    after_start: Sequence[Callable[[EnvdClient], Awaitable[None]]] = ()
+    copies: Sequence[Attachment] = ()
     # An id chosen by the caller (one that records things about the sandbox first); for a
     # restore, a killed and released sandbox's own id, which is brought back, its writable
     # layer filled by `prefill(upper_dir)` (blocking) before the overlay is mounted.
@@ -254,8 +258,11 @@ async def run_after_start(
 ) -> None:
     """The request's own work once envd answers: copied volumes, then the template's start
     command (with the sandbox's envs) until its ready command passes."""
-    for work in req.after_start:
-        await work(client)
+    if req.copies:
+        from declawd.volumes.attach import copy_into_sandbox  # volumes builds on node
+
+        for att in req.copies:
+            await copy_into_sandbox(client, att, req.template.user or "user")
     if req.template.start_cmd:
         await _start_command(client, envs_of(parts, rec), req.template)
 

@@ -8,7 +8,9 @@ read-only even for root: no CAP_SYS_ADMIN to remount); `copy` streams a tar thro
 In cluster mode the API server's host paths mean nothing on a node (the shared blob store may
 be mounted elsewhere there): a live mount travels as its volume (`VolumeMount` →
 `VolumeMountSpec`, cluster/wire.py) and the node builds the bind mount from its own blob
-store and its own nosymfollow guard (`mounts_on_node`).
+store and its own nosymfollow guard (`mounts_on_node`); a copied volume travels the same way
+and the node copies it in from its own blob store (`copies_on_node`) before the template's
+start command, as the single-process server does.
 """
 
 from __future__ import annotations
@@ -198,6 +200,21 @@ def mounts_on_node(
                 spec.volume_id, spec.subpath, spec.target, tree.host(sub), read_only=spec.read_only
             )
         )
+    return out
+
+
+def copies_on_node(
+    store: Store, blobs: BlobStore, team_id: str, specs: Sequence[VolumeMountSpec]
+) -> list[Attachment]:
+    """This host's copy attachments for those sent by the control plane (blocking): each
+    volume's tree in this host's blob store, the volume checked to be the team's here too.
+    The copy itself streams through envd (`copy_into_sandbox`), so no guard is needed."""
+    out: list[Attachment] = []
+    for spec in specs:
+        if store.get_volume(spec.volume_id, team_id) is None:
+            raise NotFound(f"volume '{spec.volume_id}' not found")
+        root = blobs.tree(tree_key(spec.volume_id))
+        out.append(Attachment(spec.volume_id, spec.target, "copy", "", root))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,12 +14,13 @@ from declawd.cluster.wire import (
     error_body,
     error_from_body,
     sandbox_id_from_wire,
+    volume_copies_from_wire,
     volume_mounts_from_wire,
 )
 from declawd.node.create import CreateRequest
 from declawd.runtime import Mount
 from declawd.templates.model import Template
-from declawd.volumes.attach import VolumeMountSpec, bind_mount
+from declawd.volumes.attach import Attachment, VolumeMountSpec, bind_mount
 
 
 def test_errors_round_trip() -> None:
@@ -99,6 +101,31 @@ def test_a_node_refuses_volumes_it_must_not_mount(item: dict[str, Any], field: s
     with pytest.raises(errors.InvalidInput) as exc:
         volume_mounts_from_wire([{**good, **item}])
     assert exc.value.field == field
+
+
+def test_copied_volumes_travel_as_volume_ids_too() -> None:
+    """A copy is made by the node that runs the sandbox (before its start command), from its
+    own blob store: only the volume and the target cross."""
+    req = _request([])
+    req.copies = [Attachment(VID, "/home/user/data", "copy", "", Path("/cp/blobs/x/tree"))]
+    body = create_to_wire(req)
+    assert body["copies"] == [{"volume_id": VID, "target": "/home/user/data"}]
+    assert "/cp/" not in json.dumps(body)
+    assert volume_copies_from_wire(json.loads(json.dumps(body["copies"]))) == [
+        VolumeMountSpec(VID, "", "/home/user/data", False)
+    ]
+    assert volume_copies_from_wire(None) == []
+    for item, field in (
+        ({"volume_id": "../etc"}, "copies[0].volume_id"),
+        ({"target": "/sys/x"}, "copies[0].target"),
+        ({"target": "a/b"}, "copies[0].target"),
+    ):
+        with pytest.raises(errors.InvalidInput) as exc:
+            volume_copies_from_wire([{"volume_id": VID, "target": "/data", **item}])
+        assert exc.value.field == field
+    with pytest.raises(errors.InvalidInput) as exc:
+        volume_copies_from_wire({"volume_id": VID})
+    assert exc.value.field == "copies"
 
 
 @pytest.mark.parametrize("raw", ["sbx-1", "../x", 5, "vol-0123456789ab"])
