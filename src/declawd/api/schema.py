@@ -702,10 +702,17 @@ class GcRequest(Wire):
 
 
 class GcResult(Wire):
-    removed_layers: int
+    removed_layers: int = Field(description="Layers removed from this host's cache")
     freed_bytes: int
     layers: list[str]
     dry_run: bool
+    shared: bool = Field(False, description="Whether the shared blob store was collected too")
+    removed_published: int = Field(0, description="Published layers removed from the blob store")
+    freed_published_bytes: int = 0
+    published: list[str] = Field(default_factory=list)
+    removed_contexts: int = Field(0, description="Build contexts removed from the blob store")
+    freed_context_bytes: int = 0
+    contexts: list[str] = Field(default_factory=list)
 
 
 # Vault ---------------------------------------------------------------------------------

@@ -254,15 +254,37 @@ def delete(
 
 
 @app.command("gc")
-def gc(state_dir: StateDir = None, templates_dir: TemplatesDir = None) -> None:
-    """Remove cached layers that no template uses (run on the server's machine)."""
+def gc(
+    state_dir: StateDir = None,
+    templates_dir: TemplatesDir = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would go; remove nothing.")
+    ] = False,
+    local_only: Annotated[
+        bool,
+        typer.Option(
+            "--local-only", help="Clean this host's layer cache only, not the blob store."
+        ),
+    ] = False,
+) -> None:
+    """Remove cached layers that no template uses (run on the server's machine); with a
+    shared blob store (DECLAWD_BLOB_DIR, not on a node), its unused layers and contexts too."""
     from declawd.store import open_store
     from declawd.templates.service import TemplateService
 
     settings = _settings(state_dir, templates_dir)
     with open_store(settings) as store:
         # an hour of grace: a server's build in progress has layers no record names yet
-        out = TemplateService(settings, store).gc(min_age_s=3600)
+        out = TemplateService(settings, store).gc(
+            min_age_s=3600, dry_run=dry_run, shared=False if local_only else None
+        )
+    verb, freed = ("would remove", "would free") if dry_run else ("removed", "freed")
     console.print(
-        f"removed {out['removed_layers']} layers, freed {out['freed_bytes'] / 1e6:.0f} MB"
+        f"{verb} {out['removed_layers']} layers, {freed} {out['freed_bytes'] / 1e6:.0f} MB"
     )
+    if out["shared"]:
+        console.print(
+            f"blob store: {verb} {out['removed_published']} layers and "
+            f"{out['removed_contexts']} build contexts, {freed} "
+            f"{(out['freed_published_bytes'] + out['freed_context_bytes']) / 1e6:.0f} MB"
+        )

@@ -6,7 +6,9 @@ Invariant: nothing is extracted unless every member is a plain file, dir or link
 path and target stay inside the context, and the sizes are under the caps. With a shared
 blob store the upload itself is also kept there as `contexts/<context_id>.tar` (the bytes as
 uploaded), so the node that runs the build, and any API server that checks a spec against
-it, can extract the same tree (`publish_context`, `fetch_context`).
+it, can extract the same tree (`publish_context`, `fetch_context`); gc (`blobgc.py`) removes
+the blobs no template references (`published_contexts`, `unpublish_context`), going by their
+age, which an upload of the same bytes renews.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import posixpath
 import secrets
 import shutil
 import tarfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from declawd.errors import Internal, InvalidInput, TooLarge
+from declawd.templates.distribute import blob_mtime
 
 if TYPE_CHECKING:
     from declawd.blobs import BlobStore
@@ -29,6 +34,11 @@ if TYPE_CHECKING:
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 MAX_EXTRACTED_BYTES = 1024 * 1024 * 1024
 MAX_MEMBERS = 20000
+CONTEXTS = "contexts"
+# An upload of a context the blob store has already rewrites the blob if it is older than
+# this, so its age (what gc goes by) counts from the latest upload; gc's age floor
+# (blobgc.SHARED_MIN_AGE_S) is well above it.
+REFRESH_AFTER_S = 600.0
 
 
 def _clean_name(name: str) -> str:
@@ -109,18 +119,71 @@ def context_has(contexts_dir: Path, context_id: str, src: str) -> bool:
 
 
 def context_blob_key(context_id: str) -> str:
-    return f"contexts/{context_id}.tar"
+    return f"{CONTEXTS}/{context_id}.tar"
+
+
+@dataclass(frozen=True)
+class PublishedContext:
+    """One `contexts/<id>.tar` as gc sees it: when it was (last) uploaded, and its size."""
+
+    context_id: str
+    published_at: float
+    size_bytes: int
 
 
 def publish_context(blobs: BlobStore, context_id: str, body: bytes) -> bool:
     """Keep the upload `body` (already stored as `context_id`) in the blob store; False if
-    it was there already (equal uploads have equal ids)."""
+    it was there already (equal uploads have equal ids). A copy older than
+    `REFRESH_AFTER_S` is written again all the same: an upload made just before a build
+    must not find its context collected as an old, unused one."""
     key = context_blob_key(context_id)
-    if blobs.exists(key):
+    at = blob_mtime(blobs, key)
+    if at is not None and time.time() - at < REFRESH_AFTER_S:
         return False
     with blobs.writing(key) as partial:
         partial.write_bytes(body)
+    return at is None
+
+
+def published_contexts(blobs: BlobStore) -> list[PublishedContext]:
+    """Every build context the blob store holds, by id."""
+    out = []
+    for name in blobs.list(CONTEXTS):
+        if not (name.startswith("ctx-") and name.endswith(".tar")):
+            continue
+        context_id = name[: -len(".tar")]
+        at = blob_mtime(blobs, context_blob_key(context_id))
+        if at is not None:
+            size = blobs.size(context_blob_key(context_id)) or 0
+            out.append(PublishedContext(context_id, at, size))
+    return out
+
+
+def unpublish_context(
+    blobs: BlobStore, context_id: str, *, published_before: float | None = None
+) -> bool:
+    """Remove context `context_id` from the blob store; False if it was not there, or if it
+    was uploaded at or after `published_before` (again since the caller looked)."""
+    key = context_blob_key(context_id)
+    at = blob_mtime(blobs, key)
+    if at is None or (published_before is not None and at >= published_before):
+        return False
+    blobs.delete(key)
     return True
+
+
+def remove_context(contexts_dir: Path, context_id: str) -> None:
+    """Delete this host's extracted copy of a context (renamed aside first, so a half-deleted
+    tree never passes for the context); idempotent."""
+    final = contexts_dir / context_id
+    if not final.exists():
+        return
+    doomed = contexts_dir / f".gc-{secrets.token_hex(6)}"
+    try:
+        final.rename(doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed)
 
 
 def fetch_context(blobs: BlobStore, contexts_dir: Path, context_id: str) -> bool:

@@ -13,6 +13,8 @@ cluster's API server (`settings.cluster`) nothing is built or fetched: `resolve`
 template's layers by the blob store, and builds are sent to a node (`build_on_nodes`),
 recorded on the build so the lost-node sweep can fail it if that node dies; a build's
 outcome is written only while the store still has it building, so that failure stands.
+Its gc also collects the layers and build contexts in the blob store that nothing uses
+(`blobgc.py`); a node's gc cleans its own layer cache only.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from declawd.blobs import open_blobs
 from declawd.config import Settings
 from declawd.errors import Conflict, DeclawdError, InvalidInput, NotFound
 from declawd.store.errors import StoreError
+from declawd.templates.blobgc import Referenced, SharedSweep, sweep_shared
 from declawd.templates.builder import Builder, StepFailed
 from declawd.templates.buildlog import BuildLog
 from declawd.templates.catalog import catalog_names, catalog_plan, catalog_spec
@@ -587,16 +590,27 @@ class TemplateService:
         return step
 
     def _referenced_keys(self) -> set[str]:
+        return self._references().layers
+
+    def _references(self) -> Referenced:
+        """The layer keys and build contexts still in use: every template of every team
+        (a building one's by its plan: a build on another host publishes layers before its
+        record names them), this process's running builds, the catalog's built-ins."""
         teams = [""] + [t["team_id"] for t in self.store.list_teams()]
-        keep: set[str] = set()
+        keep = Referenced(set(), set())
         for team in teams:
             for rec in self.store.list_templates(team):
-                keep.update(rec.get("layers") or [])
+                keep.layers.update(rec.get("layers") or [])
+                raw = (rec.get("spec") or {}).get("template")
+                if isinstance(raw, dict) and isinstance(raw.get("context_id"), str):
+                    keep.contexts.add(raw["context_id"])
+                if rec["state"] == "building":
+                    keep.layers.update(self._planned_keys(rec))
         for keys in self._active_keys.values():
-            keep.update(keys)
+            keep.layers.update(keys)
         for name in catalog_names():  # built-ins are expensive: keep them even unregistered
             try:
-                keep.update(catalog_plan(name).keys)
+                keep.layers.update(catalog_plan(name).keys)
             except (DeclawdError, KeyError, ValueError, OSError) as exc:
                 # an entry that cannot be planned cannot be built either; its layers are
                 # kept only if a registered template references them
@@ -605,11 +619,26 @@ class TemplateService:
                 )
         return keep
 
+    def _planned_keys(self, rec: dict[str, Any]) -> builtins.list[str]:
+        try:
+            body = {"template": (rec.get("spec") or {}).get("template"), "alias": None}
+            return plan_spec(parse_build_body(body).spec).keys
+        except (DeclawdError, KeyError, TypeError, ValueError) as exc:
+            # its build fails on the same spec; the age floor still covers its layers
+            logger.warning(
+                "gc: building template %s has no plan, its layers are not kept: %s",
+                rec["template_id"],
+                exc,
+            )
+            return []
+
     def gc(
         self,
         min_age_s: float = 0.0,
         only: Iterable[str] | None = None,
         dry_run: bool = False,
+        *,
+        shared: bool | None = None,
     ) -> dict[str, Any]:
         """Remove layers that no template, running build or catalog entry references.
 
@@ -617,7 +646,14 @@ class TemplateService:
         server's builds in progress, whose layers no record references yet. `only` limits
         the candidates to those keys (a layers dir shared by several servers, as in the
         e2e tests, must not lose what another server's store references).
+
+        With a shared blob store, the layers published there and the build contexts kept
+        there are collected too (`blobgc.py`: at least `SHARED_MIN_AGE_S` old, under the
+        blob store's gc lock, Busy while another host's gc holds it). `shared` None: unless
+        this process is a node agent (its gc is its own cache's; the API server, which has
+        the store and the blob store, collects the shared ones).
         """
+        only = None if only is None else builtins.list(only)
         keep = self._referenced_keys()
         cache = self.builder.cache
         candidates = cache.layer_keys() if only is None else [k for k in only if cache.exists(k)]
@@ -633,11 +669,27 @@ class TemplateService:
             freed += info.size_bytes if info else 0
         if not dry_run:
             cache.sweep_stale()
+        if shared is None:  # a node agent, or the CLI on a node's host (DECLAWD_NODE_NAME)
+            shared = not (self.settings.node_id or self.settings.node_name)
+        sweep = SharedSweep()
+        if shared and self.distributor is not None:
+            sweep = sweep_shared(
+                self.distributor,
+                self._references,
+                min_age_s=min_age_s,
+                only=only,
+                dry_run=dry_run,
+                contexts_dir=self.contexts_dir,
+            )
+        else:
+            shared = False
         return {
             "removed_layers": len(removed),
             "freed_bytes": freed,
             "layers": removed,
             "dry_run": dry_run,
+            "shared": shared,
+            **sweep.as_dict(),
         }
 
     def disk_usage(self) -> dict[str, Any]:
