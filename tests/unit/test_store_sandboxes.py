@@ -286,6 +286,7 @@ def test_live_unreleased_sandboxes_and_template_use(store: Store) -> None:
     store.insert_sandbox(_sbx(5, "team-b", state=PAUSED, template_id="tpl-2"))
     store.insert_sandbox(_sbx(6, "team-a", state=KILLED, template_id="tpl-3", released=False))
     assert [s.sandbox_id[-1] for s in store.list_live_sandboxes()] == ["1", "2", "5"]
+    assert store.live_sandbox_ids() == {s.sandbox_id for s in store.list_live_sandboxes()}
     assert [s.sandbox_id[-1] for s in store.list_unreleased_sandboxes()] == ["1", "2", "5", "6"]
     assert store.count_sandboxes_using("tpl-1") == 2
     assert store.count_sandboxes_using("tpl-2") == 1

@@ -169,7 +169,7 @@ class MetricsSampler:
                 log.debug("metrics of %s: not sampled: %s", rec.sandbox_id, exc)
             except Exception:
                 log.exception("metrics of %s: not sampled", rec.sandbox_id)
-        live = {r.sandbox_id for r in store.list_live_sandboxes(self.parts.settings.node_id)}
+        live = store.live_sandbox_ids(self.parts.settings.node_id)
         stored = [s for s in taken if s.sandbox_id in live]
         store.add_metrics_samples(stored)
         return stored, [s.sandbox_id for s in taken if s.sandbox_id not in live]

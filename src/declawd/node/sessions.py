@@ -1,4 +1,5 @@
-"""Per-sandbox session state held in memory: envd clients, PTY subscribers, CPU samples.
+"""Per-sandbox session state held in memory: envd clients, PTY subscribers, CPU samples,
+the last disk-use walk.
 
 None of it is persistent: after a restart a client is opened again on first use, and a
 sandbox's state is dropped as soon as a kill is accepted, so nothing reaches a sandbox
@@ -35,6 +36,7 @@ class Sessions:
         self._clients: dict[str, EnvdClient] = {}
         self._pty_subscribed: dict[str, set[int]] = {}
         self._cpu_prev: dict[str, tuple[float, int]] = {}
+        self._disk_seen: dict[str, tuple[float, int]] = {}
 
     def client(self, sandbox_id: str) -> EnvdClient:
         c = self._clients.get(sandbox_id)
@@ -60,9 +62,21 @@ class Sessions:
         pct = (cpu_usage_ns - prev[1]) / ((now - prev[0]) * 1e9) * 100 / max(cpu_count, 0.01)
         return round(max(0.0, pct), 2)
 
+    def disk_bytes(self, sandbox_id: str, walk: Callable[[], int], max_age_s: float) -> int:
+        """The sandbox's disk use: `walk()` (a walk of its upper dir), or the last walk's
+        figure while it is younger than `max_age_s` (0: always walk)."""
+        now = self._clock()
+        seen = self._disk_seen.get(sandbox_id)
+        if seen is not None and max_age_s > 0 and now - seen[0] < max_age_s:
+            return seen[1]
+        size = walk()
+        self._disk_seen[sandbox_id] = (now, size)
+        return size
+
     async def drop(self, sandbox_id: str) -> None:
         self._pty_subscribed.pop(sandbox_id, None)
         self._cpu_prev.pop(sandbox_id, None)
+        self._disk_seen.pop(sandbox_id, None)
         c = self._clients.pop(sandbox_id, None)
         if c is not None:
             await _close(c, sandbox_id)
@@ -76,6 +90,7 @@ class Sessions:
             sandbox_id in self._clients
             or sandbox_id in self._pty_subscribed
             or sandbox_id in self._cpu_prev
+            or sandbox_id in self._disk_seen
         )
 
 

@@ -203,6 +203,16 @@ class Sandboxes(Repository):
         )
         return [_record(r) for r in rows]
 
+    def live_sandbox_ids(self, node_id: str | None = None) -> set[str]:
+        """The ids of `list_live_sandboxes`, without reading their records."""
+        live = [s.value for s in LIVE_STATES]
+        on_node, params = _on_node(node_id)
+        rows = self._db.query(
+            f"SELECT sandbox_id FROM sandboxes WHERE state IN ({placeholders(live)}){on_node}",
+            [*live, *params],
+        )
+        return {str(r[0]) for r in rows}
+
     def list_unreleased_sandboxes(self, node_id: str | None = None) -> list[SandboxRecord]:
         """Every sandbox that may still hold host resources: the live ones, and killed ones
         whose teardown has not finished (the reconcile sweep's work list); with `node_id`,

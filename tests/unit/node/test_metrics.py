@@ -281,3 +281,30 @@ def test_bad_bounds_name_their_field(start: str | None, end: str | None, message
 def test_the_sampler_needs_a_positive_interval(fakes: NodeFakes) -> None:
     with pytest.raises(ValueError, match="interval_s"):
         MetricsSampler(fakes.parts, 0, Reader())
+
+
+async def test_the_series_walks_a_sandboxs_disk_at_its_own_cadence() -> None:
+    """The sampler may reuse a disk walk younger than its bound (a walk of every upper dir
+    each interval is what costs with hundreds of sandboxes); a live read always walks, and
+    a dropped sandbox's figure is gone with it."""
+    from pathlib import Path
+
+    from declawd.node.sessions import Sessions
+
+    now = [100.0]
+    sessions = Sessions(lambda sid: Path("/nowhere") / sid, clock=lambda: now[0])
+    walks = itertools.count(1)
+
+    def walk() -> int:
+        return next(walks) * 1000
+
+    assert sessions.disk_bytes("sbx-a", walk, 30.0) == 1000
+    now[0] += 29.0
+    assert sessions.disk_bytes("sbx-a", walk, 30.0) == 1000  # reused
+    assert sessions.disk_bytes("sbx-a", walk, 0.0) == 2000  # a live read walks
+    now[0] += 30.0
+    assert sessions.disk_bytes("sbx-a", walk, 30.0) == 3000  # too old: walked again
+    assert "sbx-a" in sessions
+    await sessions.drop("sbx-a")
+    assert "sbx-a" not in sessions
+    assert sessions.disk_bytes("sbx-a", walk, 30.0) == 4000
