@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 # What a pooled sandbox may reach: nothing.
 NO_EGRESS = EgressPolicy.parse([], ["0.0.0.0/0"])
 TICK_S = 2.0
+# The refill after a claim waits this long: the claimer's first commands (its SDK call comes
+# a few ms after the create answered) go before the refill's create, which on a small host
+# takes every core for ~100 ms (measured: `echo` on a just-claimed sandbox 17-29 ms while the
+# refill ran, 12 ms after it).
+REFILL_GRACE_S = 0.2
 # Assumed use of a sandbox not made yet, until one has been measured.
 FIRST_ESTIMATE_BYTES = 32 << 20
 # A pool whose creates keep failing waits this long (doubling up to the cap) before trying.
@@ -117,6 +122,7 @@ class WarmPools:
         # Adopted or made, and not claimed or killed yet (ready or not yet placed in a pool).
         self._parked: dict[str, PoolKey] = {}
         self._wake = asyncio.Event()
+        self._claimed_at: float | None = None  # the last hit not yet followed by a refill
         self._task: asyncio.Task[None] | None = None
         self._estimate = FIRST_ESTIMATE_BYTES
         self.stopped = False
@@ -190,6 +196,7 @@ class WarmPools:
                 raise
             finally:
                 self._wake.set()
+            self._claimed_at = time.monotonic()
             metrics.pool_claimed(runtime, hit=True)
             return rec
         metrics.pool_claimed(runtime, hit=False)
@@ -205,6 +212,11 @@ class WarmPools:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=TICK_S)
             self._wake.clear()
+            if self._claimed_at is not None:
+                wait = self._claimed_at + REFILL_GRACE_S - time.monotonic()
+                self._claimed_at = None
+                if wait > 0:
+                    await asyncio.sleep(wait)
 
     async def tick(self) -> None:
         """Align the pools with their targets: drain what no target wants, drop sandboxes

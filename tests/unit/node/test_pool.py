@@ -379,3 +379,33 @@ def test_auto_pools_every_builtin_on_runc_sized_from_memory() -> None:
         PoolTarget("base", "runc", 3),
         PoolTarget("python", "runc", 3),
     ]
+
+
+async def test_the_refill_after_a_claim_waits_out_the_claimers_first_commands(
+    fakes: NodeFakes, monkeypatch: Any
+) -> None:
+    """`run` refills a claim only REFILL_GRACE_S after it: the claimer's first commands go
+    before the refill's create on a small host."""
+    import asyncio
+
+    from declawd.node import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "REFILL_GRACE_S", 0.3)
+    pools = _pools(fakes)
+    await pools.tick()
+    runner = asyncio.get_running_loop().create_task(pools.run())
+    try:
+        await asyncio.sleep(0.05)  # its first tick found the pools full
+        rec = await fakes.node.create(_request())
+        assert rec.sandbox_id == sandbox_id(1)
+        claimed = time.monotonic()
+        await asyncio.sleep(0.15)
+        assert [s["ready"] for s in pools.status()] == [1]  # not yet
+        while [s["ready"] for s in pools.status()] != [2]:
+            await asyncio.sleep(0.01)
+            assert time.monotonic() - claimed < 5, "the pool never refilled"
+        assert time.monotonic() - claimed >= 0.3
+    finally:
+        pools.stopped = True
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
