@@ -73,6 +73,7 @@ PG_PORT = 18309
 SFS_PORT = 18308  # the blob store's NFS server (NFS-Ganesha) on the bridge
 CONTROL_PLANE = f"https://{BRIDGE_ADDRESS}:{INTERNAL_PORT}"  # what the nodes join and beat to
 HEARTBEAT_S = 0.5
+REGISTER_TIMEOUT_S = 900
 DOWN_AFTER_S = 3.0
 PREFIX = "dcwc"
 EXTRA_PER_NODE = 3  # the long form's additional sandboxes per node
@@ -252,7 +253,10 @@ class NodeUnderTest:
             node = store.get_node(self.instance)
             return node is not None and node.state == "up" and time.time() - node.last_seen < 2
 
-        self.agent.wait_for(registered_up, 180, f"node {self.instance} registered")
+        # A liveness bound, not a speed check: at a cluster's first start node 1 publishes
+        # every built-in template's layers (~1.3 GB) to the NFS export before it registers,
+        # and through the FUSE client on a loaded 2-core machine that took over 180 s once.
+        self.agent.wait_for(registered_up, REGISTER_TIMEOUT_S, f"node {self.instance} registered")
 
     def drain(self) -> str:
         """`declawd node drain`, run on the node's host (it reaches the control plane over
