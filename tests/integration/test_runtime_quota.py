@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,51 @@ def test_formatted_image_is_remade_when_of_another_size_or_version(tmp_path: Pat
     assert sorted(p.name for p in cache.iterdir()) == sorted(
         f"ext4-{quota.format_tag()}-{n}m.img" for n in (16, 32)
     )
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def test_ready_disks_are_made_ahead_used_once_and_leave_nothing(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / quota.READY_SUBDIR).mkdir(parents=True)
+    stale = cache / quota.READY_SUBDIR / "0123456789abcdef.img"
+    stale.write_bytes(b"left by a process that died")
+    ready = quota.ReadyDisks(cache, 64, target=2)
+    images = [tmp_path / f"d{i}.img" for i in range(3)]
+    mounts = [tmp_path / f"d{i}" for i in range(3)]
+    try:
+        ready.start()
+        assert not stale.exists()  # an earlier process's leftovers go first
+        assert _wait(lambda: ready.count() == 2)
+        made = sorted((cache / quota.READY_SUBDIR).glob("*.img"))
+        assert len(made) == 2 and all(loop.devices_of(p) for p in made)
+        # Another size: not one of these.
+        assert ready.take(tmp_path / "other.img", 32) is None
+        for image, mountpoint in zip(images, mounts, strict=True):
+            quota.create_disk(image, mountpoint, 64, cache_dir=cache, ready=ready)
+            assert is_mounted(mountpoint)
+            (mountpoint / "mine").write_text(image.name)
+            # The device follows its renamed file: teardown finds it under the new name.
+            assert loop.devices_of(image) and _attached(image)
+        # Three disks, each its own filesystem, though the pool held two at a time.
+        assert [(m / "mine").read_text() for m in mounts] == [i.name for i in images]
+        assert _wait(lambda: ready.count() == 2)  # refilled after the takes
+        for image, mountpoint in zip(images, mounts, strict=True):
+            quota.destroy_disk(image, mountpoint)
+            assert not image.exists() and not loop.devices_of(image)
+        pooled = sorted((cache / quota.READY_SUBDIR).glob("*.img"))
+        ready.close()
+        ready.close()  # idempotent
+        assert list((cache / quota.READY_SUBDIR).glob("*")) == []
+        assert not any(loop.devices_of(p) for p in pooled)
+    finally:
+        ready.close()
+        for image, mountpoint in zip(images, mounts, strict=True):
+            quota.destroy_disk(image, mountpoint)

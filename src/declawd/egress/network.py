@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,17 +251,22 @@ class SandboxNetwork:
         policy: EgressPolicy,
         *,
         inspect: bool = False,
+        on_netns: Callable[[], None] | None = None,
     ) -> SandboxNetwork:
-        """`inspect`: the sandbox's content inspection is active (nft.sandbox_rules)."""
+        """`inspect`: the sandbox's content inspection is active (nft.sandbox_rules).
+        `on_netns`: called once the netns exists, before its link and rules are made (a
+        container may join it from then on)."""
         self = cls.attach(settings, sandbox_id, slot)
         try:
-            await self._create(policy, inspect)
+            await self._create(policy, inspect, on_netns)
         except BaseException:
             await self.destroy()
             raise
         return self
 
-    async def _create(self, policy: EgressPolicy, inspect: bool) -> None:
+    async def _create(
+        self, policy: EgressPolicy, inspect: bool, on_netns: Callable[[], None] | None
+    ) -> None:
         gw = self.settings.gateway_netns
         if not netns_exists(gw):
             raise Unavailable(f"gateway netns {gw} is missing (Gateway.ensure first)")
@@ -268,6 +274,8 @@ class SandboxNetwork:
         # alongside the links. All of it finishes before a failure propagates, so `destroy`
         # never races a step.
         sbx = await asyncio.to_thread(NetnsThread, self.netns, create=True)
+        if on_netns is not None:
+            on_netns()
         try:
             results = await asyncio.gather(
                 nftctl.sandbox_add(gw, self.slot, self.address, policy, inspect),

@@ -7,6 +7,8 @@ gateway's way out is the `Upstream` chosen at start.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from declawd.config import Settings
 from declawd.egress.network import Gateway, SandboxNetwork, sweep
 from declawd.egress.policy import EgressPolicy
@@ -30,10 +32,15 @@ class NodeNetwork:
         await self.gateway.teardown()
 
     async def create(
-        self, plan: NetworkPlan, policy: EgressPolicy, *, inspect: bool = False
+        self,
+        plan: NetworkPlan,
+        policy: EgressPolicy,
+        *,
+        inspect: bool = False,
+        on_netns: Callable[[], None] | None = None,
     ) -> None:
         await SandboxNetwork.create(
-            self.settings, plan.sandbox_id, plan.slot, policy, inspect=inspect
+            self.settings, plan.sandbox_id, plan.slot, policy, inspect=inspect, on_netns=on_netns
         )
 
     async def destroy(self, sandbox_id: str, slot: int) -> None:

@@ -154,6 +154,7 @@ class Node:
             t.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.parts.sessions.close()
+        await asyncio.to_thread(self.parts.host.close)
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` after the request that started it has been answered."""

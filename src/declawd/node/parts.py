@@ -9,7 +9,7 @@ gateway daemon, the host's mounts and cgroups, the chosen upstream, the blob sto
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,8 +46,15 @@ class Networks(Protocol):
     async def teardown_gateway(self) -> None: ...
 
     async def create(
-        self, plan: NetworkPlan, policy: EgressPolicy, *, inspect: bool = False
-    ) -> None: ...
+        self,
+        plan: NetworkPlan,
+        policy: EgressPolicy,
+        *,
+        inspect: bool = False,
+        on_netns: Callable[[], None] | None = None,
+    ) -> None:
+        """The sandbox's netns, its link and its rules; `on_netns()` once the netns exists
+        (before the rest), so a container can start in it meanwhile."""
 
     async def destroy(self, sandbox_id: str, slot: int) -> None: ...
 

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import shutil
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ class SandboxResources:
             mounts.append(Mount(f"{dest}.cmds.tasks", str(c.child_tasks), "bind", opts))
         return mounts
 
-    def prepare_dirs(self) -> None:
+    def prepare_dirs(self, ready: quota.ReadyDisks | None = None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
         if self.settings.disk_quota_mb > 0:
@@ -97,7 +98,8 @@ class SandboxResources:
                 self.disk_image,
                 self.disk,
                 self.settings.disk_quota_mb,
-                cache_dir=self.settings.run_dir / "quota",
+                cache_dir=self.settings.run_dir / quota.CACHE_SUBDIR,
+                ready=ready,
             )
         for d in (self.upper, self.work, self.rootfs, self.envd_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -193,6 +195,7 @@ class SandboxHost:
         self.settings = settings
         self._envd_binary = envd_binary
         self._compat: tuple[Path, Path] | None = None
+        self._ready_disks: quota.ReadyDisks | None = None
 
     def prepare_node(self) -> None:
         """Directories, the envd binary and the formatted quota image (so the first create
@@ -203,7 +206,16 @@ class SandboxHost:
             d.mkdir(parents=True, exist_ok=True)
         self._envd_binary = ensure_envd(self.settings.envd_path)
         if self.settings.disk_quota_mb > 0:
-            quota.formatted(self.settings.run_dir / "quota", self.settings.disk_quota_mb)
+            cache = self.settings.run_dir / quota.CACHE_SUBDIR
+            quota.formatted(cache, self.settings.disk_quota_mb)
+            self._ready_disks = quota.ReadyDisks(cache, self.settings.disk_quota_mb)
+            self._ready_disks.start()
+
+    def close(self) -> None:
+        """Detach and delete the disks made ahead (blocking; idempotent). The sandboxes
+        keep theirs."""
+        if self._ready_disks is not None:
+            self._ready_disks.close()
 
     def resources(self, sandbox_id: str) -> SandboxResources:
         return SandboxResources(self.settings, sandbox_id)
@@ -236,7 +248,7 @@ class SandboxHost:
         """Quota disk, the upper dir (filled by `prefill` on a restore), /etc network files
         in it, overlay + envd tmpfs (blocking)."""
         res = self.resources(sandbox_id)
-        res.prepare_dirs()
+        res.prepare_dirs(self._ready_disks)
         if prefill is not None:
             prefill(res.upper)
         res.write_network_files(sandbox_id, address, nameserver)
@@ -252,6 +264,19 @@ class SandboxHost:
         """Its rootfs is mounted and envd's socket exists (what a live sandbox has)."""
         res = self.resources(sandbox_id)
         return ovl.is_mounted(res.rootfs) and res.envd_socket.exists()
+
+    def envd_listening(self, sandbox_id: str) -> bool:
+        """envd listens on its socket: a connect is accepted, or queued (EAGAIN: backlog
+        full). envd opens the socket last in its start-up, so this means it is up."""
+        kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(str(self.resources(sandbox_id).envd_socket))
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False  # no socket yet (ENOENT), or bound, not listening (ECONNREFUSED)
+        return True
 
     def log_tail(self, sandbox_id: str, size: int = 500) -> str:
         try:

@@ -5,7 +5,8 @@ it fails with ENOSPC inside the sandbox and never fills the host. `create_disk` 
 `destroy_disk` sit side by side; both are idempotent, and a create that fails halfway
 leaves no image, loop device or mount behind. No process per create: the filesystem is
 made once per size (`formatted`), each sandbox copies its few MiB of metadata, and the loop
-device and mount are syscalls.
+device and mount are syscalls. `ReadyDisks` makes the copy and binds its loop device ahead
+of time, so a create only renames one into place and mounts it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
+import secrets
 import tempfile
+import threading
 from pathlib import Path
 
 from declawd.host import run_sync, undo_all_sync
@@ -45,6 +49,12 @@ MOUNT_FLAGS = MS_NOSUID | MS_NODEV
 MOUNT_DATA = "noinit_itable"
 CACHE_SUBDIR = "quota"
 _TIMEOUT_S = 60
+# Disks made ahead per node: enough for creates back to back; each is a few MiB of copied
+# metadata and a loop device.
+READY_DISKS = 2
+READY_SUBDIR = "ready"
+
+log = logging.getLogger(__name__)
 
 
 def format_tag() -> str:
@@ -117,14 +127,20 @@ def copy_sparse(source: Path, target: Path) -> int:
 
 
 def create_disk(
-    image: Path, mountpoint: Path, size_mb: int, *, cache_dir: Path | None = None
+    image: Path,
+    mountpoint: Path,
+    size_mb: int,
+    *,
+    cache_dir: Path | None = None,
+    ready: ReadyDisks | None = None,
 ) -> None:
     """Make a `size_mb` ext4 filesystem in the sparse file `image` and mount it.
 
     `cache_dir` holds the formatted images (default: `default_cache_dir(image)`). Every
     image is a copy of one filesystem, so they share its UUID: ext4 does not mind (unlike
-    xfs or btrfs, it never looks filesystems up by UUID). A no-op when already mounted; on
-    any failure everything made so far is removed.
+    xfs or btrfs, it never looks filesystems up by UUID). One of `ready`'s disks is used
+    when it has one of this size. A no-op when already mounted; on any failure everything
+    made so far is removed.
     """
     if size_mb <= 0:
         raise ValueError("size_mb: must be positive")
@@ -134,8 +150,11 @@ def create_disk(
     try:
         mountpoint.mkdir(parents=True, exist_ok=True)
         image.unlink(missing_ok=True)  # a half-made one from a crash
-        copy_sparse(source, image)
-        device, fd = loop.attach(image)
+        taken = ready.take(image, size_mb) if ready is not None else None
+        if taken is None:
+            copy_sparse(source, image)
+            taken = loop.attach(image)
+        device, fd = taken
         _device_record(image).write_text(device)
         try:
             ovl.mount_device(device, mountpoint, "ext4", MOUNT_FLAGS, MOUNT_DATA)
@@ -145,6 +164,97 @@ def create_disk(
     except BaseException:
         destroy_disk(image, mountpoint)
         raise
+
+
+class ReadyDisks:
+    """Copies of the node's formatted image, each already bound to a loop device, made by a
+    thread of their own so that a create only renames one into its sandbox's dir and mounts
+    it: the copy and the attach took 5-7 ms of a create on a loaded 2-core VM.
+
+    Invariant: each ready disk is an image under `dir` and a loop device held only by an
+    open fd of this process, with autoclear. A process that dies takes its devices along
+    (the fds close); its leftover image files are removed at the next `start`.
+    """
+
+    def __init__(self, cache_dir: Path, size_mb: int, target: int = READY_DISKS) -> None:
+        self.dir = cache_dir / READY_SUBDIR
+        self.size_mb = size_mb
+        self.target = target
+        self._lock = threading.Lock()
+        self._disks: list[tuple[Path, str, int]] = []  # image, device, fd on the device
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Remove what an earlier process left, then fill in the background."""
+        for old in self.dir.glob("*"):
+            old.unlink(missing_ok=True)
+        if self.target <= 0:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._fill, name="ready-disks", daemon=True)
+        self._thread.start()
+        self._wake.set()
+
+    def take(self, image: Path, size_mb: int) -> tuple[str, int] | None:
+        """A ready disk renamed to `image`: (device, fd on it), as `loop.attach` returns;
+        None when there is none of `size_mb` (the caller makes one)."""
+        if size_mb != self.size_mb:
+            return None
+        with self._lock:
+            if not self._disks:
+                return None
+            path, device, fd = self._disks.pop()
+        self._wake.set()
+        try:
+            os.rename(path, image)  # the loop device follows its file (sysfs names it anew)
+        except OSError as exc:
+            log.warning("ready disk %s not usable as %s: %s", path, image, exc)
+            self._release(path, fd)
+            return None
+        return device, fd
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._disks)
+
+    def close(self) -> None:
+        """Stop filling; detach and delete every ready disk. Idempotent."""
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=_TIMEOUT_S)
+            self._thread = None
+        with self._lock:
+            disks, self._disks = self._disks, []
+        for path, _device, fd in disks:
+            self._release(path, fd)
+
+    def _fill(self) -> None:
+        source = formatted(self.dir.parent, self.size_mb)
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            while not self._closed and self.count() < self.target:
+                path = self.dir / f"{secrets.token_hex(8)}.img"
+                try:
+                    copy_sparse(source, path)
+                    device, fd = loop.attach(path)
+                except OSError as exc:
+                    path.unlink(missing_ok=True)
+                    log.warning("making a ready disk failed (creates make their own): %s", exc)
+                    break  # tried again after the next take
+                with self._lock:
+                    if self._closed:
+                        self._release(path, fd)
+                        return
+                    self._disks.append((path, device, fd))
+
+    @staticmethod
+    def _release(path: Path, fd: int) -> None:
+        os.close(fd)  # autoclear: the device detaches with its last holder
+        path.unlink(missing_ok=True)
 
 
 def destroy_disk(image: Path, mountpoint: Path) -> None:

@@ -160,11 +160,19 @@ class FakeNetworks:
         self.gateway_up = False
 
     async def create(
-        self, plan: NetworkPlan, policy: EgressPolicy, *, inspect: bool = False
+        self,
+        plan: NetworkPlan,
+        policy: EgressPolicy,
+        *,
+        inspect: bool = False,
+        on_netns: Callable[[], None] | None = None,
     ) -> None:
         self.networks[plan.sandbox_id] = plan
         self.policies[plan.sandbox_id] = policy
         self.inspect[plan.sandbox_id] = inspect
+        await self.steps.ahit("networks.netns")
+        if on_netns is not None:
+            on_netns()
         await self.steps.ahit("networks.create")
 
     async def destroy(self, sandbox_id: str, slot: int) -> None:
@@ -257,6 +265,7 @@ class FakeHost(SandboxHost):
         self.cgroups: set[str] = set()
         self.specs: dict[str, dict[str, Any]] = {}
         self.prepared_with: dict[str, tuple[list[Path], str, str]] = {}
+        self.envd_listens = True  # False: envd's socket exists but nothing listens on it
 
     def prepare_node(self) -> None:
         for d in (self.settings.sandboxes_dir, self.settings.run_dir):
@@ -300,6 +309,9 @@ class FakeHost(SandboxHost):
 
     def is_ready(self, sandbox_id: str) -> bool:
         return sandbox_id in self.rootfs and self.resources(sandbox_id).envd_socket.exists()
+
+    def envd_listening(self, sandbox_id: str) -> bool:
+        return self.envd_listens and self.resources(sandbox_id).envd_socket.exists()
 
     def log_tail(self, sandbox_id: str, size: int = 500) -> str:
         return "envd: fake log tail"
@@ -351,9 +363,6 @@ class FakeEnvd:
         self.ran: list[tuple[str, dict[str, Any]]] = []
         self.closed = False
 
-    async def health(self) -> bool:
-        return self.factory.healthy
-
     async def start(self, cmd: str, **kwargs: Any) -> int:
         self.started.append((cmd, kwargs))
         self.factory.steps.hit("envd.start")
@@ -374,7 +383,6 @@ class EnvdFactory:
 
     def __init__(self, steps: Steps) -> None:
         self.steps = steps
-        self.healthy = True
         self.ready_exit_codes: list[int] = []
         self.clients: list[FakeEnvd] = []
 

@@ -167,6 +167,23 @@ async def test_record_is_creating_until_the_steps_finish(fakes: NodeFakes) -> No
     assert [r.sandbox_id for r in fakes.store.list_sandboxes(TEAM)[0]] == [SID]
 
 
+async def test_container_starts_in_the_netns_while_its_link_and_rules_are_made(
+    fakes: NodeFakes,
+) -> None:
+    gate = fakes.steps.gate("networks.create")  # the netns exists; link and rules pending
+    task = asyncio.create_task(fakes.node.create(_request()))
+    while fakes.steps.count("runc.run_detached") == 0:
+        await asyncio.sleep(0.001)
+    calls = fakes.steps.calls
+    assert calls.index("networks.netns") < calls.index("runc.run_detached")
+    assert fakes.runtime.netns[SID] == fakes.networks.networks[SID].netns_path
+    await asyncio.sleep(0.01)
+    assert not task.done()  # nothing starts inside, and create does not answer, before them
+    assert fakes.steps.count("envd.start") == 0
+    gate.set()
+    assert (await task).state is SandboxState.RUNNING
+
+
 async def test_slots_are_distinct_for_concurrent_creates(fakes: NodeFakes) -> None:
     recs = await asyncio.gather(*(fakes.node.create(_request()) for _ in range(5)))
     assert sorted(r.slot for r in recs) == [1, 2, 3, 4, 5]
@@ -187,6 +204,7 @@ FAULT_POINTS = [
 ]
 
 FAILING_STEPS = [
+    "networks.netns",  # before the netns exists: the container branch must not wait on it
     "networks.create",
     "gateway.upsert",
     "host.prepare",
@@ -220,7 +238,7 @@ async def _create_fails(fakes: NodeFakes, cause: str) -> DeclawdError:
 
 async def _next_create_reuses_the_slot(fakes: NodeFakes) -> None:
     fakes.parts.faults = Faults()
-    fakes.envd.healthy = True
+    fakes.host.envd_listens = True
     rec = await fakes.node.create(_request())
     assert (rec.sandbox_id, rec.slot) == (sandbox_id(2), 1)
 
@@ -244,11 +262,11 @@ async def test_failing_step_is_undone(fakes: NodeFakes, step: str) -> None:
     await _next_create_reuses_the_slot(fakes)
 
 
-async def test_envd_that_never_gets_healthy_is_undone(
+async def test_envd_that_never_listens_is_undone(
     fakes: NodeFakes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(create_module, "ENVD_READY_TIMEOUT", 0.05)
-    fakes.envd.healthy = False
+    fakes.host.envd_listens = False
     err = await _create_fails(fakes, "envd did not come up")
     assert isinstance(err, Internal)
     assert "envd: fake log tail" in err.message  # the container's log says why
