@@ -9,6 +9,8 @@ had no `timeout`, `envs` or security policy.
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +24,8 @@ from declaw import (
     SecurityPolicy,
 )
 from declaw.security.env import EnvSecurityConfig
+
+from tests.e2e.conftest import STATE_DIR
 
 pytestmark = pytest.mark.e2e
 
@@ -72,8 +76,21 @@ def test_code_inside_knows_it_runs_in_a_sandbox(runtime: str) -> None:
             "python3 -c 'import os; print(os.environ[\"DECLAW_SANDBOX_ID\"])'"
         ).stdout.strip()
         assert py == sbx.sandbox_id
+        # envd's own runtime setting (one Go P) stays envd's: commands get a fresh env.
+        if runtime == "runc":  # envd is the container's init, seen from the host
+            envd_pid = _runc_init_pid(sbx.sandbox_id)
+            assert b"GOMAXPROCS=1" in Path(f"/proc/{envd_pid}/environ").read_bytes().split(b"\0")
+        assert "GOMAXPROCS" not in sbx.commands.run("env").stdout
     finally:
         sbx.kill(wait=True)
+
+
+def _runc_init_pid(sandbox_id: str) -> int:
+    root = str(STATE_DIR / "run" / "runc")
+    state = subprocess.run(
+        ["runc", "--root", root, "state", sandbox_id], capture_output=True, check=True, timeout=30
+    )
+    return int(json.loads(state.stdout)["pid"])
 
 
 def test_record_carries_timeout_masked_envs_and_security(api: httpx.Client) -> None:

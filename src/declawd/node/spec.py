@@ -20,6 +20,11 @@ ENVD_SOCKET_NAME = "envd.sock"
 ENVD_BIN_IN_SANDBOX = "/opt/declawd/envd"
 STATX_SHIM_IN_SANDBOX = "/opt/declawd/statx-shim.so"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# envd multiplexes I/O (the commands are their own processes, and envd builds their
+# environment from scratch, so this reaches no command). One P instead of one per host CPU:
+# measured in a sandbox on this 2-core VM, 5 threads instead of 7 and 720-736 KiB of
+# anonymous memory instead of 888-904 KiB, most of an idle sandbox's footprint.
+ENVD_ENV = ("GOMAXPROCS=1",)
 
 _RO = ["bind", "ro", "nosuid", "nodev"]
 
@@ -69,7 +74,7 @@ def sandbox_spec(i: SpecInputs) -> dict[str, Any]:
         rootfs=i.rootfs,
         hostname=i.sandbox_id,
         args=[ENVD_BIN_IN_SANDBOX, "--socket", f"{ENVD_MOUNT_DIR}/{ENVD_SOCKET_NAME}"],
-        env=[f"PATH={SANDBOX_PATH}"],
+        env=[f"PATH={SANDBOX_PATH}", *ENVD_ENV],
         netns_path=i.netns_path,
         limits=Limits(memory_mb=i.memory_mb, cpu_count=i.cpu_count, pids=i.pids),
         mounts=sandbox_mounts(i),
