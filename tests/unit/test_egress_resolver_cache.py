@@ -181,6 +181,40 @@ async def test_policy_change_drops_the_sandboxs_answers() -> None:
         await rig.close()
 
 
+async def test_names_sharing_an_address_are_admitted_once_while_that_admit_covers_them() -> None:
+    now = [0.0]
+    wild = "203.0.113.70"
+    rig = await make(clock=lambda: now[0])
+    try:
+        assert _a(await rig.ask("a.wild.lab")) == [(wild, 60)]  # admitted until 60 + 30 s
+        now[0] = 4.9  # b needs 60 + 30 s from 4.9 s; 85.1 s are left, within the 5 s slack
+        assert _a(await rig.ask("b.wild.lab")) == [(wild, 60)]
+        assert rig.admitted == [(3, {wild: 90.0})] and rig.resolver.stats["admit_proven"] == 1
+        now[0] = 5.1  # 84.9 s left: admitted again, for the full 90 s
+        await rig.ask("c.wild.lab")
+        assert rig.admitted[1:] == [(3, {wild: 90.0})]
+        now[0] = 9.0  # c's admit runs to 95.1: d is covered
+        await rig.ask("d.wild.lab")
+        assert len(rig.admitted) == 2 and rig.resolver.stats["admit_proven"] == 2
+        assert len(rig.upstream.queries) == 4  # every name was asked upstream all the same
+        assert rig.resolver.resolved.resolved_for("sbx-1", "d.wild.lab", wild)
+        # Another address needs its own admit.
+        await rig.ask("api.openai.com")
+        assert rig.admitted[-1] == (3, {API: 90.0})
+        # After the gateway rewrote the set, no earlier admit proves anything.
+        rig.resolver.forget_answers("sbx-1")
+        await rig.ask("e.wild.lab")
+        assert len(rig.admitted) == 4
+        # Nor under another policy, nor for another sandbox.
+        other = EgressPolicy.parse(["*.wild.lab"], ["0.0.0.0/0"])
+        rig.entries["127.0.0.1"] = SandboxEntry("sbx-1", 3, "127.0.0.1", other)
+        await rig.ask("f.wild.lab")
+        await rig.ask("g.wild.lab", "127.0.0.2")
+        assert len(rig.admitted) == 6 and rig.admitted[-1][0] == 4
+    finally:
+        await rig.close()
+
+
 async def test_removed_sandbox_loses_its_answers() -> None:
     rig = await make()
     try:
@@ -250,6 +284,21 @@ def test_an_answer_bigger_than_a_table_is_not_kept() -> None:
     cache = AnswerCache(max_bytes=10)
     cache.put("s", POLICY, ("a", 1), _answer("a"))
     assert cache.entries("s") == 0 and cache.total_bytes == 0
+
+
+def test_admission_proofs_are_bounded_and_keep_the_latest_expiry() -> None:
+    cache = AnswerCache(max_entries=2)
+    cache.note_admitted("sbx-1", POLICY, {"198.51.100.1": 90.0}, 10.0)
+    cache.note_admitted("sbx-1", POLICY, {"198.51.100.1": 30.0}, 20.0)  # earlier: kept 100
+    assert cache.admitted_until("sbx-1", POLICY, ["198.51.100.1"]) == 100.0
+    cache.note_admitted("sbx-1", POLICY, {"198.51.100.2": 90.0, "198.51.100.3": 90.0}, 30.0)
+    assert cache.admitted_until("sbx-1", POLICY, ["198.51.100.1"]) == 0.0  # the oldest went
+    assert cache.admitted_until("sbx-1", POLICY, ["198.51.100.2", "198.51.100.3"]) == 120.0
+    assert cache.admitted_until("sbx-1", POLICY, ["198.51.100.2", "198.51.100.9"]) == 0.0
+    assert cache.admitted_until("sbx-1", POLICY, []) == 0.0
+    assert cache.admitted_until("sbx-2", POLICY, ["198.51.100.2"]) == 0.0
+    cache.drop("sbx-1")
+    assert cache.admitted_until("sbx-1", POLICY, ["198.51.100.2"]) == 0.0
 
 
 def test_cache_entry_with_less_than_a_second_left_is_gone() -> None:

@@ -52,6 +52,10 @@ class _Table:
     policy: EgressPolicy
     entries: OrderedDict[Key, CachedAnswer] = field(default_factory=OrderedDict)
     size: int = 0
+    # Address → clock time before which it is surely still in r4_<slot>: the proof of an
+    # admit (taken before it), whichever answer it was for. Names that share an address
+    # (a CDN, a wildcard zone) then need no admit each. Kept and dropped with the answers.
+    admitted: dict[str, float] = field(default_factory=dict)
 
 
 class AnswerCache:
@@ -102,6 +106,28 @@ class AnswerCache:
             # The biggest table pays: one sandbox's flood of names cannot empty the others.
             biggest = max(self._tables.values(), key=lambda t: t.size)
             self._remove(biggest, next(iter(biggest.entries)))
+
+    def admitted_until(self, sandbox_id: str, policy: EgressPolicy, addresses: list[str]) -> float:
+        """The clock time before which every one of `addresses` is surely admitted for the
+        sandbox under `policy` (0.0 when one has no proof)."""
+        table = self._table(sandbox_id, policy, create=False)
+        if table is None or not addresses:
+            return 0.0
+        return min(table.admitted.get(a, 0.0) for a in addresses)
+
+    def note_admitted(
+        self, sandbox_id: str, policy: EgressPolicy, timeouts: dict[str, float], at: float
+    ) -> None:
+        """An admit of these element timeouts succeeded; `at` was taken before it."""
+        table = self._table(sandbox_id, policy, create=True)
+        assert table is not None
+        for address, timeout in timeouts.items():
+            until = at + timeout
+            if until > table.admitted.get(address, 0.0):
+                table.admitted.pop(address, None)  # re-inserted last: the oldest go first
+                table.admitted[address] = until
+        while len(table.admitted) > self.max_entries:
+            del table.admitted[next(iter(table.admitted))]
 
     def drop(self, sandbox_id: str) -> None:
         """Forget a sandbox's answers (policy changed, sandbox removed). Idempotent."""
