@@ -380,6 +380,13 @@ def test_resolved_names_remaining_for_reports_the_latest_live_pair_of_each_addre
     assert names.remaining_for("sbx-2", ["203.0.113.1"]) == {}
     now[0] = 91.0
     assert names.remaining_for("sbx-1", ["203.0.113.2"]) == {}
+    # A policy that drops the longer-lived name: the address's latest expiry is a's again.
+    names.record("sbx-1", "a.lab", ["203.0.113.1"], ttl_s=60)  # until 91 + 90
+    names.retain("sbx-1", lambda n: n != "b.lab")
+    assert names.remaining_for("sbx-1", ["203.0.113.1"]) == {"203.0.113.1": 90.0}
+    assert names.remaining("sbx-1") == {"203.0.113.1": 90.0}
+    names.forget("sbx-1")
+    assert names.remaining_for("sbx-1", ["203.0.113.1"]) == {} and names.remaining("sbx-1") == {}
 
 
 def test_resolved_names_stay_bounded_per_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
