@@ -74,7 +74,7 @@ SFS_PORT = 18308  # the blob store's NFS server (NFS-Ganesha) on the bridge
 CONTROL_PLANE = f"https://{BRIDGE_ADDRESS}:{INTERNAL_PORT}"  # what the nodes join and beat to
 HEARTBEAT_S = 0.5
 REGISTER_TIMEOUT_S = 900
-DOWN_AFTER_S = 3.0
+DOWN_AFTER_S = 5.0  # 10 beats: a noisy 2-core CI machine with 4 nodes stalls a beat or two
 PREFIX = "dcwc"
 EXTRA_PER_NODE = 3  # the long form's additional sandboxes per node
 

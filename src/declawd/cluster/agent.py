@@ -59,6 +59,7 @@ from declawd.node.reconcile import reconcile
 from declawd.ports.upstream import connect_in_netns
 from declawd.store import SandboxRecord, SandboxState, Store
 from declawd.templates.service import TemplateService
+from declawd.threads import Lane, install_blocking_pool
 from declawd.volumes.attach import copies_on_node, mounts_on_node
 
 log = logging.getLogger(__name__)
@@ -382,6 +383,7 @@ class NodeAgent:
         from declawd.templates.catalog import catalog_names
 
         settings = self.settings
+        install_blocking_pool()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         await self.ensure_identity()
         secrets_server = await serve_secrets(self.secrets.lookup, vault_socket_path(settings))
@@ -444,28 +446,30 @@ class NodeAgent:
         self, node: Node, store: Store, server: Any, tunnel_tls: ssl.SSLContext
     ) -> None:
         settings = self.settings
-        while True:
-            try:
-                capacity = await asyncio.to_thread(
-                    capacity_of, node, store, settings, self.templates
-                )
-                capacity["tunnel_port"] = settings.node_tunnel_port
-                answer = await self._call("/heartbeat", {"capacity": capacity})
-                if answer.get("state") == "down":
-                    # Its sandboxes were declared lost: kill them here before taking work.
-                    log.warning("marked down by the control plane: reconciling, then rejoining")
-                    await reconcile(node.parts)
-                    await self.register()
-                at = cert_renew_at(self.ident)
-                if at is not None and at <= datetime.datetime.now(datetime.UTC):
-                    await renew(settings, self.control_plane, self.ident)
-                    reload_cert(server, self.ident)
-                    tunnel_tls.load_cert_chain(self.ident.cert, self.ident.key)
-                    await self.secrets.renewed()
-                    log.info("node certificate renewed")
-            except (httpx.HTTPError, OSError, DeclawdError) as exc:
-                log.warning("heartbeat: %s", exc)
-            await asyncio.sleep(settings.heartbeat_interval_s)
+        lane = Lane("heartbeat")  # a busy shared pool must not make this node look lost
+        try:
+            while True:
+                try:
+                    capacity = await lane.run(capacity_of, node, store, settings, self.templates)
+                    capacity["tunnel_port"] = settings.node_tunnel_port
+                    answer = await self._call("/heartbeat", {"capacity": capacity})
+                    if answer.get("state") == "down":
+                        # Its sandboxes were declared lost: kill them here before taking work.
+                        log.warning("marked down by the control plane: reconciling, then rejoining")
+                        await reconcile(node.parts)
+                        await self.register()
+                    at = cert_renew_at(self.ident)
+                    if at is not None and at <= datetime.datetime.now(datetime.UTC):
+                        await renew(settings, self.control_plane, self.ident)
+                        reload_cert(server, self.ident)
+                        tunnel_tls.load_cert_chain(self.ident.cert, self.ident.key)
+                        await self.secrets.renewed()
+                        log.info("node certificate renewed")
+                except (httpx.HTTPError, OSError, DeclawdError) as exc:
+                    log.warning("heartbeat: %s", exc)
+                await asyncio.sleep(settings.heartbeat_interval_s)
+        finally:
+            lane.close()
 
 
 async def _open_port(node: Node, sandbox_id: str, port: int | None) -> socket.socket:

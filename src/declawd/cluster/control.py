@@ -22,6 +22,7 @@ from declawd.cluster.wire import error_body
 from declawd.config import Settings
 from declawd.errors import DeclawdError, Forbidden, InvalidInput, NotFound
 from declawd.store import Store
+from declawd.threads import Lane
 from declawd.vault.crypto import MasterKey, master_key_path
 from declawd.vault.store import VaultRecords
 
@@ -46,6 +47,7 @@ def sign_node_csr(
 
 def control_app(settings: Settings, store: Store, ca: cca.ClusterCA) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    beats = Lane("heartbeats", 2)  # never queued behind the shared pool's slow calls
 
     @app.exception_handler(DeclawdError)
     async def _domain_error(request: Request, exc: DeclawdError) -> JSONResponse:
@@ -100,9 +102,7 @@ def control_app(settings: Settings, store: Store, ca: cca.ClusterCA) -> FastAPI:
     async def heartbeat(request: Request) -> Any:
         node_id = node_of(request)
         body = await request.json()
-        node = await asyncio.to_thread(
-            store.heartbeat_node, node_id, dict(body.get("capacity") or {})
-        )
+        node = await beats.run(store.heartbeat_node, node_id, dict(body.get("capacity") or {}))
         if node is None:
             raise NotFound(f"node '{node_id}' is not registered")
         return {"state": node.state}
