@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from declawd.api.errors import body_of, headers_of, status_of
 from declawd.config import Settings
 from declawd.errors import DeclawdError, Unauthorized
-from declawd.store import Store, open_store
+from declawd.store import Store, open_store, store_read
 
 if TYPE_CHECKING:
     from declawd.cluster.remote import RemoteNode
@@ -70,7 +70,7 @@ async def current_team(request: Request) -> Team:
             return team
         raise Unauthorized("missing API key: send X-API-Key or Authorization: Bearer")
     svc = services(request)
-    found = await asyncio.to_thread(svc.store.authenticate, key)
+    found = await store_read(svc.store, svc.store.authenticate, key)
     if not found:
         raise Unauthorized("invalid or revoked API key")
     return Team(found["team_id"], found["key_id"])

@@ -35,7 +35,7 @@ from declawd.node.reconcile import reconcile
 from declawd.node.release import release_and_record
 from declawd.runtime import cgroups as cg
 from declawd.runtime import dir_size
-from declawd.store import SandboxRecord, SandboxState, Store
+from declawd.store import SandboxRecord, SandboxState, Store, store_read
 from declawd.store.nodes import LOST_PREFIX
 from declawd.store.snapshots import SnapshotRecord
 from declawd.templates.model import Template
@@ -165,7 +165,7 @@ class Node:
 
     # lookup -----------------------------------------------------------------------
     async def lookup(self, team_id: str, sandbox_id: str, need: Need = Need.LIVE) -> SandboxRecord:
-        rec = await asyncio.to_thread(self.store.get_sandbox, sandbox_id, team_id)
+        rec = await store_read(self.store, self.store.get_sandbox, sandbox_id, team_id)
         found = check_need(rec, sandbox_id, need)
         if need is Need.RUNNING and found.state is SandboxState.PAUSED:
             return await self.resume(found, at_least_s=pausing.AUTO_RESUME_MIN_S)

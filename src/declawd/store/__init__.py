@@ -17,6 +17,7 @@ from declawd.store.errors import (
 from declawd.store.model import LIVE_STATES, SandboxRecord, SandboxState
 from declawd.store.sandboxes import parse_metadata_query
 from declawd.store.store import Store, database_target, open_store
+from declawd.store.store import read as store_read
 from declawd.store.traffic import TrafficAccess
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "database_target",
     "open_store",
     "parse_metadata_query",
+    "store_read",
 ]
