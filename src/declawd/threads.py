@@ -1,11 +1,12 @@
-"""Worker threads for blocking calls from the event loop.
+"""Threads of their own for calls that prove liveness.
 
-asyncio's default executor has `min(32, cpus + 4)` threads: 6 on a 2-core machine. The
-server sends every store call, blob store copy and lock wait there (`asyncio.to_thread`),
-and some of those wait for seconds (a layer on NFS, a lock another build holds), so six
-of them queue everything else behind them, heartbeats included: a cluster test saw a
-node declared lost mid-build that way. The servers install a larger pool (threads that
-wait cost a stack, not CPU), and what proves liveness runs on a `Lane` of its own.
+asyncio's default executor has `min(32, cpus + 4)` threads: 6 on a 2-core machine. A node
+sends its blob store copies, lock waits and store calls there (`asyncio.to_thread`), and
+some of those wait for seconds (a layer on NFS, a lock another build holds); six of them
+queue everything else behind them. A cluster test saw a node's heartbeat held up that way
+for over 3 s and the node declared lost mid-build. A heartbeat's blocking part runs on a
+`Lane` instead. (A larger shared pool was tried: every worker thread that touches SQLite
+keeps a connection, and the server's open files grew with its concurrency.)
 """
 
 from __future__ import annotations
@@ -17,18 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-BLOCKING_THREADS = 64
-
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def install_blocking_pool(threads: int = BLOCKING_THREADS) -> ThreadPoolExecutor:
-    """Give the running loop a default executor of `threads` workers (what `to_thread`
-    and `run_in_executor(None, ...)` use). Call at start, from the loop."""
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="blocking")
-    asyncio.get_running_loop().set_default_executor(pool)
-    return pool
 
 
 class Lane:

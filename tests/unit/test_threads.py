@@ -1,5 +1,5 @@
-"""The blocking pool and lanes (declawd/threads.py): a heartbeat is not queued behind
-blocked calls on the shared pool."""
+"""Lanes (declawd/threads.py): a heartbeat is not queued behind blocked calls on the
+shared pool."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from declawd.threads import BLOCKING_THREADS, Lane, install_blocking_pool
+from declawd.threads import Lane
 
 
 def test_a_lane_answers_while_every_shared_worker_is_blocked() -> None:
@@ -28,19 +28,3 @@ def test_a_lane_answers_while_every_shared_worker_is_blocked() -> None:
             lane.close()
 
     assert asyncio.run(main()) == "lane ok"
-
-
-def test_the_installed_pool_runs_many_blocking_calls_at_once() -> None:
-    async def main() -> int:
-        pool = install_blocking_pool()
-        barrier = threading.Barrier(BLOCKING_THREADS // 2, timeout=10)
-        try:
-            # all of them must be in a worker at the same time for the barrier to open
-            done = await asyncio.gather(
-                *(asyncio.to_thread(barrier.wait) for _ in range(BLOCKING_THREADS // 2))
-            )
-            return len(done)
-        finally:
-            pool.shutdown(wait=False)
-
-    assert asyncio.run(main()) == BLOCKING_THREADS // 2

@@ -87,9 +87,7 @@ def create_app(settings: Settings, *, start_node: bool = True) -> FastAPI:
         from declawd.node.node import Node
         from declawd.templates.catalog import catalog_names
         from declawd.templates.service import TemplateService
-        from declawd.threads import install_blocking_pool
 
-        install_blocking_pool()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(settings)
         templates = TemplateService(settings, store, runtime_name=settings.runtime)

@@ -59,7 +59,7 @@ from declawd.node.reconcile import reconcile
 from declawd.ports.upstream import connect_in_netns
 from declawd.store import SandboxRecord, SandboxState, Store
 from declawd.templates.service import TemplateService
-from declawd.threads import Lane, install_blocking_pool
+from declawd.threads import Lane
 from declawd.volumes.attach import copies_on_node, mounts_on_node
 
 log = logging.getLogger(__name__)
@@ -383,7 +383,6 @@ class NodeAgent:
         from declawd.templates.catalog import catalog_names
 
         settings = self.settings
-        install_blocking_pool()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         await self.ensure_identity()
         secrets_server = await serve_secrets(self.secrets.lookup, vault_socket_path(settings))
