@@ -118,7 +118,7 @@ def cluster_side(c: Cluster) -> Side:
 
     def envd_socket(sandbox_id: str) -> Path:
         node = next(n for n in c.nodes if n.instance == c.node_of(sandbox_id))
-        return node.state_dir / "sandboxes" / sandbox_id / "envd" / "envd.sock"
+        return node.state_dir / "sandboxes" / sandbox_id / "disk" / "envd" / "envd.sock"
 
     return Side("cluster API server", c.key, c.domain, pids, envd_socket)
 

@@ -51,7 +51,7 @@ class Server:
         return f"{self.instance}-gw"
 
     def envd_socket(self, sandbox_id: str) -> Path:
-        return self.state_dir / "sandboxes" / sandbox_id / "envd" / "envd.sock"
+        return self.state_dir / "sandboxes" / sandbox_id / "disk" / "envd" / "envd.sock"
 
     def cgroup(self, sandbox_id: str) -> str:
         return f"/{self.instance}/{sandbox_id}"

@@ -299,7 +299,7 @@ RUNC_RW = {
     "/dev/shm": "tmpfs",
     "/dev/mqueue": "mqueue",
     "/sys/fs/cgroup": "tmpfs",  # runc's tmpfs holding the ro cgroup mounts (cgroup v1)
-    "/run/declawd": "tmpfs",  # the per-sandbox 1 MiB tmpfs for envd's socket (host-side)
+    "/run/declawd": "ext4",  # envd's socket dir, `envd/` on the sandbox's own quota disk
     "/proc/keys": "tmpfs",  # runc masks these with /dev/null of the container's /dev
     "/proc/timer_list": "tmpfs",
 }
@@ -312,7 +312,7 @@ RUNSC_RW = {
     # the rootfs's own /tmp (the same overlay, bound so /tmp lands in the writable layer
     # that snapshots capture, instead of gVisor's in-memory tmpfs): no host path
     "/tmp": "9p",
-    "/run/declawd": "9p",  # the same per-sandbox 1 MiB host tmpfs, through the gofer
+    "/run/declawd": "9p",  # the same dir on the sandbox's quota disk, through the gofer
 }
 RO_BINDS = {
     "runc": {
@@ -363,26 +363,37 @@ def test_no_host_path_mounted_writable(pair: tuple[Sandbox, Sandbox], runtime: s
         assert "ro" in by_point[point]["opts"], by_point[point]
         # ... and the kernel (or gVisor) enforces it, even for root
         assert probe(a, f"chmod_probe({point!r})", "root") == "EROFS", point
-    if runtime == "runc":
-        # every bind of a host file system path (the source device is the host disk, not a
-        # per-mount anonymous device 0:N) is read-only
-        for m in got:
-            if m["root"] != "/" and m["type"] in ("ext4", "xfs", "btrfs"):
-                assert "ro" in m["opts"], m
-        # the root overlay's upper lives on this sandbox's own loop-mounted quota disk
-        root = by_point["/"]
-        sandbox_dir = STATE_DIR / "sandboxes" / a.sandbox_id
-        assert f"upperdir={sandbox_dir}/disk/upper" in root["super"], root
-        assert (
-            "/sys/fs/cgroup/memory" in by_point
-            and "ro" in by_point["/sys/fs/cgroup/memory"]["opts"]
-        )
     host = _host_mounts()
     sandbox_dir = STATE_DIR / "sandboxes" / a.sandbox_id
     disk = host[str(sandbox_dir / "disk")]
     assert disk[0] == "ext4" and disk[1].startswith("/dev/loop"), disk
-    envd = host[str(sandbox_dir / "envd")]
-    assert envd[0] == "tmpfs" and "size=1024k" in envd[2], envd  # the 1 MiB envd tmpfs
+    # no host mount of its own for envd's socket: the dir is on the quota disk
+    assert str(sandbox_dir / "envd") not in host
+    envd_dir = sandbox_dir / "disk" / "envd"
+    assert envd_dir.stat().st_dev == (sandbox_dir / "disk").stat().st_dev
+    assert oct(envd_dir.stat().st_mode & 0o777) == "0o700"
+    if runtime == "runc":
+        # every bind of a host file system path (the source device is the host disk, not a
+        # per-mount anonymous device 0:N) is read-only; the one rw bind of a disk is envd's
+        # dir on the sandbox's OWN quota disk
+        for m in got:
+            if m["root"] != "/" and m["type"] in ("ext4", "xfs", "btrfs"):
+                if m["at"] == "/run/declawd":
+                    assert (m["root"], m["source"]) == ("/envd", disk[1]), m
+                    continue
+                assert "ro" in m["opts"], m
+        # the root overlay's upper lives on this sandbox's own quota disk, and no host path
+        # is in the sandbox's view of it (the kernel prints the one-letter links it was given)
+        root = by_point["/"]
+        assert ",upperdir=u,workdir=w" in root["super"], root
+        assert str(STATE_DIR) not in root["super"], root
+        assert (sandbox_dir / "disk" / "upper").stat().st_dev == (
+            sandbox_dir / "disk"
+        ).stat().st_dev
+        assert (
+            "/sys/fs/cgroup/memory" in by_point
+            and "ro" in by_point["/sys/fs/cgroup/memory"]["opts"]
+        )
     # control: the rw mounts are writable where they should be
     assert probe(a, "write_probe('/home/user/x')", "user") == "OK"
     assert probe(a, "write_probe('/dev/shm/x')", "user") == "OK"

@@ -64,6 +64,34 @@ def test_overlay_with_more_layer_paths_than_fit_in_one_mount_page(tmp_path: Path
     assert not is_mounted(target)
 
 
+def _mountinfo_line(target: Path) -> str:
+    lines = [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+             if ln.split()[4] == str(target)]  # fmt: skip
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_overlay_options_name_no_host_path_and_the_cwd_stays(tmp_path: Path) -> None:
+    # every line of mountinfo is formatted again on every read (runc reads it four times a
+    # start): the options are one-letter names relative to the mount's own link dir
+    layers = [_layer(tmp_path / "layers:odd,name", i, "l") for i in range(2)]
+    upper, work, target = tmp_path / "upper", tmp_path / "work", tmp_path / "rootfs"
+    for d in (upper, work, target):
+        d.mkdir()
+    cwd = os.getcwd()
+    mount_overlay(layers, upper, work, target)
+    try:
+        options = _mountinfo_line(target).split(" - ", 1)[1].split()[2]
+        assert "lowerdir=1:0,upperdir=u,workdir=w" in options, options
+        assert os.getcwd() == cwd
+        assert (target / "shadowed").read_text() == "1"  # a ':' or ',' in a path is fine
+        (target / "new").write_text("w")
+        assert (upper / "new").read_text() == "w"
+    finally:
+        unmount(target)
+    assert not is_mounted(target)
+
+
 def test_unmount_falls_back_to_lazy_when_busy(tmp_path: Path) -> None:
     target = tmp_path / "t"
     target.mkdir()

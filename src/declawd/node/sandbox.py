@@ -1,7 +1,7 @@
 """One sandbox's host-side resources, created in order and torn down in reverse.
 
 `SandboxResources` knows every path and name that a sandbox owns on this machine (its
-directory, overlay mount, envd socket tmpfs, OCI container, commands' cgroup); `SandboxHost`
+directory, quota disk, overlay mount, envd socket dir, OCI container, commands' cgroup); `SandboxHost`
 is the node's handle on all of them, by sandbox id. `release()` removes them, is idempotent
 (it runs after a failed create, on kill, and from the reconcile sweep with nothing but the
 id and runtime), and returns what it could not remove instead of swallowing it.
@@ -28,7 +28,6 @@ from declawd.runtime.compat import ensure_statx_shim, preload_file
 
 log = logging.getLogger(__name__)
 
-ENVD_TMPFS_BYTES = 1 << 20
 # envd finds the commands' cgroup `tasks` files here (next to its socket; see PROTOCOL.md)
 ENVD_CGROUP_DIR = f"{ENVD_MOUNT_DIR}/cgroup"
 
@@ -65,6 +64,18 @@ class SandboxResources:
 
     @property
     def envd_dir(self) -> Path:
+        """envd's socket dir, bind-mounted into the sandbox: on the quota disk (so what the
+        sandbox writes there counts against its quota), beside upper and work, which the
+        sandbox never sees. Not a mount of its own: every host mount is a line that each
+        runc start reads (see `overlay.mount_overlay`). A sandbox that an older declawd
+        made keeps its socket where it was (`legacy_envd_dir`) for as long as it lives."""
+        if (self.legacy_envd_dir / ENVD_SOCKET_NAME).exists():
+            return self.legacy_envd_dir
+        return self.disk / "envd"
+
+    @property
+    def legacy_envd_dir(self) -> Path:
+        """Where an older declawd mounted a 1 MiB tmpfs for the socket (unmounted on release)."""
         return self.dir / "envd"
 
     @property
@@ -103,6 +114,7 @@ class SandboxResources:
             )
         for d in (self.upper, self.work, self.rootfs, self.envd_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self.envd_dir.chmod(0o700)
         self.dir.chmod(0o700)
 
     def write_network_files(
@@ -131,7 +143,6 @@ class SandboxResources:
 
     def mount(self, layers: list[Path]) -> None:
         ovl.mount_overlay(layers, self.upper, self.work, self.rootfs)
-        ovl.mount_tmpfs(self.envd_dir, ENVD_TMPFS_BYTES, 0o700)
 
     async def release(self, runtime: ContainerRuntime | None) -> list[str]:
         """Remove everything host-side except the network (owned by the node's network);
@@ -148,7 +159,7 @@ class SandboxResources:
             await asyncio.to_thread(cg.remove_cgroup, self.cgroups_path)
         except OSError as exc:
             failed.append(f"cgroup {self.cgroups_path}: {exc}")
-        for target in (self.envd_dir, self.rootfs):
+        for target in (self.legacy_envd_dir, self.rootfs):
             try:
                 ovl.unmount(target)
             except OSError as exc:

@@ -13,6 +13,9 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MNT_DETACH = 0x2
+CLONE_FS = 0x200
 
 # mount(2) copies its data argument into one page; stay clearly below it.
 _MOUNT_DATA_LIMIT = 3800
@@ -34,6 +38,7 @@ _libc.mount.argtypes = [
     ctypes.c_char_p,
 ]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
 UMOUNT_NOFOLLOW = 0x8
 
 # statx(2): whether a path is the root of a mount, without reading the mount table (which
@@ -65,31 +70,67 @@ def _overlay_data(lowers: list[str], upper: Path, work: Path) -> str:
     return f"lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work}"
 
 
+def _own_cwd() -> None:
+    """Give the calling (dedicated) thread a working directory of its own."""
+    if _libc.unshare(CLONE_FS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_FS) for the overlay mount thread: {os.strerror(err)}")
+
+
+_mounter_lock = threading.Lock()
+_mounter: ThreadPoolExecutor | None = None
+
+
+def _in_dir(directory: Path, fn: Callable[[], None]) -> None:
+    """Run fn with `directory` as the working directory, on the one thread that has a cwd
+    of its own (unshare(CLONE_FS)): the process's cwd, which every other thread shares,
+    never moves."""
+    global _mounter
+    with _mounter_lock:
+        if _mounter is None:
+            _mounter = ThreadPoolExecutor(1, "overlay-mount", initializer=_own_cwd)
+        pool = _mounter
+
+    def call() -> None:
+        os.chdir(directory)
+        try:
+            fn()
+        finally:
+            os.chdir("/")
+
+    pool.submit(call).result()
+
+
 def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
-    """Mount overlayfs(lowers, upper) on target; `lowers` are ordered lowest first."""
+    """Mount overlayfs(lowers, upper) on target; `lowers` are ordered lowest first.
+
+    The layers, the upper and the work dir are named by one-letter symlinks in a private
+    directory made for this one mount, and the mount is made from inside that directory
+    with relative names (Docker's overlay2 shortens its `lowerdir` with `l/` links the
+    same way). The kernel resolves the links at mount time and keeps the dentries, so the
+    links go at once; what it keeps is the option string, printed in every line of
+    /proc/*/mountinfo for this mount, and the kernel's formatting of that file is paid per
+    byte: each runc start reads the host's mountinfo four times, so a ~600-byte line per
+    sandbox (a 4-layer template's absolute paths) made every create slower on a node with
+    many sandboxes. Host paths also stay out of the sandbox's own view of its root mount.
+    """
     if not lowers:
         raise ValueError("lowers: an overlay needs at least one lower layer")
-    for p in lowers:
-        if ":" in str(p) or "," in str(p):
-            raise ValueError(f"lowers: {p} contains a character overlayfs cannot parse")
-    data = _overlay_data([str(p) for p in lowers], upper, work)
-    if len(data) < _MOUNT_DATA_LIMIT:
-        _mount("overlay", target, "overlay", 0, data)
-        return
-    # Too long for one page: point at the layers through short symlinks. The kernel
-    # resolves them at mount time and keeps the layer dentries, so the links can go.
     _SHORT_LINK_PARENT.mkdir(mode=0o700, parents=True, exist_ok=True)
     linkdir = Path(tempfile.mkdtemp(prefix="", dir=_SHORT_LINK_PARENT))
     try:
         short = []
         for i, layer in enumerate(lowers):
-            link = linkdir / format(i, "x")
-            link.symlink_to(layer.resolve())
-            short.append(str(link))
-        data = _overlay_data(short, upper, work)
+            name = format(i, "x")
+            (linkdir / name).symlink_to(layer.resolve())
+            short.append(name)
+        (linkdir / "u").symlink_to(upper.resolve())
+        (linkdir / "w").symlink_to(work.resolve())
+        data = _overlay_data(short, Path("u"), Path("w"))
         if len(data) >= _MOUNT_DATA_LIMIT:
             raise ValueError(f"lowers: {len(lowers)} layers are too many for one overlay mount")
-        _mount("overlay", target, "overlay", 0, data)
+        resolved_target = target.resolve()
+        _in_dir(linkdir, lambda: _mount("overlay", resolved_target, "overlay", 0, data))
     finally:
         shutil.rmtree(linkdir, ignore_errors=True)
 

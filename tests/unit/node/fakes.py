@@ -99,7 +99,7 @@ class FakeRuntime:
             raise RuntimeError(f"container {container_id} exists")
         self.containers[container_id] = "running"
         self.netns[container_id] = netns_path
-        envd_dir = bundle / "envd"
+        envd_dir = bundle / "disk" / "envd"  # SandboxResources.envd_dir
         if envd_dir.is_dir():
             (envd_dir / ENVD_SOCKET_NAME).touch()
         self.steps.hit(f"{self.name}.run_detached")
