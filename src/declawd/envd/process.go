@@ -2,8 +2,11 @@
 //
 // Each process runs in its own session (its pid is its process group id), so a
 // signal reaches everything it spawned. Exit statuses come only from the reaper;
-// the exit event is published after the output pipes drain (or a short grace
-// period, because background grandchildren may hold them open forever).
+// the exit event is published after the output pipes drain: to EOF, or, when a
+// background grandchild holds one open, once it has been empty for a short grace
+// period. What the process wrote before it exited is all in the pipe's buffer, so a
+// reader that gets no CPU for a while (32 commands at once on 2 cores) still reads
+// it before the exit is published (`drainNow`).
 package main
 
 import (
@@ -20,6 +23,12 @@ const (
 	keepExited    = 1000     // exited processes that stay queryable
 	exitGrace     = 200 * time.Millisecond
 	readChunkSize = 32 << 10
+	// A pipe holds at most fs.pipe-max-size (1 MiB by default) of what was written
+	// before the exit; a background writer that goes on is not followed beyond it.
+	finalDrainMax = 1 << 20
+	// Only for an output fd without deadlines (never seen: the pipes and the PTY master
+	// are non-blocking, so Go polls them); the exit is not held longer than this.
+	exitHardCap = 30 * time.Second
 )
 
 type process struct {
@@ -39,6 +48,7 @@ type process struct {
 	done     chan struct{} // closed when the exit event is published
 
 	readers sync.WaitGroup
+	outputs []*os.File // what the pumps read, set before the fork and never changed
 
 	stdinMu     sync.Mutex
 	stdin       *os.File // pipe write end or PTY master; nil when closed/none
@@ -62,7 +72,8 @@ func (p *process) appendOutput(stream int, data []byte) {
 	p.broadcastLocked()
 }
 
-// pump copies one output fd into the log until EOF (or EIO for a PTY master).
+// pump copies one output fd into the log until EOF (or EIO for a PTY master), or,
+// after the exit, until the read deadline `markExited` sets passes with the fd empty.
 func (p *process) pump(f *os.File, stream int) {
 	defer p.readers.Done()
 	defer f.Close()
@@ -72,18 +83,56 @@ func (p *process) pump(f *os.File, stream int) {
 		if n > 0 {
 			p.appendOutput(stream, buf[:n:n])
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			p.drainNow(f, stream)
+			return
+		}
 		if err != nil {
 			return
 		}
 	}
 }
 
+// drainNow reads what the fd holds right now, without waiting. A deadline that passed
+// while this goroutine waited for a CPU fails the next Read before it reads anything,
+// so the deadline is cleared and the fd (non-blocking) is read directly until EAGAIN.
+func (p *process) drainNow(f *os.File, stream int) {
+	if f.SetReadDeadline(time.Time{}) != nil {
+		return
+	}
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	for total := 0; total < finalDrainMax; {
+		buf := make([]byte, readChunkSize)
+		var n int
+		var rerr error
+		if raw.Read(func(fd uintptr) bool {
+			n, rerr = syscall.Read(int(fd), buf)
+			return true // never wait for more: EAGAIN means empty
+		}) != nil || rerr != nil || n <= 0 {
+			return
+		}
+		p.appendOutput(stream, buf[:n:n])
+		total += n
+	}
+}
+
 // markExited is called by the reaper; publishing waits for the output to drain.
 func (p *process) markExited(ws syscall.WaitStatus, table *processTable) {
 	go func() {
+		limit := exitHardCap
+		for _, f := range p.outputs {
+			// ends a read that would wait longer (a grandchild holding the pipe); an
+			// fd the pump already closed at EOF answers ErrClosed, which is fine
+			if err := f.SetReadDeadline(time.Now().Add(exitGrace)); errors.Is(err, os.ErrNoDeadline) {
+				limit = exitGrace // the old rule for an fd Go cannot poll
+			}
+		}
 		drained := make(chan struct{})
 		go func() { p.readers.Wait(); close(drained) }()
-		timer := time.NewTimer(exitGrace)
+		timer := time.NewTimer(limit)
 		select {
 		case <-drained:
 		case <-timer.C:

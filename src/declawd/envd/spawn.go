@@ -242,6 +242,14 @@ func spawn(req *startRequest, table *processTable, r *reaper) (*process, error) 
 		files = []uintptr{stdinChild.Fd(), outW.Fd(), errW.Fd()}
 	}
 
+	// Counted before the fork: the reaper may see the exit before the pumps start, and
+	// markExited must find them (their WaitGroup count and their fds) already there.
+	if p.isPty {
+		p.outputs = []*os.File{p.master}
+	} else {
+		p.outputs = []*os.File{stdoutR, stderrR}
+	}
+	p.readers.Add(len(p.outputs))
 	argv := shellArgv(req.Cmd)
 	r.spawnMu.RLock()
 	pid, err := cmdCgroups.forkExec(argv[0], argv, &syscall.ProcAttr{Dir: cwd, Env: env, Files: files, Sys: sys})
@@ -259,10 +267,8 @@ func spawn(req *startRequest, table *processTable, r *reaper) (*process, error) 
 	}
 
 	if p.isPty {
-		p.readers.Add(1)
 		go p.pump(p.master, streamStdout)
 	} else {
-		p.readers.Add(2)
 		go p.pump(stdoutR, streamStdout)
 		go p.pump(stderrR, streamStderr)
 	}
