@@ -13,7 +13,10 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -400,6 +403,50 @@ def test_no_host_path_mounted_writable(pair: tuple[Sandbox, Sandbox], runtime: s
     assert probe(a, "chmod_probe('/home/user/x')", "user") == "OK"
     # user can't write the envd socket dir (mode 0700, root only)
     assert probe(a, "write_probe('/run/declawd/x')", "user") == "EACCES"
+
+
+def test_a_symlink_planted_for_envds_socket_is_never_followed(
+    server: dict[str, str], runtime: str
+) -> None:
+    """Root in the sandbox owns /run/declawd (envd's socket dir, bound from the host). It
+    swaps the socket for a symlink to a host socket; the node (root on the host) must never
+    connect there: not for API calls, not for the reaper's liveness probe."""
+    trap_dir = Path(tempfile.mkdtemp(prefix="declawd-trap-", dir="/tmp"))
+    trap_path = trap_dir / "host-daemon.sock"
+    trap = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    trap.bind(str(trap_path))
+    trap.listen(16)
+    trap.setblocking(False)
+    s = Sandbox.create(template="base", timeout=120, metadata={"declaw.runtime": runtime})
+    try:
+        r = s.commands.run(
+            f"rm /run/declawd/envd.sock && ln -s {trap_path} /run/declawd/envd.sock && echo ok",
+            user="root",
+            timeout=30,
+        )
+        planted = STATE_DIR / "sandboxes" / s.sandbox_id / "disk" / "envd" / "envd.sock"
+        if runtime == "runsc":
+            # gVisor does not let the sandbox unlink the host socket it serves (--host-uds)
+            assert r.exit_code != 0 and "Operation not permitted" in r.stderr, r
+            assert planted.is_socket() and not planted.is_symlink()
+            assert s.commands.run("echo still", timeout=20).stdout == "still\n"
+            with pytest.raises(BlockingIOError):
+                trap.accept()
+            return
+        assert r.stdout.strip() == "ok", r
+        assert planted.is_symlink() and os.readlink(planted) == str(trap_path)
+        # past the envd pool's keep-alive (5 s) and a reaper probe (every 5 s): the next call
+        # opens a new connection
+        time.sleep(7)
+        with pytest.raises(Exception) as failed:
+            s.commands.run("echo reached", timeout=20)
+        assert "reached" not in str(failed.value)
+        with pytest.raises(BlockingIOError):
+            trap.accept()  # nothing of the node's ever connected to the host socket
+    finally:
+        s.kill()
+        trap.close()
+        shutil.rmtree(trap_dir, ignore_errors=True)
 
 
 # --- namespaces -------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from declawd.errors import (
     Unavailable,
     Unreachable,
 )
+from declawd.host.unixsock import pinned
 from declawd.node.create import CreateRequest
 from declawd.node.node import Node
 from declawd.node.reconcile import reconcile
@@ -482,7 +483,8 @@ async def _open_port(node: Node, sandbox_id: str, port: int | None) -> socket.so
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            await asyncio.get_running_loop().sock_connect(sock, str(path))
+            with pinned(path) as via:  # never through a symlink the sandbox planted
+                await asyncio.get_running_loop().sock_connect(sock, via)
         except OSError as exc:
             sock.close()
             raise Unavailable(f"envd of sandbox '{sandbox_id}' unavailable: {exc}") from exc

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from declawd.host.unixsock import pinned
 from declawd.node.parts import NodeParts
 from declawd.node.release import release_and_record
 from declawd.store import SandboxRecord, SandboxState
@@ -35,7 +36,8 @@ def envd_listening(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.setblocking(False)
         try:
-            s.connect(str(path))
+            with pinned(path) as via:  # a symlink planted there is not envd
+                s.connect(via)
         except (BlockingIOError, InterruptedError):
             return True  # backlog full: alive but busy
         except OSError:

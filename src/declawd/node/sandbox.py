@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from declawd.config import Settings
+from declawd.host.unixsock import pinned
 from declawd.node.spec import ENVD_MOUNT_DIR, ENVD_SOCKET_NAME
 from declawd.runtime import Mount, quota
 from declawd.runtime import cgroups as cg
@@ -282,7 +283,8 @@ class SandboxHost:
         kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
         with socket.socket(socket.AF_UNIX, kind) as probe:
             try:
-                probe.connect(str(self.resources(sandbox_id).envd_socket))
+                with pinned(self.resources(sandbox_id).envd_socket) as via:
+                    probe.connect(via)  # a symlink planted there is not envd
             except BlockingIOError:
                 return True
             except OSError:

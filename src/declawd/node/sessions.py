@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpcore
 import httpx
 
+from declawd.host.unixsock import NoFollowUnixBackend
 from declawd.node.envd_client import EnvdClient
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,20 @@ async def _close(client: EnvdClient, sandbox_id: str) -> None:
 def _envd_client(socket_path: str) -> EnvdClient:
     # httpx builds and loads a CA store into a fresh SSL context for every transport
     # (~30 ms on the event loop, per create); envd speaks plain HTTP, so share one.
-    transport = httpx.AsyncHTTPTransport(uds=socket_path, verify=_unused_tls_context())
+    tls = _unused_tls_context()
+    transport = httpx.AsyncHTTPTransport(uds=socket_path, verify=tls)
+    # httpx takes no network backend: its pool is swapped for the same pool (httpx's
+    # default limits) whose connects never follow a symlink the sandbox planted in its
+    # socket dir (host/unixsock.py).
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=tls,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        uds=socket_path,
+        network_backend=NoFollowUnixBackend(),
+    )
     return EnvdClient(socket_path, transport=transport)
 
 
