@@ -28,14 +28,14 @@ from declawd.cluster.control import control_app
 from declawd.cluster.placement import choose_node
 from declawd.cluster.sweep import run_sweeps
 from declawd.cluster.tls import tls_server
-from declawd.cluster.tunnel import EnvdTunnels, EnvdTunnelTransport, open_tunnel
+from declawd.cluster.tunnel import EnvdTunnels, open_tunnel
 from declawd.cluster.wire import create_to_wire, error_from_body
 from declawd.config import Settings
 from declawd.egress.policy import EgressPolicy
 from declawd.errors import NotFound, NotSupported, Unreachable
 from declawd.node import pausing
 from declawd.node.create import CreateRequest, new_sandbox_id
-from declawd.node.envd_client import EnvdClient
+from declawd.node.envd_client import BackendTransport, EnvdClient
 from declawd.node.node import Need, check_need
 from declawd.node.pool import Resolve
 from declawd.node.spec import sandbox_env
@@ -309,7 +309,7 @@ class RemoteNode:
         node = self._node(rec.node_id)
         backend = EnvdTunnels(*self._tunnel_of(node), self._ssl, rec.sandbox_id)
         client = EnvdClient(f"envd of {rec.sandbox_id} on node {node.name}",
-                            transport=EnvdTunnelTransport(backend))  # fmt: skip
+                            transport=BackendTransport(backend))  # fmt: skip
         self._clients[rec.sandbox_id] = (rec.node_id, client)
         return client
 

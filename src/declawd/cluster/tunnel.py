@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpcore
-import httpx
 
 from declawd.cluster.ca import CONTROL_PLANE
 from declawd.cluster.tls import peer_common_name
@@ -296,22 +295,6 @@ class EnvdTunnels(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
-
-
-class EnvdTunnelTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport (request mapping, errors) over `EnvdTunnels`: envd's HTTP goes
-    through the node as bytes, which the node relays without parsing (one check per
-    connection, not per request). httpx has no argument for a network backend: its pool is
-    replaced by one with ours, as httpx itself builds it."""
-
-    def __init__(self, backend: EnvdTunnels) -> None:
-        super().__init__()
-        self._pool = httpcore.AsyncConnectionPool(
-            max_connections=100,
-            max_keepalive_connections=20,
-            keepalive_expiry=5.0,
-            network_backend=backend,
-        )
 
 
 _RELAYS: set[asyncio.Task[None]] = set()

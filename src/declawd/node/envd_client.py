@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import functools
 import json
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpcore
 import httpx
 
 __all__ = [
@@ -186,6 +189,33 @@ def parse_result(doc: Mapping[str, Any]) -> ProcessResult:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+class BackendTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport (request mapping, errors) over one of our httpcore network
+    backends: envd's unix socket never through a symlink (`host/unixsock.py`), or a
+    cluster tunnel to a node's envd (`cluster/tunnel.py`). httpx has no argument for a
+    backend: its pool is replaced by one with ours, with httpx's default limits."""
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend, *, uds: str | None = None):
+        # httpx builds and loads a CA store into a fresh SSL context for every transport
+        # (~30 ms on the event loop, per create); envd speaks plain HTTP, so share one.
+        tls = _unused_tls_context()
+        super().__init__(uds=uds, verify=tls)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=tls,
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            uds=uds,
+            network_backend=backend,
+        )
+
+
+@functools.cache
+def _unused_tls_context() -> ssl.SSLContext:
+    """A client TLS context with no CA loaded: fails closed if ever used for https."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 class EnvdClient:

@@ -8,18 +8,15 @@ that users were told is gone.
 
 from __future__ import annotations
 
-import functools
 import logging
-import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpcore
 import httpx
 
 from declawd.host.unixsock import NoFollowUnixBackend
-from declawd.node.envd_client import EnvdClient
+from declawd.node.envd_client import BackendTransport, EnvdClient
 
 log = logging.getLogger(__name__)
 
@@ -105,26 +102,5 @@ async def _close(client: EnvdClient, sandbox_id: str) -> None:
 
 
 def _envd_client(socket_path: str) -> EnvdClient:
-    # httpx builds and loads a CA store into a fresh SSL context for every transport
-    # (~30 ms on the event loop, per create); envd speaks plain HTTP, so share one.
-    tls = _unused_tls_context()
-    transport = httpx.AsyncHTTPTransport(uds=socket_path, verify=tls)
-    # httpx takes no network backend: its pool is swapped for the same pool (httpx's
-    # default limits) whose connects never follow a symlink the sandbox planted in its
-    # socket dir (host/unixsock.py).
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=tls,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        uds=socket_path,
-        network_backend=NoFollowUnixBackend(),
-    )
+    transport = BackendTransport(NoFollowUnixBackend(), uds=socket_path)
     return EnvdClient(socket_path, transport=transport)
-
-
-@functools.cache
-def _unused_tls_context() -> ssl.SSLContext:
-    """A client TLS context with no CA loaded: fails closed if ever used for https."""
-    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

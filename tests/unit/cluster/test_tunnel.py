@@ -14,12 +14,12 @@ import pytest
 from declawd.cluster import ca as cca
 from declawd.cluster.tunnel import (
     EnvdTunnels,
-    EnvdTunnelTransport,
     open_tunnel,
     parse_hello,
     serve_tunnels,
 )
 from declawd.errors import Forbidden, InvalidInput, NotFound, Unreachable
+from declawd.node.envd_client import BackendTransport
 
 HOURS = datetime.timedelta(hours=1)
 
@@ -163,7 +163,7 @@ def test_a_good_hello() -> None:
 async def test_envd_http_through_the_tunnel_keeps_its_connection(
     pki: dict[str, cca.Identity], upstream: int, tmp_path: Path
 ) -> None:
-    """httpx over `EnvdTunnelTransport` to an HTTP server on a unix socket (envd's place):
+    """httpx over `BackendTransport` to an HTTP server on a unix socket (envd's place):
     requests with bodies both ways, a streamed answer, and one tunnel for all of them."""
     import uvicorn
     from starlette.applications import Starlette
@@ -194,7 +194,7 @@ async def test_envd_http_through_the_tunnel_keeps_its_connection(
     backend = EnvdTunnels("127.0.0.1", port, pki["cp"].client_context(), "sbx-aaaaaaaaaaaa")
     try:
         async with httpx.AsyncClient(
-            transport=EnvdTunnelTransport(backend), base_url="http://envd"
+            transport=BackendTransport(backend), base_url="http://envd"
         ) as client:
             for size in (0, 300_000):
                 r = await client.post("/echo", content=b"x" * size)
@@ -204,7 +204,7 @@ async def test_envd_http_through_the_tunnel_keeps_its_connection(
         assert seen == [("sbx-aaaaaaaaaaaa", None)]  # one tunnel, kept alive between them
         missing = EnvdTunnels("127.0.0.1", port, pki["cp"].client_context(), "sbx-cccccccccccc")
         async with httpx.AsyncClient(
-            transport=EnvdTunnelTransport(missing), base_url="http://envd"
+            transport=BackendTransport(missing), base_url="http://envd"
         ) as client:
             with pytest.raises(httpx.ConnectError, match="sandbox 'sbx-cccccccccccc' not found"):
                 await client.get("/stream")
