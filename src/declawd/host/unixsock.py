@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -45,6 +46,22 @@ def pinned(path: str | Path) -> Iterator[str]:
         yield f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)
+
+
+def accepts(path: str | Path) -> bool:
+    """Does a socket at `path` (never through a symlink) accept connections? A connect that
+    is accepted or queued (EAGAIN: backlog full, alive but busy) says yes; nothing there,
+    something else there, or a socket bound but not listening says no. No data is sent."""
+    kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    with socket.socket(socket.AF_UNIX, kind) as probe:
+        try:
+            with pinned(path) as via:
+                probe.connect(via)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+    return True
 
 
 class NoFollowUnixBackend(httpcore.AsyncNetworkBackend):

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
-from declawd.host.unixsock import pinned
+from declawd.host.unixsock import accepts as envd_listening  # the probe, by name
 from declawd.node.parts import NodeParts
 from declawd.node.release import release_and_record
 from declawd.store import SandboxRecord, SandboxState
@@ -29,20 +27,6 @@ log = logging.getLogger(__name__)
 
 RETRY_RELEASE_AFTER_S = 60.0
 PROBE_EVERY_S = 5.0  # how often each running sandbox's envd socket is probed
-
-
-def envd_listening(path: Path) -> bool:
-    """Does anything accept on the sandbox's envd socket?"""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.setblocking(False)
-        try:
-            with pinned(path) as via:  # a symlink planted there is not envd
-                s.connect(via)
-        except (BlockingIOError, InterruptedError):
-            return True  # backlog full: alive but busy
-        except OSError:
-            return False
-    return True
 
 
 class Reaper:

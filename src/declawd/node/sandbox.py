@@ -13,14 +13,13 @@ import asyncio
 import json
 import logging
 import shutil
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from declawd.config import Settings
-from declawd.host.unixsock import pinned
+from declawd.host.unixsock import accepts
 from declawd.node.spec import ENVD_MOUNT_DIR, ENVD_SOCKET_NAME
 from declawd.runtime import Mount, quota
 from declawd.runtime import cgroups as cg
@@ -280,16 +279,7 @@ class SandboxHost:
     def envd_listening(self, sandbox_id: str) -> bool:
         """envd listens on its socket: a connect is accepted, or queued (EAGAIN: backlog
         full). envd opens the socket last in its start-up, so this means it is up."""
-        kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-        with socket.socket(socket.AF_UNIX, kind) as probe:
-            try:
-                with pinned(self.resources(sandbox_id).envd_socket) as via:
-                    probe.connect(via)  # a symlink planted there is not envd
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False  # no socket yet (ENOENT), or bound, not listening (ECONNREFUSED)
-        return True
+        return accepts(self.resources(sandbox_id).envd_socket)
 
     def log_tail(self, sandbox_id: str, size: int = 500) -> str:
         try:
