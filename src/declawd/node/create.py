@@ -173,6 +173,8 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
     await asyncio.to_thread(_insert_or_revive, parts, rec)
     plan: NetworkPlan | None = None
     ca: CaRef | None = None
+    # The sandbox's CA is made alongside the slot and vault steps: it needs only the id.
+    ca_made = asyncio.ensure_future(asyncio.to_thread(trust.create_ca, parts.settings, sandbox_id))
 
     netns_made = asyncio.Event()
 
@@ -203,8 +205,11 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
         faults.point("create.after_rootfs")
         bundle = parts.upstream.ca_bundle()
         rootfs_dir = host.resources(sandbox_id).rootfs
+        # A fresh upper layer (no prefill) over the template's layers: its certifi bundles
+        # are the template's, found once.
+        layers = tpl.layer_paths if req.prefill is None else None
         trusted = await asyncio.to_thread(
-            trust.prepare_trust, parts.settings, sandbox_id, bundle, rootfs_dir
+            trust.prepare_trust, parts.settings, sandbox_id, bundle, rootfs_dir, layers
         )
         spec = await asyncio.to_thread(_spec, parts, rec, planned, trusted, req.mounts)
         await asyncio.to_thread(host.write_spec, sandbox_id, spec)
@@ -231,7 +236,7 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
             # The secrets' scopes as they are now (one may have changed since the refs
             # were resolved); a refresh skips sandboxes still creating.
             inspection = await asyncio.to_thread(stored_inspection, parts, rec)
-        ca = await asyncio.to_thread(trust.create_ca, parts.settings, sandbox_id)
+        ca = await ca_made
         faults.point("create.after_ca")
         plan = parts.networks.plan(sandbox_id, slot)
         rec = rec.replace(address=plan.address)
@@ -242,6 +247,11 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
             await run_after_start(parts, rec, req, client)
         faults.point("create.after_start")
     except BaseException as exc:
+        # The CA's thread cannot be stopped: let it finish, so the undo removes what it made
+        # (its own error, if any, is retrieved: the create's first error is the one reported).
+        await asyncio.wait([ca_made])
+        if not ca_made.cancelled():
+            ca_made.exception()
         if not req.pooled:
             metrics.sandbox_create_failed(rec.runtime, exc)
         await undo(parts, rec, exc)

@@ -269,7 +269,9 @@ class SandboxHost:
         return self.resources(sandbox_id).create_command_cgroups(memory_bytes, pids)
 
     def write_spec(self, sandbox_id: str, spec: dict[str, Any]) -> None:
-        (self.resources(sandbox_id).dir / "config.json").write_text(json.dumps(spec, indent=1))
+        # Compact: json's C encoder takes no indent (indented, the ~18 KB spec cost 0.8 ms of
+        # a create in the pure-Python encoder; compact, 0.15 ms).
+        (self.resources(sandbox_id).dir / "config.json").write_text(json.dumps(spec))
 
     def is_ready(self, sandbox_id: str) -> bool:
         """Its rootfs is mounted and envd's socket exists (what a live sandbox has)."""

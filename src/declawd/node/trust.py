@@ -65,15 +65,35 @@ def current_ca(settings: Settings, sandbox_id: str) -> CaRef | None:
     return CaRef(directory, fingerprint(cert))
 
 
+# The upstream bundle as last read, by path, with the (inode, size, mtime) it was read at:
+# every create writes it into a bundle of its own, and reading the ~200 KB each time showed
+# up in a create's path. A bundle replaced (renamed over) or rewritten is read again.
+_UPSTREAM_READ: dict[Path, tuple[tuple[int, int, int], bytes]] = {}
+# Certifi bundles found in a template's rootfs, by its layers (which are content-addressed
+# and never written to: the same layers with an empty upper layer give the same view).
+_CERTIFI_BY_LAYERS: dict[tuple[str, ...], list[str]] = {}
+_CERTIFI_CACHE_MAX = 256
+
+
 def upstream_cas(bundle: Path | None) -> bytes:
     """The upstream's CAs as PEM: its bundle, or the host's own store for None."""
     if bundle is None:
         bundle = Path(ssl.get_default_verify_paths().cafile or SYSTEM_BUNDLE)
     try:
+        st = bundle.stat()
+    except FileNotFoundError:
+        return b""
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _UPSTREAM_READ.get(bundle)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    try:
         data = bundle.read_bytes()
     except FileNotFoundError:
         return b""
-    return data if not data or data.endswith(b"\n") else data + b"\n"
+    data = data if not data or data.endswith(b"\n") else data + b"\n"
+    _UPSTREAM_READ[bundle] = (key, data)
+    return data
 
 
 def write_bundle(settings: Settings, sandbox_id: str, upstream_bundle: Path | None) -> Path:
@@ -126,12 +146,35 @@ def trust_env() -> dict[str, str]:
     return dict.fromkeys(CA_BUNDLE_ENV, CA_BUNDLE_IN_SANDBOX)
 
 
+def certifi_of(rootfs: Path, layers: Sequence[Path] | None) -> list[str]:
+    """`find_certifi(rootfs)`, looked up once per set of layers when the rootfs is those
+    layers under a fresh upper layer (`layers`); None for a rootfs with a filled upper
+    layer of its own (a restore), which is searched every time."""
+    if layers is None:
+        return find_certifi(rootfs)
+    key = tuple(str(p) for p in layers)
+    found = _CERTIFI_BY_LAYERS.get(key)
+    if found is None:
+        found = find_certifi(rootfs)
+        if len(_CERTIFI_BY_LAYERS) >= _CERTIFI_CACHE_MAX:
+            _CERTIFI_BY_LAYERS.clear()
+        _CERTIFI_BY_LAYERS[key] = found
+    return list(found)
+
+
 def prepare_trust(
-    settings: Settings, sandbox_id: str, upstream_bundle: Path | None, rootfs: Path
+    settings: Settings,
+    sandbox_id: str,
+    upstream_bundle: Path | None,
+    rootfs: Path,
+    layers: Sequence[Path] | None = None,
 ) -> SandboxTrust:
     """Write the bundle and find the certifi bundles to cover (after the rootfs is
-    mounted, so a restored sandbox's own pip installs are covered too); blocking."""
-    return SandboxTrust(write_bundle(settings, sandbox_id, upstream_bundle), find_certifi(rootfs))
+    mounted, so a restored sandbox's own pip installs are covered too: pass `layers` only
+    for a rootfs whose upper layer is fresh); blocking."""
+    return SandboxTrust(
+        write_bundle(settings, sandbox_id, upstream_bundle), certifi_of(rootfs, layers)
+    )
 
 
 def remove_trust(settings: Settings, sandbox_id: str) -> None:
