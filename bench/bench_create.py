@@ -4,6 +4,7 @@ Per runtime, N sequential sandboxes: `Sandbox.create(template="base")` +
 `commands.run("echo hi")`, timed until the output is back (kill is not timed). Baseline, same
 run: a fresh bundle of the same rootfs (overlay of `base`'s layers, spec from
 `declawd.runtime.build_spec`, no netns) running `/bin/echo hi`, timed until "hi" is read.
+The two alternate, one of each per round, with a pause before each.
 Also the server's own create time ("created <id> in N ms" in its log).
 
 Warm rows (runc): the server keeps a warm pool of python sandboxes (harness.WARM_POOL);
@@ -28,6 +29,9 @@ from harness import TEMPLATES_DIR, Server, run_standalone
 from declawd.runtime import RuntimeName
 
 RUNTIMES: tuple[RuntimeName, ...] = ("runc", "runsc")
+# Pause between a create and a baseline run (the machine is shared and noisy: measured in
+# alternation, a drift shows on both sides instead of in the ratio).
+SETTLE_S = 0.25
 
 
 def sdk_once(runtime: str) -> tuple[float, float, str]:
@@ -140,14 +144,18 @@ def main(server: Server, quick: bool) -> Report:
     header(f"1. create -> first output ({n} sequential sandboxes per runtime)")
     for runtime in RUNTIMES:
         sdk_once(runtime)  # warm-up: page cache, first-use of the runtime binary
-        creates, firsts, ids = [], [], []
+        asyncio.run(bare_runs(server, runtime, 1))
+        creates, firsts, ids, bare = [], [], [], []
         for _ in range(n):
+            # Alternating, each after the other's background work is done (a kill's teardown,
+            # a ready disk made again): both see the machine as it is at that moment.
+            time.sleep(SETTLE_S)
             c, f, sid = sdk_once(runtime)
             creates.append(c)
             firsts.append(f)
             ids.append(sid)
-        asyncio.run(bare_runs(server, runtime, 1))  # warm-up
-        bare = asyncio.run(bare_runs(server, runtime, n))
+            time.sleep(SETTLE_S)
+            bare.extend(asyncio.run(bare_runs(server, runtime, 1)))
         report.add_pcts(
             f"{runtime}: SDK create+run(echo hi) ms", firsts, bare, "ms", f"bare {runtime} run"
         )

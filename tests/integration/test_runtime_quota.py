@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -169,12 +172,31 @@ def _wait(cond: Callable[[], bool], timeout: float = 30) -> bool:
     return cond()
 
 
-def test_ready_disks_are_made_ahead_used_once_and_leave_nothing(tmp_path: Path) -> None:
+def _mounted_devices() -> set[str]:
+    """The source device of every mount in the mount table."""
+    with open("/proc/self/mountinfo") as f:
+        return {line.split(" - ", 1)[1].split()[1] for line in f}
+
+
+def _devices(images: list[Path]) -> set[str]:
+    return {device for image in images for device in loop.devices_of(image)}
+
+
+@pytest.mark.parametrize("detached", [True, False], ids=["mounted-ahead", "no-mount-api"])
+def test_ready_disks_are_made_ahead_used_once_and_leave_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, detached: bool
+) -> None:
+    if not detached:  # a kernel without fsopen/fsmount: the disks are mounted by each create
+
+        def no_api(*_args: object) -> int:
+            raise MountError(errno.ENOSYS, "fsopen: Function not implemented")
+
+        monkeypatch.setattr(quota.ovl, "mount_detached", no_api)
     cache = tmp_path / "cache"
     (cache / quota.READY_SUBDIR).mkdir(parents=True)
     stale = cache / quota.READY_SUBDIR / "0123456789abcdef.img"
     stale.write_bytes(b"left by a process that died")
-    ready = quota.ReadyDisks(cache, 64, target=2)
+    ready = quota.ReadyDisks(cache, 64, target=2, dirs=("upper", "work"))
     images = [tmp_path / f"d{i}.img" for i in range(3)]
     mounts = [tmp_path / f"d{i}" for i in range(3)]
     try:
@@ -183,16 +205,21 @@ def test_ready_disks_are_made_ahead_used_once_and_leave_nothing(tmp_path: Path) 
         assert _wait(lambda: ready.count() == 2)
         made = sorted((cache / quota.READY_SUBDIR).glob("*.img"))
         assert len(made) == 2 and all(loop.devices_of(p) for p in made)
+        # Mounted ahead, they are attached nowhere: no line in the mount table.
+        assert len(_devices(made)) == 2 and not _devices(made) & _mounted_devices()
         # Another size: not one of these.
         assert ready.take(tmp_path / "other.img", 32) is None
         for image, mountpoint in zip(images, mounts, strict=True):
             quota.create_disk(image, mountpoint, 64, cache_dir=cache, ready=ready)
             assert is_mounted(mountpoint)
+            assert (mountpoint / "upper").is_dir() is detached  # made ahead when mounted ahead
+            assert (mountpoint.stat().st_mode & 0o777) == 0o700
             (mountpoint / "mine").write_text(image.name)
             # The device follows its renamed file: teardown finds it under the new name.
             assert loop.devices_of(image) and _attached(image)
         # Three disks, each its own filesystem, though the pool held two at a time.
         assert [(m / "mine").read_text() for m in mounts] == [i.name for i in images]
+        assert _devices(images) <= _mounted_devices() and len(_devices(images)) == 3
         assert _wait(lambda: ready.count() == 2)  # refilled after the takes
         for image, mountpoint in zip(images, mounts, strict=True):
             quota.destroy_disk(image, mountpoint)
@@ -201,8 +228,37 @@ def test_ready_disks_are_made_ahead_used_once_and_leave_nothing(tmp_path: Path) 
         ready.close()
         ready.close()  # idempotent
         assert list((cache / quota.READY_SUBDIR).glob("*")) == []
-        assert not any(loop.devices_of(p) for p in pooled)
+        assert _wait(lambda: not any(loop.devices_of(p) for p in pooled))
     finally:
         ready.close()
         for image, mountpoint in zip(images, mounts, strict=True):
             quota.destroy_disk(image, mountpoint)
+
+
+def test_a_process_that_dies_leaves_no_ready_mount_or_device(tmp_path: Path) -> None:
+    """Ready disks are held by fds alone: killed before any cleanup, the process takes its
+    mounts and loop devices along; the next start removes the image files."""
+    cache = tmp_path / "cache"
+    script = f"""
+import os, signal, sys, time
+from pathlib import Path
+from declawd.runtime import quota
+ready = quota.ReadyDisks(Path({str(cache)!r}), 64, target=2, dirs=("upper",))
+ready.start()
+deadline = time.monotonic() + 30
+while ready.count() < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(ready.count(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert proc.stdout.strip() == "2", proc.stderr
+    left = sorted((cache / quota.READY_SUBDIR).glob("*.img"))
+    assert len(left) == 2
+    assert _wait(lambda: not _devices(left))  # and so no mount of them either
+    ready = quota.ReadyDisks(cache, 64, target=0)
+    ready.start()
+    assert list((cache / quota.READY_SUBDIR).glob("*")) == []

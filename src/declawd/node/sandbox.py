@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 # envd finds the commands' cgroup `tasks` files here (next to its socket; see PROTOCOL.md)
 ENVD_CGROUP_DIR = f"{ENVD_MOUNT_DIR}/cgroup"
+# On the quota disk: the overlay's upper and work dirs and envd's socket dir (made ahead in
+# the node's ready disks).
+UPPER_DIR = "upper"
+WORK_DIR = "work"
+ENVD_DIR = "envd"
 
 
 @dataclass
@@ -52,11 +57,11 @@ class SandboxResources:
 
     @property
     def upper(self) -> Path:
-        return self.disk / "upper"
+        return self.disk / UPPER_DIR
 
     @property
     def work(self) -> Path:
-        return self.disk / "work"
+        return self.disk / WORK_DIR
 
     @property
     def rootfs(self) -> Path:
@@ -71,7 +76,7 @@ class SandboxResources:
         made keeps its socket where it was (`legacy_envd_dir`) for as long as it lives."""
         if (self.legacy_envd_dir / ENVD_SOCKET_NAME).exists():
             return self.legacy_envd_dir
-        return self.disk / "envd"
+        return self.disk / ENVD_DIR
 
     @property
     def legacy_envd_dir(self) -> Path:
@@ -219,7 +224,9 @@ class SandboxHost:
         if self.settings.disk_quota_mb > 0:
             cache = self.settings.run_dir / quota.CACHE_SUBDIR
             quota.formatted(cache, self.settings.disk_quota_mb)
-            self._ready_disks = quota.ReadyDisks(cache, self.settings.disk_quota_mb)
+            self._ready_disks = quota.ReadyDisks(
+                cache, self.settings.disk_quota_mb, dirs=(UPPER_DIR, WORK_DIR, ENVD_DIR)
+            )
             self._ready_disks.start()
 
     def close(self) -> None:

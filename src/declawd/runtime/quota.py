@@ -5,8 +5,8 @@ it fails with ENOSPC inside the sandbox and never fills the host. `create_disk` 
 `destroy_disk` sit side by side; both are idempotent, and a create that fails halfway
 leaves no image, loop device or mount behind. No process per create: the filesystem is
 made once per size (`formatted`), each sandbox copies its few MiB of metadata, and the loop
-device and mount are syscalls. `ReadyDisks` makes the copy and binds its loop device ahead
-of time, so a create only renames one into place and mounts it.
+device and mount are syscalls. `ReadyDisks` makes the copy, binds its loop device and mounts
+it (detached) ahead of time, so a create only renames one into place and attaches it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import os
 import secrets
 import tempfile
 import threading
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from declawd.host import run_sync, undo_all_sync
@@ -53,6 +55,9 @@ _TIMEOUT_S = 60
 # metadata and a loop device.
 READY_DISKS = 2
 READY_SUBDIR = "ready"
+# A disk taken is made again this long after the take (sooner when none is left), so that
+# the copy, attach and mount are not done on the cores the create that took it still needs.
+REFILL_DELAY_S = 0.1
 
 log = logging.getLogger(__name__)
 
@@ -150,40 +155,72 @@ def create_disk(
     try:
         mountpoint.mkdir(parents=True, exist_ok=True)
         image.unlink(missing_ok=True)  # a half-made one from a crash
-        taken = ready.take(image, size_mb) if ready is not None else None
-        if taken is None:
+        disk = ready.take(image, size_mb) if ready is not None else None
+        if disk is None:
             copy_sparse(source, image)
-            taken = loop.attach(image)
-        device, fd = taken
-        _device_record(image).write_text(device)
+            device, fd = loop.attach(image)
+            disk = ReadyDisk(image, device, fd)
         try:
-            ovl.mount_device(device, mountpoint, "ext4", MOUNT_FLAGS, MOUNT_DATA)
+            _device_record(image).write_text(disk.device)
+            if disk.mount_fd >= 0:
+                ovl.attach_detached(disk.mount_fd, mountpoint)
+            else:
+                ovl.mount_device(disk.device, mountpoint, "ext4", MOUNT_FLAGS, MOUNT_DATA)
         finally:
-            os.close(fd)  # mounted: the mount holds the device; else autoclear frees it
+            disk.close()  # mounted: the mount holds the device; else autoclear frees it
         mountpoint.chmod(0o700)
     except BaseException:
         destroy_disk(image, mountpoint)
         raise
 
 
-class ReadyDisks:
-    """Copies of the node's formatted image, each already bound to a loop device, made by a
-    thread of their own so that a create only renames one into its sandbox's dir and mounts
-    it: the copy and the attach took 5-7 ms of a create on a loaded 2-core VM.
+@dataclass(frozen=True)
+class ReadyDisk:
+    """A disk made ahead: its image, the loop device bound to it, an fd on that device
+    (-1 once a mount holds it), and an fd on a detached mount of it (-1 when it is not
+    mounted yet). Whoever has it closes it."""
 
-    Invariant: each ready disk is an image under `dir` and a loop device held only by an
-    open fd of this process, with autoclear. A process that dies takes its devices along
-    (the fds close); its leftover image files are removed at the next `start`.
+    path: Path
+    device: str
+    fd: int = -1
+    mount_fd: int = -1
+
+    def close(self) -> None:
+        for fd in (self.mount_fd, self.fd):
+            if fd >= 0:
+                os.close(fd)
+
+
+class ReadyDisks:
+    """Copies of the node's formatted image, each bound to a loop device and mounted where
+    no path leads (a detached mount, with `dirs` made in it), made by a thread of their own
+    so that a create only renames one into its sandbox's dir and attaches its mount: the
+    copy, the attach, the mount and the first directories of a fresh filesystem took 5-9 ms
+    of a create on a loaded 2-core VM, attaching takes 0.02 ms.
+
+    Invariant: each ready disk is an image under `dir`, a loop device with autoclear and a
+    mount, both held only by open fds of this process (a kernel without the new mount API
+    gets unmounted disks). A process that dies takes its mounts and devices along (the fds
+    close); its leftover image files are removed at the next `start`.
     """
 
-    def __init__(self, cache_dir: Path, size_mb: int, target: int = READY_DISKS) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        size_mb: int,
+        target: int = READY_DISKS,
+        dirs: tuple[str, ...] = (),
+    ) -> None:
         self.dir = cache_dir / READY_SUBDIR
         self.size_mb = size_mb
         self.target = target
+        self.dirs = dirs
         self._lock = threading.Lock()
-        self._disks: list[tuple[Path, str, int]] = []  # image, device, fd on the device
+        self._disks: list[ReadyDisk] = []
         self._wake = threading.Event()
         self._closed = False
+        self._detached = True  # until this kernel says it has no detached mounts
+        self._last_take = float("-inf")
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -197,30 +234,31 @@ class ReadyDisks:
         self._thread.start()
         self._wake.set()
 
-    def take(self, image: Path, size_mb: int) -> tuple[str, int] | None:
-        """A ready disk renamed to `image`: (device, fd on it), as `loop.attach` returns;
-        None when there is none of `size_mb` (the caller makes one)."""
+    def take(self, image: Path, size_mb: int) -> ReadyDisk | None:
+        """A ready disk renamed to `image`, now the caller's to attach and close; None when
+        there is none of `size_mb` (the caller makes one)."""
         if size_mb != self.size_mb:
             return None
         with self._lock:
             if not self._disks:
                 return None
-            path, device, fd = self._disks.pop()
+            disk = self._disks.pop()
+            self._last_take = time.monotonic()
         self._wake.set()
         try:
-            os.rename(path, image)  # the loop device follows its file (sysfs names it anew)
+            os.rename(disk.path, image)  # the loop device follows its file (sysfs names it anew)
         except OSError as exc:
-            log.warning("ready disk %s not usable as %s: %s", path, image, exc)
-            self._release(path, fd)
+            log.warning("ready disk %s not usable as %s: %s", disk.path, image, exc)
+            self._release(disk)
             return None
-        return device, fd
+        return replace(disk, path=image)
 
     def count(self) -> int:
         with self._lock:
             return len(self._disks)
 
     def close(self) -> None:
-        """Stop filling; detach and delete every ready disk. Idempotent."""
+        """Stop filling; unmount, detach and delete every ready disk. Idempotent."""
         self._closed = True
         self._wake.set()
         if self._thread is not None:
@@ -228,8 +266,8 @@ class ReadyDisks:
             self._thread = None
         with self._lock:
             disks, self._disks = self._disks, []
-        for path, _device, fd in disks:
-            self._release(path, fd)
+        for disk in disks:
+            self._release(disk)
 
     def _fill(self) -> None:
         source = formatted(self.dir.parent, self.size_mb)
@@ -237,6 +275,14 @@ class ReadyDisks:
             self._wake.wait()
             self._wake.clear()
             while not self._closed and self.count() < self.target:
+                with self._lock:
+                    wait = self._last_take + REFILL_DELAY_S - time.monotonic()
+                    if not self._disks:
+                        wait = 0.0
+                if wait > 0:
+                    self._wake.wait(wait)  # a take that leaves none wakes it at once
+                    self._wake.clear()
+                    continue
                 path = self.dir / f"{secrets.token_hex(8)}.img"
                 try:
                     copy_sparse(source, path)
@@ -245,16 +291,38 @@ class ReadyDisks:
                     path.unlink(missing_ok=True)
                     log.warning("making a ready disk failed (creates make their own): %s", exc)
                     break  # tried again after the next take
+                disk = self._mounted(ReadyDisk(path, device, fd))
                 with self._lock:
                     if self._closed:
-                        self._release(path, fd)
+                        self._release(disk)
                         return
-                    self._disks.append((path, device, fd))
+                    self._disks.append(disk)
+
+    def _mounted(self, disk: ReadyDisk) -> ReadyDisk:
+        """`disk` mounted (detached) with `dirs` made, its device fd closed; as it was when
+        this kernel cannot (a create then mounts it)."""
+        if not self._detached:
+            return disk
+        try:
+            mount_fd = ovl.mount_detached(disk.device, "ext4", MOUNT_FLAGS, MOUNT_DATA)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+                self._detached = False
+            log.warning("ready disks stay unmounted (creates mount them): %s", exc)
+            return disk
+        mounted = replace(disk, fd=-1, mount_fd=mount_fd)
+        os.close(disk.fd)  # the mount holds the device now
+        try:
+            for name in self.dirs:
+                os.mkdir(name, 0o755, dir_fd=mount_fd)
+        except OSError as exc:
+            log.warning("ready disk %s: %s (creates make the directories)", disk.path, exc)
+        return mounted
 
     @staticmethod
-    def _release(path: Path, fd: int) -> None:
-        os.close(fd)  # autoclear: the device detaches with its last holder
-        path.unlink(missing_ok=True)
+    def _release(disk: ReadyDisk) -> None:
+        disk.close()  # autoclear: the device detaches with its last holder
+        disk.path.unlink(missing_ok=True)
 
 
 def destroy_disk(image: Path, mountpoint: Path) -> None:
