@@ -262,3 +262,27 @@ os.kill(os.getpid(), signal.SIGKILL)
     ready = quota.ReadyDisks(cache, 64, target=0)
     ready.start()
     assert list((cache / quota.READY_SUBDIR).glob("*")) == []
+
+
+def test_a_take_is_refilled_after_the_delay_or_at_once_when_none_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(quota, "REFILL_DELAY_S", 3600.0)  # "later" is never, within the test
+    ready = quota.ReadyDisks(tmp_path / "cache", 64, target=2)
+    taken: list[quota.ReadyDisk | None] = []
+    try:
+        ready.start()
+        assert _wait(lambda: ready.count() == 2)  # the first fill does not wait
+        taken.append(ready.take(tmp_path / "a.img", 64))
+        time.sleep(0.3)
+        assert ready.count() == 1  # one left: the refill waits for the delay
+        taken.append(ready.take(tmp_path / "b.img", 64))
+        assert _wait(lambda: ready.count() == 1)  # none left: one is made at once
+        time.sleep(0.3)
+        assert ready.count() == 1  # and the next waits again
+    finally:
+        ready.close()
+        for disk in taken:
+            if disk is not None:
+                disk.close()
+                disk.path.unlink(missing_ok=True)
