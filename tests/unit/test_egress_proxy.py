@@ -20,6 +20,7 @@ import trustme
 
 from declawd.egress.policy import EgressPolicy
 from declawd.egress.proxy import SandboxView, SniProxy
+from declawd.egress.proxy.decide import Verdict
 from declawd.egress.resolved import ResolvedNames
 
 pytestmark = pytest.mark.timeout(30)
@@ -433,3 +434,37 @@ async def test_cut_resets_only_connections_no_longer_allowed(harness: Harness) -
         assert harness.proxy.stats()["active"] == 1
         w2.close()
     assert ("deny", "policy_changed") in harness.reasons()
+
+
+@pytest.mark.parametrize("gated", [False, True])
+async def test_network_gate_is_asked_only_for_a_sandbox_it_gates(gated: bool) -> None:
+    """The custom network policy's gate runs (on an executor thread) only for a sandbox
+    `network_gated` names: for the others the dial goes ahead without the hop, and the gate
+    is never called."""
+    asked: list[tuple[str, str | None, str, int]] = []
+
+    def gate(sid: str, name: str | None, ip: str, port: int) -> Verdict | None:
+        asked.append((sid, name, ip, port))
+        return Verdict(False, "custom_policy", name, messages=("no",))
+
+    options = {"network_gate": gate, "network_gated": lambda sid: gated and sid == SBX}
+    async with running_harness(peek_timeout=0.3, **options) as h:
+        seen: list[bytes] = []
+        server, port = await serve(http_server(seen))
+        h.routes[(OPENAI, 80)] = port
+        async with server:
+            reader, writer = await h.connect((OPENAI, 80))
+            writer.write(b"GET /a HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+            if gated:
+                await expect_reset(reader.read(100))
+            else:
+                assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+                writer.close()
+    if gated:
+        assert asked == [(SBX, "api.openai.com", OPENAI, 80)]
+        assert seen == []  # denied before the dial: the server saw no request
+        assert ("deny", "custom_policy") in h.reasons()
+    else:
+        assert asked == []
+        assert [x.split(b"\r\n")[0] for x in seen] == [b"GET /a HTTP/1.1"]
+        assert h.reasons() == [("allow", "host_allowed")]

@@ -200,6 +200,7 @@ class GatewayDaemon:
             "http_layer": http_layer,
             "audit_http": self._on_http_audit,
             "network_gate": self._network_gate,
+            "network_gated": self._network_gated,
         }
         if self.config.peek_timeout is not None:
             kwargs["peek_timeout"] = self.config.peek_timeout
@@ -350,6 +351,12 @@ class GatewayDaemon:
             self.resolver.forget_answers(sid)
         if self.proxy is not None:
             self.proxy.cut(sid, self._still_allowed(entry))
+
+    def _network_gated(self, sid: str) -> bool:
+        """Whether the sandbox's custom policy has a network package (on the loop)."""
+        entry = self.sandboxes.get(sid)
+        custom = entry.inspection.custom if entry is not None else None
+        return custom is not None and custom.has(NETWORK_PACKAGE)
 
     def _network_gate(self, sid: str, name: str | None, ip: str, port: int) -> Verdict | None:
         """The sandbox's custom policy on a connection about to be dialled (on an executor

@@ -294,23 +294,33 @@ class ProxiedConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         if not await self._network_policy_allows(ip, port):
             return
-        host, mapped_port = self.proxy.upstream_address(ip, port)
+        sock: socket.socket | None = None
+        try:
+            sock = await self._connect(*self.proxy.upstream_address(ip, port))
+            await loop.create_connection(lambda: UpstreamProtocol(self), sock=sock)
+        except (OSError, TimeoutError) as exc:
+            if sock is not None:
+                sock.close()
+            log.info("dial %s:%s for %s failed: %r", ip, port, self.sandbox_id, exc)
+            self.feed(cmd.UpstreamFailed(_dial_error(exc)))
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+
+    async def _connect(self, host: str, port: int) -> socket.socket:
+        """A TCP connection to (host, port): an address, never a name (the validated
+        destination is the one dialled). Raises OSError or TimeoutError."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            # An address, never a name: the validated destination is the one dialled.
-            await asyncio.wait_for(
-                loop.sock_connect(sock, (host, mapped_port)), self.proxy.dial_timeout
-            )
-            await loop.create_connection(lambda: UpstreamProtocol(self), sock=sock)
-        except (OSError, TimeoutError) as exc:
-            sock.close()
-            log.info("dial %s:%s for %s failed: %r", host, mapped_port, self.sandbox_id, exc)
-            self.feed(cmd.UpstreamFailed(_dial_error(exc)))
+            async with asyncio.timeout(self.proxy.dial_timeout):
+                await asyncio.get_running_loop().sock_connect(sock, (host, port))
         except BaseException:
             sock.close()
             raise
+        return sock
 
     async def _network_policy_allows(self, ip: str, port: int) -> bool:
         """The sandbox's custom policy (`declaw.platform.network`), asked before the dial
@@ -320,6 +330,8 @@ class ProxiedConnection(asyncio.Protocol):
         gate = self.proxy.network_gate
         if gate is None or self.sandbox_id is None or self.machine is None:
             return True
+        if not self.proxy.gated(self.sandbox_id):
+            return True  # no network package: nothing to ask, no executor hop
         name = self.machine.name
         verdict = await asyncio.get_running_loop().run_in_executor(
             None, gate, self.sandbox_id, name, ip, port

@@ -50,6 +50,9 @@ def so_original_dst(sock: socket.socket) -> tuple[str, int]:
 # (sandbox_id, name or None, ip, port) -> a deny Verdict, or None to allow. Blocking (it may
 # ask the Rego worker): the adapter runs it off the loop.
 NetworkGate = Callable[[str, str | None, str, int], Verdict | None]
+# sandbox_id -> whether the gate has anything to ask for it (cheap, on the loop): a sandbox
+# without a network package dials without the hop to an executor thread.
+NetworkGated = Callable[[str], bool]
 
 
 class SniProxy:
@@ -79,6 +82,7 @@ class SniProxy:
         audit_http: HttpAuditSink | None = None,
         inspect_workers: int = 2,
         network_gate: NetworkGate | None = None,
+        network_gated: NetworkGated | None = None,
         splice: Mode | None = "splice",
         pipe_size: int = PIPE_SIZE,
         splice_after: int = SPLICE_AFTER,
@@ -86,6 +90,7 @@ class SniProxy:
         self.lookup = lookup
         # Asked before each dial (the custom policy's network package); None: no such gate.
         self.network_gate = network_gate
+        self.network_gated: NetworkGated = network_gated or (lambda _sid: True)
         self.resolved = resolved
         self._audit = audit
         self._audit_http = audit_http
@@ -232,6 +237,10 @@ class SniProxy:
         self._conns.add(conn)
         peers.add(conn)
         return None
+
+    def gated(self, sandbox_id: str) -> bool:
+        """Whether a dial for this sandbox must first ask the network gate."""
+        return self.network_gate is not None and self.network_gated(sandbox_id)
 
     def view_for(self, conn: ProxiedConnection) -> SandboxView | None:
         """The sandbox's current view: policy changes apply to every later decision."""
