@@ -3,7 +3,9 @@
 Through the official SDK, N idle runc sandboxes of template `base` (no warm pool involved)
 with a domain policy like the seed's are created a few at a time. With all N alive: a new
 create + `commands.run("echo ok")` is timed against the same measured with no other of our
-sandboxes alive (same run), and a command in the first and the last sandbox must answer.
+sandboxes alive, before the fill and again after the kill (same run: the two blocks
+bracket the one at N, so a drift of the shared machine does not land on one side only), and
+a command in the first and the last sandbox must answer.
 Memory per idle sandbox: the drop of MemAvailable / N, the mean cgroup memory of a sandbox,
 the server's and the gateway daemon's RSS growth / N. Also create p50/p95 of the first
 sandboxes against the last ones, and the server's fds and threads. Then everything is killed
@@ -38,7 +40,7 @@ POLICY = SecurityPolicy(
 )
 PARALLEL = 4  # creates in flight at once (2 cores: more only queues in the server)
 EDGE = 50  # the first / last creates compared for p50/p95
-PROBES = 15  # create + echo ok samples at 1 sandbox and at N
+PROBES = 20  # create + echo ok samples at N, and before the fill and after the kill each
 SANDBOX_TIMEOUT_S = 3600
 SETTLE_S = 10.0
 MIB = 1 << 20
@@ -164,9 +166,6 @@ def main(server: Server, quick: bool) -> Report:
             "ms",
             f"first {edge} creates",
         )
-        report.add_pcts(
-            f"create + echo ok with {n} alive", at_n, alone, "ms", "with 0 alive (same run)"
-        )
         report.add("MemAvailable drop / sandbox", (mem0 - mem1) / n, 0, "MiB", "none")
         report.add("cgroup memory of a sandbox (mean)", summary(cg)["mean"], 0, "MiB", "none")
         report.add("server RSS growth / sandbox", (srv1["rss_mib"] - srv0["rss_mib"]) / n, 0,
@@ -194,6 +193,16 @@ def main(server: Server, quick: bool) -> Report:
         kill_all(boxes)
         kill_s = time.monotonic() - t_kill
     report.add(f"kill: {len(boxes)} sandboxes, {PARALLEL} at a time", kill_s, 0, "s", "none")
+    quiet(settings)
+    alone_after = [probe() for _ in range(PROBES)]
+    report.add_pcts(
+        f"create + echo ok with {n} alive",
+        at_n,
+        alone + alone_after,
+        "ms",
+        "with 0 alive (before the fill and after the kill)",
+    )
+    report.extra["alone_ms"] = {"before": alone, "after": alone_after}
     after = quiet(settings)
     report.extra["host_before"], report.extra["host_after"] = before, after
     report.add("host resources left after kill (sum)",

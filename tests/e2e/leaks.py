@@ -42,15 +42,22 @@ def _cgroups(instance: str) -> int:
 
 
 def _mounts(state_dir: Path) -> int:
+    """Per-sandbox mounts in every mount namespace (a sandbox's rootfs is attached in its
+    runtime's own namespace, not the host's): (namespace, mount point) pairs."""
     prefix = str(state_dir).rstrip("/") + "/"
-    n = 0
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        mnt = fields[4].replace("\\040", " ")
-        # The shared template layers live elsewhere; only per-sandbox mounts are counted.
-        if mnt.startswith(prefix) and "/sandboxes/" in mnt:
-            n += 1
-    return n
+    seen: set[tuple[str, str]] = set()
+    for pid in Path("/proc").glob("[0-9]*"):
+        try:
+            ns = os.readlink(pid / "ns" / "mnt")
+            lines = (pid / "mountinfo").read_text().splitlines()
+        except OSError:
+            continue  # the process went
+        for line in lines:
+            mnt = line.split()[4].replace("\\040", " ")
+            # The shared template layers live elsewhere; only per-sandbox mounts are counted.
+            if mnt.startswith(prefix) and "/sandboxes/" in mnt:
+                seen.add((ns, mnt))
+    return len(seen)
 
 
 def _containers(settings: Settings) -> int:

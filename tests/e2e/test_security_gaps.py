@@ -405,6 +405,45 @@ def test_no_host_path_mounted_writable(pair: tuple[Sandbox, Sandbox], runtime: s
     assert probe(a, "write_probe('/run/declawd/x')", "user") == "EACCES"
 
 
+def _mount_points_anywhere(under: Path) -> set[tuple[str, str]]:
+    """(mount namespace, mount point) of every mount below `under`, in every namespace."""
+    found: set[tuple[str, str]] = set()
+    for pid in Path("/proc").glob("[0-9]*"):
+        try:
+            ns = os.readlink(pid / "ns" / "mnt")
+            lines = (pid / "mountinfo").read_text().splitlines()
+        except OSError:
+            continue  # the process went
+        for line in lines:
+            point = line.split()[4]
+            if point.startswith(str(under) + "/"):
+                found.add((ns, point))
+    return found
+
+
+def test_the_rootfs_is_in_the_containers_mount_table_not_the_hosts(
+    server: dict[str, str], runtime: str
+) -> None:
+    """The overlay is attached in the runtime's own namespace (declawd-launchns): the host's
+    mount table, which every runc start reads, has no line for it; the sandbox runs on it,
+    its writes reach the upper dir on its quota disk; after the kill no namespace holds it."""
+    s = Sandbox.create(template="base", timeout=120, metadata={"declaw.runtime": runtime})
+    sandbox_dir = STATE_DIR / "sandboxes" / s.sandbox_id
+    try:
+        r = s.commands.run("echo made > /home/user/made && cat /etc/os-release | head -1")
+        assert r.exit_code == 0 and r.stdout.startswith("PRETTY_NAME="), r
+        assert str(sandbox_dir / "rootfs") not in _host_mounts()
+        assert (sandbox_dir / "rootfs-in-container").exists()
+        upper = sandbox_dir / "disk" / "upper" / "home" / "user" / "made"
+        assert upper.read_text() == "made\n"
+    finally:
+        s.kill()
+    deadline = time.monotonic() + 10
+    while _mount_points_anywhere(sandbox_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)  # runsc's gofer exits just after the container
+    assert _mount_points_anywhere(sandbox_dir) == set()
+
+
 def test_a_symlink_planted_for_envds_socket_is_never_followed(
     server: dict[str, str], runtime: str
 ) -> None:

@@ -9,6 +9,7 @@ in fixture teardown, also when a test fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -26,6 +27,7 @@ from declawd.runtime import (
     Limits,
     Mount,
     OciRuntime,
+    RootfsMount,
     RuntimeStartError,
     build_spec,
     is_mounted,
@@ -36,6 +38,8 @@ from declawd.runtime import (
     unmount,
 )
 from declawd.runtime.cgroups import cgroup_dirs
+from declawd.runtime.compat import ensure_launchns
+from declawd.runtime.overlay import overlay_detached
 from declawd.templates.catalog import catalog_plan
 from declawd.templates.layers import LayerCache
 
@@ -337,3 +341,86 @@ async def test_run_foreground_streams_output_and_returns_the_exit_code(
     assert "out-line" in lines
     assert "err-line" in lines
     await _assert_nothing_left(runtime, host_bundle)
+
+
+def _mount_lines_with(text: str) -> list[str]:
+    """Lines naming `text` in the mount table of every process (every namespace)."""
+    found = []
+    for info in Path("/proc").glob("[0-9]*/mountinfo"):
+        with contextlib.suppress(OSError):  # the process went
+            found += [line for line in info.read_text().splitlines() if text in line]
+    return found
+
+
+@pytest.fixture
+def detached_bundle(
+    tmp_path: Path, template_layers: list[Path], netns: str, cgroup_parent: str
+) -> Iterator[tuple[Bundle, int]]:
+    """A bundle whose rootfs overlay is mounted nowhere: an fd (`overlay_detached`)."""
+    sandbox_id = f"sbx-{secrets.token_hex(6)}"
+    cgroups_path = f"{cgroup_parent}/{sandbox_id}"
+    bundle = Bundle(sandbox_id, tmp_path / sandbox_id, tmp_path / "share", netns, cgroups_path)
+    for d in ("upper", "work", "rootfs"):
+        (bundle.dir / d).mkdir(parents=True)
+    bundle.share.mkdir()
+    fd = overlay_detached(template_layers, bundle.dir / "upper", bundle.dir / "work")
+    try:
+        mount_tmpfs(bundle.share, 4 << 20, 0o755)
+        yield bundle, fd
+    finally:
+        os.close(fd)
+        unmount(bundle.share)
+        remove_cgroup(bundle.cgroups_path)
+
+
+async def test_rootfs_attached_in_the_runtimes_namespace_only(
+    runtime: OciRuntime, detached_bundle: tuple[Bundle, int], tmp_path: Path
+) -> None:
+    """declawd-launchns attaches the detached overlay in a mount namespace of the runtime's
+    own: the container runs on the template's layers and writes to the upper dir, the host's
+    mount table never holds the rootfs, and after the kill no namespace does."""
+    bundle, fd = detached_bundle
+    launcher = ensure_launchns(tmp_path / "bin" / "declawd-launchns")
+    init = "python3 -c 'print(6*7)' > /share/out.tmp; mv /share/out.tmp /share/out; echo x > /made; sleep 1000"
+    bundle.write_spec(runtime.name, ["/bin/sh", "-c", init])
+    await runtime.run_detached(
+        bundle.dir,
+        bundle.sandbox_id,
+        bundle.netns_path,
+        log_path=bundle.dir / "log",
+        rootfs=RootfsMount(launcher, fd, bundle.rootfs),
+    )
+    try:
+        assert (await _wait_for(bundle.share / "out")).strip() == "42"
+        assert (bundle.dir / "upper" / "made").read_text() == "x\n"
+        host = Path("/proc/self/mountinfo").read_text()
+        assert str(bundle.rootfs) not in host and not is_mounted(bundle.rootfs)
+        assert await runtime.state(bundle.sandbox_id) == "running"
+    finally:
+        await runtime.kill(bundle.sandbox_id)
+    for _ in range(50):  # runsc's gofer exits just after the delete
+        if not _mount_lines_with(bundle.sandbox_id):
+            break
+        await asyncio.sleep(0.1)
+    assert _mount_lines_with(bundle.sandbox_id) == []
+    assert await runtime.state(bundle.sandbox_id) is None
+
+
+async def test_launchns_failure_is_a_start_error_and_leaves_nothing(
+    runtime: OciRuntime, detached_bundle: tuple[Bundle, int], tmp_path: Path
+) -> None:
+    bundle, _fd = detached_bundle
+    launcher = ensure_launchns(tmp_path / "bin" / "declawd-launchns")
+    bundle.write_spec(runtime.name, ["/bin/true"])
+    closed = os.open("/dev/null", os.O_RDONLY)
+    os.close(closed)  # an fd number that is no mount
+    with pytest.raises(RuntimeStartError, match="declawd-launchns: attach the mount at"):
+        await runtime.run_detached(
+            bundle.dir,
+            bundle.sandbox_id,
+            bundle.netns_path,
+            log_path=bundle.dir / "log",
+            rootfs=RootfsMount(launcher, closed, bundle.rootfs),
+        )
+    assert await runtime.state(bundle.sandbox_id) is None
+    assert _mount_lines_with(bundle.sandbox_id) == []

@@ -204,7 +204,7 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
         )
         faults.point("create.after_rootfs")
         bundle = parts.upstream.ca_bundle()
-        rootfs_dir = host.resources(sandbox_id).rootfs
+        rootfs_dir = host.rootfs_view(sandbox_id)
         # A fresh upper layer (no prefill) over the template's layers: its certifi bundles
         # are the template's, found once.
         layers = tpl.layer_paths if req.prefill is None else None
@@ -220,7 +220,16 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
         # its link and rules: nothing runs inside but envd until both branches are done.
         await _netns_made(netns_made, network_branch)
         res = parts.host.resources(sandbox_id)
-        await runtime.run_detached(res.dir, sandbox_id, planned.netns_path, log_path=res.log_path)
+        try:
+            await runtime.run_detached(
+                res.dir,
+                sandbox_id,
+                planned.netns_path,
+                log_path=res.log_path,
+                rootfs=parts.host.rootfs_mount(sandbox_id),
+            )
+        finally:
+            parts.host.rootfs_started(sandbox_id)
         faults.point("create.after_container")
         await _wait_envd(parts, sandbox_id)
         faults.point("create.after_envd")

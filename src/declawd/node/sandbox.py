@@ -5,13 +5,23 @@ directory, quota disk, overlay mount, envd socket dir, OCI container, commands' 
 is the node's handle on all of them, by sandbox id. `release()` removes them, is idempotent
 (it runs after a failed create, on kill, and from the reconcile sweep with nothing but the
 id and runtime), and returns what it could not remove instead of swallowing it.
+
+The rootfs overlay is made detached (an fd, no line in the host's mount table) and attached
+only in the runtime's own mount namespace, by `declawd-launchns` (runtime/launchns.c), so
+the container holds the one copy that lives: every runc start reads the host's table, and
+with 500 sandboxes alive each line cost every create. The node reads the merged view during
+a create through the fd (`rootfs_view`). A marker file in the sandbox's dir says its rootfs
+lives in its container; without the helper (no compiler) or the mount API the overlay is
+mounted on the host as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,10 +31,10 @@ from typing import Any, Protocol
 from declawd.config import Settings
 from declawd.host.unixsock import accepts
 from declawd.node.spec import ENVD_MOUNT_DIR, ENVD_SOCKET_NAME
-from declawd.runtime import Mount, quota
+from declawd.runtime import Mount, RootfsMount, quota
 from declawd.runtime import cgroups as cg
 from declawd.runtime import overlay as ovl
-from declawd.runtime.compat import ensure_statx_shim, preload_file
+from declawd.runtime.compat import ensure_launchns, ensure_statx_shim, preload_file
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,10 @@ ENVD_CGROUP_DIR = f"{ENVD_MOUNT_DIR}/cgroup"
 UPPER_DIR = "upper"
 WORK_DIR = "work"
 ENVD_DIR = "envd"
+# In a sandbox's dir: its rootfs was attached in its runtime's namespace, not on the host.
+ROOTFS_IN_CONTAINER = "rootfs-in-container"
+# Errors of the mount API that mean "not here": mount the overlay on the host instead.
+_NO_DETACHED = (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP)
 
 
 @dataclass
@@ -66,6 +80,10 @@ class SandboxResources:
     @property
     def rootfs(self) -> Path:
         return self.dir / "rootfs"
+
+    @property
+    def rootfs_marker(self) -> Path:
+        return self.dir / ROOTFS_IN_CONTAINER
 
     @property
     def envd_dir(self) -> Path:
@@ -190,7 +208,13 @@ class ContainerRuntime(Protocol):
     def name(self) -> str: ...
 
     async def run_detached(
-        self, bundle: Path, container_id: str, netns_path: str | None, *, log_path: Path
+        self,
+        bundle: Path,
+        container_id: str,
+        netns_path: str | None,
+        *,
+        log_path: Path,
+        rootfs: RootfsMount | None = None,
     ) -> None: ...
 
     async def kill(self, container_id: str) -> None: ...
@@ -212,6 +236,9 @@ class SandboxHost:
         self._envd_binary = envd_binary
         self._compat: tuple[Path, Path] | None = None
         self._ready_disks: quota.ReadyDisks | None = None
+        self._launcher: Path | None = None
+        # Detached rootfs overlays made by `prepare`, until the runtime started (by id).
+        self._rootfs_fds: dict[str, int] = {}
 
     def prepare_node(self) -> None:
         """Directories, the envd binary and the formatted quota image (so the first create
@@ -228,6 +255,11 @@ class SandboxHost:
                 cache, self.settings.disk_quota_mb, dirs=(UPPER_DIR, WORK_DIR, ENVD_DIR)
             )
             self._ready_disks.start()
+        try:
+            self._launcher = ensure_launchns(self.settings.state_dir / "bin" / "declawd-launchns")
+        except Exception as exc:  # no compiler: rootfs mounts stay on the host
+            log.warning("no declawd-launchns (%s): rootfs overlays are mounted on the host", exc)
+            self._launcher = None
 
     def close(self) -> None:
         """Detach and delete the disks made ahead (blocking; idempotent). The sandboxes
@@ -270,6 +302,19 @@ class SandboxHost:
         if prefill is not None:
             prefill(res.upper)
         res.write_network_files(sandbox_id, address, nameserver)
+        self.rootfs_started(sandbox_id)  # a retried prepare: the earlier overlay goes
+        if self._launcher is not None:
+            try:
+                fd = ovl.overlay_detached(list(layers), res.upper, res.work)
+            except ovl.MountError as exc:
+                if exc.errno not in _NO_DETACHED:
+                    raise
+                log.warning("no detached overlay (%s): mounting on the host", exc)
+                self._launcher = None
+            else:
+                self._rootfs_fds[sandbox_id] = fd
+                res.rootfs_marker.touch()
+                return
         res.mount(list(layers))
 
     def command_cgroup_mounts(self, sandbox_id: str, memory_bytes: int, pids: int) -> list[Mount]:
@@ -281,9 +326,31 @@ class SandboxHost:
         (self.resources(sandbox_id).dir / "config.json").write_text(json.dumps(spec))
 
     def is_ready(self, sandbox_id: str) -> bool:
-        """Its rootfs is mounted and envd's socket exists (what a live sandbox has)."""
+        """Its rootfs is mounted (on the host, or in its container: the caller checked that
+        the container is there) and envd's socket exists (what a live sandbox has)."""
         res = self.resources(sandbox_id)
-        return ovl.is_mounted(res.rootfs) and res.envd_socket.exists()
+        rootfs = res.rootfs_marker.exists() or ovl.is_mounted(res.rootfs)
+        return rootfs and res.envd_socket.exists()
+
+    def rootfs_view(self, sandbox_id: str) -> Path:
+        """Where this process reads the sandbox's merged rootfs during its create: its
+        detached overlay's fd, or the mount point."""
+        fd = self._rootfs_fds.get(sandbox_id)
+        return Path(f"/proc/self/fd/{fd}") if fd is not None else self.resources(sandbox_id).rootfs
+
+    def rootfs_mount(self, sandbox_id: str) -> RootfsMount | None:
+        """What the runtime's start attaches at the rootfs (None: it is mounted already)."""
+        fd = self._rootfs_fds.get(sandbox_id)
+        if fd is None or self._launcher is None:
+            return None
+        return RootfsMount(self._launcher, fd, self.resources(sandbox_id).rootfs)
+
+    def rootfs_started(self, sandbox_id: str) -> None:
+        """The runtime's start is over (either way): the container, or nobody, holds the
+        rootfs now; this process lets go of its fd."""
+        fd = self._rootfs_fds.pop(sandbox_id, None)
+        if fd is not None:
+            os.close(fd)
 
     def envd_listening(self, sandbox_id: str) -> bool:
         """envd listens on its socket: a connect is accepted, or queued (EAGAIN: backlog
@@ -302,4 +369,5 @@ class SandboxHost:
         return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
     async def release(self, sandbox_id: str, runtime: ContainerRuntime | None) -> list[str]:
+        self.rootfs_started(sandbox_id)  # a create that failed before the runtime's start
         return await self.resources(sandbox_id).release(runtime)

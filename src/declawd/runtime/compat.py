@@ -1,7 +1,9 @@
-"""Runtime compatibility shims injected read-only into sandboxes (never baked into templates).
+"""Small native parts built on the node from their C source (never baked into templates).
 
 `ensure_statx_shim` builds a tiny preload library for runsc sandboxes (see statx_shim.c for
-why); like envd it is rebuilt only when its source changes and installed atomically.
+why); `ensure_launchns` the helper that starts a runtime in a mount namespace of its own with
+the sandbox's rootfs attached (launchns.c). Like envd, each is rebuilt only when its source
+changes and installed atomically.
 """
 
 from __future__ import annotations
@@ -14,19 +16,30 @@ from pathlib import Path
 from declawd.host import run_sync
 
 _SOURCE = Path(__file__).with_name("statx_shim.c")
+_LAUNCHNS_SOURCE = Path(__file__).with_name("launchns.c")
 
 
 def ensure_statx_shim(dest: Path) -> Path:
-    source = _SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()
+    return _build(_SOURCE, dest, ("-shared", "-fPIC"))
+
+
+def ensure_launchns(dest: Path) -> Path:
+    """The launch helper (launchns.c) at `dest`; raises CommandFailed (or OSError) when it
+    cannot be built."""
+    return _build(_LAUNCHNS_SOURCE, dest, ())
+
+
+def _build(source_path: Path, dest: Path, flags: tuple[str, ...]) -> Path:
+    source = source_path.read_bytes()
+    digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()
     stamp = dest.with_name(dest.name + ".srchash")
     if dest.exists() and stamp.exists() and stamp.read_text() == digest:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".statx-")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}-")
     os.close(fd)
     try:
-        run_sync("cc", "-O2", "-shared", "-fPIC", "-o", tmp, str(_SOURCE))  # CommandFailed
+        run_sync("cc", "-O2", "-Wall", *flags, "-o", tmp, str(source_path))  # CommandFailed
         os.chmod(tmp, 0o555)
         os.replace(tmp, dest)
     finally:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +45,21 @@ class RuntimeStartError(Internal):
         self.container_id = container_id
         self.returncode = returncode
         self.stderr_tail = stderr_tail
+
+
+@dataclass(frozen=True)
+class RootfsMount:
+    """A detached mount (`fd`, from `overlay.overlay_detached`) that `launcher`
+    (declawd-launchns) attaches at `target` in a mount namespace of the runtime's own before
+    it execs the runtime: the rootfs is then in the runtime's and the container's mount
+    tables, never in the host's. The caller keeps and closes `fd`."""
+
+    launcher: Path
+    fd: int
+    target: Path
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        return [str(self.launcher), str(self.fd), str(self.target), *cmd]
 
 
 class OciRuntime:
@@ -104,20 +120,30 @@ class OciRuntime:
 
     # Lifecycle ----------------------------------------------------------------------
     async def run_detached(
-        self, bundle_dir: Path, container_id: str, netns_path: str | None, *, log_path: Path
+        self,
+        bundle_dir: Path,
+        container_id: str,
+        netns_path: str | None,
+        *,
+        log_path: Path,
+        rootfs: RootfsMount | None = None,
     ) -> None:
-        """Create and start the container in the background; its stdio goes to log_path."""
+        """Create and start the container in the background; its stdio goes to log_path.
+        With `rootfs`, the runtime starts in its own mount namespace with that mount
+        attached first (the bundle's rootfs is then not mounted on the host)."""
         self.root_dir.mkdir(parents=True, exist_ok=True)
         if self._has_state(container_id):
             # Never clean up after a failed start of a container that was already there.
             raise RuntimeStartError(container_id, -1, "a container with this id already exists")
         with open(log_path, "ab") as log:
             start = log.tell()
+            cmd = self._run_cmd(bundle_dir, container_id, netns_path, detach=True)
             proc = await asyncio.create_subprocess_exec(
-                *self._run_cmd(bundle_dir, container_id, netns_path, detach=True),
+                *(rootfs.wrap(cmd) if rootfs is not None else cmd),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                pass_fds=(rootfs.fd,) if rootfs is not None else (),
             )
             try:
                 returncode = await proc.wait()

@@ -130,6 +130,51 @@ def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> 
     sandbox (a 4-layer template's absolute paths) made every create slower on a node with
     many sandboxes. Host paths also stay out of the sandbox's own view of its root mount.
     """
+    resolved_target = target.resolve()
+    _with_short_names(
+        lowers,
+        upper,
+        work,
+        lambda lower, u, w: _mount(
+            "overlay", resolved_target, "overlay", 0, _overlay_data(lower, Path(u), Path(w))
+        ),
+    )
+
+
+def overlay_detached(lowers: list[Path], upper: Path, work: Path) -> int:
+    """The overlay `mount_overlay` makes, mounted nowhere yet: an fd on its root (fsopen,
+    fsconfig, fsmount) for `attach_detached` or `declawd-launchns`, with the same short
+    option names. Held by that fd alone until attached. Raises MountError (ENOSYS on a
+    kernel without the new mount API)."""
+    made: list[int] = []
+
+    def create(lower: list[str], u: str, w: str) -> None:
+        fs = _syscall(_SYS_FSOPEN, b"overlay", _FSOPEN_CLOEXEC)
+        try:
+            pairs = (
+                ("source", "overlay"),
+                ("lowerdir", ":".join(reversed(lower))),
+                ("upperdir", u),
+            )
+            for key, value in pairs:
+                _syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_STRING, key.encode(), value.encode(), 0)
+            _syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_STRING, b"workdir", w.encode(), 0)
+            _syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0)
+            made.append(_syscall(_SYS_FSMOUNT, fs, _FSMOUNT_CLOEXEC, 0))
+        except MountError as exc:
+            raise MountError(exc.errno, f"overlay (detached): {exc.strerror}") from None
+        finally:
+            os.close(fs)
+
+    _with_short_names(lowers, upper, work, create)
+    return made[0]
+
+
+def _with_short_names(
+    lowers: list[Path], upper: Path, work: Path, mount: Callable[[list[str], str, str], None]
+) -> None:
+    """Call `mount(lower names, upper name, work name)` from inside a private directory of
+    one-letter links to the layers (see `mount_overlay`), removed afterwards."""
     if not lowers:
         raise ValueError("lowers: an overlay needs at least one lower layer")
     _SHORT_LINK_PARENT.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -142,11 +187,9 @@ def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> 
             short.append(name)
         (linkdir / "u").symlink_to(upper.resolve())
         (linkdir / "w").symlink_to(work.resolve())
-        data = _overlay_data(short, Path("u"), Path("w"))
-        if len(data) >= _MOUNT_DATA_LIMIT:
+        if len(_overlay_data(short, Path("u"), Path("w"))) >= _MOUNT_DATA_LIMIT:
             raise ValueError(f"lowers: {len(lowers)} layers are too many for one overlay mount")
-        resolved_target = target.resolve()
-        _in_dir(linkdir, lambda: _mount("overlay", resolved_target, "overlay", 0, data))
+        _in_dir(linkdir, lambda: mount(short, "u", "w"))
     finally:
         shutil.rmtree(linkdir, ignore_errors=True)
 

@@ -31,7 +31,7 @@ from declawd.node.parts import GatewayEntry, NetworkPlan, NodeParts
 from declawd.node.sandbox import ContainerRuntime, SandboxHost
 from declawd.node.sessions import Sessions
 from declawd.node.spec import ENVD_SOCKET_NAME
-from declawd.runtime import Mount
+from declawd.runtime import Mount, RootfsMount
 from declawd.store import SandboxRecord, SandboxState, Store
 from declawd.templates.model import Template
 
@@ -93,7 +93,13 @@ class FakeRuntime:
         self.netns: dict[str, str | None] = {}
 
     async def run_detached(
-        self, bundle: Path, container_id: str, netns_path: str | None, *, log_path: Path
+        self,
+        bundle: Path,
+        container_id: str,
+        netns_path: str | None,
+        *,
+        log_path: Path,
+        rootfs: RootfsMount | None = None,
     ) -> None:
         if container_id in self.containers:
             raise RuntimeError(f"container {container_id} exists")
