@@ -41,11 +41,11 @@ def _cgroups(instance: str) -> int:
     return n
 
 
-def _mounts(state_dir: Path) -> int:
-    """Per-sandbox mounts in every mount namespace (a sandbox's rootfs is attached in its
-    runtime's own namespace, not the host's): (namespace, mount point) pairs."""
-    prefix = str(state_dir).rstrip("/") + "/"
-    seen: set[tuple[str, str]] = set()
+def mount_points_anywhere(under: Path) -> set[tuple[str, str]]:
+    """(mount namespace, mount point) of every mount below `under`, in every mount namespace
+    (a sandbox's rootfs is attached in its runtime's own namespace, not the host's)."""
+    prefix = str(under).rstrip("/") + "/"
+    found: set[tuple[str, str]] = set()
     for pid in Path("/proc").glob("[0-9]*"):
         try:
             ns = os.readlink(pid / "ns" / "mnt")
@@ -53,11 +53,16 @@ def _mounts(state_dir: Path) -> int:
         except OSError:
             continue  # the process went
         for line in lines:
-            mnt = line.split()[4].replace("\\040", " ")
-            # The shared template layers live elsewhere; only per-sandbox mounts are counted.
-            if mnt.startswith(prefix) and "/sandboxes/" in mnt:
-                seen.add((ns, mnt))
-    return len(seen)
+            point = line.split()[4].replace("\\040", " ")
+            if point.startswith(prefix):
+                found.add((ns, point))
+    return found
+
+
+def _mounts(state_dir: Path) -> int:
+    """Per-sandbox mounts, in every mount namespace. The shared template layers live
+    elsewhere; only mounts below the sandboxes' dirs are counted."""
+    return len(mount_points_anywhere(state_dir / "sandboxes"))
 
 
 def _containers(settings: Settings) -> int:

@@ -26,7 +26,7 @@ from declaw import ALL_TRAFFIC, NetworkPolicy, Sandbox, SecurityPolicy
 
 from declawd.client import AuditEvent, DeclawdClient
 from tests.e2e.conftest import INSTANCE, STATE_DIR
-from tests.e2e.leaks import OwnServer
+from tests.e2e.leaks import OwnServer, mount_points_anywhere
 
 pytestmark = pytest.mark.e2e
 
@@ -405,22 +405,6 @@ def test_no_host_path_mounted_writable(pair: tuple[Sandbox, Sandbox], runtime: s
     assert probe(a, "write_probe('/run/declawd/x')", "user") == "EACCES"
 
 
-def _mount_points_anywhere(under: Path) -> set[tuple[str, str]]:
-    """(mount namespace, mount point) of every mount below `under`, in every namespace."""
-    found: set[tuple[str, str]] = set()
-    for pid in Path("/proc").glob("[0-9]*"):
-        try:
-            ns = os.readlink(pid / "ns" / "mnt")
-            lines = (pid / "mountinfo").read_text().splitlines()
-        except OSError:
-            continue  # the process went
-        for line in lines:
-            point = line.split()[4]
-            if point.startswith(str(under) + "/"):
-                found.add((ns, point))
-    return found
-
-
 def test_the_rootfs_is_in_the_containers_mount_table_not_the_hosts(
     server: dict[str, str], runtime: str
 ) -> None:
@@ -439,9 +423,9 @@ def test_the_rootfs_is_in_the_containers_mount_table_not_the_hosts(
     finally:
         s.kill()
     deadline = time.monotonic() + 10
-    while _mount_points_anywhere(sandbox_dir) and time.monotonic() < deadline:
+    while mount_points_anywhere(sandbox_dir) and time.monotonic() < deadline:
         time.sleep(0.1)  # runsc's gofer exits just after the container
-    assert _mount_points_anywhere(sandbox_dir) == set()
+    assert mount_points_anywhere(sandbox_dir) == set()
 
 
 def test_a_symlink_planted_for_envds_socket_is_never_followed(
