@@ -1,5 +1,6 @@
 """SandboxHost's rootfs: a detached overlay attached in the runtime's namespace, or (without
-the launch helper) a host mount; what `is_ready`, `rootfs_view` and `release` make of each.
+the launch helper) a host mount; what `is_ready`, `rootfs_view` and `release` make of each;
+the per-sandbox subtrees (quota disks, netns files) that the runtime's namespace drops.
 
 Needs root and the built `python` template (`make templates`). No container is started
 here (tests/integration/test_runtime_containers.py starts them); every mount and fd made
@@ -9,14 +10,23 @@ is checked gone at the end.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from declawd.config import Settings
-from declawd.node.sandbox import ROOTFS_IN_CONTAINER, SandboxHost
-from declawd.runtime import RootfsMount, is_mounted
+from declawd.host.netns import (
+    NETNS_DIR,
+    add_netns_sync,
+    delete_netns_sync,
+    netns_exists,
+    netns_path,
+)
+from declawd.node.sandbox import ROOTFS_IN_CONTAINER, SANDBOXES_PIN, SandboxHost
+from declawd.runtime import Prune, RootfsMount, is_mounted
 from declawd.runtime.compat import ensure_launchns
 from declawd.templates.catalog import catalog_plan
 from declawd.templates.layers import LayerCache
@@ -45,6 +55,8 @@ def host(tmp_path: Path) -> Iterator[SandboxHost]:
     yield h
     h.rootfs_started(SID)
     assert not is_mounted(h.resources(SID).rootfs)
+    if is_mounted(h.settings.sandboxes_dir):  # a failed test's pin
+        subprocess.run(["umount", "-l", str(h.settings.sandboxes_dir)], check=True)
 
 
 def _fds() -> set[str]:
@@ -112,3 +124,97 @@ async def test_release_after_a_failed_start_closes_the_overlay(
     assert await host.release(SID, None) == []
     assert _fds() == before and host.rootfs_mount(SID) is None
     assert not host.resources(SID).dir.exists()
+
+
+def _tmpfs(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(path)], check=True)
+
+
+def _launch(mount: RootfsMount, script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        mount.wrap(["sh", "-c", script]),
+        pass_fds=(mount.fd,),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+async def test_the_runtimes_namespace_goes_without_the_other_sandboxes_disks_and_netns(
+    host: SandboxHost, layers: list[Path], tmp_path: Path
+) -> None:
+    """The sandboxes' dir is pinned (a bind of itself, recorded), so a launch drops every
+    quota disk below it and every netns file but its own sandbox's in one call each; the
+    host keeps them all; the pin goes only once no disk is mounted below it."""
+    host._launcher = ensure_launchns(tmp_path / "bin" / "declawd-launchns")
+    sandboxes = host.settings.sandboxes_dir
+    sandboxes.mkdir(parents=True)
+    res = host.resources(SID)
+    other = host.resources("sbx-0000000000bb")
+    mine, theirs = "rootfstest-mine", "rootfstest-theirs"
+    try:
+        assert host._pin_sandboxes_dir() and is_mounted(sandboxes)
+        host._pinned = True
+        pin = host.settings.run_dir / SANDBOXES_PIN
+        assert pin.read_text().strip().isdigit()
+        assert host._pin_sandboxes_dir()  # a restart finds its own pin, makes no second
+        assert _lines_naming(sandboxes).count(_lines_naming(sandboxes)[0]) == 1
+        for r in (res, other):
+            _tmpfs(r.disk)  # stands for each one's quota disk
+        (other.disk / "theirs").write_text("x")
+        add_netns_sync(mine)
+        add_netns_sync(theirs)
+        host.prepare(SID, layers, "10.0.0.2", "10.0.0.1")
+        mount = host.rootfs_mount(SID, netns_path(mine))
+        assert mount is not None
+        assert mount.prune == (
+            Prune(sandboxes, (res.disk,)),
+            Prune(NETNS_DIR, (Path(netns_path(mine)),)),
+        )
+        ran = _launch(
+            mount,
+            f"cat /proc/self/mountinfo; cat {res.rootfs}/etc/hostname; ls {other.disk}",
+        )
+        assert ran.returncode == 0, ran.stderr
+        points = [line.split()[4] for line in ran.stdout.splitlines() if line.count(" ") > 5]
+        assert str(res.rootfs) in points and str(res.disk) in points
+        assert f"/run/netns/{mine}" in points and f"/run/netns/{theirs}" not in points
+        assert str(other.disk) not in points
+        assert SID + "\n" in ran.stdout and "theirs" not in ran.stdout.split(SID, 1)[1]
+        # the host's table is as it was
+        assert is_mounted(other.disk) and (other.disk / "theirs").exists()
+        assert netns_exists(theirs)
+        host.rootfs_started(SID)
+        host.unpin()  # disks below: the pin stays
+        assert is_mounted(sandboxes) and pin.exists()
+    finally:
+        host.rootfs_started(SID)
+        for r in (res, other):
+            subprocess.run(["umount", str(r.disk)], check=False)
+        delete_netns_sync(mine)
+        delete_netns_sync(theirs)
+        shutil.rmtree(other.dir)
+    assert await host.release(SID, None) == []
+    host.close()  # no sandbox left: the pin goes
+    assert not is_mounted(sandboxes) and not pin.exists()
+
+
+def test_a_prune_of_a_mount_that_is_not_a_bind_of_itself_fails_the_launch(
+    tmp_path: Path,
+) -> None:
+    """Detaching another filesystem would show what lies under it, not the same dir: the
+    helper refuses (status 125, a line naming the dir) and runs nothing."""
+    launcher = ensure_launchns(tmp_path / "bin" / "declawd-launchns")
+    disk, target = tmp_path / "disk", tmp_path / "target"
+    target.mkdir()
+    _tmpfs(disk)
+    try:
+        fd = os.open(tmp_path, os.O_RDONLY)  # never attached: the launch fails first
+        mount = RootfsMount(launcher, fd, target, (Prune(disk),))
+        ran = _launch(mount, "echo ran")
+        os.close(fd)
+        assert ran.returncode == 125 and "ran" not in ran.stdout
+        assert f"prune (not a bind mount of itself) {disk}" in ran.stderr
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -226,7 +226,7 @@ async def create(parts: NodeParts, req: CreateRequest) -> SandboxRecord:
                 sandbox_id,
                 planned.netns_path,
                 log_path=res.log_path,
-                rootfs=parts.host.rootfs_mount(sandbox_id),
+                rootfs=parts.host.rootfs_mount(sandbox_id, planned.netns_path),
             )
         finally:
             parts.host.rootfs_started(sandbox_id)

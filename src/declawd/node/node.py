@@ -491,6 +491,7 @@ class Node:
             cg.remove_cgroup(f"/{self.settings.instance}")
         except OSError as exc:
             log.warning("down: instance cgroup not removed: %s", exc)
+        await asyncio.to_thread(self.parts.host.unpin)
         return count
 
 

@@ -7,7 +7,7 @@ for each resource (container: `OciRuntime.kill`, mounts: `unmount`, cgroups:
 
 from declawd.runtime.cgroups import Stats, read_stats, remove_cgroup
 from declawd.runtime.disk import dir_size
-from declawd.runtime.oci import OciRuntime, RootfsMount, RuntimeName, RuntimeStartError
+from declawd.runtime.oci import OciRuntime, Prune, RootfsMount, RuntimeName, RuntimeStartError
 from declawd.runtime.overlay import (
     MountError,
     is_mounted,
@@ -31,6 +31,7 @@ __all__ = [
     "Mount",
     "MountError",
     "OciRuntime",
+    "Prune",
     "RootfsMount",
     "RuntimeName",
     "RuntimeStartError",

@@ -48,18 +48,35 @@ class RuntimeStartError(Internal):
 
 
 @dataclass(frozen=True)
+class Prune:
+    """A host mount point (`dir`) whose subtree the runtime's namespace goes without, but
+    for the mounts below it in `keep` (this sandbox's own)."""
+
+    dir: Path
+    keep: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
 class RootfsMount:
     """A detached mount (`fd`, from `overlay.overlay_detached`) that `launcher`
     (declawd-launchns) attaches at `target` in a mount namespace of the runtime's own before
     it execs the runtime: the rootfs is then in the runtime's and the container's mount
-    tables, never in the host's. The caller keeps and closes `fd`."""
+    tables, never in the host's. `prune`: the subtrees of the host's table that namespace
+    drops first (the other sandboxes' netns files and disks). The caller keeps and closes
+    `fd`."""
 
     launcher: Path
     fd: int
     target: Path
+    prune: tuple[Prune, ...] = ()
 
     def wrap(self, cmd: list[str]) -> list[str]:
-        return [str(self.launcher), str(self.fd), str(self.target), *cmd]
+        opts: list[str] = []
+        for p in self.prune:
+            opts += ["--prune", str(p.dir)]
+            for k in p.keep:
+                opts += ["--keep", str(k)]
+        return [str(self.launcher), *opts, str(self.fd), str(self.target), *cmd]
 
 
 class OciRuntime:

@@ -23,6 +23,7 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MNT_DETACH = 0x2
+MS_BIND = 0x1000
 CLONE_FS = 0x200
 
 # mount(2) copies its data argument into one page; stay clearly below it.
@@ -309,6 +310,46 @@ def mount_points() -> set[str]:
     with open("/proc/self/mountinfo") as f:
         fields = (line.split(" ", 5)[4] for line in f)
         return {_unescape(p) if "\\" in p else p for p in fields}
+
+
+def top_mount_id(target: Path) -> int | None:
+    """The id of the topmost mount exactly at `target` (symlinks resolved), or None."""
+    point = os.path.realpath(target)
+    at: dict[int, int] = {}  # mount id -> parent id, of the mounts at `point`
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" ", 5)
+            if (_unescape(fields[4]) if "\\" in fields[4] else fields[4]) == point:
+                at[int(fields[0])] = int(fields[1])
+    tops = [m for m in at if m not in at.values()]  # stacked: the one nothing is on
+    return max(tops) if tops else None
+
+
+def mounted_below(target: Path) -> bool:
+    """Whether any mount point lies strictly below `target`."""
+    prefix = os.path.realpath(target).rstrip("/") + "/"
+    return any(p.startswith(prefix) for p in mount_points())
+
+
+def bind_onto_itself(target: Path) -> int:
+    """Bind-mount directory `target` onto itself (on top of whatever is there, so this mount
+    is ours to remove); returns the new mount's id."""
+    _mount(str(target), target, "", MS_BIND, "")
+    mount_id = top_mount_id(target)
+    if mount_id is None:  # cannot be: the mount just succeeded
+        raise MountError(errno.ENOENT, f"bind {target} onto itself: not in the table", str(target))
+    return mount_id
+
+
+def unmount_if_idle(target: Path) -> bool:
+    """Remove the topmost mount at `target` unless something is mounted below it or it is
+    in use (EBUSY); never lazy. True if it went."""
+    if _libc.umount2(str(target).encode(), UMOUNT_NOFOLLOW) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EBUSY, errno.EINVAL, errno.ENOENT):
+        return False
+    raise MountError(err, f"umount {target}: {os.strerror(err)}", str(target))
 
 
 def is_mounted(target: Path) -> bool:
