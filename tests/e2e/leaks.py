@@ -101,7 +101,9 @@ def snapshot(settings: Settings, server_pid: int | None = None) -> dict[str, int
     counts["containers"] = _containers(settings)
     counts["processes"] = _processes(settings)
     sdir = settings.sandboxes_dir
-    counts["sandbox_dirs"] = sum(1 for _ in sdir.iterdir()) if sdir.is_dir() else 0
+    # dot names are the node's own (its disks made ahead), never a sandbox's
+    dirs = [p for p in sdir.iterdir() if not p.name.startswith(".")] if sdir.is_dir() else []
+    counts["sandbox_dirs"] = len(dirs)
     if server_pid is not None:
         counts["server_fds"] = len(os.listdir(f"/proc/{server_pid}/fd"))
     return counts

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from declawd.config import Settings
+from declawd.envd import ensure_envd
 from declawd.host.netns import (
     NETNS_DIR,
     add_netns_sync,
@@ -218,3 +220,37 @@ def test_a_prune_of_a_mount_that_is_not_a_bind_of_itself_fails_the_launch(
         assert f"prune (not a bind mount of itself) {disk}" in ran.stderr
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+async def test_a_pinned_node_takes_its_ready_disks_by_rename(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disks made ahead live in the sandboxes' dir, on the pin's mount: a create takes
+    one by a rename (across mounts that is EXDEV, and every create made its own disk)."""
+    envd = Settings.from_env().envd_path
+    ensure_envd(envd)
+    (tmp_path / "bin").mkdir()
+    for name in (envd.name, envd.name + ".srchash"):
+        shutil.copy2(envd.with_name(name), tmp_path / "bin" / name)
+    host = SandboxHost(Settings(state_dir=tmp_path, instance="rootfstest", disk_quota_mb=64))
+    host.prepare_node()
+    ready = host._ready_disks
+    try:
+        assert host._pinned and is_mounted(host.settings.sandboxes_dir)
+        assert ready is not None and ready.dir == host.ready_disks_dir
+        deadline = time.monotonic() + 60
+        while ready.count() < ready.target and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.count() == ready.target
+        made_ahead = {p.stat().st_ino for p in ready.dir.glob("*.img")}
+        res = host.resources(SID)
+        res.prepare_dirs(ready)
+        assert res.disk_image.stat().st_ino in made_ahead  # renamed, not made anew
+        assert "not usable" not in caplog.text
+        assert is_mounted(res.disk) and (res.disk / "upper").is_dir()
+        assert host.present() == [SID]  # the ready disks' dir is no sandbox
+    finally:
+        assert await host.release(SID, None) == []
+        host.close()
+    assert not is_mounted(host.settings.sandboxes_dir)
+    assert list(host.ready_disks_dir.glob("*.img")) == []

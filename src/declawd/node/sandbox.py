@@ -51,6 +51,8 @@ ROOTFS_IN_CONTAINER = "rootfs-in-container"
 # In the node's run dir: the id of its bind of the sandboxes' dir onto itself (the mount the
 # runtime's namespace prunes: every quota disk is mounted below it).
 SANDBOXES_PIN = "sandboxes-pin"
+# In the sandboxes' dir: the quota disks made ahead (quota.ReadyDisks).
+READY_DISKS_DIR = ".ready-disks"
 # Errors of the mount API that mean "not here": mount the overlay on the host instead.
 _NO_DETACHED = (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP)
 
@@ -262,13 +264,6 @@ class SandboxHost:
         for d in (self.settings.sandboxes_dir, self.settings.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._envd_binary = ensure_envd(self.settings.envd_path)
-        if self.settings.disk_quota_mb > 0:
-            cache = self.settings.run_dir / quota.CACHE_SUBDIR
-            quota.formatted(cache, self.settings.disk_quota_mb)
-            self._ready_disks = quota.ReadyDisks(
-                cache, self.settings.disk_quota_mb, dirs=(UPPER_DIR, WORK_DIR, ENVD_DIR)
-            )
-            self._ready_disks.start()
         try:
             self._launcher = ensure_launchns(self.settings.state_dir / "bin" / "declawd-launchns")
         except Exception as exc:  # no compiler: rootfs mounts stay on the host
@@ -276,6 +271,19 @@ class SandboxHost:
             self._launcher = None
         if self._launcher is not None:
             self._pinned = self._pin_sandboxes_dir()
+        if self.settings.disk_quota_mb > 0:
+            cache = self.settings.run_dir / quota.CACHE_SUBDIR
+            quota.formatted(cache, self.settings.disk_quota_mb)
+            for old in (cache / quota.READY_SUBDIR).glob("*.img"):  # where an older one kept them
+                old.unlink(missing_ok=True)
+            self._ready_disks = quota.ReadyDisks(
+                cache,
+                self.settings.disk_quota_mb,
+                dirs=(UPPER_DIR, WORK_DIR, ENVD_DIR),
+                # beside the sandboxes' dirs, on the pin's mount: a take is a rename
+                ready_dir=self.ready_disks_dir,
+            )
+            self._ready_disks.start()
 
     def _pin_sandboxes_dir(self) -> bool:
         """Make the sandboxes' dir a bind mount of itself (once; it outlives a restart), so
@@ -326,6 +334,12 @@ class SandboxHost:
             self._ready_disks.close()
         if not self.present():
             self.unpin()
+
+    @property
+    def ready_disks_dir(self) -> Path:
+        """The disks made ahead, in the sandboxes' dir (a rename across mounts is EXDEV,
+        and that dir is a mount of its own once pinned); a dot name, never a sandbox id."""
+        return self.settings.sandboxes_dir / READY_DISKS_DIR
 
     def resources(self, sandbox_id: str) -> SandboxResources:
         return SandboxResources(self.settings, sandbox_id)
@@ -435,7 +449,9 @@ class SandboxHost:
     def present(self) -> list[str]:
         """Ids of the sandbox directories on disk."""
         d = self.settings.sandboxes_dir
-        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        if not d.is_dir():
+            return []
+        return sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
 
     async def release(self, sandbox_id: str, runtime: ContainerRuntime | None) -> list[str]:
         self.rootfs_started(sandbox_id)  # a create that failed before the runtime's start

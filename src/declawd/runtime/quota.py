@@ -210,8 +210,11 @@ class ReadyDisks:
         size_mb: int,
         target: int = READY_DISKS,
         dirs: tuple[str, ...] = (),
+        ready_dir: Path | None = None,
     ) -> None:
-        self.dir = cache_dir / READY_SUBDIR
+        # `ready_dir` must be on the same mount as the sandboxes' dirs (`take` renames).
+        self.dir = ready_dir if ready_dir is not None else cache_dir / READY_SUBDIR
+        self.cache_dir = cache_dir
         self.size_mb = size_mb
         self.target = target
         self.dirs = dirs
@@ -270,7 +273,7 @@ class ReadyDisks:
             self._release(disk)
 
     def _fill(self) -> None:
-        source = formatted(self.dir.parent, self.size_mb)
+        source = formatted(self.cache_dir, self.size_mb)
         while not self._closed:
             self._wake.wait()
             self._wake.clear()
