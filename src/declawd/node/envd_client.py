@@ -316,7 +316,9 @@ class EnvdClient:
         """Start and wait; on timeout kill the process group and raise CommandTimeout."""
         pid = await self.start(cmd, **start_kwargs)
         try:
-            return await asyncio.wait_for(self.wait(pid), timeout)
+            # Not `wait_for`: on Python 3.11 it makes a task per call.
+            async with asyncio.timeout(timeout):
+                return await self.wait(pid)
         except TimeoutError:
             await self.signal(pid, 9)
             partial = await self.wait(pid)
