@@ -210,6 +210,9 @@ def test_ready_disks_are_made_ahead_used_once_and_leave_nothing(
         # Another size: not one of these.
         assert ready.take(tmp_path / "other.img", 32) is None
         for image, mountpoint in zip(images, mounts, strict=True):
+            # The third take waits for the background refill: each create here takes a
+            # ready disk (a create with none ready makes its own: the tests above).
+            assert _wait(lambda: ready.count() >= 1)
             quota.create_disk(image, mountpoint, 64, cache_dir=cache, ready=ready)
             assert is_mounted(mountpoint)
             assert (mountpoint / "upper").is_dir() is detached  # made ahead when mounted ahead
