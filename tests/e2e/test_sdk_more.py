@@ -11,6 +11,8 @@ import httpx
 import pytest
 from declaw import AsyncSandbox, PtySize, Sandbox, SandboxQuery
 
+from tests.e2e.leaks import eventually
+
 pytestmark = pytest.mark.e2e
 
 
@@ -79,8 +81,7 @@ def test_stdio_kill_and_resume_from_entry(sbx: Sandbox) -> None:
     assert first == ("stdout", b"one\n")
     assert p.kill() is True
     # (the SDK stops reading after kill(), so wait() cannot see the exit; check the process)
-    time.sleep(0.2)
-    assert int(p.cmd_id) not in [c.pid for c in sbx.commands.list()]
+    assert eventually(lambda: int(p.cmd_id) not in [c.pid for c in sbx.commands.list()], timeout=10)
 
 
 def test_list_pagination_and_state_filter(server: dict[str, str], runtime: str) -> None:
